@@ -1,0 +1,44 @@
+"""The Celery app: JSON only, one durable queue per TaskQueue, late acks, and the beat schedule."""
+
+import os
+
+from celery import Celery
+from celery.signals import worker_ready
+from kombu import Exchange, Queue
+
+from payments_project.env import set_default_settings_module
+from tasks.queues import TaskQueue
+
+set_default_settings_module()
+
+app = Celery("payments")
+# Settings load here, so a worker or beat with an insecure production setting refuses to start.
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = [Queue(q.value, Exchange(q.value, type="direct"), routing_key=q.value) for q in TaskQueue]
+app.conf.task_default_queue = TaskQueue.DEFAULT.value
+# Tasks name their queue; the prefix route catches a task that forgot to.
+app.conf.task_routes = {f"{q.value}.*": {"queue": q.value} for q in TaskQueue}
+
+# The beat schedule, all of it (seconds unless a crontab).
+app.conf.beat_schedule = {
+    "outbox-dispatch": {"task": "outbox.dispatch", "schedule": 10.0},
+}
+
+app.autodiscover_tasks()
+
+
+@worker_ready.connect
+def _serve_worker_metrics(**_: object) -> None:
+    """Expose the worker's Prometheus metrics (PROMETHEUS_MULTIPROC_DIR aggregates prefork children)."""
+    from django.conf import settings
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    port = settings.CELERY_WORKER_METRICS_PORT
+    if not port:
+        return
+    registry = None
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    start_http_server(port, registry=registry) if registry else start_http_server(port)

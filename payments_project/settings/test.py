@@ -1,0 +1,25 @@
+"""`make test`: real PostgreSQL, RabbitMQ and Redis on localhost unless the environment says otherwise."""
+
+from payments_project.settings.base import *  # noqa: F403
+from payments_project.settings.base import (
+    broker_transport_options,
+    cache_config,
+    database_config,
+    env,
+)
+
+DATABASE_URL = env.str("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/jia_payments")
+DATABASES = {"default": database_config(DATABASE_URL)}
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # threads in concurrency tests open and close their own
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL)
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/15")
+CACHES = cache_config(REDIS_URL)
+CACHES["default"]["KEY_PREFIX"] = "jia-payments-test"
+
+JWT_SIGNING_KEY = env.str("JWT_SIGNING_KEY", default="test-only-jwt-signing-key-0123456789-0123456789")
+STRIPE_WEBHOOK_SECRETS = env.list("STRIPE_WEBHOOK_SECRETS", default=["whsec_test_secret"])
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast users in tests
+WHITENOISE_USE_FINDERS = True
+TASK_RETRY_BACKOFF_SECONDS = 1
+OUTBOX_RETRY_BASE_SECONDS = 1

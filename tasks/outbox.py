@@ -1,0 +1,137 @@
+"""The transactional outbox: emit() inside a service's transaction, the dispatcher publishes later.
+
+Events go to the durable topic exchange `payments.events` as CloudEvents JSON (structured mode),
+persistent, with publisher confirms, message id = event id and routing key = event type. Delivery is
+at least once (a crash between publish and commit republishes), so consumers dedupe on the id.
+"""
+
+import json
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import kombu
+import structlog
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from tasks.base import backoff_seconds, enqueue_on_commit
+from tasks.errors import OutboxError
+from tasks.models import OutboxMessage
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCHES_PER_RUN = 50
+
+
+def emit(event_type: str, subject: str, data: Mapping[str, Any]) -> OutboxMessage:
+    """Record a domain event in the caller's transaction; it is published only if that commits."""
+    if not transaction.get_connection().in_atomic_block:
+        raise OutboxError("emit() must run inside the transaction that makes the change")
+    try:
+        payload = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+    except (TypeError, ValueError) as exc:
+        raise OutboxError(f"event data is not JSON-serialisable: {exc}") from exc
+    message = OutboxMessage.objects.create(type=event_type, subject=subject, data=payload)
+    from tasks.tasks import outbox_dispatch  # imported here: the task module imports this one
+
+    enqueue_on_commit(outbox_dispatch)
+    return message
+
+
+def cloudevent(message: OutboxMessage) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": str(message.id),
+        "source": settings.OUTBOX_SOURCE,
+        "type": message.type,
+        "time": message.created_at.isoformat(),
+        "subject": message.subject,
+        "datacontenttype": "application/json",
+        "data": message.data,
+    }
+
+
+def events_exchange() -> kombu.Exchange:
+    return kombu.Exchange(settings.OUTBOX_EXCHANGE, type="topic", durable=True)
+
+
+def outbox_dispatch_pending(*, broker_url: str | None = None) -> int:
+    """Publish every due message, batch after batch; returns how many went out."""
+    published = 0
+    for _ in range(MAX_BATCHES_PER_RUN):
+        claimed, sent = _dispatch_batch(broker_url or settings.CELERY_BROKER_URL)
+        published += sent
+        if claimed == 0 or sent == 0:
+            break
+    return published
+
+
+def _dispatch_batch(broker_url: str) -> tuple[int, int]:
+    """Claim the due head of each subject's queue, publish, and record the outcome; one transaction.
+
+    Only a subject's oldest unpublished message is claimable, so a later one never overtakes an
+    earlier one that is backing off or locked by another dispatcher. Rows are locked while they are
+    published: the lock is the claim, and a crash rolls it back to unpublished.
+    """
+    now = timezone.now()
+    earlier_unpublished = OutboxMessage.objects.filter(
+        subject=OuterRef("subject"), published_at__isnull=True, id__lt=OuterRef("id")
+    )
+    with transaction.atomic():
+        batch = list(
+            OutboxMessage.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(published_at__isnull=True, next_attempt_at__lte=now)
+            .exclude(Exists(earlier_unpublished))
+            .order_by("id")[: settings.OUTBOX_BATCH_SIZE]
+        )
+        if not batch:
+            return 0, 0
+        sent = _publish(batch, broker_url)
+        OutboxMessage.objects.bulk_update(batch, ["published_at", "attempts", "next_attempt_at", "last_error"])
+    return len(batch), sent
+
+
+def _publish(batch: list[OutboxMessage], broker_url: str) -> int:
+    sent = 0
+    exchange = events_exchange()
+    try:
+        with kombu.Connection(
+            broker_url,
+            connect_timeout=settings.CELERY_BROKER_CONNECTION_TIMEOUT,
+            transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+        ) as connection:
+            connection.ensure_connection(max_retries=1)
+            producer = connection.Producer()
+            for message in batch:
+                producer.publish(
+                    json.dumps(cloudevent(message), cls=DjangoJSONEncoder).encode(),
+                    exchange=exchange,
+                    routing_key=message.type,
+                    declare=[exchange],
+                    delivery_mode=2,  # persistent
+                    content_type="application/cloudevents+json",
+                    content_encoding="utf-8",
+                    message_id=str(message.id),
+                    retry=False,
+                )
+                message.published_at = timezone.now()
+                sent += 1
+    except (OSError, kombu.exceptions.KombuError, ConnectionError) as exc:
+        _back_off([m for m in batch if m.published_at is None], exc)
+    return sent
+
+
+def _back_off(messages: list[OutboxMessage], exc: BaseException) -> None:
+    log.warning("outbox_publish_failed", count=len(messages), error=repr(exc))
+    now = timezone.now()
+    for message in messages:
+        message.attempts += 1
+        delay = backoff_seconds(
+            message.attempts, base=settings.OUTBOX_RETRY_BASE_SECONDS, cap=settings.OUTBOX_RETRY_MAX_SECONDS
+        )
+        message.next_attempt_at = now + timedelta(seconds=delay)
+        message.last_error = repr(exc)[:2000]

@@ -1,0 +1,139 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from payments_project.settings.base import env_bool
+from payments_project.settings.guard import production_problems
+
+ROOT = Path(__file__).resolve().parents[2]
+STRONG_KEY = "k" * 20 + "Zq8#x!pW2@vL9$mN4%bR7^tY1&cE5*hJ"
+
+SECURE = {
+    "DEBUG": False,
+    "SECRET_KEY": STRONG_KEY,
+    "DATABASE_URL": "postgres://payments@db:5432/payments",
+    "CELERY_BROKER_URL": "amqp://payments:pw@rabbitmq:5672/payments",
+    "ALLOWED_HOSTS": ["payments.jia.example"],
+    "REDIS_URL": "redis://redis:6379/0",
+    "JWT_ALGORITHM": "HS256",
+    "JWT_SIGNING_KEY": "a-long-random-signing-key-from-the-secret-store",
+    "JWT_ISSUER": "https://auth.jia.example",
+    "JWT_AUDIENCE": "jia-payments",
+    "STRIPE_API_KEY": "sk_live_abc",
+    "STRIPE_WEBHOOK_SECRETS": ["whsec_abc"],
+}
+
+
+def test_it_accepts_secure_production_settings() -> None:
+    assert production_problems(SECURE) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"DEBUG": True}, "DEBUG"),
+        ({"SECRET_KEY": ""}, "SECRET_KEY is missing"),
+        ({"SECRET_KEY": "django-insecure-development-only-key-never-use-in-production-0123456789"}, "SECRET_KEY"),
+        ({"SECRET_KEY": "short-key"}, "SECRET_KEY is shorter"),
+        ({"DATABASE_URL": "sqlite:////tmp/db.sqlite3"}, "DATABASE_URL must not be SQLite"),
+        ({"DATABASE_URL": ""}, "DATABASE_URL is missing"),
+        ({"CELERY_BROKER_URL": "filesystem://"}, "CELERY_BROKER_URL"),
+        ({"CELERY_BROKER_URL": "memory://"}, "CELERY_BROKER_URL"),
+        ({"ALLOWED_HOSTS": ["*"]}, "ALLOWED_HOSTS"),
+        ({"ALLOWED_HOSTS": []}, "ALLOWED_HOSTS"),
+        ({"REDIS_URL": ""}, "REDIS_URL"),
+        ({"JWT_SIGNING_KEY": ""}, "JWT_SIGNING_KEY"),
+        ({"JWT_ALGORITHM": "RS256"}, "JWT_VERIFYING_KEY or JWT_JWKS_URL"),
+        ({"JWT_ISSUER": ""}, "JWT_ISSUER"),
+        ({"JWT_AUDIENCE": ""}, "JWT_AUDIENCE"),
+        ({"STRIPE_API_KEY": ""}, "STRIPE_API_KEY"),
+        ({"STRIPE_WEBHOOK_SECRETS": []}, "STRIPE_WEBHOOK_SECRETS"),
+        ({"STRIPE_WEBHOOK_SECRETS": [""]}, "STRIPE_WEBHOOK_SECRETS"),
+    ],
+)
+def test_it_names_each_insecure_production_setting(change: dict[str, object], named: str) -> None:
+    problems = production_problems({**SECURE, **change})
+
+    assert len(problems) == 1
+    assert named in problems[0]
+
+
+def test_an_asymmetric_algorithm_is_fine_with_a_jwks_url() -> None:
+    settings = {**SECURE, "JWT_ALGORITHM": "RS256", "JWT_SIGNING_KEY": "", "JWT_JWKS_URL": "https://auth/jwks"}
+
+    assert production_problems(settings) == []
+
+
+def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "JWT", "STRIPE", "DATABASE"))}
+    return subprocess.run(command, cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60)
+
+
+def test_manage_py_refuses_to_start_in_production_and_names_every_offending_setting() -> None:
+    result = _run(
+        [sys.executable, "manage.py", "check"],
+        {"DJANGO_ENV": "production", "DEBUG": "true", "DATABASE_URL": "sqlite:////tmp/x.sqlite3"},
+    )
+
+    assert result.returncode != 0
+    for name in ("DEBUG", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "ALLOWED_HOSTS", "REDIS_URL"):
+        assert name in result.stderr
+    for name in ("JWT_SIGNING_KEY", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRETS"):
+        assert name in result.stderr
+
+
+def test_the_celery_worker_and_beat_refuse_to_start_in_production_with_insecure_settings() -> None:
+    for command in (["worker", "--pool", "solo"], ["beat"]):
+        result = _run(
+            [sys.executable, "-m", "celery", "-A", "payments_project", *command], {"DJANGO_ENV": "production"}
+        )
+
+        assert result.returncode != 0
+        assert "Refusing to start in production" in result.stdout + result.stderr
+
+
+def test_production_starts_with_secrets_from_mounted_files_and_passes_the_deploy_check(tmp_path: Path) -> None:
+    secrets = {
+        "SECRET_KEY": STRONG_KEY,
+        "JWT_SIGNING_KEY": "signing-key-from-a-file",
+        "STRIPE_API_KEY": "sk_live_file",
+        "STRIPE_WEBHOOK_SECRETS": "whsec_one,whsec_two",
+    }
+    env = {"DJANGO_ENV": "production", **{k: v for k, v in SECURE.items() if isinstance(v, str) and k not in secrets}}
+    env["ALLOWED_HOSTS"] = "payments.jia.example"
+    for name, value in secrets.items():
+        (tmp_path / name).write_text(value + "\n")
+        env[f"{name}_FILE"] = str(tmp_path / name)
+
+    result = _run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], env)
+    loaded = _run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "from django.conf import settings as s; print(s.STRIPE_WEBHOOK_SECRETS, s.SECRET_KEY)",
+        ],
+        env,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert loaded.stdout.strip().splitlines()[-1] == f"['whsec_one', 'whsec_two'] {STRONG_KEY}"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("1", True), ("off", False), ("No", False)])
+def test_booleans_are_parsed(monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool) -> None:
+    monkeypatch.setenv("SOME_FLAG", raw)
+
+    assert env_bool("SOME_FLAG", not expected) is expected
+
+
+def test_a_boolean_that_is_neither_true_nor_false_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOME_FLAG", "maybe")
+
+    with pytest.raises(ImproperlyConfigured, match="SOME_FLAG"):
+        env_bool("SOME_FLAG", False)
