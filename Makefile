@@ -20,6 +20,11 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime
 
+# Chart rendering and Dockerfile/entrypoint linters (helm-python-sdk, kubernetes-validate, hadolint, shellcheck).
+$(VENV)/.deploy: requirements-deploy.txt $(VENV)/.dev
+	$(BIN)/pip install --quiet -r requirements-deploy.txt
+	touch $@
+
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 
@@ -32,13 +37,16 @@ run: $(VENV)/.runtime
 	DJANGO_ENV=$${DJANGO_ENV:-development} PATH=$(CURDIR)/$(BIN):$$PATH exec $(BIN)/honcho start -f Procfile -p $(PORT)
 
 ## make test: the whole suite against PostgreSQL, RabbitMQ and Redis on localhost.
-test: $(VENV)/.dev
+test: $(VENV)/.dev $(VENV)/.deploy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV)/.dev
+lint: $(VENV)/.dev $(VENV)/.deploy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DJANGO_ENV=test $(BIN)/mypy .
+	$(BIN)/hadolint --failure-threshold style Dockerfile
+	$(BIN)/shellcheck --shell=sh --severity=style scripts/docker-entrypoint.sh
+	$(BIN)/python -m tests.deploy.check_chart
 
 bench: $(VENV)/.dev
 	@echo "Benchmarks: see bench/README.md"

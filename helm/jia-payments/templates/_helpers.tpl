@@ -1,0 +1,241 @@
+{{/* Names */}}
+{{- define "jia-payments.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "jia-payments.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "jia-payments.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "jia-payments.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Labels. Component helpers take (dict "root" $ "component" "web" ["group" "webhooks"]). */}}
+{{- define "jia-payments.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "jia-payments.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "jia-payments.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "jia-payments.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "jia-payments.tag" (dict "root" .) | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: jia
+{{- end }}
+
+{{- define "jia-payments.componentSelectorLabels" -}}
+{{ include "jia-payments.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .group }}
+jia-payments/worker-group: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "jia-payments.componentLabels" -}}
+{{ include "jia-payments.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .group }}
+jia-payments/worker-group: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image. The tag defaults to the chart's appVersion; "latest" and empty tags are refused here too
+(the schema already rejects them in values), so not even an appVersion of "latest" slips through.
+Takes (dict "root" $ ["tag" override]).
+*/}}
+{{- define "jia-payments.tag" -}}
+{{- $tag := .tag | default .root.Values.image.tag | default .root.Chart.AppVersion | toString }}
+{{- if or (eq $tag "") (eq (lower $tag) "latest") }}
+{{- fail "image tag must be an explicit version, never empty or \"latest\"" }}
+{{- end }}
+{{- $tag }}
+{{- end }}
+
+{{- define "jia-payments.image" -}}
+{{- $image := .root.Values.image }}
+{{- if and $image.digest (not .tag) }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (include "jia-payments.tag" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Non-secret configuration (the ConfigMap's data; the migration hook inlines the same as env). */}}
+{{- define "jia-payments.configData" -}}
+{{- $c := .Values.config -}}
+DJANGO_ENV: production
+ALLOWED_HOSTS: {{ join "," $c.allowedHosts | quote }}
+LOG_LEVEL: {{ $c.logLevel | quote }}
+PORT: {{ .Values.web.port | quote }}
+JWT_ALGORITHM: {{ $c.jwt.algorithm | quote }}
+JWT_ISSUER: {{ $c.jwt.issuer | quote }}
+JWT_AUDIENCE: {{ $c.jwt.audience | quote }}
+{{- with $c.jwt.jwksUrl }}
+JWT_JWKS_URL: {{ . | quote }}
+{{- end }}
+SERVICE_AUTH_MODE: {{ $c.serviceAuthMode | quote }}
+{{- with $c.spiffe }}
+{{- with .trustDomain }}
+SPIFFE_TRUST_DOMAIN: {{ . | quote }}
+{{- end }}
+{{- if .trustBundle.configMapName }}
+SPIFFE_TRUST_BUNDLE: {{ printf "/etc/spiffe/%s" .trustBundle.key | quote }}
+{{- end }}
+{{- end }}
+STRIPE_API_BASE: {{ $c.stripeApiBase | quote }}
+CELERY_TASK_TIME_LIMIT: {{ .Values.workers.taskTimeLimitSeconds | quote }}
+{{- range $name, $value := $c.extraEnv }}
+{{ $name }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level settings shared by every workload. Takes (dict "root" $ "values" <component values>). */}}
+{{- define "jia-payments.podSpecCommon" -}}
+{{- $root := .root -}}
+automountServiceAccountToken: false
+enableServiceLinks: false
+securityContext:
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumes:
+  - name: tmp
+    emptyDir:
+      {{- with $root.Values.tmpVolume.medium }}
+      medium: {{ . }}
+      {{- end }}
+      sizeLimit: {{ $root.Values.tmpVolume.sizeLimit }}
+  {{- with $root.Values.config.spiffe.trustBundle }}
+  {{- if .configMapName }}
+  - name: spiffe-bundle
+    configMap:
+      name: {{ .configMapName }}
+      items:
+        - key: {{ .key }}
+          path: {{ .key }}
+  {{- end }}
+  {{- end }}
+{{- end }}
+
+{{/* Spread replicas over nodes when they can be (never blocks scheduling). Takes (dict "root" "component" ["group"] "values"). */}}
+{{- define "jia-payments.topologySpread" -}}
+{{- if .values.topologySpread.enabled -}}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "jia-payments.componentSelectorLabels" . | nindent 8 }}
+{{- end }}
+{{- end }}
+
+{{/* Container settings shared by every container. Takes (dict "root" $ ["tag" override]). */}}
+{{- define "jia-payments.containerCommon" -}}
+{{- $root := .root -}}
+image: {{ include "jia-payments.image" . }}
+imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+securityContext:
+  {{- toYaml $root.Values.securityContext | nindent 2 }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+  {{- if $root.Values.config.spiffe.trustBundle.configMapName }}
+  - name: spiffe-bundle
+    mountPath: /etc/spiffe
+    readOnly: true
+  {{- end }}
+{{- end }}
+
+{{/*
+Secrets from the existing Secret, configuration from the ConfigMap. A name in both takes the ConfigMap's
+value (the later source wins), as in the migration hook, where the inlined env wins over envFrom.
+*/}}
+{{- define "jia-payments.envFrom" -}}
+envFrom:
+  - secretRef:
+      name: {{ .Values.secrets.existingSecret }}
+  - configMapRef:
+      name: {{ include "jia-payments.fullname" . }}-config
+{{- end }}
+
+{{/* Pod template annotations: roll the pods whenever the configuration changes. */}}
+{{- define "jia-payments.podAnnotations" -}}
+checksum/config: {{ include "jia-payments.configData" .root | sha256sum }}
+{{- with .values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* `celery inspect ping` against one node; its own env var keeps the probe's files out of the metrics dir. */}}
+{{- define "jia-payments.celeryPing" -}}
+exec:
+  command:
+    - /bin/sh
+    - -c
+    - unset PROMETHEUS_MULTIPROC_DIR; exec celery -A payments_project inspect ping --destination "{{ .node }}@${HOSTNAME}" --timeout 10
+{{- end }}
+
+{{- define "jia-payments.probeTimings" -}}
+periodSeconds: {{ .periodSeconds }}
+timeoutSeconds: {{ .timeoutSeconds }}
+failureThreshold: {{ .failureThreshold }}
+{{- end }}
+
+{{/*
+Deep-merge .src into the map .dst, in place: maps merge key by key, anything else (false and 0
+included, unlike sprig's merge) replaces. Used to lay a worker group over workers.defaults.
+*/}}
+{{- define "jia-payments.mergeInto" -}}
+{{- $dst := .dst }}
+{{- range $key, $value := .src }}
+{{- if and (kindIs "map" $value) (kindIs "map" (get $dst $key)) }}
+{{- include "jia-payments.mergeInto" (dict "dst" (get $dst $key) "src" $value) }}
+{{- else }}
+{{- $_ := set $dst $key $value }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+
+{{/* The migration hook's environment: the configuration inlined, the secrets from the existing Secret. */}}
+{{- define "jia-payments.migrateEnv" -}}
+envFrom:
+  - secretRef:
+      name: {{ .Values.secrets.existingSecret }}
+env:
+  {{- range $name, $value := include "jia-payments.configData" . | fromYaml }}
+  - name: {{ $name }}
+    value: {{ $value | toString | quote }}
+  {{- end }}
+{{- end }}
