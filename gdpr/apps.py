@@ -4,3 +4,7 @@ from django.apps import AppConfig
 class GdprConfig(AppConfig):
     name = "gdpr"
     default_auto_field = "django.db.models.BigAutoField"
+    verbose_name = "Compliance"
+
+    def ready(self) -> None:
+        from gdpr import signals  # noqa: F401 - connects the admin-session audit receivers

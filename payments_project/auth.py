@@ -1,16 +1,238 @@
-"""Client identity: a stateless JWT principal (no user table lookup)."""
+"""Client identity: a Bearer JWT from the identity provider, verified statelessly (no user table lookup).
 
+Everything about verification comes from settings, nothing from the token:
+- the algorithm is JWT_ALGORITHM; a token whose header names another (`none`, or HS256 against an RSA
+  key: "algorithm confusion") is refused before any key is touched;
+- HS256/384/512 verify with JWT_SIGNING_KEY (at least 32 bytes; an empty key refuses every token);
+  RS256/384/512, ES256/384 and EdDSA with JWT_VERIFYING_KEY (a PEM public key or a JWK) or with the
+  key set at JWT_JWKS_URL, chosen by the token's `kid` (cached; an unknown `kid` refetches the set at
+  most once per JWT_JWKS_REFRESH_COOLDOWN_SECONDS). Token headers such as `jku`, `x5u` or `jwk` are
+  never followed;
+- `exp` and `sub` are required, `nbf`/`iat` honoured, `iss`/`aud` required and checked when configured
+  (the production guard makes them mandatory), with JWT_LEEWAY_SECONDS of clock skew;
+- `sub` must be a UUID: it is the user's id everywhere.
+"""
+
+import json
 import uuid
+from dataclasses import dataclass
 from functools import cached_property
+from typing import Any, NoReturn
 
+import jwt
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from rest_framework_simplejwt.authentication import JWTStatelessUserAuthentication
-from rest_framework_simplejwt.exceptions import InvalidToken
+from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken, TokenBackendError, TokenError
+from rest_framework_simplejwt.exceptions import TokenBackendExpiredToken as TokenExpired
 from rest_framework_simplejwt.models import TokenUser
 from rest_framework_simplejwt.tokens import Token
 
+log = structlog.get_logger(__name__)
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"})
+SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS
+MIN_HMAC_KEY_BYTES = 32
+
+_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1}
+
+
+def _key_fits(algorithm: str, key: Any) -> bool:
+    """Whether a public key object is of the family the configured algorithm needs."""
+    if algorithm.startswith("RS"):
+        return isinstance(key, rsa.RSAPublicKey)
+    if algorithm in _CURVES:
+        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _CURVES[algorithm])
+    if algorithm == "EdDSA":
+        return isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
+    return False
+
+
+def _load_public_key(algorithm: str, text: str) -> Any:
+    """JWT_VERIFYING_KEY: a PEM public key, or one public JWK (JSON)."""
+    try:
+        if text.lstrip().startswith("{"):
+            jwk = jwt.PyJWK(json.loads(text))
+            if jwk.algorithm_name not in (algorithm, None) and "alg" in json.loads(text):
+                raise ValueError(f"the JWK is for {jwk.algorithm_name}")
+            key = jwk.key
+        else:
+            key = serialization.load_pem_public_key(text.encode())
+    except (ValueError, TypeError, jwt.PyJWKError) as exc:
+        raise ImproperlyConfigured(f"JWT_VERIFYING_KEY is not a usable public key: {exc}") from exc
+    if not _key_fits(algorithm, key):
+        raise ImproperlyConfigured(f"JWT_VERIFYING_KEY is not a public key for {algorithm}")
+    return key
+
+
+@dataclass(frozen=True)
+class _Config:
+    algorithm: str
+    signing_key: str
+    verifying_key: str
+    jwks_url: str
+    issuer: str
+    audience: str
+    leeway: int
+    jwks_cache_seconds: int
+    jwks_cooldown_seconds: int
+    jwks_timeout_seconds: float
+
+    @classmethod
+    def from_settings(cls) -> "_Config":
+        return cls(
+            algorithm=settings.JWT_ALGORITHM,
+            signing_key=settings.JWT_SIGNING_KEY,
+            verifying_key=settings.JWT_VERIFYING_KEY,
+            jwks_url=settings.JWT_JWKS_URL,
+            issuer=settings.JWT_ISSUER,
+            audience=settings.JWT_AUDIENCE,
+            leeway=settings.JWT_LEEWAY_SECONDS,
+            jwks_cache_seconds=settings.JWT_JWKS_CACHE_SECONDS,
+            jwks_cooldown_seconds=settings.JWT_JWKS_REFRESH_COOLDOWN_SECONDS,
+            jwks_timeout_seconds=settings.JWT_JWKS_TIMEOUT_SECONDS,
+        )
+
+
+class ClientTokenBackend:
+    """Verifies client JWTs; built once from settings (rebuilt when tests override them)."""
+
+    def __init__(self, config: _Config) -> None:
+        self.config = config
+        algorithm = config.algorithm
+        if algorithm not in SUPPORTED_ALGORITHMS:
+            raise ImproperlyConfigured(
+                f"JWT_ALGORITHM must be one of {', '.join(sorted(SUPPORTED_ALGORITHMS))}, not {algorithm!r}"
+            )
+        self.jwks_client: jwt.PyJWKClient | None = None
+        self.static_key: Any = None
+        if algorithm in HMAC_ALGORITHMS:
+            if len(config.signing_key.encode()) < MIN_HMAC_KEY_BYTES:
+                raise ImproperlyConfigured(
+                    f"JWT_SIGNING_KEY must be at least {MIN_HMAC_KEY_BYTES} bytes for {algorithm}"
+                )
+            # PyJWT refuses PEM/SSH-looking HMAC secrets: a public key can never become the HMAC secret.
+            self.static_key = jwt.get_algorithm_by_name(algorithm).prepare_key(config.signing_key)
+        elif config.jwks_url:
+            self.jwks_client = jwt.PyJWKClient(
+                config.jwks_url,
+                cache_jwk_set=True,
+                lifespan=max(1, config.jwks_cache_seconds),
+                timeout=config.jwks_timeout_seconds,
+                cooldown_duration=max(0, config.jwks_cooldown_seconds),
+            )
+        elif config.verifying_key:
+            self.static_key = _load_public_key(algorithm, config.verifying_key)
+        else:
+            raise ImproperlyConfigured(f"JWT_VERIFYING_KEY or JWT_JWKS_URL is required for {algorithm}")
+
+    def _key_for(self, raw: str, header: dict[str, Any]) -> Any:
+        if self.jwks_client is None:
+            return self.static_key
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TokenBackendError("The token names no key (kid)")
+        try:
+            jwk = self.jwks_client.get_signing_key(kid)  # refetches the set once for an unknown kid
+        except jwt.PyJWKClientConnectionError as exc:
+            log.warning("jwks_unavailable", error=str(exc))
+            raise TokenBackendError("The identity provider's keys are unavailable") from exc
+        except jwt.PyJWKClientError as exc:
+            raise TokenBackendError("The token's key is unknown") from exc
+        declared = jwk._jwk_data.get("alg")
+        if declared not in (None, self.config.algorithm) or not _key_fits(self.config.algorithm, jwk.key):
+            raise TokenBackendError("The token's key is not a key for the configured algorithm")
+        return jwk.key
+
+    def decode(self, token: bytes | str, verify: bool = True) -> dict[str, Any]:
+        if not verify:
+            raise TokenBackendError("Unverified decoding is not supported")
+        raw = token.decode() if isinstance(token, bytes) else token
+        try:
+            header = jwt.get_unverified_header(raw)
+        except jwt.InvalidTokenError as exc:
+            raise TokenBackendError("The token is malformed") from exc
+        if header.get("alg") != self.config.algorithm:
+            raise TokenBackendError("The token's algorithm is not the configured one")
+        required = ["exp", "sub"]
+        if self.config.issuer:
+            required.append("iss")
+        if self.config.audience:
+            required.append("aud")
+        try:
+            return jwt.decode(
+                raw,
+                self._key_for(raw, header),
+                algorithms=[self.config.algorithm],
+                issuer=self.config.issuer or None,
+                audience=self.config.audience or None,
+                leeway=self.config.leeway,
+                options={"require": required, "verify_aud": bool(self.config.audience)},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenExpired("Token is expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise TokenBackendError(f"Token is invalid: {exc}") from exc
+
+    def encode(self, payload: dict[str, Any]) -> NoReturn:
+        raise TokenBackendError("This service verifies tokens; it does not issue them")
+
+
+_backend: ClientTokenBackend | None = None
+
+
+def client_token_backend() -> ClientTokenBackend:
+    global _backend
+    if _backend is None:
+        _backend = ClientTokenBackend(_Config.from_settings())
+    return _backend
+
+
+@receiver(setting_changed)
+def _reset_backend(*, setting: str, **kwargs: Any) -> None:
+    global _backend
+    if setting.startswith("JWT_"):
+        _backend = None
+
+
+class ClientToken(Token):
+    """A client's access token, verified by ClientTokenBackend (PyJWT has checked every claim)."""
+
+    token_type = "access"  # noqa: S105 - a token kind, not a secret
+    lifetime = None  # never minted here
+
+    def __init__(self, token: Any = None, verify: bool = True) -> None:
+        if token is None:
+            raise TokenError("ClientToken only wraps tokens from the identity provider")
+        self.token = token
+        try:
+            self.payload = client_token_backend().decode(token, verify=verify)
+        except TokenExpired as exc:
+            raise TokenError("Token is expired") from exc
+        except TokenBackendError as exc:
+            raise TokenError(str(exc.args[0]) if exc.args else "Token is invalid") from exc
+        except ImproperlyConfigured as exc:  # an empty or unusable key must refuse, never accept
+            log.error("jwt_misconfigured", error=str(exc))
+            raise TokenError("Token verification is not configured") from exc
+
+    def verify(self) -> None:  # everything was verified in decode
+        return None
+
+    def get_token_backend(self) -> ClientTokenBackend:  # type: ignore[override]
+        return client_token_backend()
+
 
 class Principal(TokenUser):
-    """The caller, as the token describes them: `id` is the UUID `sub`."""
+    """The caller, as the token describes them: `id` is the UUID `sub`. Never staff, never superuser."""
+
+    is_staff = False
+    is_superuser = False
 
     @cached_property
     def id(self) -> uuid.UUID:  # type: ignore[override]
@@ -26,15 +248,55 @@ class Principal(TokenUser):
 
     @cached_property
     def scopes(self) -> frozenset[str]:
-        return frozenset(str(self.token.get("scope", "")).split())
+        scope = self.token.get("scope", "")
+        listed = self.token.get("scp", [])
+        names = str(scope).split() if isinstance(scope, str) else []
+        if isinstance(listed, list):
+            names += [str(name) for name in listed]
+        return frozenset(names)
+
+    @cached_property
+    def username(self) -> str:
+        return str(self.id)
+
+    def __getattr__(self, attr: str) -> NoReturn:
+        # TokenUser would answer any attribute from the token's claims; a claim must not pose as one.
+        raise AttributeError(attr)
+
+    def __str__(self) -> str:
+        return f"Principal {self.id}"
 
 
 class JWTAuthentication(JWTStatelessUserAuthentication):
     """Bearer JWT; the algorithm and keys come from settings, never from the token."""
 
-    def get_user(self, validated_token: Token) -> Principal:  # type: ignore[override]
+    def get_validated_token(self, raw_token: bytes) -> Token:
         try:
-            uuid.UUID(str(validated_token["sub"]))
-        except (KeyError, ValueError) as exc:
-            raise InvalidToken("The token's sub is not a user UUID") from exc
+            return ClientToken(raw_token)
+        except TokenError as exc:
+            raise InvalidToken(str(exc.args[0]) if exc.args else "Token is invalid") from exc
+
+    def get_raw_token(self, header: bytes) -> bytes | None:
+        parts = header.split()
+        if not parts:
+            return None
+        if parts[0].lower() != b"bearer":
+            return None  # another scheme: unauthenticated (401 where authentication is required)
+        if len(parts) != 2:
+            raise AuthenticationFailed(
+                "The Authorization header must be 'Bearer <token>'", code="bad_authorization_header"
+            )
+        return parts[1]
+
+    def get_user(self, validated_token: Token) -> Principal:  # type: ignore[override]
+        sub = validated_token.get("sub")
+        if not isinstance(sub, str) or not _is_canonical_uuid(sub):
+            raise InvalidToken("The token's sub is not a user UUID")
         return Principal(validated_token)
+
+
+def _is_canonical_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False

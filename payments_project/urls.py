@@ -3,9 +3,12 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from payments_project import health
+from payments_project.service_auth import WhoAmIView
 
 api_v1: list = []  # the apps' client API routes (JWT)
-internal_v1: list = []  # the apps' service-to-service routes (SPIFFE identity)
+internal_v1: list = [  # the apps' service-to-service routes (SPIFFE identity)
+    path("whoami", WhoAmIView.as_view(), name="internal-whoami"),
+]
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),

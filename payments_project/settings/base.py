@@ -4,6 +4,8 @@ Each secret may instead be given as NAME_FILE, a path to a mounted file (environ
 Defaults here are the development ones; production.py re-reads the secrets without defaults.
 """
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,43 @@ def broker_transport_options(broker_url: str) -> dict[str, Any]:
     return {"confirm_publish": True}
 
 
+_RATE = re.compile(r"[1-9][0-9]*/[0-9]*[smhd]")
+
+
+def rate_limits_from_env(defaults: dict[str, str]) -> dict[str, str]:
+    """Each group's rate from RATE_LIMIT_<GROUP>, else the default; a malformed rate is a config error."""
+    rates = {}
+    for group, default in defaults.items():
+        name = "RATE_LIMIT_" + group.upper().replace(".", "_")
+        rate = env.str(name, default=default).strip()
+        if not _RATE.fullmatch(rate):
+            raise ImproperlyConfigured(f"{name} must look like 10/m or 100/5m (s, m, h or d), not {rate!r}")
+        rates[group] = rate
+    return rates
+
+
+def service_allowlist_from_env(scopes: tuple[str, ...]) -> dict[str, list[str]]:
+    """SERVICE_ALLOWLIST (JSON object) overlaid by SERVICE_ALLOWLIST_<SCOPE> comma lists."""
+    raw = env.str("SERVICE_ALLOWLIST", default="").strip()
+    try:
+        allowlist = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"SERVICE_ALLOWLIST is not JSON: {exc}") from exc
+    if not isinstance(allowlist, dict) or not all(
+        isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in allowlist.values()
+    ):
+        raise ImproperlyConfigured('SERVICE_ALLOWLIST must be a JSON object {"scope": ["spiffe://...", ...]}')
+    for scope in scopes:
+        name = "SERVICE_ALLOWLIST_" + scope.upper().replace(".", "_")
+        if env.str(name, default=""):
+            allowlist[scope] = env.list(name)
+    for scope, ids in allowlist.items():
+        for spiffe_id in ids:
+            if not spiffe_id.startswith("spiffe://"):
+                raise ImproperlyConfigured(f"SERVICE_ALLOWLIST[{scope!r}] holds {spiffe_id!r}, not a spiffe:// ID")
+    return {scope: list(ids) for scope, ids in allowlist.items()}
+
+
 DJANGO_ENV = env.str("DJANGO_ENV", default="development")
 DEV_SECRET_KEY = "django-insecure-development-only-key-never-use-in-production-0123456789"  # noqa: S105
 SECRET_KEY = env.str("SECRET_KEY", default=DEV_SECRET_KEY)
@@ -118,6 +157,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "payments_project.middleware.RequestIdMiddleware",
     "payments_project.middleware.ProblemJsonMiddleware",
+    "django_ratelimit.middleware.RatelimitMiddleware",  # django-ratelimit's own decorator -> 429 problem
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -176,6 +216,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "payments_project.errors.exception_handler",
     "DEFAULT_AUTHENTICATION_CLASSES": ["payments_project.auth.JWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["payments_project.ratelimit.RateLimitThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": None,
@@ -193,30 +234,54 @@ SPECTACULAR_SETTINGS = {
 PROBLEM_JSON_PATH_PREFIXES = ("/api/", "/internal/", "/webhooks/")
 
 # --- Identity ---------------------------------------------------------------------------------
+# Client JWTs (payments_project/auth.py). The algorithm is ours, never the token's.
 JWT_ALGORITHM = env.str("JWT_ALGORITHM", default="HS256")
-JWT_SIGNING_KEY = env.str("JWT_SIGNING_KEY", default="")
-JWT_VERIFYING_KEY = env.str("JWT_VERIFYING_KEY", default="")
-JWT_JWKS_URL = env.str("JWT_JWKS_URL", default="")
+JWT_SIGNING_KEY = env.str("JWT_SIGNING_KEY", default="")  # HS256/384/512
+JWT_VERIFYING_KEY = env.str("JWT_VERIFYING_KEY", default="")  # RS*/ES*/EdDSA: a PEM public key (or a JWK)
+JWT_JWKS_URL = env.str("JWT_JWKS_URL", default="")  # RS*/ES*/EdDSA: the identity provider's key set
+JWT_JWKS_CACHE_SECONDS = env.int("JWT_JWKS_CACHE_SECONDS", default=300)
+JWT_JWKS_REFRESH_COOLDOWN_SECONDS = env.int("JWT_JWKS_REFRESH_COOLDOWN_SECONDS", default=30)
+JWT_JWKS_TIMEOUT_SECONDS = env.float("JWT_JWKS_TIMEOUT_SECONDS", default=3.0)
 JWT_ISSUER = env.str("JWT_ISSUER", default="")
 JWT_AUDIENCE = env.str("JWT_AUDIENCE", default="")
 JWT_LEEWAY_SECONDS = env.int("JWT_LEEWAY_SECONDS", default=30)
 SIMPLE_JWT = {
+    # Only the header parsing and the user class are simplejwt's: verification is ClientTokenBackend's,
+    # built from the JWT_* settings above (see payments_project/auth.py).
     "ALGORITHM": JWT_ALGORITHM,
-    "SIGNING_KEY": JWT_SIGNING_KEY,
-    "VERIFYING_KEY": JWT_VERIFYING_KEY or None,
-    "JWK_URL": JWT_JWKS_URL or None,
-    "ISSUER": JWT_ISSUER or None,
-    "AUDIENCE": JWT_AUDIENCE or None,
-    "LEEWAY": JWT_LEEWAY_SECONDS,
     "AUTH_HEADER_TYPES": ("Bearer",),
     "USER_ID_CLAIM": "sub",
     "TOKEN_TYPE_CLAIM": None,  # tokens come from the identity provider, not from simplejwt
     "JTI_CLAIM": None,
+    "AUTH_TOKEN_CLASSES": ("payments_project.auth.ClientToken",),
     "TOKEN_USER_CLASS": "payments_project.auth.Principal",
 }
+# Service identity for /internal/ (payments_project/service_auth.py): "xfcc" behind the mTLS sidecar;
+# any other value closes /internal/ (403).
 SERVICE_AUTH_MODE = env.str("SERVICE_AUTH_MODE", default="none")
-SPIFFE_TRUST_BUNDLE = env.str("SPIFFE_TRUST_BUNDLE", default="")
+SPIFFE_TRUST_BUNDLE = env.str("SPIFFE_TRUST_BUNDLE", default="")  # PEM file of the trust domain's CA(s)
 SPIFFE_TRUST_DOMAIN = env.str("SPIFFE_TRUST_DOMAIN", default="")
+# Which SPIFFE IDs may use which internal endpoints (views declare `required_service_scope`).
+# SERVICE_ALLOWLIST is a JSON object {"scope": ["spiffe://...", ...]}; SERVICE_ALLOWLIST_<SCOPE> (dots
+# as underscores, e.g. SERVICE_ALLOWLIST_ENTITLEMENTS_READ) is a comma list that replaces one scope.
+SERVICE_SCOPES = ("entitlements.read",)
+SERVICE_ALLOWLIST = service_allowlist_from_env(SERVICE_SCOPES)
+
+# --- Rate limits (payments_project/ratelimit.py) ------------------------------------------------
+# "count/period" per endpoint group; each overridable by RATE_LIMIT_<GROUP>, e.g. RATE_LIMIT_CHECKOUT=5/m.
+RATE_LIMIT_DEFAULTS = {
+    "checkout": "10/m",
+    "api_read": "300/m",
+    "api_write": "60/m",
+    "gdpr": "10/h",
+    "internal": "6000/m",
+    "webhook": "1200/m",
+}
+RATE_LIMITS = rate_limits_from_env(RATE_LIMIT_DEFAULTS)
+# How many proxies in front of us append to X-Forwarded-For (0: trust only REMOTE_ADDR).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+RATELIMIT_USE_CACHE = "default"
+RATELIMIT_VIEW = "payments_project.ratelimit.ratelimited_view"
 
 # --- Stripe -----------------------------------------------------------------------------------
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")

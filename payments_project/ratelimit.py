@@ -1,0 +1,167 @@
+"""Rate limits (django-ratelimit counters on the shared cache — Redis in production).
+
+- Rates live in one settings dict, `RATE_LIMITS` (group -> "count/period"), each overridable by
+  `RATE_LIMIT_<GROUP>` in the environment (settings/base.py).
+- The key is the user id when the caller is authenticated, else the client IP (`client_ip`: REMOTE_ADDR,
+  or X-Forwarded-For read only through `TRUSTED_PROXY_COUNT` trusted proxies, so it cannot be spoofed).
+  The `webhook` group is always keyed by IP.
+- Apply a group with `@rate_limited("checkout")` (plain Django views and DRF view methods) or, for DRF
+  class views, set `rate_limit_group = "checkout"`: the default DRF throttle (RateLimitThrottle) limits
+  every API view — `api_read` for safe methods, `api_write` otherwise, unless the view names its group.
+- Over the limit: 429 problem+json with Retry-After (errors.RateLimited).
+"""
+
+import ipaddress
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, Literal, TypeVar, cast
+
+import structlog
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse
+from django_ratelimit.core import get_usage
+from django_ratelimit.exceptions import Ratelimited
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from payments_project.errors import RateLimited, application_error_response
+
+log = structlog.get_logger(__name__)
+
+KeyKind = Literal["auto", "ip", "user_or_ip"]
+# Groups keyed by IP whatever the caller: nobody is "authenticated" on them in our sense.
+IP_KEYED_GROUPS = frozenset({"webhook"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _parse_ip(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def client_ip(request: HttpRequest | Request) -> str:
+    """The caller's IP address, normalised; "" when there is none.
+
+    With TRUSTED_PROXY_COUNT = N > 0, each of our N proxies appends the address it received the
+    request from to X-Forwarded-For, so the client is the N-th entry from the right; whatever the
+    client wrote itself sits further left and is ignored. A header with fewer than N entries did not
+    come through our proxies, so REMOTE_ADDR is used.
+    """
+    meta = request.META
+    remote = _parse_ip(meta.get("REMOTE_ADDR", "")) or ""
+    trusted = int(getattr(settings, "TRUSTED_PROXY_COUNT", 0))
+    if trusted <= 0:
+        return remote
+    hops = [hop.strip() for hop in meta.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    hops = [hop for hop in hops if hop]
+    if len(hops) < trusted:
+        return remote
+    return _parse_ip(hops[-trusted]) or remote
+
+
+def _masked_ip(ip: str) -> str:
+    """IPv6 clients are keyed by their /64 (one subscriber's allocation), IPv4 by the address."""
+    if ":" in ip:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False).network_address)
+    return ip
+
+
+def rate_limit_key(request: HttpRequest | Request, *, by: KeyKind = "user_or_ip") -> str:
+    if by == "user_or_ip":
+        user = getattr(request, "user", None)
+        if user is not None and getattr(user, "is_authenticated", False):
+            return f"user:{user.pk}"
+    return f"ip:{_masked_ip(client_ip(request)) or 'unknown'}"
+
+
+def rate_for(group: str) -> str:
+    try:
+        return str(settings.RATE_LIMITS[group])
+    except KeyError:
+        raise ImproperlyConfigured(f"no rate limit named {group!r} in RATE_LIMITS") from None
+
+
+def _key_kind(group: str, by: KeyKind) -> KeyKind:
+    if by == "auto":
+        return "ip" if group in IP_KEYED_GROUPS else "user_or_ip"
+    return by
+
+
+def check_rate_limit(request: HttpRequest | Request, group: str, *, by: KeyKind = "auto") -> None:
+    """Count this request against `group`; raise RateLimited (429, Retry-After) once over the rate."""
+    key = rate_limit_key(request, by=_key_kind(group, by))
+    try:
+        usage = get_usage(
+            request,
+            group=group,
+            key=lambda _group, _request: key,
+            rate=rate_for(group),
+            increment=True,
+        )
+    except ConnectionError as exc:  # redis-py's errors subclass it: fail open, loudly
+        log.warning("rate_limit_cache_unavailable", group=group, error=repr(exc))
+        return
+    if usage is None or not usage["should_limit"]:
+        return
+    if usage["limit"] == 0:  # the cache answered nothing usable: fail open, loudly
+        log.warning("rate_limit_cache_unavailable", group=group)
+        return
+    retry_after = max(1, int(usage["time_left"]))
+    log.info("rate_limited", group=group, key_kind=key.split(":", 1)[0], retry_after=retry_after)
+    raise RateLimited(f"Rate limit '{group}' exceeded; retry in {retry_after} s", retry_after=retry_after)
+
+
+def rate_limited(group: str, *, by: KeyKind = "auto") -> Callable[[F], F]:
+    """Limit a view by `group` — a plain Django function view or a DRF view method (self, request)."""
+    rate_for(group)  # an unknown group fails at import time, not on the first request
+
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            request = next(arg for arg in args[:2] if isinstance(arg, HttpRequest | Request))
+            check_rate_limit(request, group, by=by)
+            return view(*args, **kwargs)
+
+        return cast(F, wrapped)
+
+    return decorator
+
+
+class RateLimitThrottle(BaseThrottle):
+    """The default DRF throttle: every API view is limited, by its `rate_limit_group` or by method.
+
+    A view opts out only by setting `rate_limit_group = None` explicitly (e.g. because it applies
+    `@rate_limited` itself).
+    """
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        group = getattr(view, "rate_limit_group", "")
+        if group is None:
+            return True
+        if not group:
+            group = "api_read" if request.method in SAFE_METHODS else "api_write"
+        check_rate_limit(request, group)
+        return True
+
+
+def ratelimited_view(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """RATELIMIT_VIEW: someone used django-ratelimit's own decorator; still answer 429 problem+json."""
+    return application_error_response(request, RateLimited(retry_after=60))
+
+
+__all__ = [
+    "IP_KEYED_GROUPS",
+    "RateLimitThrottle",
+    "Ratelimited",
+    "check_rate_limit",
+    "client_ip",
+    "rate_for",
+    "rate_limit_key",
+    "rate_limited",
+    "ratelimited_view",
+]

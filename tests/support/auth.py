@@ -1,0 +1,205 @@
+"""Credentials for tests: client JWTs (`bearer`) and SPIFFE certificates with Envoy XFCC headers.
+
+client.get("/api/v1/payments", HTTP_AUTHORIZATION=bearer(user_id))
+client.get("/internal/v1/whoami", HTTP_X_FORWARDED_CLIENT_CERT=pki.xfcc(pki.leaf("spiffe://...")))
+"""
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from django.conf import settings
+
+# ---------------------------------------------------------------------------------------------
+# Client JWTs
+
+
+def token(
+    user_id: uuid.UUID | str,
+    *,
+    email: str = "",
+    ttl: int = 3600,
+    key: Any = None,
+    algorithm: str | None = None,
+    headers: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
+    """A JWT as the identity provider would issue it, signed with the test settings' key by default.
+
+    A claim given as None is left out (e.g. `exp=None`); `iss`/`aud` default to the configured ones.
+    """
+    now = int(time.time())
+    payload: dict[str, Any] = {"sub": str(user_id), "iat": now, "nbf": now, "exp": now + ttl}
+    if email:
+        payload["email"] = email
+    if settings.JWT_ISSUER:
+        payload["iss"] = settings.JWT_ISSUER
+    if settings.JWT_AUDIENCE:
+        payload["aud"] = settings.JWT_AUDIENCE
+    payload.update(claims)
+    payload = {name: value for name, value in payload.items() if value is not None}
+    return jwt.encode(
+        payload,
+        key if key is not None else settings.JWT_SIGNING_KEY,
+        algorithm=algorithm or settings.JWT_ALGORITHM,
+        headers=headers,
+    )
+
+
+def bearer(user_id: uuid.UUID | str, email: str = "", **claims: Any) -> str:
+    """The Authorization header value for a valid client token: `Bearer <jwt>`."""
+    return f"Bearer {token(user_id, email=email, **claims)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# SPIFFE certificates
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+@dataclass
+class Issued:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @property
+    def pem(self) -> str:
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass
+class SpiffePki:
+    """A trust domain's CA, an intermediate under it, and leaf SVIDs issued by the intermediate."""
+
+    trust_domain: str = "jia.test"
+    root: Issued = field(init=False)
+    intermediate: Issued = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = self._ca(f"{self.trust_domain} root CA", issuer=None, path_length=1)
+        self.intermediate = self._ca(f"{self.trust_domain} intermediate CA", issuer=self.root, path_length=0)
+
+    def _ca(self, common_name: str, *, issuer: Issued | None, path_length: int) -> Issued:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        subject = _name(common_name)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer.cert.subject if issuer else subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        )
+        if issuer:
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
+            )
+        signer = issuer.key if issuer else key
+        return Issued(builder.sign(signer, hashes.SHA256()), key)
+
+    def leaf(
+        self,
+        spiffe_id: str,
+        *,
+        expired: bool = False,
+        issuer: Issued | None = None,
+        client_auth: bool = True,
+    ) -> Issued:
+        """An X.509-SVID for `spiffe_id` (URI SAN), issued by the intermediate unless told otherwise."""
+        issuer = issuer or self.intermediate
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        start, end = (
+            (now - timedelta(days=10), now - timedelta(days=1))
+            if expired
+            else (now - timedelta(hours=1), now + timedelta(hours=1))
+        )
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [ExtendedKeyUsageOID.SERVER_AUTH]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIRE")]))
+            .issuer_name(issuer.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+            .sign(issuer.key, hashes.SHA256())
+        )
+        return Issued(cert, key)
+
+    def bundle_pem(self) -> str:
+        """The trust bundle: the root only (intermediates travel with the leaf, in the XFCC Chain)."""
+        return self.root.pem
+
+    def write_bundle(self, directory: Path) -> Path:
+        path = directory / "bundle.pem"
+        path.write_text(self.bundle_pem())
+        return path
+
+    def xfcc(self, leaf: Issued, *, with_chain: bool = True, uri: str | None = None) -> str:
+        """Envoy's X-Forwarded-Client-Cert for this client certificate (with its intermediate)."""
+        return xfcc(leaf, chain=[leaf, self.intermediate] if with_chain else None, uri=uri)
+
+
+def xfcc(leaf: Issued | None, *, chain: list[Issued] | None = None, uri: str | None = None) -> str:
+    """One XFCC element as Envoy writes it: By, Hash, Cert (url-encoded PEM), Chain, URI."""
+    parts = ["By=spiffe://jia.test/ns/payments/sa/payments"]
+    if leaf is not None:
+        digest = leaf.cert.fingerprint(hashes.SHA256()).hex()
+        parts += [f"Hash={digest}", f'Cert="{quote(leaf.pem, safe="")}"']
+    if chain:
+        parts.append(f'Chain="{quote("".join(item.pem for item in chain), safe="")}"')
+    if uri is None and leaf is not None:
+        sans = leaf.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+        uri = uris[0] if uris else None
+    if uri:
+        parts.append(f"URI={uri}")
+    return ";".join(parts)
