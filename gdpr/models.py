@@ -50,6 +50,8 @@ class AuditAction(models.TextChoices):
     FAMILY_MEMBER_ADDED = "family.member_added"
     FAMILY_MEMBER_REMOVED = "family.member_removed"
     FAMILY_INVITATION_CREATED = "family.invitation_created"
+    FAMILY_SUSPENDED = "family.suspended"
+    FAMILY_REACTIVATED = "family.reactivated"
     RECONCILIATION_RESOLVED = "reconciliation.resolved"
     RECONCILIATION_RESYNCED = "reconciliation.resynced"
 

@@ -39,6 +39,7 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"})
 SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS
 MIN_HMAC_KEY_BYTES = 32
+MAX_TOKEN_LENGTH = 8192
 
 _CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1}
 
@@ -118,7 +119,10 @@ class ClientTokenBackend:
                     f"JWT_SIGNING_KEY must be at least {MIN_HMAC_KEY_BYTES} bytes for {algorithm}"
                 )
             # PyJWT refuses PEM/SSH-looking HMAC secrets: a public key can never become the HMAC secret.
-            self.static_key = jwt.get_algorithm_by_name(algorithm).prepare_key(config.signing_key)
+            try:
+                self.static_key = jwt.get_algorithm_by_name(algorithm).prepare_key(config.signing_key)
+            except jwt.InvalidKeyError as exc:
+                raise ImproperlyConfigured(f"JWT_SIGNING_KEY is not usable as an HMAC secret: {exc}") from exc
         elif config.jwks_url:
             self.jwks_client = jwt.PyJWKClient(
                 config.jwks_url,
@@ -153,7 +157,12 @@ class ClientTokenBackend:
     def decode(self, token: bytes | str, verify: bool = True) -> dict[str, Any]:
         if not verify:
             raise TokenBackendError("Unverified decoding is not supported")
-        raw = token.decode() if isinstance(token, bytes) else token
+        try:
+            raw = token.decode("ascii") if isinstance(token, bytes) else token.encode("ascii").decode()
+        except UnicodeError as exc:  # a JWT is base64url and dots: ASCII only
+            raise TokenBackendError("The token is malformed") from exc
+        if len(raw) > MAX_TOKEN_LENGTH:
+            raise TokenBackendError("The token is too long")
         try:
             header = jwt.get_unverified_header(raw)
         except jwt.InvalidTokenError as exc:

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django_ratelimit.exceptions import Ratelimited
 from rest_framework import exceptions as drf_exceptions
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -89,6 +90,10 @@ class RateLimited(ApplicationError):
 
     def __init__(self, detail: str | None = None, *, retry_after: int) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+# Retry-After when only django-ratelimit's bare Ratelimited is known (it carries no window).
+RATELIMITED_RETRY_AFTER_SECONDS = 60
 
 
 class UpstreamFailed(ApplicationError):
@@ -180,6 +185,8 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> HttpRespons
     request = context["request"]
     if isinstance(exc, ApplicationError):
         return application_error_response(request, exc)
+    if isinstance(exc, Ratelimited):  # django-ratelimit's own decorator; ours raises RateLimited itself
+        return application_error_response(request, RateLimited(retry_after=RATELIMITED_RETRY_AFTER_SECONDS))
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -22,10 +22,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django_ratelimit.core import get_usage
 from django_ratelimit.exceptions import Ratelimited
+from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from payments_project.errors import RateLimited, application_error_response
+from payments_project.errors import RATELIMITED_RETRY_AFTER_SECONDS, RateLimited, application_error_response
 
 log = structlog.get_logger(__name__)
 
@@ -103,7 +104,7 @@ def check_rate_limit(request: HttpRequest | Request, group: str, *, by: KeyKind 
             rate=rate_for(group),
             increment=True,
         )
-    except ConnectionError as exc:  # redis-py's errors subclass it: fail open, loudly
+    except (RedisError, OSError) as exc:  # the cache is down: fail open (availability first), loudly
         log.warning("rate_limit_cache_unavailable", group=group, error=repr(exc))
         return
     if usage is None or not usage["should_limit"]:
@@ -151,7 +152,7 @@ class RateLimitThrottle(BaseThrottle):
 
 def ratelimited_view(request: HttpRequest, exception: Exception) -> HttpResponse:
     """RATELIMIT_VIEW: someone used django-ratelimit's own decorator; still answer 429 problem+json."""
-    return application_error_response(request, RateLimited(retry_after=60))
+    return application_error_response(request, RateLimited(retry_after=RATELIMITED_RETRY_AFTER_SECONDS))
 
 
 __all__ = [

@@ -234,6 +234,8 @@ SPECTACULAR_SETTINGS = {
 PROBLEM_JSON_PATH_PREFIXES = ("/api/", "/internal/", "/webhooks/")
 
 # --- Identity ---------------------------------------------------------------------------------
+# Previous SECRET_KEYs, kept while rotating so staff sessions survive the switch.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 # Client JWTs (payments_project/auth.py). The algorithm is ours, never the token's.
 JWT_ALGORITHM = env.str("JWT_ALGORITHM", default="HS256")
 JWT_SIGNING_KEY = env.str("JWT_SIGNING_KEY", default="")  # HS256/384/512

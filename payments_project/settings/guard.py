@@ -6,6 +6,9 @@ from typing import Any
 MIN_SECRET_KEY_LENGTH = 50
 INSECURE_BROKER_SCHEMES = ("filesystem://", "memory://")
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA")
+MIN_HMAC_KEY_BYTES = 32  # RFC 7518 3.2: at least the hash size; payments_project.auth refuses shorter keys too
+SERVICE_AUTH_MODES = ("xfcc", "none")
 
 
 def production_problems(settings: Mapping[str, Any]) -> list[str]:
@@ -44,15 +47,35 @@ def production_problems(settings: Mapping[str, Any]) -> list[str]:
         problems.append("REDIS_URL is missing")
 
     algorithm = settings.get("JWT_ALGORITHM") or ""
+    signing_key = settings.get("JWT_SIGNING_KEY") or ""
     if algorithm in HMAC_ALGORITHMS:
-        if not settings.get("JWT_SIGNING_KEY"):
+        if not signing_key:
             problems.append(f"JWT_SIGNING_KEY is empty (required for {algorithm})")
+        elif len(signing_key.encode()) < MIN_HMAC_KEY_BYTES:
+            problems.append(f"JWT_SIGNING_KEY is shorter than {MIN_HMAC_KEY_BYTES} bytes")
+    elif algorithm not in ASYMMETRIC_ALGORITHMS:
+        supported = ", ".join(HMAC_ALGORITHMS + ASYMMETRIC_ALGORITHMS)
+        problems.append(f"JWT_ALGORITHM must be one of {supported}, not {algorithm!r}")
     elif not (settings.get("JWT_VERIFYING_KEY") or settings.get("JWT_JWKS_URL")):
-        problems.append(f"JWT_VERIFYING_KEY or JWT_JWKS_URL is required for {algorithm or 'JWT_ALGORITHM'}")
+        problems.append(f"JWT_VERIFYING_KEY or JWT_JWKS_URL is required for {algorithm}")
+    jwks_url = settings.get("JWT_JWKS_URL") or ""
+    if jwks_url and not jwks_url.startswith("https://"):
+        problems.append("JWT_JWKS_URL must be an https:// URL")
     if not settings.get("JWT_ISSUER"):
         problems.append("JWT_ISSUER is empty")
     if not settings.get("JWT_AUDIENCE"):
         problems.append("JWT_AUDIENCE is empty")
+
+    mode = settings.get("SERVICE_AUTH_MODE") or "none"
+    if mode not in SERVICE_AUTH_MODES:
+        problems.append(f"SERVICE_AUTH_MODE must be one of {', '.join(SERVICE_AUTH_MODES)}, not {mode!r}")
+    elif mode == "xfcc":
+        if not settings.get("SPIFFE_TRUST_BUNDLE"):
+            problems.append("SPIFFE_TRUST_BUNDLE is empty (required when SERVICE_AUTH_MODE=xfcc)")
+        if not settings.get("SPIFFE_TRUST_DOMAIN"):
+            problems.append("SPIFFE_TRUST_DOMAIN is empty (required when SERVICE_AUTH_MODE=xfcc)")
+    if int(settings.get("TRUSTED_PROXY_COUNT") or 0) < 0:
+        problems.append("TRUSTED_PROXY_COUNT must not be negative")
 
     if not settings.get("STRIPE_API_KEY"):
         problems.append("STRIPE_API_KEY is empty")

@@ -99,7 +99,7 @@ def test_the_celery_worker_and_beat_refuse_to_start_in_production_with_insecure_
 def test_production_starts_with_secrets_from_mounted_files_and_passes_the_deploy_check(tmp_path: Path) -> None:
     secrets = {
         "SECRET_KEY": STRONG_KEY,
-        "JWT_SIGNING_KEY": "signing-key-from-a-file",
+        "JWT_SIGNING_KEY": "signing-key-from-a-file-0123456789abcdef",
         "STRIPE_API_KEY": "sk_live_file",
         "STRIPE_WEBHOOK_SECRETS": "whsec_one,whsec_two",
     }

@@ -4,10 +4,13 @@ client.get("/api/v1/payments", HTTP_AUTHORIZATION=bearer(user_id))
 client.get("/internal/v1/whoami", HTTP_X_FORWARDED_CLIENT_CERT=pki.xfcc(pki.leaf("spiffe://...")))
 """
 
+import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +18,7 @@ from urllib.parse import quote
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
 
@@ -203,3 +206,67 @@ def xfcc(leaf: Issued | None, *, chain: list[Issued] | None = None, uri: str | N
     if uri:
         parts.append(f"URI={uri}")
     return ";".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# A JWKS endpoint on 127.0.0.1
+
+
+class JwksServer:
+    """Serves `keys` (a list of public JWK dicts) at http://127.0.0.1:<port>/jwks.json and counts fetches."""
+
+    def __init__(self, keys: list[dict[str, Any]] | None = None) -> None:
+        self.keys: list[dict[str, Any]] = list(keys or [])
+        self.fetches = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.fetches += 1
+                body = json.dumps({"keys": server.keys}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_port}/jwks.json"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "JwksServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def public_jwk(private_key: Any, *, kid: str, alg: str | None = None) -> dict[str, Any]:
+    """The public JWK of a private key, as an identity provider publishes it."""
+    algorithm = jwt.get_algorithm_by_name(alg or _default_alg(private_key))
+    jwk: dict[str, Any] = json.loads(algorithm.to_jwk(private_key.public_key()))
+    jwk.update({"kid": kid, "use": "sig"})
+    if alg:
+        jwk["alg"] = alg
+    return jwk
+
+
+def _default_alg(private_key: Any) -> str:
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        return "RS256"
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        return "ES256"
+    return "EdDSA"
+
+
+def public_pem(private_key: Any) -> str:
+    return (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )

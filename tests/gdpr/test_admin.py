@@ -1,0 +1,195 @@
+"""Staff roles, the read-only audit trail admin with its CSV export, and audited admin sessions."""
+
+import csv
+import importlib
+import io
+from typing import Any
+
+import pytest
+from django.apps import apps as django_apps
+from django.contrib import admin
+from django.contrib.auth.models import Group, User
+from django.db import transaction
+from django.test import Client, RequestFactory
+
+from gdpr.audit import ActorType, AuditAction, AuditEvent, record, verify_chain
+from payments_project.roles import Role, RoleRestrictedAdmin, has_role
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "/admin/gdpr/auditevent/"
+PASSWORD = "correct horse battery staple"
+
+
+def _staff(username: str, *roles: Role, superuser: bool = False, staff: bool = True, active: bool = True) -> User:
+    user = User.objects.create_user(
+        username, password=PASSWORD, is_staff=staff, is_superuser=superuser, is_active=active
+    )
+    for role in roles:
+        user.groups.add(Group.objects.get_or_create(name=role.value)[0])
+    return user
+
+
+def _logged_in(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def _event(**overrides: Any) -> AuditEvent:
+    fields: dict[str, Any] = {"action": AuditAction.REFUND_REQUESTED, "actor_type": ActorType.STAFF, "actor_id": "7"}
+    fields.update(overrides)
+    with transaction.atomic():
+        return record(**fields)
+
+
+# --- roles -----------------------------------------------------------------------------------------------
+
+
+def test_the_data_migration_creates_the_three_role_groups() -> None:
+    migration = importlib.import_module("gdpr.migrations.0003_staff_role_groups")
+    Group.objects.filter(name__in=[role.value for role in Role]).delete()
+
+    migration.create_groups(django_apps, None)
+
+    assert set(Group.objects.values_list("name", flat=True)) >= {"finance", "support", "compliance"}
+    assert {role.value for role in Role} == set(migration.ROLE_GROUPS)
+
+
+def test_has_role_follows_group_membership_of_active_staff() -> None:
+    finance = _staff("fiona", Role.FINANCE)
+
+    assert has_role(finance, Role.FINANCE)
+    assert has_role(finance, Role.SUPPORT, Role.FINANCE)
+    assert not has_role(finance, Role.SUPPORT)
+    assert not has_role(finance)
+
+
+def test_superusers_have_every_role() -> None:
+    root = _staff("root", superuser=True)
+
+    assert all(has_role(root, role) for role in Role)
+
+
+def test_a_group_member_who_is_not_active_staff_has_no_role() -> None:
+    assert not has_role(_staff("nina", Role.FINANCE, staff=False), Role.FINANCE)
+    assert not has_role(_staff("ian", Role.FINANCE, active=False), Role.FINANCE)
+    assert not has_role(None, Role.FINANCE)
+
+
+def test_the_role_restricted_admin_mixin_decides_by_role() -> None:
+    class PaymentLikeAdmin(RoleRestrictedAdmin, admin.ModelAdmin):
+        view_roles = (Role.FINANCE, Role.SUPPORT)
+        change_roles = (Role.FINANCE,)
+
+    model_admin = PaymentLikeAdmin(Group, admin.site)
+    request = RequestFactory().get("/")
+    for user, can_view, can_change in [
+        (_staff("fiona", Role.FINANCE), True, True),
+        (_staff("sam", Role.SUPPORT), True, False),
+        (_staff("carla", Role.COMPLIANCE), False, False),
+    ]:
+        request.user = user
+        assert model_admin.has_module_permission(request) is can_view
+        assert model_admin.has_view_permission(request) is can_view
+        assert model_admin.has_change_permission(request) is can_change
+        assert model_admin.has_add_permission(request) is False
+        assert model_admin.has_delete_permission(request) is False
+
+
+# --- the audit trail admin ----------------------------------------------------------------------------------
+
+
+def test_compliance_sees_the_audit_trail_with_filters() -> None:
+    _event()
+    client = _logged_in(_staff("carla", Role.COMPLIANCE))
+
+    response = client.get(CHANGELIST, {"action": "refund.requested", "actor_type": "staff"})
+
+    assert response.status_code == 200
+    assert b"refund.requested" in response.content
+
+
+@pytest.mark.parametrize("role", [Role.FINANCE, Role.SUPPORT])
+def test_other_roles_do_not_see_the_audit_trail(role: Role) -> None:
+    client = _logged_in(_staff("someone", role))
+
+    assert client.get(CHANGELIST).status_code == 403
+
+
+def test_nobody_adds_changes_or_deletes_audit_events_not_even_a_superuser() -> None:
+    event = _event()
+    client = _logged_in(_staff("root", superuser=True))
+
+    assert client.get(f"{CHANGELIST}add/").status_code == 403
+    assert client.get(f"{CHANGELIST}{event.pk}/delete/").status_code == 403
+    response = client.post(f"{CHANGELIST}{event.pk}/change/", {"action": "refund.succeeded"})
+    assert response.status_code == 403
+    assert AuditEvent.objects.get(pk=event.pk).action == "refund.requested"
+
+
+def test_the_csv_export_uses_real_csv_escaping_and_is_itself_audited() -> None:
+    tricky = _event(target_type="payment", target_id='=HYPERLINK("http://evil")', metadata={"note": 'a "quoted", text'})
+    plain = _event(action=AuditAction.REFUND_SUCCEEDED)
+    carla = _staff("carla", Role.COMPLIANCE)
+
+    response = _logged_in(carla).post(
+        CHANGELIST, {"action": "export_csv", "_selected_action": [str(tricky.pk), str(plain.pk)]}
+    )
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv"
+    assert "attachment" in response["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert [row["action"] for row in rows] == ["refund.requested", "refund.succeeded"]
+    assert rows[0]["target_id"] == "'" + '=HYPERLINK("http://evil")'  # neutralised formula
+    assert '"quoted", text' in rows[0]["metadata"]
+    exported = AuditEvent.objects.get(action="audit.exported")
+    assert (exported.actor_type, exported.actor_id) == ("staff", str(carla.pk))
+    assert exported.metadata["events"] == 2
+    assert verify_chain()[1] is None
+
+
+# --- admin sessions are audited -------------------------------------------------------------------------------
+
+
+def test_an_admin_login_is_audited() -> None:
+    user = _staff("fiona", Role.FINANCE)
+
+    response = Client().post(
+        "/admin/login/",
+        {"username": "fiona", "password": PASSWORD},
+        REMOTE_ADDR="198.51.100.5",
+        HTTP_USER_AGENT="browser/1",
+    )
+
+    assert response.status_code == 302
+    event = AuditEvent.objects.get(action="admin.login")
+    assert (event.actor_type, event.actor_id, event.ip, event.user_agent) == (
+        "staff",
+        str(user.pk),
+        "198.51.100.5",
+        "browser/1",
+    )
+
+
+def test_a_failed_admin_login_is_audited_without_the_password() -> None:
+    _staff("fiona", Role.FINANCE)
+
+    response = Client().post("/admin/login/", {"username": "fiona", "password": "wrong"}, REMOTE_ADDR="198.51.100.6")
+
+    assert response.status_code == 200
+    event = AuditEvent.objects.get(action="admin.login_failed")
+    assert event.actor_id == ""
+    assert event.personal == {"username": "fiona"}
+    assert event.ip == "198.51.100.6"
+    assert "wrong" not in str(event.metadata) + str(event.personal)
+
+
+def test_an_admin_logout_is_audited() -> None:
+    user = _staff("fiona", Role.FINANCE)
+    client = _logged_in(user)
+
+    client.post("/admin/logout/")
+
+    assert AuditEvent.objects.filter(action="admin.logout", actor_id=str(user.pk)).count() == 1
