@@ -27,6 +27,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework_simplejwt.authentication import JWTStatelessUserAuthentication
 from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken, TokenBackendError, TokenError
 from rest_framework_simplejwt.exceptions import TokenBackendExpiredToken as TokenExpired
@@ -309,3 +310,13 @@ def _is_canonical_uuid(value: str) -> bool:
         return str(uuid.UUID(value)) == value.lower()
     except ValueError:
         return False
+
+
+class JWTAuthenticationScheme(OpenApiAuthenticationExtension):
+    """How the OpenAPI schema describes JWTAuthentication."""
+
+    target_class = "payments_project.auth.JWTAuthentication"
+    name = "jwtAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}

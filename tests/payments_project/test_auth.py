@@ -431,6 +431,22 @@ def test_only_the_plan_list_is_public_in_the_client_api() -> None:
     assert set(public) <= {"api/v1/plans"}, public
 
 
+def test_the_plan_list_is_public_for_reading_only() -> None:
+    for route, view in _api_views():
+        if route == "api/v1/plans":
+            assert not {"post", "put", "patch", "delete"} & set(dir(view.cls)), "the plan list must be read-only"
+
+
+def test_the_openapi_schema_names_both_authentication_schemes() -> None:
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator(urlconf="tests.payments_project.auth_views").get_schema(request=None, public=True)
+
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["jwtAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    assert schemes["spiffeMutualTLS"]["type"] == "mutualTLS"
+
+
 def test_the_default_permission_is_authenticated() -> None:
     from django.conf import settings
 
