@@ -28,8 +28,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import exceptions
 from rest_framework_simplejwt.authentication import JWTStatelessUserAuthentication
-from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken, TokenBackendError, TokenError
+from rest_framework_simplejwt.exceptions import TokenBackendError, TokenError
 from rest_framework_simplejwt.exceptions import TokenBackendExpiredToken as TokenExpired
 from rest_framework_simplejwt.models import TokenUser
 from rest_framework_simplejwt.tokens import Token
@@ -277,6 +278,13 @@ class Principal(TokenUser):
         return f"Principal {self.id}"
 
 
+class InvalidToken(exceptions.AuthenticationFailed):
+    """401: the token was presented and refused (simplejwt's own wraps its detail in a dict)."""
+
+    default_detail = "The token is invalid"
+    default_code = "token_not_valid"
+
+
 class JWTAuthentication(JWTStatelessUserAuthentication):
     """Bearer JWT; the algorithm and keys come from settings, never from the token."""
 
@@ -293,9 +301,7 @@ class JWTAuthentication(JWTStatelessUserAuthentication):
         if parts[0].lower() != b"bearer":
             return None  # another scheme: unauthenticated (401 where authentication is required)
         if len(parts) != 2:
-            raise AuthenticationFailed(
-                "The Authorization header must be 'Bearer <token>'", code="bad_authorization_header"
-            )
+            raise InvalidToken("The Authorization header must be 'Bearer <token>'")
         return parts[1]
 
     def get_user(self, validated_token: Token) -> Principal:  # type: ignore[override]

@@ -73,6 +73,17 @@ def test_the_request_gives_ip_user_agent_and_request_id(rf: RequestFactory) -> N
     assert (stored.ip, stored.user_agent, stored.request_id) == ("198.51.100.7", "ua/1", "req-12345678")
 
 
+def test_a_drf_request_works_as_well(rf: RequestFactory) -> None:
+    from rest_framework.request import Request
+
+    django_request = rf.get("/x", REMOTE_ADDR="198.51.100.8", HTTP_USER_AGENT="app/3")
+    django_request.request_id = "req-abcdefgh"  # type: ignore[attr-defined]
+
+    event = _record(request=Request(django_request))
+
+    assert (event.ip, event.user_agent, event.request_id) == ("198.51.100.8", "app/3", "req-abcdefgh")
+
+
 def test_personal_metadata_is_kept_apart_from_the_hashed_metadata() -> None:
     event = _record(metadata={"email": "alice@example.com", "plan": "family"})
 

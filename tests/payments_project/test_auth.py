@@ -62,6 +62,8 @@ def _assert_refused(response: Any, view: str = "me") -> None:
     assert response.status_code == 401, response.content
     assert response["Content-Type"] == PROBLEM
     assert response.json()["status"] == 401
+    assert response.json()["type"].endswith(("token_not_valid", "not_authenticated"))
+    assert not response.json()["detail"].startswith("{")  # a sentence, not a repr
     assert response["WWW-Authenticate"].startswith("Bearer")
     assert CALLS[view] == 0
 
