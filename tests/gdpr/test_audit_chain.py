@@ -62,6 +62,24 @@ def test_an_intact_chain_verifies_and_the_command_says_so(capsys: pytest.Capture
     assert "3 events verified" in capsys.readouterr().out
 
 
+def test_the_command_prints_the_head_and_checks_an_anchor(capsys: pytest.CaptureFixture[str]) -> None:
+    events = [_record() for _ in range(3)]
+    call_command("verify_audit_chain")
+    head = capsys.readouterr().out.strip().rsplit(" ", 1)[-1].rstrip(".")
+    assert head == f"3:{events[2].hash}"
+
+    call_command("verify_audit_chain", "--anchor", head)  # still there: fine
+    with _trigger_disabled():
+        _sql("DELETE FROM gdpr_auditevent WHERE seq = 3", [])  # the newest row: no link breaks
+
+    assert verify_chain() == (2, None)
+    with pytest.raises(CommandError, match="anchor seq 3 is missing") as raised:
+        call_command("verify_audit_chain", "--anchor", head)
+    assert raised.value.returncode == 1
+    with pytest.raises(CommandError, match="SEQ:HASH"):
+        call_command("verify_audit_chain", "--anchor", "yesterday")
+
+
 def test_an_empty_chain_verifies() -> None:
     assert verify_chain() == (0, None)
 
