@@ -258,12 +258,20 @@ def test_an_unknown_algorithm_setting_refuses_every_token(client: Client) -> Non
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
+EC384_KEY = ec.generate_private_key(ec.SECP384R1())
 ED_KEY = ed25519.Ed25519PrivateKey.generate()
 
 
 @pytest.mark.parametrize(
     ("algorithm", "private_key"),
-    [("RS256", RSA_KEY), ("RS512", RSA_KEY), ("ES256", EC_KEY), ("EdDSA", ED_KEY)],
+    [
+        ("RS256", RSA_KEY),
+        ("RS384", RSA_KEY),
+        ("RS512", RSA_KEY),
+        ("ES256", EC_KEY),
+        ("ES384", EC384_KEY),
+        ("EdDSA", ED_KEY),
+    ],
 )
 def test_asymmetric_algorithms_verify_with_the_configured_public_key(
     client: Client, algorithm: str, private_key: Any
