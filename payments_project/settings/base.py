@@ -289,6 +289,49 @@ RATELIMIT_VIEW = "payments_project.ratelimit.ratelimited_view"
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 STRIPE_WEBHOOK_SECRETS = env.list("STRIPE_WEBHOOK_SECRETS", default=[])
+# Billing's Stripe gateway (billing/gateway.py): timeouts, stripe's own retries, the circuit breaker
+# (its state lives in Redis when REDIS_URL is set, so every process sees the same breaker).
+STRIPE_CONNECT_TIMEOUT_SECONDS = env.float("STRIPE_CONNECT_TIMEOUT_SECONDS", default=3.0)
+STRIPE_READ_TIMEOUT_SECONDS = env.float("STRIPE_READ_TIMEOUT_SECONDS", default=15.0)
+STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
+STRIPE_BREAKER_FAIL_MAX = env.int("STRIPE_BREAKER_FAIL_MAX", default=5)
+STRIPE_BREAKER_RESET_SECONDS = env.int("STRIPE_BREAKER_RESET_SECONDS", default=30)
+# How long a duplicate checkout/refund request waits for the one already talking to Stripe.
+BILLING_IN_FLIGHT_WAIT_SECONDS = env.float("BILLING_IN_FLIGHT_WAIT_SECONDS", default=10.0)
+
+# --- Webhooks ---------------------------------------------------------------------------------
+# Events whose livemode differs from ours are stored and ignored (a test-mode event on production).
+STRIPE_LIVEMODE = env_bool("STRIPE_LIVEMODE", STRIPE_API_KEY.startswith(("sk_live_", "rk_live_")))
+WEBHOOK_TOLERANCE_SECONDS = env.int("WEBHOOK_TOLERANCE_SECONDS", default=300)
+WEBHOOK_MAX_BODY_BYTES = 256 * 1024
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=8)
+WEBHOOK_RETRY_BASE_SECONDS = env.int("WEBHOOK_RETRY_BASE_SECONDS", default=30)
+WEBHOOK_RETRY_MAX_SECONDS = env.int("WEBHOOK_RETRY_MAX_SECONDS", default=3600)
+# A received event no worker has claimed within this is re-enqueued by the sweeper.
+WEBHOOK_PICKUP_GRACE_SECONDS = env.int("WEBHOOK_PICKUP_GRACE_SECONDS", default=60)
+WEBHOOK_SWEEP_BATCH = 500
+
+# --- Reconciliation ---------------------------------------------------------------------------
+# Stripe keeps events for 30 days: the gap-filling never looks further back than this.
+RECONCILIATION_EVENTS_WINDOW_DAYS = min(env.int("RECONCILIATION_EVENTS_WINDOW_DAYS", default=30), 30)
+RECONCILIATION_EVENTS_MAX_PAGES = env.int("RECONCILIATION_EVENTS_MAX_PAGES", default=50)
+RECONCILIATION_EVENTS_PAGE_SIZE = env.int("RECONCILIATION_EVENTS_PAGE_SIZE", default=100)
+RECONCILIATION_LEASE_SECONDS = env.int("RECONCILIATION_LEASE_SECONDS", default=900)
+# The nightly comparison looks at subscriptions and payments changed in this window.
+RECONCILIATION_COMPARE_WINDOW_HOURS = env.int("RECONCILIATION_COMPARE_WINDOW_HOURS", default=48)
+
+# --- Entitlements and family plans (entitlements/) --------------------------------------------
+# How long a user's resolved features are cached (never past the first grant that ends by itself).
+ENTITLEMENTS_CACHE_TTL_SECONDS = env.int("ENTITLEMENTS_CACHE_TTL_SECONDS", default=3600)
+# A past_due subscription keeps granting for this long after its unpaid period began.
+ENTITLEMENTS_PAST_DUE_GRACE_DAYS = env.int("ENTITLEMENTS_PAST_DUE_GRACE_DAYS", default=7)
+FAMILY_INVITATION_TTL_HOURS = env.int("FAMILY_INVITATION_TTL_HOURS", default=72)
+ENTITLEMENTS_BULK_MAX_IDS = env.int("ENTITLEMENTS_BULK_MAX_IDS", default=1000)
+# After this many cache errors in a row a process answers from the database without trying Redis
+# for ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS (a blackholed Redis would otherwise cost every check
+# a socket timeout).
+ENTITLEMENTS_CACHE_BREAKER_FAIL_MAX = env.int("ENTITLEMENTS_CACHE_BREAKER_FAIL_MAX", default=3)
+ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS = env.int("ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS", default=10)
 
 # --- Celery (read by payments_project/celery.py through the CELERY_ namespace) -----------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")

@@ -6,12 +6,14 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from payments_project.management.commands.mint_token import mint_token
 
 DEMO_USER_ID = uuid.UUID("0190c6a8-0000-7000-8000-00000000de30")
 DEMO_EMAIL = "demo@jia.example"
+DEMO_CATALOG = settings.BASE_DIR / "billing" / "fixtures" / "demo_catalog.json"
 
 
 class Command(BaseCommand):
@@ -26,6 +28,7 @@ class Command(BaseCommand):
         )
         admin.set_password(password)  # a fresh password every start, printed below
         admin.save(update_fields=["password"])
+        call_command("import_catalog", str(DEMO_CATALOG), stdout=self.stdout)  # idempotent: safe every start
         token = mint_token(user_id=DEMO_USER_ID, email=DEMO_EMAIL, ttl_seconds=7 * 24 * 3600)
         port = settings.PORT
         self.stdout.write(

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from billing.api import views
+
+urlpatterns = [
+    path("plans", views.PlanListApi.as_view(), name="billing-plans"),
+    path("checkout/sessions", views.CheckoutSessionCreateApi.as_view(), name="billing-checkout"),
+    path("orders/<uuid:order_id>", views.OrderDetailApi.as_view(), name="billing-order"),
+    path("subscriptions", views.SubscriptionListApi.as_view(), name="billing-subscriptions"),
+    path(
+        "subscriptions/<uuid:subscription_id>/cancel",
+        views.SubscriptionCancelApi.as_view(),
+        name="billing-subscription-cancel",
+    ),
+    path("payments", views.PaymentListApi.as_view(), name="billing-payments"),
+]

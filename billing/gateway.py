@@ -1,0 +1,356 @@
+"""The Stripe gateway: the only module that talks to Stripe.
+
+Every call goes through `_call`, which
+- refuses to run inside a database transaction (a slow Stripe must never hold row locks),
+- answers 503 `stripe_not_configured` without STRIPE_API_KEY,
+- uses explicit connect/read timeouts and stripe's own `max_network_retries` (connection errors,
+  409 and 5xx, with backoff), with *our* idempotency key on every POST so a retry or a replay never
+  makes a second object,
+- runs inside a circuit breaker whose state lives in Redis, so when Stripe is down every process
+  answers 503 `stripe_unavailable` with Retry-After at once instead of waiting for timeouts,
+- maps Stripe's errors to ours (card declined, rate limited, unavailable, refused),
+- and records a Prometheus counter and histogram per operation and outcome.
+
+Results are plain dicts, exactly as Stripe sent them (the services read webhook objects the same way).
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pybreaker
+import redis
+import stripe
+import structlog
+from django.conf import settings
+from django.db import connection
+from prometheus_client import Counter, Histogram
+
+from billing.errors import (
+    CardDeclined,
+    StripeNotConfigured,
+    StripeRateLimited,
+    StripeRequestFailed,
+    StripeUnavailable,
+)
+from payments_project.errors import ApplicationError
+
+log = structlog.get_logger(__name__)
+# stripe-python logs two INFO lines per request (URLs with object ids); our own failure logs and
+# the metrics below say what matters, so only its warnings get through.
+logging.getLogger("stripe").setLevel(logging.WARNING)
+
+STRIPE_CALLS = Counter(
+    "payments_stripe_calls_total", "Stripe API calls by operation and outcome", ["operation", "outcome"]
+)
+STRIPE_DURATION = Histogram("payments_stripe_call_duration_seconds", "Stripe API call time", ["operation"])
+
+StripeDict = dict[str, Any]
+
+
+# --- the breaker ---------------------------------------------------------------------------------
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Only 'Stripe is not answering properly' trips the breaker; a declined card does not."""
+    if isinstance(exc, stripe.APIConnectionError):
+        return True
+    if isinstance(exc, stripe.StripeError):
+        return isinstance(exc, stripe.APIError) or (exc.http_status or 0) >= 500
+    return False
+
+
+_redis_clients: dict[str, redis.Redis] = {}
+_redis_lock = threading.Lock()
+# pybreaker serialises calls through one breaker object with a lock; one object per thread keeps
+# Stripe calls concurrent while they all share the same state in Redis.
+_local = threading.local()
+
+
+def _breaker_storage() -> pybreaker.CircuitBreakerStorage:
+    if not settings.REDIS_URL:  # development without Redis: a per-process breaker
+        return pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    with _redis_lock:
+        client = _redis_clients.get(settings.REDIS_URL)
+        if client is None:
+            client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+            _redis_clients[settings.REDIS_URL] = client
+    # If Redis is unreachable pybreaker falls back to "closed": Stripe calls go on, unprotected.
+    return pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=_breaker_namespace())
+
+
+def _breaker_namespace() -> str:
+    prefix = settings.CACHES["default"].get("KEY_PREFIX", "jia-payments")
+    return f"{prefix}:stripe"
+
+
+def _breaker() -> pybreaker.CircuitBreaker:
+    config = (
+        settings.REDIS_URL,
+        _breaker_namespace(),
+        settings.STRIPE_BREAKER_FAIL_MAX,
+        settings.STRIPE_BREAKER_RESET_SECONDS,
+    )
+    breakers: dict[tuple[Any, ...], pybreaker.CircuitBreaker] = getattr(_local, "breakers", {})
+    _local.breakers = breakers
+    breaker = breakers.get(config)
+    if breaker is None:
+        breaker = pybreaker.CircuitBreaker(
+            fail_max=settings.STRIPE_BREAKER_FAIL_MAX,
+            reset_timeout=settings.STRIPE_BREAKER_RESET_SECONDS,
+            exclude=[lambda exc: not _is_outage(exc)],
+            state_storage=_breaker_storage(),
+            name="stripe",
+        )
+        breakers[config] = breaker
+    return breaker
+
+
+def breaker_state() -> str:
+    """'closed', 'open' or 'half-open', as every process sees it."""
+    return str(_breaker().current_state)
+
+
+def _seconds_until_half_open(breaker: pybreaker.CircuitBreaker) -> int:
+    opened_at = breaker._state_storage.opened_at  # pybreaker keeps it in the shared storage
+    reset = timedelta(seconds=breaker.reset_timeout)
+    if opened_at is None:
+        return max(1, int(breaker.reset_timeout))
+    remaining = (opened_at + reset - datetime.now(UTC)).total_seconds()
+    return max(1, int(remaining + 0.999))
+
+
+# --- the client ----------------------------------------------------------------------------------
+
+_clients: dict[tuple[Any, ...], stripe.StripeClient] = {}
+_clients_lock = threading.Lock()
+
+
+def _client() -> stripe.StripeClient:
+    """One client per configuration; its requests session is per thread (connection reuse)."""
+    config = (
+        settings.STRIPE_API_KEY,
+        settings.STRIPE_API_BASE,
+        settings.STRIPE_MAX_NETWORK_RETRIES,
+        settings.STRIPE_CONNECT_TIMEOUT_SECONDS,
+        settings.STRIPE_READ_TIMEOUT_SECONDS,
+    )
+    with _clients_lock:
+        client = _clients.get(config)
+        if client is None:
+            client = stripe.StripeClient(
+                settings.STRIPE_API_KEY,
+                base_addresses={"api": settings.STRIPE_API_BASE},
+                max_network_retries=settings.STRIPE_MAX_NETWORK_RETRIES,
+                # requests-based, with (connect, read) timeouts: never wait 80 s, stripe's default.
+                http_client=stripe.RequestsClient(
+                    timeout=(settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS)
+                ),
+            )
+            _clients[config] = client
+    return client
+
+
+def is_configured() -> bool:
+    return bool(settings.STRIPE_API_KEY)
+
+
+# --- one call ------------------------------------------------------------------------------------
+
+
+def _map_error(exc: stripe.StripeError) -> ApplicationError:
+    message = exc.user_message or str(exc) or type(exc).__name__
+    if isinstance(exc, stripe.CardError):
+        return CardDeclined(message)
+    if isinstance(exc, stripe.RateLimitError):
+        return StripeRateLimited("Stripe is rate limiting our requests; try again shortly", retry_after=5)
+    if _is_outage(exc):
+        return StripeUnavailable("Stripe did not answer properly; try again shortly", retry_after=10)
+    return StripeRequestFailed(f"Stripe refused the request: {message}")
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, stripe.CardError):
+        return "card_declined"
+    if isinstance(exc, stripe.RateLimitError):
+        return "rate_limited"
+    if _is_outage(exc):
+        return "unavailable"
+    return "refused"
+
+
+def _call(operation: str, func: Callable[[stripe.StripeClient], Any]) -> StripeDict:
+    if connection.in_atomic_block:
+        # The rule, enforced: write the intent, commit, call Stripe, write the outcome.
+        raise RuntimeError(f"Stripe call {operation!r} inside a database transaction")
+    if not is_configured():
+        STRIPE_CALLS.labels(operation, "not_configured").inc()
+        raise StripeNotConfigured()
+    breaker = _breaker()
+    started = time.perf_counter()
+    outcome = "success"
+    try:
+        result = breaker.call(func, _client())
+    except pybreaker.CircuitBreakerError as exc:
+        outcome = "breaker_open"
+        retry_after = _seconds_until_half_open(breaker)
+        log.warning("stripe_breaker_open", operation=operation, retry_after=retry_after)
+        cause = exc.__cause__ or exc.__context__
+        raise StripeUnavailable(
+            "Stripe is unavailable (circuit breaker open); try again later", retry_after=retry_after
+        ) from cause
+    except stripe.StripeError as exc:
+        outcome = _outcome(exc)
+        log.warning(
+            "stripe_call_failed",
+            operation=operation,
+            outcome=outcome,
+            http_status=exc.http_status,
+            stripe_code=exc.code,
+            request_id=exc.request_id,
+        )
+        raise _map_error(exc) from exc
+    finally:
+        STRIPE_CALLS.labels(operation, outcome).inc()
+        STRIPE_DURATION.labels(operation).observe(time.perf_counter() - started)
+    return _as_dict(result)
+
+
+def _as_dict(result: Any) -> StripeDict:
+    if isinstance(result, stripe.StripeObject):
+        return result.to_dict(recursive=True)
+    return dict(result)
+
+
+def _post_options(idempotency_key: str) -> stripe.RequestOptions:
+    return {"idempotency_key": idempotency_key}
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+
+def customer_create(*, email: str, user_id: str, customer_id: str) -> StripeDict:
+    """Create the Stripe customer carrying metadata.user_id (that link is what makes it ours)."""
+    params: dict[str, Any] = {"metadata": {"user_id": user_id, "customer_id": customer_id}}
+    if email:
+        params["email"] = email
+    return _call(
+        "customer_create",
+        lambda c: c.v1.customers.create(params=params, options=_post_options(f"customer-create:{customer_id}")),  # type: ignore[arg-type]
+    )
+
+
+def customer_delete(stripe_customer_id: str) -> StripeDict:
+    return _call("customer_delete", lambda c: c.v1.customers.delete(stripe_customer_id))
+
+
+def checkout_session_create(
+    *,
+    order_id: str,
+    user_id: str,
+    stripe_customer_id: str,
+    stripe_price_id: str,
+    recurring: bool,
+    success_url: str,
+    cancel_url: str,
+) -> StripeDict:
+    """Create the hosted Checkout Session of an order; the order id is the idempotency key."""
+    metadata = {"order_id": order_id, "user_id": user_id}
+    params: dict[str, Any] = {
+        "mode": "subscription" if recurring else "payment",
+        "line_items": [{"price": stripe_price_id, "quantity": 1}],
+        "customer": stripe_customer_id,
+        "client_reference_id": order_id,
+        "metadata": metadata,
+        "success_url": success_url,
+        "cancel_url": cancel_url,
+    }
+    # The objects Checkout creates carry the same links, so their own webhooks can be attributed.
+    if recurring:
+        params["subscription_data"] = {"metadata": metadata}
+    else:
+        params["payment_intent_data"] = {"metadata": metadata}
+    return _call(
+        "checkout_session_create",
+        lambda c: c.v1.checkout.sessions.create(params=params, options=_post_options(f"order:{order_id}")),  # type: ignore[arg-type]
+    )
+
+
+def refund_create(
+    *,
+    refund_id: str,
+    payment_id: str,
+    amount: int,
+    reason: str,
+    stripe_payment_intent_id: str | None,
+    stripe_charge_id: str | None,
+) -> StripeDict:
+    """Refund (part of) a payment; the refund id is the idempotency key, so a replay refunds once."""
+    params: dict[str, Any] = {
+        "amount": amount,
+        # Stripe's own `reason` feeds Radar's block lists; we keep ours in metadata instead.
+        "metadata": {"refund_id": refund_id, "payment_id": payment_id, "reason": reason},
+    }
+    if stripe_charge_id:
+        params["charge"] = stripe_charge_id
+    elif stripe_payment_intent_id:
+        params["payment_intent"] = stripe_payment_intent_id
+    else:
+        raise ValueError("a refund needs a charge or a payment intent")
+    return _call(
+        "refund_create",
+        lambda c: c.v1.refunds.create(params=params, options=_post_options(f"refund:{refund_id}")),  # type: ignore[arg-type]
+    )
+
+
+def subscription_cancel_at_period_end(*, stripe_subscription_id: str, idempotency_key: str) -> StripeDict:
+    return _call(
+        "subscription_cancel_at_period_end",
+        lambda c: c.v1.subscriptions.update(
+            stripe_subscription_id,
+            params={"cancel_at_period_end": True},
+            options=_post_options(idempotency_key),
+        ),
+    )
+
+
+def subscription_retrieve(stripe_subscription_id: str) -> StripeDict:
+    return _call("subscription_retrieve", lambda c: c.v1.subscriptions.retrieve(stripe_subscription_id))
+
+
+def payment_intent_retrieve(stripe_payment_intent_id: str) -> StripeDict:
+    return _call("payment_intent_retrieve", lambda c: c.v1.payment_intents.retrieve(stripe_payment_intent_id))
+
+
+def charge_retrieve(stripe_charge_id: str) -> StripeDict:
+    return _call("charge_retrieve", lambda c: c.v1.charges.retrieve(stripe_charge_id))
+
+
+def event_list(
+    *,
+    starting_after: str | None = None,
+    ending_before: str | None = None,
+    created_gte: int | None = None,
+    created_gt: int | None = None,
+    types: list[str] | None = None,
+    limit: int = 100,
+) -> StripeDict:
+    """One page of Stripe's Events API: {"data": [...], "has_more": bool} (reconciliation)."""
+    params: dict[str, Any] = {"limit": limit}
+    if starting_after:
+        params["starting_after"] = starting_after
+    if ending_before:
+        params["ending_before"] = ending_before
+    created: dict[str, int] = {}
+    if created_gte is not None:
+        created["gte"] = created_gte
+    if created_gt is not None:
+        created["gt"] = created_gt
+    if created:
+        params["created"] = created
+    if types:
+        params["types"] = types
+    return _call("event_list", lambda c: c.v1.events.list(params=params))  # type: ignore[arg-type]

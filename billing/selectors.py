@@ -1,0 +1,40 @@
+"""Billing's reads. Client reads are always scoped to the caller: another user's object is a 404."""
+
+import uuid
+
+from django.db.models import Prefetch, QuerySet
+
+from billing.models import Feature, Order, Payment, Plan, Price, Subscription
+from payments_project.errors import NotFound
+
+
+def plan_list_active() -> QuerySet[Plan]:
+    """Active plans with their feature keys and active prices: three queries whatever the count."""
+    return (
+        Plan.objects.filter(active=True)
+        .order_by("code")
+        .prefetch_related(
+            Prefetch("features", queryset=Feature.objects.order_by("key")),
+            Prefetch("prices", queryset=Price.objects.filter(active=True).order_by("unit_amount", "id")),
+        )
+    )
+
+
+def order_get_for_user(*, user_id: uuid.UUID, order_id: uuid.UUID) -> Order:
+    order = Order.objects.filter(pk=order_id, customer__user_id=user_id).first()
+    if order is None:
+        raise NotFound("No such order")
+    return order
+
+
+def subscription_list_for_user(*, user_id: uuid.UUID) -> QuerySet[Subscription]:
+    return Subscription.objects.filter(customer__user_id=user_id).select_related("plan").order_by("-created_at")
+
+
+def payment_list_for_user(*, user_id: uuid.UUID) -> QuerySet[Payment]:
+    return Payment.objects.filter(customer__user_id=user_id).order_by("-created_at")
+
+
+def subscription_entitling_for_user(*, user_id: uuid.UUID) -> QuerySet[Subscription]:
+    """Subscriptions that grant their plan's features now (entitlements reads this)."""
+    return subscription_list_for_user(user_id=user_id).filter(status__in=Subscription.ENTITLING)

@@ -1,0 +1,164 @@
+"""Stripe, faked at its HTTP boundary only.
+
+- `localstripe` (a real HTTP server on a free loopback port) where it covers the call: customers,
+  legacy plans, payment intents, subscriptions, refunds, events.
+- `responses` for what localstripe lacks (Checkout Sessions): `FakeCheckout` answers
+  POST /v1/checkout/sessions and lets every other request pass through to localstripe.
+"""
+
+import itertools
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+import requests
+import responses
+import stripe
+from django.test import Client
+
+from tests.support.proxy import TcpProxy
+
+STRIPE_KEY = "sk_test_jia_billing"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def localstripe() -> Iterator[str]:
+    """A localstripe server for the whole session; its base URL."""
+    port = _free_port()
+    script = Path(__file__).with_name("localstripe_main.py")
+    log = open(f"/tmp/localstripe-{port}.log", "wb")  # noqa: SIM115 - kept open for the server's life
+    process = subprocess.Popen([sys.executable, str(script), str(port)], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            request = urllib.request.Request(f"{base}/v1/customers", headers={"Authorization": f"Bearer {STRIPE_KEY}"})  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=1):  # noqa: S310 - our own loopback fake
+                    break
+            except (OSError, urllib.error.HTTPError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"localstripe did not start; see {log.name}") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def stripe_proxy(localstripe: str) -> Iterator[TcpProxy]:
+    """A TCP proxy in front of localstripe, so a test can take 'Stripe' down and bring it back."""
+    port = int(localstripe.rsplit(":", 1)[1])
+    with TcpProxy(port) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def stripe_base(settings: Any, stripe_proxy: TcpProxy) -> str:
+    """Point the gateway at localstripe (through the proxy), with test-sized retries and breaker."""
+    base = f"http://127.0.0.1:{stripe_proxy.port}"
+    settings.STRIPE_API_KEY = STRIPE_KEY
+    settings.STRIPE_API_BASE = base
+    settings.STRIPE_MAX_NETWORK_RETRIES = 1
+    settings.STRIPE_CONNECT_TIMEOUT_SECONDS = 2.0
+    settings.STRIPE_READ_TIMEOUT_SECONDS = 5.0
+    settings.STRIPE_BREAKER_FAIL_MAX = 3
+    settings.STRIPE_BREAKER_RESET_SECONDS = 2
+    settings.BILLING_IN_FLIGHT_WAIT_SECONDS = 10.0
+    return base
+
+
+@pytest.fixture
+def stripe_sdk(localstripe: str) -> stripe.StripeClient:
+    """The test's own hands on localstripe (setting up customers, plans, payments) — not the gateway."""
+    return stripe.StripeClient(
+        STRIPE_KEY, base_addresses={"api": localstripe}, http_client=stripe.RequestsClient(timeout=5)
+    )
+
+
+@dataclass
+class FakeCheckout:
+    """POST /v1/checkout/sessions as Stripe answers it; scripted failures; every call recorded."""
+
+    base: str
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    script: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    delay: float = 0.0
+    on_call: Callable[[dict[str, Any]], None] | None = None
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail_next(self, status: int, error: dict[str, Any], *, times: int = 1) -> None:
+        self.script += [(status, {"error": error})] * times
+
+    def __call__(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        body = request.body.decode() if isinstance(request.body, bytes) else (request.body or "")
+        params = dict(parse_qsl(body))
+        call = {"params": params, "idempotency_key": request.headers.get("Idempotency-Key")}
+        with self._lock:
+            self.calls.append(call)
+            scripted = self.script.pop(0) if self.script else None
+        if self.on_call is not None:
+            self.on_call(call)
+        if self.delay:
+            time.sleep(self.delay)
+        if scripted is not None:
+            status, error = scripted
+            return status, {"Request-Id": "req_fake"}, json.dumps(error)
+        session_id = f"cs_test_{next(self._ids):06d}{uuid.uuid4().hex[:8]}"
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+            "mode": params.get("mode"),
+            "status": "open",
+            "customer": params.get("customer"),
+            "client_reference_id": params.get("client_reference_id"),
+            "metadata": {"order_id": params.get("metadata[order_id]"), "user_id": params.get("metadata[user_id]")},
+            "success_url": params.get("success_url"),
+            "cancel_url": params.get("cancel_url"),
+        }
+        return 200, {"Request-Id": "req_fake"}, json.dumps(session)
+
+    @property
+    def sessions_created(self) -> int:
+        return len(self.calls)
+
+
+@pytest.fixture
+def fake_checkout(stripe_base: str) -> Iterator[FakeCheckout]:
+    fake = FakeCheckout(base=stripe_base)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback(responses.POST, f"{stripe_base}/v1/checkout/sessions", callback=fake)
+        mock.add_passthru(stripe_base)
+        mock.add_passthru("http://127.0.0.1")  # localstripe itself (test set-up) and nothing else
+        yield fake
+
+
+@pytest.fixture
+def api() -> Client:
+    return Client()

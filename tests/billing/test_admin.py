@@ -1,0 +1,255 @@
+"""Finance's admin: find, refund, export. finance may move money; support may only look."""
+
+import csv
+import io
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import stripe
+from django.contrib.auth.models import Group, User
+from django.db import connection, transaction
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from billing import services
+from billing.models import Payment, Refund
+from gdpr.models import AuditEvent
+from tests.billing.factories import CustomerFactory, OrderFactory, PaymentFactory, RefundFactory, SubscriptionFactory
+
+CHANGELIST = "/admin/billing/payment/"
+
+
+def staff(username: str, role: str | None) -> Client:
+    user = User.objects.create_user(username=username, password="x", is_staff=True)
+    if role:
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def finance() -> Client:
+    return staff("anna", "finance")
+
+
+@pytest.fixture
+def support() -> Client:
+    return staff("sam", "support")
+
+
+# --- finding things ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("term", ["needle@example.com", "needle@", "cus_needle123", "USER"])
+def test_customers_are_found_by_email_user_id_and_stripe_id(support: Client, term: str) -> None:
+    target = CustomerFactory(email="needle@example.com", stripe_customer_id="cus_needle123")
+    CustomerFactory(email="hay@example.com")
+    term = str(target.user_id) if term == "USER" else term
+
+    response = support.get("/admin/billing/customer/", {"q": term})
+
+    assert response.status_code == 200
+    assert list(response.context["cl"].result_list) == [target]
+
+
+@pytest.mark.django_db
+def test_payments_are_found_by_stripe_ids_and_filtered_by_status_and_date(finance: Client) -> None:
+    target = PaymentFactory(stripe_payment_intent_id="pi_needle", created_at=datetime(2026, 3, 5, tzinfo=UTC))
+    PaymentFactory(status=Payment.Status.FAILED, created_at=datetime(2026, 3, 5, tzinfo=UTC))
+
+    assert list(finance.get(CHANGELIST, {"q": "pi_needle"}).context["cl"].result_list) == [target]
+    by_status = finance.get(CHANGELIST, {"status__exact": "failed"}).context["cl"].result_list
+    assert [p.status for p in by_status] == ["failed"]
+    by_date = finance.get(
+        CHANGELIST, {"created_at__gte": "2026-03-01 00:00:00+00:00", "created_at__lt": "2026-04-01 00:00:00+00:00"}
+    )
+    assert by_date.context["cl"].result_count == 2
+
+
+@pytest.mark.django_db
+def test_the_payment_list_costs_the_same_queries_for_3_or_60_payments(finance: Client) -> None:
+    def page_queries() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            response = finance.get(CHANGELIST)
+        assert response.status_code == 200
+        return len(queries.captured_queries)
+
+    for _ in range(3):
+        RefundFactory(payment=PaymentFactory())
+    few = page_queries()
+    for _ in range(57):
+        RefundFactory(payment=PaymentFactory())
+
+    assert page_queries() == few
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("path", "factory"),
+    [
+        ("/admin/billing/order/", OrderFactory),
+        ("/admin/billing/subscription/", SubscriptionFactory),
+        ("/admin/billing/customer/", CustomerFactory),
+    ],
+)
+def test_the_other_lists_cost_the_same_queries_for_3_or_40_rows(finance: Client, path: str, factory: Any) -> None:
+    factory.create_batch(3)
+    with CaptureQueriesContext(connection) as few:
+        finance.get(path)
+    factory.create_batch(37)
+
+    with CaptureQueriesContext(connection) as many:
+        assert finance.get(path).status_code == 200
+
+    assert len(many.captured_queries) == len(few.captured_queries)
+
+
+@pytest.mark.django_db
+def test_a_payment_shows_its_amounts_with_currency_and_its_refunds_read_only(finance: Client) -> None:
+    payment = PaymentFactory(amount=5000, refunded_amount=1250, currency="eur")
+    RefundFactory(payment=payment, amount=1250)
+    PaymentFactory(amount=500, currency="jpy")
+
+    listing = finance.get(CHANGELIST).content.decode()
+    page = finance.get(f"{CHANGELIST}{payment.id}/change/").content.decode()
+
+    assert "50.00 EUR" in listing and "12.50 EUR" in listing and "500 JPY" in listing
+    assert "12.50 EUR" in page  # the refund inline
+    assert 'name="stripe_payment_intent_id"' not in page  # provider fields are not editable
+    assert finance.post(f"{CHANGELIST}{payment.id}/change/", {"status": "failed"}).status_code == 403
+
+
+@pytest.mark.django_db
+def test_staff_without_a_billing_role_see_no_payments() -> None:
+    nobody = staff("ned", None)
+
+    assert nobody.get(CHANGELIST).status_code == 403
+
+
+# --- refunds -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def paid(stripe_sdk: stripe.StripeClient, stripe_base: str) -> Payment:
+    customer = stripe_sdk.v1.customers.create(params={"metadata": {"user_id": str(uuid.uuid4())}}).to_dict()
+    card = stripe_sdk.v1.payment_methods.create(
+        params={"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
+    )
+    stripe_sdk.v1.payment_methods.attach(card.id, params={"customer": customer["id"]})
+    intent = stripe_sdk.v1.payment_intents.create(
+        params={
+            "amount": 5000,
+            "currency": "eur",
+            "customer": customer["id"],
+            "payment_method": card.id,
+            "confirm": True,
+        }
+    ).to_dict()
+    with transaction.atomic():
+        services.customer_upsert_from_stripe(stripe_customer=customer, event_created=datetime(2026, 1, 1, tzinfo=UTC))
+        services.payment_record_from_intent(payment_intent=intent, event_created=datetime(2026, 1, 1, tzinfo=UTC))
+    return Payment.objects.get()
+
+
+def refund_action(client: Client, payment: Payment, **form: str) -> Any:
+    return client.post(CHANGELIST, {"action": "refund_payment", "_selected_action": [str(payment.id)], **form})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_finance_refunds_a_payment_through_a_confirmation_page(
+    finance: Client, paid: Payment, stripe_sdk: stripe.StripeClient
+) -> None:
+    page = refund_action(finance, paid)
+    assert page.status_code == 200
+    assert "Left to refund" in page.content.decode() and "50.00 EUR" in page.content.decode()
+    key = page.context["form"].initial["idempotency_key"]
+    assert Refund.objects.count() == 0  # showing the page refunds nothing
+
+    done = refund_action(
+        finance, paid, confirm="yes", amount="12.50", reason="duplicate", note="charged twice", idempotency_key=key
+    )
+
+    assert done.status_code == 302
+    refund = Refund.objects.get()
+    assert (refund.amount, refund.reason, refund.status, refund.requested_by) == (
+        1250,
+        "duplicate",
+        "succeeded",
+        "anna",
+    )
+    charge = stripe_sdk.v1.charges.retrieve(paid.stripe_charge_id or "")
+    assert charge.amount_refunded == 1250
+    assert AuditEvent.objects.filter(action="refund.requested", actor_type="staff", actor_id="anna").exists()
+
+    # The same page submitted twice (a double click, a reload) refunds once.
+    refund_action(finance, paid, confirm="yes", amount="12.50", reason="duplicate", idempotency_key=key)
+    assert Refund.objects.count() == 1
+    assert stripe_sdk.v1.charges.retrieve(paid.stripe_charge_id or "").amount_refunded == 1250
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refund_above_what_is_left_is_shown_as_an_error_and_refunds_nothing(
+    finance: Client, paid: Payment, stripe_sdk: stripe.StripeClient
+) -> None:
+    response = refund_action(finance, paid, confirm="yes", amount="50.01", reason="other", idempotency_key="k1")
+
+    assert response.status_code == 200
+    assert "left to refund" in response.content.decode()
+    assert Refund.objects.count() == 0
+    assert stripe_sdk.v1.charges.retrieve(paid.stripe_charge_id or "").amount_refunded == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_amount_with_too_many_decimals_is_refused(finance: Client, paid: Payment) -> None:
+    response = refund_action(finance, paid, confirm="yes", amount="1.234", reason="other", idempotency_key="k1")
+
+    assert response.status_code == 200
+    assert "more decimals than EUR allows" in response.content.decode()
+    assert Refund.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_support_cannot_refund(support: Client) -> None:
+    payment = PaymentFactory()
+
+    assert "refund_payment" not in support.get(CHANGELIST).content.decode()
+    refund_action(support, payment, confirm="yes", amount="1.00", reason="other", idempotency_key="k")
+
+    assert Refund.objects.count() == 0
+
+
+# --- CSV export ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_finance_exports_the_selected_payments_as_csv(finance: Client) -> None:
+    customer = CustomerFactory(email="=HYPERLINK(evil)")
+    first = PaymentFactory(
+        customer=customer, amount=1299, refunded_amount=299, created_at=datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    second = PaymentFactory(amount=500, currency="jpy", created_at=datetime(2026, 1, 2, tzinfo=UTC))
+
+    response = finance.post(CHANGELIST, {"action": "export_csv", "_selected_action": [str(first.id), str(second.id)]})
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv"
+    assert response["Content-Disposition"].startswith('attachment; filename="payments-')
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert [(r["payment_id"], r["amount"], r["refunded_amount"], r["currency"]) for r in rows] == [
+        (str(first.id), "12.99", "2.99", "EUR"),
+        (str(second.id), "500", "0", "JPY"),
+    ]
+    assert rows[0]["email"] == "'=HYPERLINK(evil)"  # a spreadsheet will not run it
+
+
+@pytest.mark.django_db
+def test_support_cannot_export(support: Client) -> None:
+    payment = PaymentFactory()
+
+    response = support.post(CHANGELIST, {"action": "export_csv", "_selected_action": [str(payment.id)]})
+
+    assert response.get("Content-Type") != "text/csv"

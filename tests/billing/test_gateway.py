@@ -1,0 +1,85 @@
+"""The gateway's own promises, against localstripe (the operations the webhook and reconciliation
+engineers build on) and the rules every call obeys."""
+
+import uuid
+from typing import Any
+
+import pytest
+import responses
+import stripe
+from django.db import transaction
+from prometheus_client import REGISTRY
+
+from billing import gateway
+from billing.errors import StripeNotConfigured, StripeRequestFailed
+from tests.billing.conftest import FakeCheckout
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def calls(operation: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value("payments_stripe_calls_total", {"operation": operation, "outcome": outcome}) or 0.0
+
+
+def test_the_gateway_refuses_to_call_stripe_inside_a_transaction(stripe_base: str) -> None:
+    with pytest.raises(RuntimeError, match="inside a database transaction"), transaction.atomic():
+        gateway.event_list(limit=1)
+
+
+def test_without_an_api_key_every_call_is_stripe_not_configured(settings: Any) -> None:
+    settings.STRIPE_API_KEY = ""
+    before = calls("charge_retrieve", "not_configured")
+
+    with pytest.raises(StripeNotConfigured) as raised:
+        gateway.charge_retrieve("ch_1")
+
+    assert raised.value.status_code == 503
+    assert calls("charge_retrieve", "not_configured") == before + 1
+
+
+def test_results_are_plain_dicts_as_stripe_sent_them(stripe_base: str, stripe_sdk: stripe.StripeClient) -> None:
+    customer = gateway.customer_create(email="a@example.com", user_id=str(uuid.uuid4()), customer_id=str(uuid.uuid4()))
+
+    assert type(customer) is dict
+    assert customer["object"] == "customer"
+    assert type(customer["metadata"]) is dict
+
+
+def test_the_same_customer_create_is_sent_with_the_same_idempotency_key(fake_checkout: FakeCheckout) -> None:
+    # POSTs carry our key: a retry or replay of the same logical call is recognisable at Stripe.
+    seen: list[str | None] = []
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback(
+            responses.POST,
+            f"{fake_checkout.base}/v1/customers",
+            callback=lambda request: (
+                seen.append(request.headers.get("Idempotency-Key")),
+                (200, {}, '{"id": "cus_1"}'),
+            )[1],
+        )
+        for _ in range(2):
+            gateway.customer_create(email="", user_id="u", customer_id="c-1")
+
+    assert seen == ["customer-create:c-1", "customer-create:c-1"]
+
+
+def test_deleting_a_customer_and_reading_events_work_against_stripe(
+    stripe_base: str, stripe_sdk: stripe.StripeClient
+) -> None:
+    customer = stripe_sdk.v1.customers.create(params={"email": "gone@example.com"})
+
+    deleted = gateway.customer_delete(customer.id)
+    page = gateway.event_list(limit=100)
+
+    assert deleted == {"id": customer.id, "object": "customer", "deleted": True}
+    assert any(event["type"] == "customer.created" for event in page["data"])
+    assert set(page) >= {"data", "has_more"}
+
+
+def test_reading_a_missing_object_is_a_refused_request_and_counted(stripe_base: str) -> None:
+    before = calls("payment_intent_retrieve", "refused")
+
+    with pytest.raises(StripeRequestFailed):
+        gateway.payment_intent_retrieve("pi_missing")
+
+    assert calls("payment_intent_retrieve", "refused") == before + 1
