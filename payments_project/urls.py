@@ -5,9 +5,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from payments_project import health
 from payments_project.service_auth import WhoAmIView
 
-api_v1: list = []  # the apps' client API routes (JWT)
+api_v1: list = [  # the apps' client API routes (JWT)
+    path("", include("billing.api.urls")),
+    path("", include("entitlements.api.urls")),
+]
 internal_v1: list = [  # the apps' service-to-service routes (SPIFFE identity)
     path("whoami", WhoAmIView.as_view(), name="internal-whoami"),
+    path("", include("entitlements.api.internal_urls")),
 ]
 
 urlpatterns = [
@@ -19,4 +23,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include(api_v1)),
     path("internal/v1/", include(internal_v1)),
+    path("webhooks/", include("webhooks.api")),
 ]

@@ -1,0 +1,106 @@
+"""The entitlement and family API's shapes (API.md)."""
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from entitlements.models import FamilyInvitation, FamilyMembership
+from entitlements.resolution import Entitlements, Source
+
+FEATURE_KEY_PATTERN = r"^[-a-zA-Z0-9_]{1,64}$"  # billing's Feature.key: a slug of at most 64
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+class FeatureOutput(serializers.Serializer[Any]):
+    key = serializers.CharField()
+    source = serializers.ChoiceField(choices=[s.value for s in Source])  # type: ignore[assignment]
+    expires_at = serializers.DateTimeField(
+        allow_null=True, help_text="when this grant ends by itself; null while it renews"
+    )
+
+
+class EntitlementsOutput(serializers.Serializer[Any]):
+    user_id = serializers.UUIDField()
+    features = FeatureOutput(many=True)
+
+
+def entitlements_body(entitlements: Entitlements) -> Mapping[str, Any]:
+    """EntitlementsOutput's body, built by hand: this is the hot path and the shape is fixed."""
+    return {
+        "user_id": str(entitlements.user_id),
+        "features": [
+            {"key": feature.key, "source": feature.source.value, "expires_at": iso(feature.expires_at)}
+            for feature in entitlements.features
+        ],
+    }
+
+
+class EntitlementCheckOutput(serializers.Serializer[Any]):
+    feature = serializers.CharField()
+    entitled = serializers.BooleanField()
+
+
+class _BoundedUUIDList(serializers.ListField):
+    """A list of UUIDs whose length is checked before any item is parsed."""
+
+    child = serializers.UUIDField()
+
+    def to_internal_value(self, data: Any) -> Any:
+        limit = settings.ENTITLEMENTS_BULK_MAX_IDS
+        if isinstance(data, list) and len(data) > limit:
+            raise serializers.ValidationError(f"At most {limit} user ids per request, not {len(data)}.")
+        return super().to_internal_value(data)
+
+
+class BulkCheckInput(serializers.Serializer[Any]):
+    user_ids = _BoundedUUIDList(allow_empty=False)
+    feature = serializers.RegexField(FEATURE_KEY_PATTERN, max_length=64)
+
+
+class BulkCheckOutput(serializers.Serializer[Any]):
+    results = serializers.DictField(child=serializers.BooleanField(), help_text="user id → entitled")
+
+
+class InvitationInput(serializers.Serializer[Any]):
+    email = serializers.EmailField(max_length=254)
+
+
+class InvitationCreatedOutput(serializers.ModelSerializer[FamilyInvitation]):
+    token = serializers.SerializerMethodField(help_text="shown once; the invited user accepts with it")
+
+    class Meta:
+        model = FamilyInvitation
+        fields = ["id", "email", "token", "expires_at"]
+
+    def get_token(self, invitation: FamilyInvitation) -> str:
+        return str(self.context["token"])
+
+
+class MemberOutput(serializers.ModelSerializer[FamilyMembership]):
+    class Meta:
+        model = FamilyMembership
+        fields = ["user_id", "email", "role", "joined_at"]
+
+
+class PendingInvitationOutput(serializers.ModelSerializer[FamilyInvitation]):
+    class Meta:
+        model = FamilyInvitation
+        fields = ["id", "email", "expires_at"]
+
+
+class FamilyOutput(serializers.Serializer[Any]):
+    """selectors.FamilyDetail."""
+
+    id = serializers.UUIDField()
+    owner_user_id = serializers.UUIDField()
+    status = serializers.CharField()
+    seats = serializers.IntegerField(help_text="members the owner's family plan allows besides the owner (0: none)")
+    members = MemberOutput(many=True)
+    invitations = PendingInvitationOutput(many=True, help_text="pending invitations; listed to the owner only")
+    created_at = serializers.DateTimeField()

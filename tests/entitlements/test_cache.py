@@ -1,0 +1,258 @@
+"""The entitlement cache: hits, misses, invalidation on commit, expiry, and Redis outages."""
+
+import uuid
+from collections.abc import Collection
+from datetime import datetime, timedelta
+
+import pytest
+import time_machine
+from django.conf import settings
+from django.core.cache import caches
+from django.db import connection, transaction
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from prometheus_client import REGISTRY
+
+from billing.models import Subscription
+from entitlements import cache, selectors
+from entitlements.resolution import Entitlements
+from entitlements.services import entitlements_refresh
+from tests.entitlements.conftest import CountingConnectionPool, cache_at
+from tests.entitlements.factories import family_of, plan_with, subscribe
+from tests.support.proxy import TcpProxy, closed_port
+from tests.support.worker import celery_worker, wait_until
+
+
+def unavailable(operation: str, reason: str) -> float:
+    labels = {"operation": operation, "reason": reason}
+    return REGISTRY.get_sample_value("payments_entitlements_cache_unavailable_total", labels) or 0.0
+
+
+def purchase(user_id: uuid.UUID, *features: str, **kwargs: object) -> Subscription:
+    """A subscription change as the webhook processor commits it: billing row + refresh, one transaction."""
+    with transaction.atomic():
+        subscription = subscribe(user_id, plan_with(features, **kwargs))  # type: ignore[arg-type]
+        entitlements_refresh(user_ids={user_id})
+    return subscription
+
+
+def _redis_port() -> int:
+    return int(settings.REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+
+
+def _redis_db() -> str:
+    return settings.REDIS_URL.rsplit("/", 1)[1]
+
+
+def entitled(user_id: uuid.UUID, feature: str) -> bool:
+    return selectors.user_entitlements(user_id=user_id).has(feature)
+
+
+# --- hits and misses ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_first_check_reads_the_database_and_the_next_one_only_the_cache(django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
+    user = uuid.uuid4()
+    subscribe(user, plan_with(["hd"]))
+
+    with django_assert_num_queries(2):
+        assert entitled(user, "hd")
+    with django_assert_num_queries(0):
+        assert entitled(user, "hd")
+        assert not entitled(user, "4k")
+
+
+@pytest.mark.django_db
+def test_at_most_two_queries_load_the_inputs_for_any_number_of_users_families_included(
+    django_assert_num_queries,
+) -> None:  # type: ignore[no-untyped-def]
+    family_plan, solo_plan = plan_with(["hd", "kids"], family_seats=3), plan_with(["studio"])
+    users = []
+    for _ in range(20):
+        owner, member = uuid.uuid4(), uuid.uuid4()
+        subscribe(owner, family_plan)
+        subscribe(member, solo_plan)
+        family_of(owner, member)
+        users += [owner, member]
+
+    with django_assert_num_queries(2):
+        found = selectors.entitlements_from_database(user_ids=users)
+
+    assert all(found[user].keys == {"hd", "kids"} for user in users[0::2])
+    assert all(found[user].keys == {"hd", "kids", "studio"} for user in users[1::2])
+
+
+@pytest.mark.django_db
+def test_a_bulk_check_costs_the_same_queries_and_round_trips_for_one_user_as_for_a_thousand(
+    round_trips: type[CountingConnectionPool],
+) -> None:
+    plan = plan_with(["hd"])
+    thousand = [uuid.uuid4() for _ in range(1000)]
+    for user in thousand[::10]:
+        subscribe(user, plan)
+    one = [uuid.uuid4()]
+
+    def cost(users: list[uuid.UUID]) -> tuple[int, int, int]:
+        round_trips.checkouts = 0
+        with CaptureQueriesContext(connection) as queries:
+            result = selectors.users_entitled(user_ids=users, feature="hd")
+        return len(queries), round_trips.checkouts, sum(result.values())
+
+    cold_one, cold_thousand = cost(one), cost(thousand)
+    warm_one, warm_thousand = cost(one), cost(thousand)
+
+    # cold: versions MGET, SET NX pipeline, entries written in one pipeline; the database twice
+    assert cold_one[:2] == cold_thousand[:2] == (2, 3)
+    # warm: versions MGET, entries MGET; no database
+    assert warm_one[:2] == warm_thousand[:2] == (0, 2)
+    assert cold_thousand[2] == warm_thousand[2] == 100
+
+
+# --- invalidation -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_denial_is_cached_yet_the_next_check_after_a_purchase_says_yes(django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
+    buyer = uuid.uuid4()
+    assert not entitled(buyer, "hd")
+    with django_assert_num_queries(0):
+        assert not entitled(buyer, "hd")  # the denial is cached
+
+    purchase(buyer, "hd")
+
+    assert entitled(buyer, "hd")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancellation_takes_the_feature_away_at_the_next_check() -> None:
+    buyer = uuid.uuid4()
+    subscription = purchase(buyer, "hd")
+    assert entitled(buyer, "hd")
+
+    with transaction.atomic():
+        Subscription.objects.filter(pk=subscription.pk).update(status=Subscription.Status.CANCELED)
+        entitlements_refresh(user_ids={buyer})
+
+    assert not entitled(buyer, "hd")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_owners_renewal_reaches_every_members_cached_answer() -> None:
+    owner, member = uuid.uuid4(), uuid.uuid4()
+    family_of(owner, member)
+    assert not entitled(member, "kids")
+
+    purchase(owner, "kids", family_seats=2)
+
+    assert entitled(member, "kids")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("seen_before", [True, False], ids=["user with a version", "user without a version"])
+def test_a_check_racing_a_purchase_never_leaves_the_old_denial_in_the_cache(seen_before: bool) -> None:
+    """The reader reads the database before the purchase commits and writes the cache after its bump."""
+    buyer = uuid.uuid4()
+    if seen_before:
+        purchase(buyer, "unrelated")  # a change: the buyer has a version, and no entry under it yet
+        assert caches["default"].get(cache.version_key(buyer))
+
+    def load_then_purchase(*, user_ids: Collection[uuid.UUID], now: datetime) -> dict[uuid.UUID, Entitlements]:
+        stale = selectors.entitlements_from_database(user_ids=user_ids, now=now)
+        purchase(buyer, "hd")  # commits and bumps while the reader holds its stale answer
+        return stale
+
+    racing = cache.entitlements_get_many(user_ids=[buyer], load=load_then_purchase)
+
+    assert not racing[buyer].has("hd")  # the reader's own answer was taken before the purchase
+    assert entitled(buyer, "hd")  # ...but it was not left in the cache for the next check
+
+
+# --- expiry -------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_cached_grant_ends_when_the_subscription_does_even_if_redis_still_holds_it() -> None:
+    user = uuid.uuid4()
+    end = timezone.now() + timedelta(seconds=90)
+    subscribe(user, plan_with(["hd"]), period_end=end, cancel_at_period_end=True)
+
+    assert entitled(user, "hd")
+    version = caches["default"].get(cache.version_key(user))
+    redis = caches["default"]._cache.get_client()  # type: ignore[attr-defined]
+    ttl = redis.ttl(caches["default"].make_key(cache.entry_key(user, version)))
+    assert 0 < ttl <= 90
+
+    with time_machine.travel(end + timedelta(seconds=1)):
+        assert not entitled(user, "hd")
+
+
+@pytest.mark.django_db
+@override_settings(ENTITLEMENTS_CACHE_TTL_SECONDS=120)
+def test_entries_live_for_the_configured_ttl() -> None:
+    user = uuid.uuid4()
+    assert not entitled(user, "hd")
+
+    version = caches["default"].get(cache.version_key(user))
+    redis = caches["default"]._cache.get_client()  # type: ignore[attr-defined]
+    assert 110 < redis.ttl(caches["default"].make_key(cache.entry_key(user, version))) <= 120
+
+
+# --- Redis outages ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_with_redis_down_checks_are_answered_from_the_database_and_counted() -> None:
+    user = uuid.uuid4()
+    subscribe(user, plan_with(["hd"]))
+    before = unavailable("read", "error")
+
+    with override_settings(CACHES=cache_at(f"redis://127.0.0.1:{closed_port()}/0")):
+        assert entitled(user, "hd")
+        assert not entitled(user, "4k")
+
+    assert unavailable("read", "error") == before + 2
+
+
+@pytest.mark.django_db
+@override_settings(ENTITLEMENTS_CACHE_BREAKER_FAIL_MAX=2, ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS=60)
+def test_after_repeated_cache_failures_the_process_stops_trying_redis_for_a_while() -> None:
+    user = uuid.uuid4()
+    subscribe(user, plan_with(["hd"]))
+    errors, skipped = unavailable("read", "error"), unavailable("read", "breaker_open")
+
+    with (
+        TcpProxy(_redis_port()) as proxy,
+        override_settings(CACHES=cache_at(f"redis://127.0.0.1:{proxy.port}/{_redis_db()}")),
+    ):
+        proxy.cut()
+        for _ in range(4):
+            assert entitled(user, "hd")
+        proxy.restore()
+        assert entitled(user, "hd")  # Redis is back, but the breaker still skips it
+
+    assert unavailable("read", "error") == errors + 2
+    assert unavailable("read", "breaker_open") == skipped + 3
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_bump_that_fails_at_commit_is_counted_and_retried_by_a_worker_until_redis_answers() -> None:
+    buyer, direct = uuid.uuid4(), settings.REDIS_URL
+    with TcpProxy(_redis_port()) as proxy:
+        through_proxy = f"redis://127.0.0.1:{proxy.port}/{_redis_db()}"
+        # The web process and the worker both reach Redis through the proxy.
+        with override_settings(CACHES=cache_at(through_proxy), REDIS_URL=through_proxy), celery_worker(["default"]):
+            assert not entitled(buyer, "hd")  # a cached denial
+            before = unavailable("bump", "error")
+
+            proxy.cut()
+            purchase(buyer, "hd")  # commits; the bump cannot reach Redis, a retry task is queued
+
+            assert unavailable("bump", "error") == before + 1
+            with override_settings(CACHES=cache_at(direct)):
+                assert not entitled(buyer, "hd")  # the stale denial is still in Redis: the bump is pending
+
+            proxy.restore()
+            assert wait_until(lambda: entitled(buyer, "hd"), timeout=60)
