@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+from celery.schedules import crontab
 from celery.signals import worker_ready
 from kombu import Exchange, Queue
 
@@ -22,6 +23,10 @@ app.conf.task_routes = {f"{q.value}.*": {"queue": q.value} for q in TaskQueue}
 # The beat schedule, all of it (seconds unless a crontab).
 app.conf.beat_schedule = {
     "outbox-dispatch": {"task": "outbox.dispatch", "schedule": 10.0},
+    "webhooks-sweep": {"task": "webhooks.sweep", "schedule": 30.0},
+    "entitlements-refresh-lapsed": {"task": "entitlements.refresh_lapsed", "schedule": 60.0},
+    "reconciliation-events-gap-fill": {"task": "reconciliation.events_gap_fill", "schedule": 300.0},
+    "reconciliation-state-compare": {"task": "reconciliation.state_compare", "schedule": crontab(hour=3, minute=17)},
 }
 
 app.autodiscover_tasks()

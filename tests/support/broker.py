@@ -4,6 +4,7 @@ import json
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import kombu
 from django.conf import settings
@@ -39,3 +40,10 @@ class EventsConsumer:
 
     def close(self) -> None:
         self.connection.release()
+
+
+def broker_url_through(port: int) -> str:
+    """The configured broker URL (credentials, vhost) with its address replaced by a local proxy's."""
+    url = urlsplit(settings.CELERY_BROKER_URL)
+    credentials = url.netloc.rsplit("@", 1)[0] + "@" if "@" in url.netloc else ""
+    return urlunsplit(url._replace(netloc=f"{credentials}127.0.0.1:{port}"))

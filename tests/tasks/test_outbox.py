@@ -11,7 +11,7 @@ from django.utils import timezone
 from tasks.errors import OutboxError
 from tasks.models import OutboxMessage
 from tasks.outbox import emit, outbox_dispatch_pending
-from tests.support.broker import EventsConsumer
+from tests.support.broker import EventsConsumer, broker_url_through
 from tests.support.proxy import TcpProxy
 from tests.support.worker import celery_worker, wait_until
 
@@ -80,7 +80,7 @@ def test_a_rolled_back_transaction_emits_nothing(consumer: EventsConsumer) -> No
 
 def test_with_the_broker_unreachable_messages_wait_and_go_out_once_it_is_back(consumer: EventsConsumer) -> None:
     with TcpProxy(5672) as rabbitmq:
-        broker_url = f"amqp://guest:guest@127.0.0.1:{rabbitmq.port}//"
+        broker_url = broker_url_through(rabbitmq.port)
         with transaction.atomic():
             emit("refund.succeeded", "refund:1", {"amount": 500})
         rabbitmq.cut()

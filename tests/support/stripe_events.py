@@ -1,0 +1,40 @@
+"""Stripe events as Stripe sends them: a JSON body and its Stripe-Signature header."""
+
+import json
+import time
+import uuid
+from typing import Any
+
+import stripe
+from django.conf import settings
+
+
+def stripe_event(event_type: str, obj: dict[str, Any], *, created: int | None = None, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": fields.pop("id", f"evt_{uuid.uuid4().hex[:24]}"),
+        "object": "event",
+        "api_version": fields.pop("api_version", "2024-06-20"),
+        "created": created or int(time.time()),
+        "data": {"object": obj},
+        "livemode": fields.pop("livemode", False),
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": event_type,
+        **fields,
+    }
+
+
+def signed(body: bytes | str, *, secret: str | None = None, timestamp: int | None = None) -> str:
+    """The Stripe-Signature header Stripe would send for `body`."""
+    text = body.decode() if isinstance(body, bytes) else body
+    return str(
+        stripe.WebhookSignature.generate_signature_header(
+            text, secret or settings.STRIPE_WEBHOOK_SECRETS[0], timestamp=timestamp
+        )
+    )
+
+
+def delivery(event: dict[str, Any], **sign_kwargs: Any) -> dict[str, Any]:
+    """Keyword arguments for Django's test client: body, content type and signature of `event`."""
+    body = json.dumps(event)
+    return {"data": body, "content_type": "application/json", "HTTP_STRIPE_SIGNATURE": signed(body, **sign_kwargs)}

@@ -1,0 +1,41 @@
+"""Handlers for event types only tests send. Imported by the tests and, with `--include`, by workers.
+
+Their effect is an outbox row per object (a real domain write), so a test can count effects.
+"""
+
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from django.core.cache import cache
+
+from tasks.errors import TransientError
+from tasks.models import OutboxMessage
+from tasks.outbox import emit
+from webhooks.handlers import HANDLERS, handles
+
+
+def effects(object_id: str) -> int:
+    return OutboxMessage.objects.filter(type="test.effect", subject=f"object:{object_id}").count()
+
+
+if "test.effect" not in HANDLERS:
+
+    @handles("test.effect")
+    def record_effect(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+        emit("test.effect", f"object:{obj['id']}", {"created": created.isoformat()})
+        if obj.get("fail") == "transient" and cache.add(f"failed-once:{obj['id']}", 1):
+            raise TransientError("the dependency timed out")
+        if obj.get("fail") == "permanent":
+            raise KeyError("customer")
+        return set()
+
+    @handles("test.slow")
+    def slow_effect(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+        """Takes long on its first run only, so a test can kill the worker in the middle of it."""
+        emit("test.effect", f"object:{obj['id']}", {})
+        if cache.add(f"slow-started:{obj['id']}", 1):
+            time.sleep(60)
+        return set()

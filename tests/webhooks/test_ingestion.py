@@ -1,0 +1,231 @@
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from django.db import connection
+from django.test import Client, override_settings
+from prometheus_client import REGISTRY
+
+from payments_project.celery import app
+from tests.support.stripe_events import delivery, signed, stripe_event
+from tests.support.worker import purge
+from webhooks.models import WebhookEvent
+
+URL = "/webhooks/stripe/"
+PROBLEM = "application/problem+json"
+
+
+def subscription_updated(**fields: object) -> dict[str, object]:
+    return stripe_event(
+        "customer.subscription.updated",
+        {"id": "sub_123", "object": "subscription", "customer": "cus_123", "status": "active"},
+        **fields,
+    )
+
+
+def rejected_count(reason: str) -> float:
+    return REGISTRY.get_sample_value("payments_webhook_events_rejected_total", {"reason": reason}) or 0.0
+
+
+@pytest.fixture
+def webhooks_queue() -> Iterator[str]:
+    purge(["webhooks"])
+    yield "webhooks"
+    purge(["webhooks"])
+
+
+def queued(queue: str) -> int:
+    with app.connection_for_write() as conn:
+        return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_signed_event_is_stored_with_its_envelope_and_its_processing_is_enqueued(
+    client: Client, webhooks_queue: str
+) -> None:
+    event = subscription_updated(created=1_700_000_000)
+
+    response = client.post(URL, **delivery(event))
+
+    assert response.status_code == 200
+    assert response.json() == {"received": True, "duplicate": False}
+    stored = WebhookEvent.objects.get()
+    assert (stored.event_id, stored.type, stored.object_id, stored.customer_id) == (
+        event["id"],
+        "customer.subscription.updated",
+        "sub_123",
+        "cus_123",
+    )
+    assert stored.status == WebhookEvent.Status.RECEIVED
+    assert stored.livemode is False
+    assert stored.api_version == "2024-06-20"
+    assert stored.provider_created_at.timestamp() == 1_700_000_000
+    assert json.loads(stored.raw_body) == event
+    assert queued(webhooks_queue) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_event_delivered_again_is_stored_once_and_flagged_duplicate(
+    client: Client, webhooks_queue: str
+) -> None:
+    event = subscription_updated()
+
+    first = client.post(URL, **delivery(event))
+    second = client.post(URL, **delivery(event))
+
+    assert first.json()["duplicate"] is False
+    assert second.status_code == 200
+    assert second.json() == {"received": True, "duplicate": True}
+    assert WebhookEvent.objects.count() == 1
+    assert queued(webhooks_queue) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_twenty_concurrent_deliveries_of_one_event_store_one_row() -> None:
+    event = subscription_updated()
+    kwargs = delivery(event)
+    barrier = threading.Barrier(20)
+    answers: list[dict[str, object]] = []
+
+    def deliver() -> None:
+        try:
+            barrier.wait()
+            answers.append(Client().post(URL, **kwargs).json())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=deliver) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert WebhookEvent.objects.count() == 1
+    assert len(answers) == 20
+    assert sorted(answer["duplicate"] for answer in answers) == [False] + [True] * 19  # type: ignore[type-var]
+
+
+def _bad_signature(event: dict[str, object]) -> dict[str, object]:
+    return {**delivery(event), "HTTP_STRIPE_SIGNATURE": signed(json.dumps(event), secret="whsec_not_ours")}
+
+
+def _no_signature(event: dict[str, object]) -> dict[str, object]:
+    kwargs = delivery(event)
+    del kwargs["HTTP_STRIPE_SIGNATURE"]
+    return kwargs
+
+
+def _stale(event: dict[str, object]) -> dict[str, object]:
+    return delivery(event, timestamp=int(time.time()) - 301)
+
+
+def _tampered(event: dict[str, object]) -> dict[str, object]:
+    kwargs = delivery(event)
+    kwargs["data"] = kwargs["data"].replace("active", "canceled")
+    return kwargs
+
+
+def _signed_garbage(event: dict[str, object]) -> dict[str, object]:
+    body = "{not json"
+    return {"data": body, "content_type": "application/json", "HTTP_STRIPE_SIGNATURE": signed(body)}
+
+
+def _signed_without_type(event: dict[str, object]) -> dict[str, object]:
+    return delivery({k: v for k, v in event.items() if k != "type"})
+
+
+def _signed_without_object(event: dict[str, object]) -> dict[str, object]:
+    return delivery({**event, "data": {"object": "sub_123"}})
+
+
+def _form_encoded(event: dict[str, object]) -> dict[str, object]:
+    return {**delivery(event), "content_type": "application/x-www-form-urlencoded"}
+
+
+def _too_large(event: dict[str, object]) -> dict[str, object]:
+    return delivery({**event, "padding": "x" * 256 * 1024})
+
+
+@pytest.mark.parametrize(
+    ("make_delivery", "status", "reason"),
+    [
+        (_no_signature, 400, "missing_signature"),
+        (_bad_signature, 400, "bad_signature"),
+        (_tampered, 400, "bad_signature"),
+        (_stale, 400, "stale_timestamp"),
+        (_signed_garbage, 400, "malformed"),
+        (_signed_without_type, 400, "malformed"),
+        (_signed_without_object, 400, "malformed"),
+        (_form_encoded, 415, None),
+        (_too_large, 413, None),
+    ],
+)
+@pytest.mark.django_db
+def test_a_delivery_we_cannot_trust_or_read_is_refused_and_stores_nothing(
+    client: Client, make_delivery, status: int, reason: str | None
+) -> None:  # type: ignore[no-untyped-def]
+    before = rejected_count(reason) if reason else 0.0
+
+    response = client.post(URL, **make_delivery(subscription_updated()))
+
+    assert response.status_code == status
+    assert response["Content-Type"] == PROBLEM
+    assert WebhookEvent.objects.count() == 0
+    if reason:
+        assert rejected_count(reason) == before + 1
+
+
+@pytest.mark.django_db
+def test_during_secret_rotation_both_the_old_and_the_new_secret_are_accepted(client: Client) -> None:
+    with override_settings(STRIPE_WEBHOOK_SECRETS=["whsec_old", "whsec_new"]):
+        old = client.post(URL, **delivery(subscription_updated(), secret="whsec_old"))
+        new = client.post(URL, **delivery(subscription_updated(), secret="whsec_new"))
+        retired = client.post(URL, **delivery(subscription_updated(), secret="whsec_retired"))
+
+    assert (old.status_code, new.status_code, retired.status_code) == (200, 200, 400)
+    assert WebhookEvent.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_of_the_other_livemode_is_stored_and_ignored(client: Client, webhooks_queue: str) -> None:
+    response = client.post(URL, **delivery(subscription_updated(livemode=True)))
+
+    assert response.status_code == 200
+    stored = WebhookEvent.objects.get()
+    assert stored.status == WebhookEvent.Status.IGNORED
+    assert "livemode" in stored.last_error
+    assert queued(webhooks_queue) == 0
+
+
+@pytest.mark.django_db
+def test_only_post_is_allowed(client: Client) -> None:
+    response = client.get(URL)
+
+    assert response.status_code == 405
+    assert response["Content-Type"] == PROBLEM
+
+
+@pytest.mark.django_db
+def test_the_webhook_needs_no_jwt_and_no_csrf_token() -> None:
+    client = Client(enforce_csrf_checks=True)
+
+    response = client.post(URL, **delivery(subscription_updated(id=f"evt_{uuid.uuid4().hex}")))
+
+    assert response.status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_webhook_is_rate_limited_by_client_ip(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "webhook": "2/m"}
+
+    answers = [client.post(URL, **delivery(subscription_updated())) for _ in range(3)]
+    other_ip = client.post(URL, **delivery(subscription_updated()), REMOTE_ADDR="10.9.8.7")
+
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2]["Content-Type"] == PROBLEM
+    assert int(answers[2]["Retry-After"]) > 0
+    assert other_ip.status_code == 200
+    assert WebhookEvent.objects.count() == 3

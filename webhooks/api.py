@@ -1,0 +1,40 @@
+"""POST /webhooks/stripe/: verify, store once, answer fast. Processing happens in a worker."""
+
+import structlog
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from payments_project.errors import PayloadTooLarge, UnsupportedMediaType
+from payments_project.ratelimit import rate_limited
+from webhooks import metrics
+from webhooks.errors import WebhookRejected
+from webhooks.services import stripe_event_parse, webhook_event_receive
+from webhooks.signature import stripe_signature_verify
+
+log = structlog.get_logger(__name__)
+
+
+@csrf_exempt  # authenticated by the Stripe signature, not a session
+@require_POST
+@rate_limited("webhook")  # by client IP, generously: Stripe sends bursts
+def stripe_webhook(request: HttpRequest) -> JsonResponse:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Stripe webhooks are application/json")
+    limit = settings.WEBHOOK_MAX_BODY_BYTES
+    if int(request.META.get("CONTENT_LENGTH") or 0) > limit or len(request.body) > limit:
+        raise PayloadTooLarge(f"The body is larger than {limit // 1024} KiB")
+    try:
+        stripe_signature_verify(payload=request.body, header=request.headers.get("Stripe-Signature"))
+        envelope = stripe_event_parse(request.body)
+    except WebhookRejected as rejected:
+        metrics.EVENTS_REJECTED.labels(rejected.reason).inc()
+        log.warning("webhook_rejected", reason=rejected.reason, detail=rejected.detail)
+        raise
+    _, duplicate = webhook_event_receive(envelope=envelope, raw_body=request.body.decode("utf-8"))
+    return JsonResponse({"received": True, "duplicate": duplicate})
+
+
+urlpatterns = [path("stripe/", stripe_webhook, name="stripe-webhook")]

@@ -1,0 +1,36 @@
+"""The handler registry: one function per provider event type.
+
+A handler takes the event's object (`event["data"]["object"]`) and the event's creation time, calls
+domain services inside the processor's transaction, and returns the ids of the users whose billing
+state changed (their entitlements are refreshed in the same transaction). Handlers are idempotent:
+the processor may run one twice (replay, redelivery), and the services ignore stale versions.
+"""
+
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+Handler = Callable[[Mapping[str, Any], datetime], set[uuid.UUID]]
+# Given an event's object and time, return the object as the provider has it now (and the time it
+# was fetched) when the event alone cannot decide the order of changes; None when it can. Runs
+# outside any transaction, since it may call the provider.
+Refetch = Callable[[Mapping[str, Any], datetime], tuple[Mapping[str, Any], datetime] | None]
+
+HANDLERS: dict[str, Handler] = {}
+REFETCHERS: dict[str, Refetch] = {}
+
+
+def handles(*event_types: str, refetch: Refetch | None = None) -> Callable[[Handler], Handler]:
+    """Register a handler for one or more event types (older API versions' names included)."""
+
+    def register(handler: Handler) -> Handler:
+        for event_type in event_types:
+            if event_type in HANDLERS:
+                raise ValueError(f"{event_type} already has a handler: {HANDLERS[event_type].__name__}")
+            HANDLERS[event_type] = handler
+            if refetch is not None:
+                REFETCHERS[event_type] = refetch
+        return handler
+
+    return register

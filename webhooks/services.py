@@ -1,0 +1,279 @@
+"""The inbox pipeline: receive (store once, enqueue on commit), process (claim, handle, record), sweep."""
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.http import HttpRequest
+from django.utils import timezone
+
+from gdpr import audit
+from payments_project.errors import DependencyUnavailable
+from tasks.base import TRANSIENT_ERRORS, backoff_seconds, enqueue_on_commit
+from webhooks import metrics
+from webhooks.errors import WebhookRejected
+from webhooks.handlers import HANDLERS, REFETCHERS
+from webhooks.models import WebhookEvent
+
+log = structlog.get_logger(__name__)
+
+Status = WebhookEvent.Status
+# A handler failing with one of these is retried with backoff; anything else is bad data or a bug.
+RETRYABLE: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, DependencyUnavailable)
+
+
+@dataclass(frozen=True)
+class StripeEnvelope:
+    """What the inbox records about an event besides its raw body."""
+
+    event_id: str
+    type: str
+    object_id: str
+    customer_id: str
+    livemode: bool
+    api_version: str
+    created: datetime
+
+
+def stripe_event_parse(raw_body: bytes) -> StripeEnvelope:
+    """Read the envelope of a Stripe event; anything we could not process later is rejected now."""
+    try:
+        event = json.loads(raw_body)
+        obj = event["data"]["object"]
+        if not isinstance(obj, dict):
+            raise TypeError("data.object is not an object")
+        customer = obj.get("customer") if obj.get("object") != "customer" else obj.get("id")
+        return StripeEnvelope(
+            event_id=_non_empty_str(event["id"]),
+            type=_non_empty_str(event["type"]),
+            object_id=str(obj.get("id") or ""),
+            customer_id=str((customer.get("id") if isinstance(customer, dict) else customer) or ""),
+            livemode=bool(event.get("livemode", False)),
+            api_version=str(event.get("api_version") or ""),
+            created=datetime.fromtimestamp(int(event["created"]), tz=UTC),
+        )
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise WebhookRejected(f"The body is not a Stripe event: {exc}", reason="malformed") from exc
+
+
+def _non_empty_str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+@transaction.atomic(durable=True)
+def webhook_event_receive(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEvent, bool]:
+    """Store a delivered event once and enqueue its processing on commit; see inbox_insert."""
+    return inbox_insert(envelope=envelope, raw_body=raw_body)
+
+
+def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEvent, bool]:
+    """Insert an event into the inbox unless it is there (unique on provider + event id), inside the
+    caller's transaction, and enqueue its processing on commit. Webhook deliveries and the
+    reconciliation's gap-filling both come in here, so an event is processed once whichever way it came.
+
+    Returns the stored row and whether it was already there. The insert is
+    `INSERT … ON CONFLICT DO NOTHING`: our row exists afterwards only if this insert won.
+    """
+    now = timezone.now()
+    ours_to_process = envelope.livemode == settings.STRIPE_LIVEMODE
+    candidate = WebhookEvent(
+        provider=WebhookEvent.Provider.STRIPE,
+        event_id=envelope.event_id,
+        type=envelope.type,
+        object_id=envelope.object_id,
+        customer_id=envelope.customer_id,
+        livemode=envelope.livemode,
+        api_version=envelope.api_version,
+        provider_created_at=envelope.created,
+        raw_body=raw_body,
+        status=Status.RECEIVED if ours_to_process else Status.IGNORED,
+        last_error="" if ours_to_process else "livemode differs from this deployment's",
+        received_at=now,
+        # The sweeper leaves a fresh event to the worker the commit nudges, for a grace period.
+        next_attempt_at=now + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS),
+    )
+    WebhookEvent.objects.bulk_create([candidate], ignore_conflicts=True)
+    stored = WebhookEvent.objects.get(provider=WebhookEvent.Provider.STRIPE, event_id=envelope.event_id)
+    duplicate = stored.id != candidate.id
+    metrics.EVENTS_RECEIVED.labels(envelope.type, "duplicate" if duplicate else "new").inc()
+    if not duplicate and ours_to_process:
+        from webhooks.tasks import webhook_event_process_task  # the task module imports this one
+
+        enqueue_on_commit(webhook_event_process_task, str(stored.id))
+    return stored, duplicate
+
+
+def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
+    """Process one inbox row exactly once; returns its new status, or None if it was not ours to run.
+
+    First the claim is counted in its own commit, so a worker that dies mid-event (or an event that
+    kills workers) still uses up an attempt. Then, in one transaction holding the row lock
+    (SKIP LOCKED: a second worker with the same event walks away), the handler's domain writes and
+    the status change commit together. A failing handler runs in a savepoint, so none of its writes
+    survive, and the failure is recorded in the same transaction.
+    """
+    now = timezone.now()
+    lease = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    claimed = WebhookEvent.objects.filter(
+        id=event_id, status__in=[Status.RECEIVED, Status.FAILED, Status.PROCESSING]
+    ).update(status=Status.PROCESSING, attempts=F("attempts") + 1, next_attempt_at=now + lease)
+    if not claimed:
+        return None
+    payload = _payload(event_id)  # before the transaction: it may have to ask Stripe
+    with transaction.atomic(durable=True):
+        event = (
+            WebhookEvent.objects.select_for_update(skip_locked=True)
+            .filter(id=event_id, status=Status.PROCESSING)
+            .first()
+        )
+        if event is None:
+            return None
+        _run_handler(event, payload)
+        event.save(update_fields=["status", "next_attempt_at", "last_error", "processed_at"])
+        status, event_type, received_at = event.status, event.type, event.received_at
+        transaction.on_commit(lambda: _count(event_type, status, received_at))
+    log.info("webhook_event_processed", event_id=event.event_id, type=event.type, status=event.status)
+    return event.status
+
+
+Payload = tuple[Mapping[str, Any], datetime] | Exception
+
+
+def _payload(event_id: uuid.UUID) -> Payload:
+    """The object to apply and its version time: the event's own, or — when the event cannot decide
+    (see webhooks.handlers.REFETCHERS) — the object as Stripe has it now. Or the error fetching it."""
+    event_type, raw_body, created = WebhookEvent.objects.values_list("type", "raw_body", "provider_created_at").get(
+        id=event_id
+    )
+    obj = json.loads(raw_body)["data"]["object"]
+    refetch = REFETCHERS.get(event_type)
+    try:
+        return (refetch(obj, created) if refetch else None) or (obj, created)
+    except Exception as exc:  # recorded with the event, in the processing transaction
+        return exc
+
+
+def _run_handler(event: WebhookEvent, payload: Payload) -> None:
+    """Run the event's handler in a savepoint and set the resulting status on `event` (not saved)."""
+    now = timezone.now()
+    handler = HANDLERS.get(event.type)
+    if event.attempts > settings.WEBHOOK_MAX_ATTEMPTS:
+        event.status, event.last_error = Status.DEAD, f"gave up after {event.attempts - 1} attempts; {event.last_error}"
+        return
+    if handler is None:
+        event.status, event.last_error, event.processed_at = Status.IGNORED, "no handler for this type", now
+        return
+    try:
+        if isinstance(payload, Exception):
+            raise payload
+        with transaction.atomic():
+            obj, version = payload
+            changed_users = handler(obj, version)
+            _after_billing_change(changed_users)
+    except RETRYABLE as exc:
+        dead = event.attempts >= settings.WEBHOOK_MAX_ATTEMPTS
+        event.status = Status.DEAD if dead else Status.FAILED
+        event.last_error = f"{type(exc).__name__}: {exc}"[:4000]
+        delay = backoff_seconds(
+            event.attempts, base=settings.WEBHOOK_RETRY_BASE_SECONDS, cap=settings.WEBHOOK_RETRY_MAX_SECONDS
+        )
+        event.next_attempt_at = now + timedelta(seconds=delay)
+        log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
+    except Exception as exc:
+        # Bad data or a bug: retrying cannot help. A person replays it once it is fixed.
+        event.status, event.last_error = Status.DEAD, f"{type(exc).__name__}: {exc}"[:4000]
+        log.exception("webhook_event_dead", event_id=event.event_id)
+    else:
+        event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
+
+
+def _after_billing_change(user_ids: set[uuid.UUID]) -> None:
+    """The hook where a billing change reaches the apps above billing (entitlements)."""
+    from entitlements.services import entitlements_refresh  # webhooks sits above entitlements
+
+    entitlements_refresh(user_ids=user_ids)
+
+
+def _count(event_type: str, status: str, received_at: datetime) -> None:
+    metrics.EVENTS_PROCESSED.labels(event_type, status).inc()
+    if status == Status.PROCESSED:
+        metrics.PROCESSING_LATENCY.observe((timezone.now() - received_at).total_seconds())
+
+
+@transaction.atomic(durable=True)
+def webhook_events_sweep() -> int:
+    """Re-enqueue every event that is due: never picked up, failed and due, or claimed by a worker
+    that died. Each is pushed a grace period ahead so a slow queue is not flooded with copies."""
+    now = timezone.now()
+    due = list(
+        WebhookEvent.objects.select_for_update(skip_locked=True)
+        .filter(status__in=[Status.RECEIVED, Status.FAILED, Status.PROCESSING], next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
+        .values_list("id", flat=True)[: settings.WEBHOOK_SWEEP_BATCH]
+    )
+    WebhookEvent.objects.filter(id__in=due).update(
+        next_attempt_at=now + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS)
+    )
+    from webhooks.tasks import webhook_event_process_task
+
+    for event_id in due:
+        enqueue_on_commit(webhook_event_process_task, str(event_id))
+    metrics.BACKLOG.set(
+        WebhookEvent.objects.filter(status__in=[Status.RECEIVED, Status.FAILED, Status.PROCESSING]).count()
+    )
+    metrics.DEAD.set(WebhookEvent.objects.filter(status=Status.DEAD).count())
+    return len(due)
+
+
+@transaction.atomic(durable=True)
+def webhook_event_replay(*, event_id: uuid.UUID, staff_id: str, request: HttpRequest | None = None) -> WebhookEvent:
+    """Run an event again from the start, even a processed one: handlers are idempotent and ignore
+    stale versions, so a replay can only bring our state up to what the event says."""
+    event = WebhookEvent.objects.select_for_update().get(id=event_id)  # waits for a worker holding it
+    previous = event.status
+    event.status, event.attempts, event.last_error, event.processed_at = Status.RECEIVED, 0, "", None
+    event.next_attempt_at = timezone.now() + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS)
+    event.save(update_fields=["status", "attempts", "last_error", "processed_at", "next_attempt_at"])
+    audit.record(
+        action=audit.AuditAction.WEBHOOK_REPLAYED,
+        actor_type=audit.ActorType.STAFF,
+        actor_id=staff_id,
+        target_type="webhook_event",
+        target_id=str(event.id),
+        metadata={"event_id": event.event_id, "type": event.type, "previous_status": previous},
+        request=request,
+    )
+    from webhooks.tasks import webhook_event_process_task
+
+    enqueue_on_commit(webhook_event_process_task, str(event.id))
+    return event
+
+
+@transaction.atomic(durable=True)
+def webhook_event_mark_ignored(*, event_id: uuid.UUID, staff_id: str, request: HttpRequest | None = None) -> bool:
+    """Stop retrying an event a person has judged irrelevant; a processed event keeps its status."""
+    event = WebhookEvent.objects.select_for_update().get(id=event_id)
+    if event.status in (Status.PROCESSED, Status.IGNORED):
+        return False
+    previous = event.status
+    event.status, event.last_error = Status.IGNORED, f"marked ignored by staff {staff_id} (was {previous})"
+    event.save(update_fields=["status", "last_error"])
+    audit.record(
+        action=audit.AuditAction.WEBHOOK_IGNORED,
+        actor_type=audit.ActorType.STAFF,
+        actor_id=staff_id,
+        target_type="webhook_event",
+        target_id=str(event.id),
+        metadata={"event_id": event.event_id, "type": event.type, "previous_status": previous},
+        request=request,
+    )
+    return True

@@ -1,0 +1,83 @@
+"""Stripe event types → billing services. Registered when the webhooks app is ready.
+
+Each billing service takes the event's object and the event's time, ignores a version older than the
+one it already applied (out-of-order delivery), and returns the users whose billing state changed.
+"""
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+
+from billing import gateway
+from billing import services as billing
+from billing.models import Subscription
+from webhooks.handlers import handles
+
+
+@handles("checkout.session.completed", "checkout.session.async_payment_succeeded")
+def checkout_session_completed(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.order_complete_from_stripe(session=obj, event_created=created)
+
+
+@handles("checkout.session.expired")
+def checkout_session_expired(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.order_expire_from_stripe(session=obj, event_created=created)
+
+
+def subscription_refetch(obj: Mapping[str, Any], created: datetime) -> tuple[Mapping[str, Any], datetime] | None:
+    """Stripe's `created` has one-second resolution: two different versions of a subscription in the
+    same second cannot be ordered from their events, so ask Stripe for the current one."""
+    applied = (
+        Subscription.objects.filter(stripe_subscription_id=obj.get("id"))
+        .values_list("stripe_updated_at", "status", "cancel_at_period_end")
+        .first()
+    )
+    if applied is None or applied[0] != created:
+        return None  # the event's time decides
+    if applied[1:] == (obj.get("status"), bool(obj.get("cancel_at_period_end"))):
+        return None  # the same version again (a replay or a duplicate)
+    fetched_at = timezone.now()
+    return gateway.subscription_retrieve(str(obj["id"])), fetched_at
+
+
+@handles(
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    refetch=subscription_refetch,
+)
+def subscription_changed(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.subscription_upsert_from_stripe(stripe_subscription=obj, event_created=created)
+
+
+@handles("invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed")
+def invoice_paid_or_failed(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.payment_record_from_invoice(invoice=obj, event_created=created)
+
+
+@handles("payment_intent.succeeded", "payment_intent.payment_failed")
+def payment_intent_settled(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.payment_record_from_intent(payment_intent=obj, event_created=created)
+
+
+@handles("charge.refunded")
+def charge_refunded(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.refund_record_from_charge(charge=obj, event_created=created)
+
+
+@handles("charge.dispute.created")
+def charge_disputed(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.dispute_record_from_stripe(dispute=obj, event_created=created)
+
+
+@handles("customer.created", "customer.updated")
+def customer_changed(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.customer_upsert_from_stripe(stripe_customer=obj, event_created=created)
+
+
+@handles("customer.deleted")
+def customer_deleted(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.customer_delete_from_stripe(stripe_customer=obj, event_created=created)

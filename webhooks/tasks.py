@@ -1,0 +1,37 @@
+import uuid
+
+from celery import shared_task
+
+from billing.errors import StripeRateLimited, StripeUnavailable
+from tasks.base import BaseTask
+from tasks.errors import TransientError
+from tasks.queues import TaskQueue
+from webhooks.reconciliation import events_gap_fill, state_compare
+from webhooks.services import webhook_event_process, webhook_events_sweep
+
+
+@shared_task(base=BaseTask, name="webhooks.process_event", queue=TaskQueue.WEBHOOKS)
+def webhook_event_process_task(event_id: str) -> str | None:
+    """Process one inbox row (safe to run twice: the claim decides)."""
+    return webhook_event_process(event_id=uuid.UUID(event_id))
+
+
+@shared_task(base=BaseTask, name="webhooks.sweep", queue=TaskQueue.WEBHOOKS)
+def webhook_events_sweep_task() -> int:
+    """Beat: re-enqueue events that are due (missed nudges, retries, dead workers)."""
+    return webhook_events_sweep()
+
+
+@shared_task(base=BaseTask, name="reconciliation.events_gap_fill", queue=TaskQueue.RECONCILIATION)
+def events_gap_fill_task() -> int:
+    """Beat: pull Stripe events the inbox misses (rate limits and outages retry with backoff)."""
+    try:
+        return events_gap_fill().events_new
+    except (StripeRateLimited, StripeUnavailable) as exc:
+        raise TransientError(str(exc)) from exc  # the cursor kept every stored page
+
+
+@shared_task(base=BaseTask, name="reconciliation.state_compare", queue=TaskQueue.RECONCILIATION)
+def state_compare_task() -> int:
+    """Nightly: compare recently changed subscriptions and payments with Stripe."""
+    return state_compare().opened
