@@ -30,17 +30,19 @@ def post_event(base: str, obj_id: str) -> tuple[int, dict[str, object], float]:
 
 
 def test_an_event_accepted_while_rabbitmq_is_down_is_processed_by_the_sweeper_once_it_is_back() -> None:
-    with TcpProxy(5672) as rabbitmq:
-        with gunicorn(CELERY_BROKER_URL=broker_url_through(rabbitmq.port), WEBHOOK_PICKUP_GRACE_SECONDS="0") as base:
-            rabbitmq.cut()
-            obj_id = f"obj_{uuid.uuid4().hex[:12]}"
+    with (
+        TcpProxy(5672) as rabbitmq,
+        gunicorn(CELERY_BROKER_URL=broker_url_through(rabbitmq.port), WEBHOOK_PICKUP_GRACE_SECONDS="0") as base,
+    ):
+        rabbitmq.cut()
+        obj_id = f"obj_{uuid.uuid4().hex[:12]}"
 
-            status, body, seconds = post_event(base, obj_id)
+        status, body, seconds = post_event(base, obj_id)
 
-            assert status == 200
-            assert body == {"received": True, "duplicate": False}
-            assert WebhookEvent.objects.get(object_id=obj_id).status == WebhookEvent.Status.RECEIVED
-            print(f"ingestion with the broker down answered in {seconds:.2f}s")
+        assert status == 200
+        assert body == {"received": True, "duplicate": False}
+        assert WebhookEvent.objects.get(object_id=obj_id).status == WebhookEvent.Status.RECEIVED
+        print(f"ingestion with the broker down answered in {seconds:.2f}s")
 
     with celery_worker(["webhooks"], include="tests.webhooks.handlers_for_tests"):
         assert webhook_events_sweep() == 1
