@@ -106,10 +106,14 @@ def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEve
     duplicate = stored.id != candidate.id
     metrics.EVENTS_RECEIVED.labels(envelope.type, "duplicate" if duplicate else "new").inc()
     if not duplicate and ours_to_process:
-        from webhooks.tasks import webhook_event_process_task  # the task module imports this one
-
-        enqueue_on_commit(webhook_event_process_task, str(stored.id))
+        _enqueue_processing(stored.id)
     return stored, duplicate
+
+
+def _enqueue_processing(event_id: uuid.UUID) -> None:
+    from webhooks.tasks import webhook_event_process_task  # imported here: the task module imports this one
+
+    enqueue_on_commit(webhook_event_process_task, str(event_id))
 
 
 def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
@@ -223,10 +227,8 @@ def webhook_events_sweep() -> int:
     WebhookEvent.objects.filter(id__in=due).update(
         next_attempt_at=now + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS)
     )
-    from webhooks.tasks import webhook_event_process_task
-
     for event_id in due:
-        enqueue_on_commit(webhook_event_process_task, str(event_id))
+        _enqueue_processing(event_id)
     metrics.BACKLOG.set(
         WebhookEvent.objects.filter(status__in=[Status.RECEIVED, Status.FAILED, Status.PROCESSING]).count()
     )
@@ -243,18 +245,8 @@ def webhook_event_replay(*, event_id: uuid.UUID, staff_id: str, request: HttpReq
     event.status, event.attempts, event.last_error, event.processed_at = Status.RECEIVED, 0, "", None
     event.next_attempt_at = timezone.now() + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS)
     event.save(update_fields=["status", "attempts", "last_error", "processed_at", "next_attempt_at"])
-    audit.record(
-        action=audit.AuditAction.WEBHOOK_REPLAYED,
-        actor_type=audit.ActorType.STAFF,
-        actor_id=staff_id,
-        target_type="webhook_event",
-        target_id=str(event.id),
-        metadata={"event_id": event.event_id, "type": event.type, "previous_status": previous},
-        request=request,
-    )
-    from webhooks.tasks import webhook_event_process_task
-
-    enqueue_on_commit(webhook_event_process_task, str(event.id))
+    _audit_staff_action(audit.AuditAction.WEBHOOK_REPLAYED, event, previous, staff_id=staff_id, request=request)
+    _enqueue_processing(event.id)
     return event
 
 
@@ -267,8 +259,15 @@ def webhook_event_mark_ignored(*, event_id: uuid.UUID, staff_id: str, request: H
     previous = event.status
     event.status, event.last_error = Status.IGNORED, f"marked ignored by staff {staff_id} (was {previous})"
     event.save(update_fields=["status", "last_error"])
+    _audit_staff_action(audit.AuditAction.WEBHOOK_IGNORED, event, previous, staff_id=staff_id, request=request)
+    return True
+
+
+def _audit_staff_action(
+    action: audit.AuditAction, event: WebhookEvent, previous: str, *, staff_id: str, request: HttpRequest | None
+) -> None:
     audit.record(
-        action=audit.AuditAction.WEBHOOK_IGNORED,
+        action=action,
         actor_type=audit.ActorType.STAFF,
         actor_id=staff_id,
         target_type="webhook_event",
@@ -276,4 +275,8 @@ def webhook_event_mark_ignored(*, event_id: uuid.UUID, staff_id: str, request: H
         metadata={"event_id": event.event_id, "type": event.type, "previous_status": previous},
         request=request,
     )
-    return True
+
+
+# --- Retention and erasure of raw payloads (GDPR) ------------------------------------------------
+
+# A redacted raw body keeps the envelope only, and starts with this key (so it is found and skipped).

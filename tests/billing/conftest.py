@@ -8,8 +8,6 @@
 
 import itertools
 import json
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -28,45 +26,26 @@ import responses
 import stripe
 from django.test import Client
 
-from tests.support.proxy import TcpProxy
+from tests.support.processes import background_process
+from tests.support.proxy import TcpProxy, free_port
 
 STRIPE_KEY = "sk_test_jia_billing"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
 def localstripe() -> Iterator[str]:
     """A localstripe server for the whole session; its base URL."""
-    port = _free_port()
-    script = Path(__file__).with_name("localstripe_main.py")
-    log = open(f"/tmp/localstripe-{port}.log", "wb")  # noqa: SIM115 - kept open for the server's life
-    process = subprocess.Popen([sys.executable, str(script), str(port)], stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            request = urllib.request.Request(f"{base}/v1/customers", headers={"Authorization": f"Bearer {STRIPE_KEY}"})  # noqa: S310
-            try:
-                with urllib.request.urlopen(request, timeout=1):  # noqa: S310 - our own loopback fake
-                    break
-            except (OSError, urllib.error.HTTPError):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"localstripe did not start; see {log.name}") from None
-                time.sleep(0.1)
+    script = Path(__file__).with_name("localstripe_main.py")
+
+    def ready() -> bool:
+        request = urllib.request.Request(f"{base}/v1/customers", headers={"Authorization": f"Bearer {STRIPE_KEY}"})  # noqa: S310
+        with urllib.request.urlopen(request, timeout=1):  # noqa: S310 - our own loopback fake
+            return True
+
+    with background_process([sys.executable, str(script), str(port)], name=f"localstripe-{port}", ready=ready):
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import stripe
-from django.contrib.auth.models import Group, User
 from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -17,27 +16,19 @@ from billing import services
 from billing.models import Payment, Refund
 from gdpr.models import AuditEvent
 from tests.billing.factories import CustomerFactory, OrderFactory, PaymentFactory, RefundFactory, SubscriptionFactory
+from tests.support.auth import staff_client
 
 CHANGELIST = "/admin/billing/payment/"
 
 
-def staff(username: str, role: str | None) -> Client:
-    user = User.objects.create_user(username=username, password="x", is_staff=True)
-    if role:
-        user.groups.add(Group.objects.get_or_create(name=role)[0])
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 @pytest.fixture
 def finance() -> Client:
-    return staff("anna", "finance")
+    return staff_client("anna", "finance")
 
 
 @pytest.fixture
 def support() -> Client:
-    return staff("sam", "support")
+    return staff_client("sam", "support")
 
 
 # --- finding things ------------------------------------------------------------------------------
@@ -125,7 +116,7 @@ def test_a_payment_shows_its_amounts_with_currency_and_its_refunds_read_only(fin
 
 @pytest.mark.django_db
 def test_staff_without_a_billing_role_see_no_payments() -> None:
-    nobody = staff("ned", None)
+    nobody = staff_client("ned", None)
 
     assert nobody.get(CHANGELIST).status_code == 403
 

@@ -3,26 +3,16 @@
 import uuid
 
 import pytest
-from django.contrib.auth.models import Group, User
-from django.test import Client
 
 from billing.models import Subscription
 from entitlements.models import FamilyMembership
 from gdpr.models import AuditEvent
 from tests.entitlements.factories import family_of, plan_with, subscribe
+from tests.support.auth import staff_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 EXPLAIN = "/admin/entitlements/entitlementsnapshot/explain/"
-
-
-def staff(username: str, role: str | None) -> Client:
-    user = User.objects.create_user(username, password="pw", is_staff=True)
-    if role:
-        user.groups.add(Group.objects.get_or_create(name=role)[0])
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_support_sees_why_a_member_has_a_feature_and_why_not_another() -> None:
@@ -31,7 +21,7 @@ def test_support_sees_why_a_member_has_a_feature_and_why_not_another() -> None:
     subscribe(owner, family)
     subscribe(bob, plan_with(["studio"], code="studio"), status=Subscription.Status.CANCELED)
     family_of(owner, bob)
-    support = staff("sam", "support")
+    support = staff_client("sam", "support")
 
     has = support.get(EXPLAIN, {"user_id": str(bob), "feature": "kids"})
     lacks = support.get(EXPLAIN, {"user_id": str(bob), "feature": "studio"})
@@ -46,17 +36,17 @@ def test_support_sees_why_a_member_has_a_feature_and_why_not_another() -> None:
 
 
 def test_staff_without_a_role_cannot_see_the_explanation_or_the_families() -> None:
-    nobody = staff("nick", None)
+    nobody = staff_client("nick", None)
 
     assert nobody.get(EXPLAIN, {"user_id": str(uuid.uuid4()), "feature": "hd"}).status_code == 403
     assert nobody.get("/admin/entitlements/familygroup/").status_code == 403
 
 
-def test_support_lists_families_and_removes_a_member_with_an_audit_by_staff() -> None:
+def test_support_lists_families_and_removes_a_member_with_an_audit_by_staff_client() -> None:
     owner, bob = uuid.uuid4(), uuid.uuid4()
     subscribe(owner, plan_with(["kids"], family_seats=2))
     group = family_of(owner, bob)
-    support = staff("sam", "support")
+    support = staff_client("sam", "support")
     assert str(owner) in support.get("/admin/entitlements/familygroup/").content.decode()
     assert str(bob) in support.get(f"/admin/entitlements/familygroup/{group.id}/change/").content.decode()
     membership = FamilyMembership.objects.get(user_id=bob)

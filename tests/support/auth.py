@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.test import Client
 
 # ---------------------------------------------------------------------------------------------
 # Client JWTs
@@ -270,3 +272,13 @@ def public_pem(private_key: Any) -> str:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
+
+
+def staff_client(username: str, role: str | None) -> Client:
+    """A logged-in Django admin client for a staff user holding `role` (None: staff with no role)."""
+    user = User.objects.create_user(username=username, password="pw", is_staff=True)
+    if role:
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
+    client = Client()
+    client.force_login(user)
+    return client

@@ -13,7 +13,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
-        self.port = _free_port()
+        self.port = free_port()
 
     def __enter__(self) -> "TcpProxy":
         self.restore()
@@ -74,7 +74,7 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -82,4 +82,4 @@ def _free_port() -> int:
 
 def closed_port() -> int:
     """A loopback port nothing listens on."""
-    return _free_port()
+    return free_port()

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import connection
 
 from payments_project.celery import app
+from tests.support.processes import background_process
 
 
 def worker_env() -> dict[str, str]:
@@ -44,23 +45,13 @@ def celery_worker(queues: list[str], *, concurrency: int = 1, include: str = "")
     command += ["-c", str(concurrency), "-n", node, "--without-gossip", "--without-mingle", "-l", "INFO"]
     if include:
         command += ["--include", include]
-    log = open(f"/tmp/{node.split('@')[0]}.log", "wb")  # noqa: SIM115 - kept open for the worker's life
-    process = subprocess.Popen(command, env=worker_env(), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while not app.control.ping(destination=[node], timeout=0.5):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker {node} did not start; see {log.name}")
-        process.node = node  # type: ignore[attr-defined]
+    with background_process(
+        command,
+        name=node.split("@")[0],
+        ready=lambda: bool(app.control.ping(destination=[node], timeout=0.5)),
+        env=worker_env(),
+    ) as process:
         yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def wait_until(condition, *, timeout: float = 20.0, interval: float = 0.1) -> bool:  # type: ignore[no-untyped-def]

@@ -1,23 +1,14 @@
 import pytest
-from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from gdpr.models import AuditEvent
+from tests.support.auth import staff_client
 from tests.support.stripe_events import delivery, stripe_event
 from webhooks.models import WebhookEvent
 from webhooks.services import webhook_event_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CHANGELIST = "/admin/webhooks/webhookevent/"
-
-
-def staff(username: str, role: str | None) -> Client:
-    user = User.objects.create_user(username, password="pw", is_staff=True)
-    if role:
-        user.groups.add(Group.objects.get_or_create(name=role)[0])
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def dead_event(client: Client) -> WebhookEvent:
@@ -29,7 +20,7 @@ def dead_event(client: Client) -> WebhookEvent:
 
 def test_finance_replays_a_dead_event_and_the_replay_is_audited(client: Client) -> None:
     event = dead_event(client)
-    alice = staff("alice", "finance")
+    alice = staff_client("alice", "finance")
 
     response = alice.post(CHANGELIST, {"action": "replay", "_selected_action": [str(event.id)]})
 
@@ -44,7 +35,7 @@ def test_finance_replays_a_dead_event_and_the_replay_is_audited(client: Client) 
 def test_finance_marks_a_dead_event_ignored_and_it_is_audited(client: Client) -> None:
     event = dead_event(client)
 
-    staff("alice", "finance").post(CHANGELIST, {"action": "mark_ignored", "_selected_action": [str(event.id)]})
+    staff_client("alice", "finance").post(CHANGELIST, {"action": "mark_ignored", "_selected_action": [str(event.id)]})
 
     assert WebhookEvent.objects.get().status == "ignored"
     assert AuditEvent.objects.filter(action="webhook.ignored", target_id=str(event.id)).count() == 1
@@ -52,7 +43,7 @@ def test_finance_marks_a_dead_event_ignored_and_it_is_audited(client: Client) ->
 
 def test_support_sees_events_but_cannot_replay_them(client: Client) -> None:
     event = dead_event(client)
-    bob = staff("bob", "support")
+    bob = staff_client("bob", "support")
 
     listing = bob.get(CHANGELIST + "?status__exact=dead")
     detail = bob.get(f"{CHANGELIST}{event.id}/change/")
@@ -69,4 +60,4 @@ def test_support_sees_events_but_cannot_replay_them(client: Client) -> None:
 def test_staff_without_a_role_see_nothing(client: Client) -> None:
     dead_event(client)
 
-    assert staff("charlie", None).get(CHANGELIST).status_code == 403
+    assert staff_client("charlie", None).get(CHANGELIST).status_code == 403

@@ -13,6 +13,7 @@ from billing.errors import StripeRateLimited
 from billing.models import Payment
 from gdpr.models import AuditEvent
 from tests.billing.factories import PaymentFactory, SubscriptionFactory
+from tests.support.auth import staff_client
 from tests.support.fake_stripe_api import BASE, FakeStripeApi
 from tests.support.stripe_events import delivery, stripe_event
 from tests.webhooks.handlers_for_tests import effects
@@ -243,22 +244,12 @@ def test_a_subscription_canceled_in_stripe_is_brought_up_to_date(stripe_api: Fak
     assert Discrepancy.objects.get().kind == "subscription_status"
 
 
-def finance_client() -> Client:
-    from django.contrib.auth.models import Group, User
-
-    user = User.objects.create_user("alice", password="pw", is_staff=True)
-    user.groups.add(Group.objects.get_or_create(name="finance")[0])
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def test_finance_marks_a_discrepancy_resolved_with_a_reason_and_it_is_audited(stripe_api: FakeStripeApi) -> None:
     payment = PaymentFactory(amount=2000)
     payment_objects(stripe_api, payment, refunded=0, amount=2500)
     state_compare()
     discrepancy = Discrepancy.objects.get()
-    alice = finance_client()
+    alice = staff_client("alice", "finance")
     url = "/admin/webhooks/discrepancy/"
 
     confirm = alice.post(url, {"action": "mark_resolved", "_selected_action": [str(discrepancy.id)]})
@@ -287,7 +278,7 @@ def test_finance_resyncs_from_stripe_from_the_admin(stripe_api: FakeStripeApi) -
         kind="payment_status", object_type="payment", object_id=payment.id, stripe_id="pi", our_value="failed"
     )
 
-    finance_client().post(
+    staff_client("alice", "finance").post(
         "/admin/webhooks/discrepancy/", {"action": "resync_from_stripe", "_selected_action": [str(discrepancy.id)]}
     )
 
