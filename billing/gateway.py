@@ -354,3 +354,16 @@ def event_list(
     if types:
         params["types"] = types
     return _call("event_list", lambda c: c.v1.events.list(params=params))  # type: ignore[arg-type]
+
+
+def subscription_cancel_now(*, stripe_subscription_id: str, idempotency_key: str) -> StripeDict:
+    """End a subscription at once, without proration or a final invoice (GDPR erasure). Stripe treats
+    a DELETE as idempotent by itself; the key is sent anyway, like on every other write."""
+    return _call(
+        "subscription_cancel_now",
+        lambda c: c.v1.subscriptions.cancel(
+            stripe_subscription_id,
+            params={"invoice_now": False, "prorate": False},
+            options=_post_options(idempotency_key),
+        ),
+    )

@@ -1,17 +1,22 @@
-"""The audit trail in admin: compliance only, read-only, filterable, exportable as CSV."""
+"""Compliance's admin: the audit trail (read-only, filterable, exportable as CSV), and data-subject
+requests with their steps, status and reason (retry and cancel are audited)."""
 
 import csv
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 
 from gdpr.audit import ActorType, AuditAction, record
-from gdpr.models import AuditEvent
+from gdpr.models import AuditEvent, DataSubjectRequest, ErasureStep
+from gdpr.registry import pseudonym_for
+from gdpr.services import data_request_cancel, data_request_retry
+from payments_project.errors import ApplicationError
 from payments_project.roles import Role, RoleRestrictedAdmin, has_role
 
 CSV_COLUMNS = (
@@ -96,3 +101,75 @@ class AuditEventAdmin(RoleRestrictedAdmin, admin.ModelAdmin):
         stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
         response["Content-Disposition"] = f'attachment; filename="audit-trail-{stamp}.csv"'
         return response
+
+
+# --- Data-subject requests (export, erasure): compliance only ------------------------------------------------
+
+
+class ErasureStepInline(RoleRestrictedAdmin, admin.TabularInline):
+    model = ErasureStep
+    view_roles = (Role.COMPLIANCE,)
+    extra = 0
+    can_delete = False
+    fields = ("provider", "order", "status", "attempts", "last_error", "completed_at", "updated_at")
+    readonly_fields = fields
+    ordering = ("order", "provider")
+
+
+@admin.register(DataSubjectRequest)
+class DataSubjectRequestAdmin(RoleRestrictedAdmin, admin.ModelAdmin):
+    """Every export and erasure with its steps, status and reason; retry and cancel are audited."""
+
+    view_roles = (Role.COMPLIANCE,)
+    list_display = ("id", "kind", "status", "age_days", "attempts", "created_at", "completed_at", "short_reason")
+    list_filter = ("kind", "status", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("=id", "=subject")
+    ordering = ("-created_at",)
+    inlines = (ErasureStepInline,)
+    actions = ("retry", "cancel")
+    readonly_fields = [field.name for field in DataSubjectRequest._meta.fields]
+
+    @admin.display(description="age (days)")
+    def age_days(self, data_request: DataSubjectRequest) -> int:
+        return (timezone.now() - data_request.created_at).days
+
+    @admin.display(description="reason")
+    def short_reason(self, data_request: DataSubjectRequest) -> str:
+        reason = data_request.failure_reason
+        return reason if len(reason) <= 120 else reason[:119] + "…"
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[DataSubjectRequest], search_term: str
+    ) -> tuple[QuerySet[DataSubjectRequest], bool]:
+        """A user id finds that user's requests, even after an erasure removed it from them (by pseudonym)."""
+        results, duplicates = super().get_search_results(request, queryset, search_term)
+        try:
+            user_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return results, duplicates
+        return results | queryset.filter(subject=pseudonym_for(user_id)), duplicates
+
+    def has_compliance_permission(self, request: HttpRequest) -> bool:
+        return has_role(request.user, Role.COMPLIANCE)
+
+    @admin.action(description="Retry the selected failed requests", permissions=["compliance"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[DataSubjectRequest]) -> None:
+        retried = 0
+        for data_request in queryset:
+            try:
+                retried += data_request_retry(
+                    request_id=data_request.id, staff_id=str(request.user.pk), request=request
+                )
+            except ApplicationError as exc:
+                self.message_user(request, f"{data_request}: {exc.detail}", messages.ERROR)
+        self.message_user(request, f"{retried} request(s) queued again; only failed ones can be retried.")
+
+    @admin.action(description="Cancel the selected requests", permissions=["compliance"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[DataSubjectRequest]) -> None:
+        canceled = sum(
+            data_request_cancel(request_id=data_request.id, staff_id=str(request.user.pk), request=request)
+            for data_request in queryset
+        )
+        self.message_user(
+            request, f"{canceled} request(s) canceled; a running one cannot be, until its step has finished."
+        )

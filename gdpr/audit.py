@@ -7,6 +7,14 @@ Chain rules (also what `manage.py verify_audit_chain` checks):
   recomputed only while the salt is present (an erased row has blank personal columns and salt);
 - `hash = sha256(canonical_json(seq, id, occurred_at, actor_type, action, target_type, target_id,
   request_id, metadata, personal_digest, prev_hash))`.
+
+Person ids in the hashed columns. An event *about* a user (target_type "user", or metadata keys in
+PERSONAL_REFERENCE_KEYS such as `user_id`) would put that user's id into hashed content, which erasure
+could then never remove. So `record` lists such places in `personal_refs` (e.g. ["metadata.user_id",
+"target_id"]); the row keeps the real values where readers expect them, but the hash sees them masked
+("") plus `personal_refs`, and the personal digest commits to the real values (`"refs"` in its JSON).
+Erasure replaces them with the pseudonym and blanks the salt, like the actor's personal columns: the
+chain still verifies. A row without references hashes exactly as before (old rows stay valid).
 Appends take a transaction-scoped PostgreSQL advisory lock before reading the previous hash, so
 concurrent writers make one chain (SQLite serialises writers itself: `transaction_mode=IMMEDIATE`).
 """
@@ -30,6 +38,8 @@ from payments_project.ratelimit import client_ip
 __all__ = [
     "GENESIS_HASH",
     "PERSONAL_METADATA_KEYS",
+    "PERSONAL_REFERENCE_KEYS",
+    "PERSONAL_TARGET_TYPES",
     "ActorType",
     "AuditAction",
     "AuditEvent",
@@ -58,6 +68,14 @@ PERSONAL_METADATA_KEYS = frozenset(
         "user_agent",
     }
 )
+# Target types whose target_id is a person's id, and metadata keys whose (string) values are: both stay
+# readable where they are, but are hashed through the personal digest only (see the module docstring).
+PERSONAL_TARGET_TYPES = frozenset({"user"})
+PERSONAL_REFERENCE_KEYS = frozenset(
+    {"user_id", "owner_user_id", "member_user_id", "invited_by_user_id", "accepted_by_user_id"}
+)
+TARGET_REF = "target_id"
+METADATA_REF_PREFIX = "metadata."
 _USER_AGENT_MAX = 512
 
 
@@ -89,12 +107,44 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def personal_digest(*, salt: str, actor_id: str, ip: str | None, user_agent: str, personal: Mapping[str, Any]) -> str:
-    content = canonical_json({"actor_id": actor_id, "ip": ip or "", "user_agent": user_agent, "personal": personal})
-    return hashlib.sha256(bytes.fromhex(salt) + content).hexdigest()
+def personal_digest(
+    *,
+    salt: str,
+    actor_id: str,
+    ip: str | None,
+    user_agent: str,
+    personal: Mapping[str, Any],
+    refs: Mapping[str, Any] | None = None,
+) -> str:
+    committed: dict[str, Any] = {"actor_id": actor_id, "ip": ip or "", "user_agent": user_agent, "personal": personal}
+    if refs:  # only rows with person references: older rows keep their digest
+        committed["refs"] = dict(refs)
+    return hashlib.sha256(bytes.fromhex(salt) + canonical_json(committed)).hexdigest()
+
+
+def personal_references(*, target_type: str, target_id: str, metadata: Mapping[str, Any]) -> list[str]:
+    """Where a new event holds a person's id in its hashed columns (sorted; see the module docstring)."""
+    refs = [METADATA_REF_PREFIX + key for key in PERSONAL_REFERENCE_KEYS if isinstance(metadata.get(key), str)]
+    if target_type in PERSONAL_TARGET_TYPES and target_id:
+        refs.append(TARGET_REF)
+    return sorted(ref for ref in refs if _ref_value(ref, target_id=target_id, metadata=metadata))
+
+
+def _ref_value(ref: str, *, target_id: str, metadata: Mapping[str, Any]) -> Any:
+    return target_id if ref == TARGET_REF else metadata.get(ref.removeprefix(METADATA_REF_PREFIX))
+
+
+def reference_values(event: AuditEvent) -> dict[str, Any]:
+    """The values at the event's personal references, as they are now."""
+    return {ref: _ref_value(ref, target_id=event.target_id, metadata=event.metadata) for ref in event.personal_refs}
 
 
 def event_hash(event: AuditEvent) -> str:
+    refs = list(event.personal_refs or [])
+    metadata = event.metadata
+    if refs:
+        masked = {ref.removeprefix(METADATA_REF_PREFIX) for ref in refs if ref.startswith(METADATA_REF_PREFIX)}
+        metadata = {key: "" if key in masked else value for key, value in metadata.items()}
     content = {
         "seq": event.seq,
         "id": str(event.id),
@@ -102,12 +152,14 @@ def event_hash(event: AuditEvent) -> str:
         "actor_type": event.actor_type,
         "action": event.action,
         "target_type": event.target_type,
-        "target_id": event.target_id,
+        "target_id": "" if TARGET_REF in refs else event.target_id,
         "request_id": event.request_id,
-        "metadata": event.metadata,
+        "metadata": metadata,
         "personal_digest": event.personal_digest,
         "prev_hash": event.prev_hash,
     }
+    if refs:  # only rows with person references: older rows keep their hash
+        content["personal_refs"] = refs
     return hashlib.sha256(canonical_json(content)).hexdigest()
 
 
@@ -146,6 +198,8 @@ def record(
         user_agent = request.META.get("HTTP_USER_AGENT", "")[:_USER_AGENT_MAX]
         request_id = str(getattr(request, "request_id", "") or "")[:128]
     salt = secrets.token_hex(16)
+    target_id = str(target_id)
+    refs = personal_references(target_type=target_type, target_id=target_id, metadata=plain)
 
     _lock_chain()
     previous = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
@@ -156,7 +210,7 @@ def record(
         actor_type=actor_type.value,
         action=action.value,
         target_type=target_type,
-        target_id=str(target_id),
+        target_id=target_id,
         request_id=request_id,
         metadata=plain,
         actor_id=str(actor_id),
@@ -164,8 +218,14 @@ def record(
         user_agent=user_agent,
         personal=personal,
         personal_salt=salt,
+        personal_refs=refs,
         personal_digest=personal_digest(
-            salt=salt, actor_id=str(actor_id), ip=ip, user_agent=user_agent, personal=personal
+            salt=salt,
+            actor_id=str(actor_id),
+            ip=ip,
+            user_agent=user_agent,
+            personal=personal,
+            refs={ref: _ref_value(ref, target_id=target_id, metadata=plain) for ref in refs},
         ),
         prev_hash=prev_hash,
     )
@@ -187,6 +247,7 @@ def _break_in(event: AuditEvent, *, expected_seq: int, expected_prev: str) -> st
             ip=event.ip,
             user_agent=event.user_agent,
             personal=event.personal,
+            refs=reference_values(event),
         )
         if digest != event.personal_digest:
             return "personal columns do not match their digest"

@@ -4,6 +4,9 @@ Each row's `hash` covers its canonical content and the previous row's hash (`pre
 of `seq`. Personal data (actor id, ip, user agent and personal metadata) is not hashed directly: the
 chain covers `personal_digest = sha256(personal_salt + canonical personal JSON)`, so erasure can blank the
 personal columns and the salt and keep the digest — the chain still verifies (see gdpr/audit.py).
+The same holds for person ids in `target_id` and `metadata` named by `personal_refs`.
+
+Data-subject requests (export, erasure) and the erasure's steps follow the audit trail below.
 """
 
 from typing import Any, NoReturn
@@ -45,6 +48,12 @@ class AuditAction(models.TextChoices):
     GDPR_ERASURE_REQUESTED = "gdpr.erasure.requested"
     GDPR_ERASURE_COMPLETED = "gdpr.erasure.completed"
     GDPR_ERASURE_FAILED = "gdpr.erasure.failed"
+    GDPR_EXPORT_FAILED = "gdpr.export.failed"
+    GDPR_EXPORT_EXPIRED = "gdpr.export.expired"
+    GDPR_REQUEST_RETRIED = "gdpr.request.retried"
+    GDPR_REQUEST_CANCELED = "gdpr.request.canceled"
+    CUSTOMER_PSEUDONYMISED = "customer.pseudonymised"
+    FAMILY_DISSOLVED = "family.dissolved"
     ENTITLEMENTS_CHANGED = "entitlements.changed"
     FAMILY_CREATED = "family.created"
     FAMILY_MEMBER_ADDED = "family.member_added"
@@ -91,6 +100,14 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
             raise AuditTrailIsAppendOnly(f"only personal columns may be pseudonymised, not {sorted(set(kwargs))}")
         return super().update(**kwargs)
 
+    def _pseudonymise_references(self, **kwargs: Any) -> int:
+        """The same path for person ids held in `target_id`/`metadata` (gdpr.services.audit_pseudonymise_subject);
+        the trigger lets them change only where the row's `personal_refs` names them."""
+        allowed = {"actor_id", "target_id", "metadata", "personal", "personal_salt", "pseudonymised_at"}
+        if not kwargs or set(kwargs) - allowed or kwargs.get("personal_salt", "") != "":
+            raise AuditTrailIsAppendOnly(f"only personal references may be pseudonymised, not {sorted(set(kwargs))}")
+        return super().update(**kwargs)
+
 
 class AuditEvent(models.Model):
     """One thing that happened, who did it, to what. Written by gdpr.audit.record only."""
@@ -112,6 +129,9 @@ class AuditEvent(models.Model):
     personal_salt = models.CharField(max_length=64, blank=True)
     personal_digest = models.CharField(max_length=64, editable=False)
     pseudonymised_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Where a person's id sits in the hashed columns ("target_id", "metadata.<key>"): the hash covers those
+    # values only through personal_digest, so erasure can replace them with a pseudonym (gdpr/audit.py).
+    personal_refs = models.JSONField(default=list, blank=True, editable=False)
     # The chain.
     prev_hash = models.CharField(max_length=64, editable=False)
     hash = models.CharField(max_length=64, unique=True, editable=False)
@@ -144,3 +164,114 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise AuditTrailIsAppendOnly("audit events cannot be deleted")
+
+
+# --- Data-subject requests: export (GDPR Art. 15, 20) and erasure (Art. 17) -----------------------------
+
+
+class RequestKind(models.TextChoices):
+    EXPORT = "export"
+    ERASURE = "erasure"
+
+
+class RequestStatus(models.TextChoices):
+    PENDING = "pending"  # waiting for a worker (first run, or a retry due at next_attempt_at)
+    RUNNING = "running"  # a worker holds it until lease_until
+    COMPLETED = "completed"
+    FAILED = "failed"  # out of attempts or a permanent error: `failure_reason` says why; staff may retry
+    CANCELED = "canceled"  # by compliance staff
+    EXPIRED = "expired"  # an export whose file was deleted after its download window
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+# The requests that block another of the same kind for the same person. A failed erasure stays open:
+# it is a legal obligation not yet met, and compliance retries it rather than the user starting over.
+OPEN_REQUEST = Q(status__in=[RequestStatus.PENDING, RequestStatus.RUNNING]) | Q(
+    kind=RequestKind.ERASURE, status=RequestStatus.FAILED
+)
+
+
+class DataSubjectRequest(models.Model):
+    """A user's request for their data or for its erasure, processed by a Celery job on the gdpr queue.
+
+    `subject` is the user's stable pseudonym (gdpr.registry.pseudonym_for): ownership is checked by it,
+    so a user still finds their erasure request after it removed their id from this row too.
+    """
+
+    Kind = RequestKind
+    Status = RequestStatus
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    kind = models.CharField(max_length=16, choices=RequestKind.choices)
+    status = models.CharField(max_length=16, choices=RequestStatus.choices, default=RequestStatus.PENDING)
+    subject = models.CharField(max_length=64, db_index=True)
+    # Who, while the request needs it: an erasure blanks these when it completes.
+    user_id = models.UUIDField(null=True, blank=True)
+    email = models.EmailField(blank=True)  # from the token, to find data held under the address
+    known_emails = models.JSONField(default=list, blank=True)  # every address the providers knew (erasure)
+    attempts = models.PositiveIntegerField(default=0)  # runs of the job
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    # Exports: the archive in STORAGES["gdpr_exports"], downloadable until expires_at.
+    file_name = models.CharField(max_length=255, blank=True)
+    file_size = models.PositiveBigIntegerField(null=True, blank=True)
+    file_sha256 = models.CharField(max_length=64, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Erasures: the outbox message announcing completion. It carries the user id for the services that
+    # must erase too; the sweeper replaces that id once the message is published.
+    completion_event_id = models.UUIDField(null=True, blank=True)
+    completion_event_redacted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subject", "kind"], condition=OPEN_REQUEST, name="gdpr_request_one_open"),
+            models.CheckConstraint(condition=Q(kind__in=RequestKind.values), name="gdpr_request_kind_valid"),
+            models.CheckConstraint(condition=Q(status__in=RequestStatus.values), name="gdpr_request_status_valid"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="gdpr_request_due_idx"),
+            models.Index(fields=["status", "expires_at"], name="gdpr_request_expiry_idx"),
+            models.Index(fields=["user_id"], name="gdpr_request_user_idx"),
+        ]
+        verbose_name = "data-subject request"
+
+    def __str__(self) -> str:
+        # Never the user id: the admin's change log keeps this text after an erasure.
+        return f"{self.kind} {self.id} ({self.status})"
+
+
+class ErasureStep(models.Model):
+    """One provider's part of an erasure; unique per (request, provider), so a rerun skips finished steps."""
+
+    Status = StepStatus
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    request = models.ForeignKey(DataSubjectRequest, on_delete=models.CASCADE, related_name="steps")
+    provider = models.CharField(max_length=64)
+    order = models.IntegerField()
+    status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["request", "provider"], name="gdpr_step_one_per_provider"),
+            models.CheckConstraint(condition=Q(status__in=StepStatus.values), name="gdpr_step_status_valid"),
+        ]
+        ordering = ["order", "provider"]
+
+    def __str__(self) -> str:
+        return f"{self.provider} ({self.status})"

@@ -1,13 +1,62 @@
-"""Writes of the gdpr app. The audit trail itself is appended by gdpr.audit.record."""
+"""Writes of the gdpr app: the audit trail's one update path (pseudonymisation) and data-subject requests.
 
-from typing import Any
+The audit trail itself is appended by gdpr.audit.record. Export and erasure run through the providers in
+gdpr.registry (each app registers its own); this module imports no other app.
 
-from django.db import connection, transaction
+Lock order: a request row, then its step rows.
+"""
+
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import IO, Any
+
+import structlog
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import Storage, storages
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.utils import timezone
+from prometheus_client import Counter, Gauge
 
-from gdpr.audit import ActorType, AuditAction, record
-from gdpr.models import AuditEvent
+from gdpr.archive import build_archive
+from gdpr.audit import (
+    METADATA_REF_PREFIX,
+    PERSONAL_METADATA_KEYS,
+    PERSONAL_REFERENCE_KEYS,
+    TARGET_REF,
+    ActorType,
+    AuditAction,
+    record,
+)
+from gdpr.errors import ErasureInProgress, ExportExpired, ExportNotReady
+from gdpr.models import (
+    OPEN_REQUEST,
+    AuditEvent,
+    DataSubjectRequest,
+    ErasureStep,
+    RequestKind,
+    RequestStatus,
+    StepStatus,
+)
+from gdpr.registry import (
+    DataSubject,
+    Tables,
+    provider_named,
+    providers,
+    pseudonym_for,
+)
+from gdpr.selectors import data_request_get_for_user, data_requests_overdue
+from payments_project.errors import Conflict, DependencyUnavailable
+from tasks.base import TRANSIENT_ERRORS, backoff_seconds, enqueue_on_commit
+from tasks.models import OutboxMessage
+from tasks.outbox import emit
+
+log = structlog.get_logger(__name__)
 
 PSEUDONYMISE_FLAG = "jia.audit_pseudonymise"
 
@@ -59,3 +108,646 @@ def audit_staff_session(
             metadata={"username": username} if username else None,
             request=request,
         )
+
+
+# --- Erasure in the audit trail: the user as actor, as target, in metadata and personal data --------------
+
+
+@transaction.atomic
+def audit_pseudonymise_subject(*, user_id: str, emails: Collection[str], pseudonym: str) -> int:
+    """Erase a data subject from the audit trail; return how many events were changed (each once).
+
+    - Events the user did: audit_pseudonymise_actor (actor id → pseudonym, ip, user agent and personal
+      metadata blanked).
+    - Events about the user: wherever the row's `personal_refs` names a place holding the user id
+      (target_id of a "user" target, metadata such as `user_id`), that value becomes the pseudonym.
+    - Personal metadata of other people's events holding one of the user's addresses or their id
+      (an invitation sent to them) loses those entries.
+    Those rows lose their salt like the actor's: the chain still verifies (gdpr/audit.py).
+    """
+    own = set(AuditEvent.objects.filter(actor_id=user_id).values_list("pk", flat=True))
+    audit_pseudonymise_actor(actor_id=user_id, pseudonym=pseudonym)
+    addresses = {email.lower() for email in emails if email}
+    # Candidates by value; only places the row lists in personal_refs change (rows written before
+    # references existed keep theirs: the trigger would refuse, and the chain would break).
+    about = Q(target_id=user_id)
+    for key in PERSONAL_REFERENCE_KEYS:
+        about |= Q(**{f"metadata__{key}": user_id})
+    for key in PERSONAL_METADATA_KEYS:
+        about |= Q(**{f"personal__{key}": user_id})
+        for address in addresses:
+            about |= Q(**{f"personal__{key}__iexact": address})
+    changes = []
+    for pk, target_id, metadata, personal, refs in AuditEvent.objects.filter(about).values_list(
+        "pk", "target_id", "metadata", "personal", "personal_refs"
+    ):
+        listed = {ref.removeprefix(METADATA_REF_PREFIX) for ref in refs if ref.startswith(METADATA_REF_PREFIX)}
+        change = {
+            "target_id": pseudonym if TARGET_REF in refs and target_id == user_id else target_id,
+            "metadata": {
+                key: pseudonym if key in listed and value == user_id else value for key, value in metadata.items()
+            },
+            "personal": {
+                key: value
+                for key, value in personal.items()
+                if not (isinstance(value, str) and (value == user_id or value.lower() in addresses))
+            },
+        }
+        if change != {"target_id": target_id, "metadata": metadata, "personal": personal}:
+            changes.append((pk, change))
+    now = timezone.now()
+    _pseudonymise_flag(True)
+    try:
+        for pk, change in changes:
+            AuditEvent.objects.filter(pk=pk)._pseudonymise_references(**change, personal_salt="", pseudonymised_at=now)
+    finally:
+        _pseudonymise_flag(False)
+    record(
+        action=AuditAction.AUDIT_PSEUDONYMISED,
+        actor_type=ActorType.SYSTEM,
+        target_type="audit_references",
+        target_id=pseudonym,
+        metadata={"events": len(changes)},
+    )
+    return len(own | {pk for pk, _ in changes})
+
+
+# --- Data-subject requests: create -------------------------------------------------------------------------
+
+REQUESTS_TOTAL = Counter("payments_gdpr_requests_total", "GDPR requests by kind and outcome", ["kind", "outcome"])
+REQUESTS_OVERDUE = Gauge(
+    "payments_gdpr_requests_overdue", "GDPR requests still open past the alert age", ["kind"], multiprocess_mode="max"
+)
+MAX_EMAIL_LENGTH = 254
+_REQUESTED = {
+    RequestKind.EXPORT: AuditAction.GDPR_EXPORT_REQUESTED,
+    RequestKind.ERASURE: AuditAction.GDPR_ERASURE_REQUESTED,
+}
+
+
+def _request_audit(
+    action: AuditAction,
+    data_request: DataSubjectRequest,
+    *,
+    actor_type: ActorType = ActorType.SYSTEM,
+    actor_id: str = "",
+    metadata: Mapping[str, Any] | None = None,
+    request: HttpRequest | None = None,
+) -> None:
+    record(
+        action=action,
+        actor_type=actor_type,
+        actor_id=actor_id,
+        target_type="gdpr_request",
+        target_id=str(data_request.id),
+        metadata={"kind": data_request.kind, **(metadata or {})},
+        request=request,
+    )
+
+
+def _enqueue(data_request: DataSubjectRequest) -> None:
+    from gdpr.tasks import erasure_process_task, export_process_task  # the task module imports this one
+
+    task = export_process_task if data_request.kind == RequestKind.EXPORT else erasure_process_task
+    enqueue_on_commit(task, str(data_request.id))
+
+
+@transaction.atomic(durable=True)
+def data_request_create(
+    *, kind: RequestKind, user_id: uuid.UUID, email: str, request: HttpRequest | None = None
+) -> tuple[DataSubjectRequest, bool]:
+    """Open an export or erasure request for the caller, or return the one already open (False).
+
+    One open request per person and kind, decided by the partial unique constraint (two requests at
+    once make one row). An export is refused while an erasure is open: its archive would be emptied, or
+    hold data that is being erased. The job is enqueued on commit; the sweeper catches a lost message.
+    """
+    subject = pseudonym_for(user_id)
+    email = email if len(email) <= MAX_EMAIL_LENGTH else ""  # the token's claim, unchecked: never a 500
+    if (
+        kind == RequestKind.EXPORT
+        and DataSubjectRequest.objects.filter(OPEN_REQUEST, subject=subject, kind=RequestKind.ERASURE).exists()
+    ):
+        raise ErasureInProgress("Your data is being erased; an export is not possible any more")
+    try:
+        with transaction.atomic():
+            created = DataSubjectRequest.objects.create(kind=kind, subject=subject, user_id=user_id, email=email)
+    except IntegrityError:
+        existing = DataSubjectRequest.objects.filter(OPEN_REQUEST, subject=subject, kind=kind).first()
+        if existing is None:  # it finished between our insert and this read: a new one may be opened now
+            raise Conflict("Your previous request just finished; send this one again") from None
+        return existing, False
+    _request_audit(
+        _REQUESTED[RequestKind(kind)], created, actor_type=ActorType.USER, actor_id=str(user_id), request=request
+    )
+    REQUESTS_TOTAL.labels(kind, "requested").inc()
+    _enqueue(created)
+    return created, True
+
+
+# --- Processing: claim, run, record the outcome ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    retry_in: float | None = None  # seconds until the next attempt, when one is due
+
+
+def _claim(request_id: uuid.UUID, kind: RequestKind) -> DataSubjectRequest | None:
+    """Take the request for this worker: pending, or running under a lease that ran out (a dead worker)."""
+    now = timezone.now()
+    lease = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    claimable = Q(status=RequestStatus.PENDING) | Q(status=RequestStatus.RUNNING, lease_until__lt=now)
+    claimed = DataSubjectRequest.objects.filter(claimable, id=request_id, kind=kind).update(
+        status=RequestStatus.RUNNING,
+        lease_until=now + lease,
+        attempts=F("attempts") + 1,
+        started_at=Coalesce("started_at", Value(now)),
+        updated_at=now,
+    )
+    return DataSubjectRequest.objects.get(id=request_id) if claimed else None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, (*TRANSIENT_ERRORS, DependencyUnavailable))
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:4000]
+
+
+def _retry_delay(attempts: int) -> float:
+    return backoff_seconds(attempts, base=settings.GDPR_RETRY_BASE_SECONDS, cap=settings.GDPR_RETRY_MAX_SECONDS)
+
+
+def _data_subject(data_request: DataSubjectRequest) -> DataSubject:
+    if data_request.user_id is None:
+        raise RuntimeError(f"request {data_request.id} has no user id any more")
+    emails = {data_request.email, *data_request.known_emails} - {""}
+    for provider in providers():
+        emails |= {email for email in provider.emails(user_id=data_request.user_id) if email}
+    return DataSubject(user_id=data_request.user_id, pseudonym=data_request.subject, emails=frozenset(emails))
+
+
+EXPORT_STORAGE = "gdpr_exports"  # the STORAGES alias of export archives (settings: GDPR section)
+
+
+def _export_storage() -> Storage:
+    return storages[EXPORT_STORAGE]
+
+
+def export_process(*, request_id: uuid.UUID) -> Outcome | None:
+    """Gather every provider's data into the archive, store it, and mark the export completed.
+
+    None when the request was not this worker's to run. On a transient error the request waits for a
+    retry (Outcome.retry_in); out of attempts, or on any other error, it is failed with the reason.
+    """
+    data_request = _claim(request_id, RequestKind.EXPORT)
+    if data_request is None:
+        return None
+    try:
+        subject = _data_subject(data_request)
+        tables: Tables = {}
+        for provider in providers():
+            for table, table_rows in provider.export(subject=subject).items():
+                tables[f"{provider.name}.{table}"] = table_rows
+        archive = build_archive(
+            tables=tables,
+            manifest={
+                "request_id": str(data_request.id),
+                "user_id": str(subject.user_id),
+                "generated_at": timezone.now(),
+            },
+        )
+        name = f"{data_request.id}.zip"
+        storage = _export_storage()
+        storage.delete(name)  # a rerun after a crash replaces its own file, never piles up copies
+        try:
+            stored = storage.save(name, File(archive.file, name=name))
+        finally:
+            archive.file.close()
+    except Exception as exc:
+        log.warning("gdpr_export_failed", request_id=str(request_id), error=_error_text(exc))
+        return _export_record_failure(request_id=request_id, exc=exc)
+    counts = {table: len(table_rows) for table, table_rows in tables.items()}
+    return _export_record_success(
+        request_id=request_id, file_name=stored, size=archive.size, sha256=archive.sha256, counts=counts
+    )
+
+
+@transaction.atomic(durable=True)
+def _export_record_success(
+    *, request_id: uuid.UUID, file_name: str, size: int, sha256: str, counts: Mapping[str, int]
+) -> Outcome:
+    data_request = DataSubjectRequest.objects.select_for_update().get(id=request_id)
+    if data_request.status != RequestStatus.RUNNING:  # canceled meanwhile: the file must not stay
+        transaction.on_commit(lambda: _export_storage().delete(file_name))
+        return Outcome(status=data_request.status)
+    now = timezone.now()
+    data_request.status, data_request.completed_at, data_request.lease_until = RequestStatus.COMPLETED, now, None
+    data_request.file_name, data_request.file_size, data_request.file_sha256 = file_name, size, sha256
+    data_request.expires_at = now + timedelta(hours=settings.GDPR_EXPORT_TTL_HOURS)
+    data_request.failure_reason, data_request.updated_at = "", now
+    data_request.save(
+        update_fields=[
+            "status",
+            "completed_at",
+            "lease_until",
+            "file_name",
+            "file_size",
+            "file_sha256",
+            "expires_at",
+            "failure_reason",
+            "updated_at",
+        ]
+    )
+    _request_audit(AuditAction.GDPR_EXPORT_COMPLETED, data_request, metadata={"rows": dict(counts), "bytes": size})
+    emit(
+        "gdpr.export.ready",
+        f"gdpr_request:{data_request.id}",
+        {
+            "request_id": str(data_request.id),
+            "user_id": str(data_request.user_id),
+            "expires_at": data_request.expires_at,
+            "download_path": f"/api/v1/gdpr/exports/{data_request.id}/download",
+        },
+    )
+    REQUESTS_TOTAL.labels(RequestKind.EXPORT, "completed").inc()
+    log.info("gdpr_export_completed", request_id=str(request_id), bytes=size)
+    return Outcome(status=data_request.status)
+
+
+@transaction.atomic(durable=True)
+def _export_record_failure(*, request_id: uuid.UUID, exc: BaseException) -> Outcome:
+    data_request = DataSubjectRequest.objects.select_for_update().get(id=request_id)
+    if data_request.status != RequestStatus.RUNNING:
+        return Outcome(status=data_request.status)
+    error = _error_text(exc)
+    if _is_transient(exc) and data_request.attempts < settings.GDPR_MAX_ATTEMPTS:
+        return _wait_for_retry(data_request, attempts=data_request.attempts, error=error)
+    _fail(data_request, reason=error, action=AuditAction.GDPR_EXPORT_FAILED, metadata={"error": type(exc).__name__})
+    return Outcome(status=data_request.status)
+
+
+def _wait_for_retry(data_request: DataSubjectRequest, *, attempts: int, error: str) -> Outcome:
+    delay = _retry_delay(attempts)
+    now = timezone.now()
+    data_request.status, data_request.lease_until = RequestStatus.PENDING, None
+    data_request.next_attempt_at, data_request.updated_at = now + timedelta(seconds=delay), now
+    data_request.save(update_fields=["status", "lease_until", "next_attempt_at", "updated_at"])
+    REQUESTS_TOTAL.labels(data_request.kind, "retry").inc()
+    log.warning("gdpr_request_retrying", request_id=str(data_request.id), retry_in=round(delay, 1), error=error)
+    return Outcome(status=data_request.status, retry_in=delay)
+
+
+def _fail(data_request: DataSubjectRequest, *, reason: str, action: AuditAction, metadata: Mapping[str, Any]) -> None:
+    """Failed for good: the reason stays on the request for compliance staff (and is never 'done')."""
+    now = timezone.now()
+    data_request.status, data_request.failure_reason = RequestStatus.FAILED, reason
+    data_request.lease_until, data_request.updated_at = None, now
+    data_request.save(update_fields=["status", "failure_reason", "lease_until", "updated_at"])
+    _request_audit(action, data_request, metadata={**metadata, "attempts": data_request.attempts})
+    REQUESTS_TOTAL.labels(data_request.kind, "failed").inc()
+    log.error("gdpr_request_failed", request_id=str(data_request.id), kind=data_request.kind, reason=reason)
+
+
+def erasure_process(*, request_id: uuid.UUID) -> Outcome | None:
+    """Run the erasure's steps in provider order, skipping finished ones; complete it when all are done.
+
+    Each step runs outside any transaction (providers may call Stripe) and records its outcome in its
+    own. The first failing step stops the run: a transient error waits for a retry with backoff, up to
+    GDPR_MAX_ATTEMPTS; then, or on any other error, the request is failed with the step's reason. So the
+    request is completed only when every step is.
+    """
+    data_request = _claim(request_id, RequestKind.ERASURE)
+    if data_request is None:
+        return None
+    try:
+        subject, steps = _erasure_prepare(request_id=request_id)
+    except Exception as exc:
+        log.exception("gdpr_erasure_prepare_failed", request_id=str(request_id))
+        return _erasure_record_failure(request_id=request_id, step_id=None, exc=exc)
+    for step in steps:
+        if step.status == StepStatus.COMPLETED:
+            continue
+        provider = provider_named(step.provider)
+        try:
+            if provider is None:
+                raise LookupError(f"no personal-data provider named {step.provider!r} is registered")
+            provider.erase(subject=subject)
+        except Exception as exc:
+            log.warning(
+                "gdpr_erasure_step_failed", request_id=str(request_id), step=step.provider, error=_error_text(exc)
+            )
+            return _erasure_record_failure(request_id=request_id, step_id=step.id, exc=exc)
+        _erasure_step_completed(step_id=step.id)
+    return _erasure_record_success(request_id=request_id, subject=subject)
+
+
+@transaction.atomic(durable=True)
+def _erasure_prepare(*, request_id: uuid.UUID) -> tuple[DataSubject, list[ErasureStep]]:
+    """One step row per provider (a provider registered since the last run joins); every address known
+    for the user is kept on the request, because an early step may blank the one a later step needs."""
+    data_request = DataSubjectRequest.objects.select_for_update().get(id=request_id)
+    ErasureStep.objects.bulk_create(
+        [ErasureStep(request=data_request, provider=p.name, order=p.order) for p in providers()],
+        ignore_conflicts=True,
+    )
+    subject = _data_subject(data_request)
+    known = sorted(subject.emails)
+    if known != sorted(data_request.known_emails):
+        data_request.known_emails = known
+        data_request.save(update_fields=["known_emails"])
+    return subject, list(data_request.steps.order_by("order", "provider"))
+
+
+@transaction.atomic(durable=True)
+def _erasure_step_completed(*, step_id: uuid.UUID) -> None:
+    # The last error goes (it may quote the user); `attempts` keeps the count of failed runs.
+    now = timezone.now()
+    ErasureStep.objects.filter(id=step_id).update(
+        status=StepStatus.COMPLETED, completed_at=now, updated_at=now, last_error=""
+    )
+
+
+@transaction.atomic(durable=True)
+def _erasure_record_failure(*, request_id: uuid.UUID, step_id: uuid.UUID | None, exc: BaseException) -> Outcome:
+    # Lock order: the request, then its step.
+    data_request = DataSubjectRequest.objects.select_for_update().get(id=request_id)
+    if data_request.status != RequestStatus.RUNNING:
+        return Outcome(status=data_request.status)
+    error = _error_text(exc)
+    step = ErasureStep.objects.select_for_update().get(id=step_id) if step_id else None
+    attempts = data_request.attempts
+    if step is not None:
+        step.attempts += 1
+        step.last_error, step.updated_at = error, timezone.now()
+        attempts = step.attempts
+    if _is_transient(exc) and attempts < settings.GDPR_MAX_ATTEMPTS:
+        if step is not None:
+            step.save(update_fields=["attempts", "last_error", "updated_at"])
+        return _wait_for_retry(data_request, attempts=attempts, error=error)
+    where = step.provider if step is not None else "preparation"
+    if step is not None:
+        step.status = StepStatus.FAILED
+        step.save(update_fields=["attempts", "last_error", "updated_at", "status"])
+    # The audit row is hashed for good: it names the step and the error type, never the message
+    # (which may quote personal data); the message stays on the request, where erasure can reach it.
+    _fail(
+        data_request,
+        reason=f"{where}: {error}",
+        action=AuditAction.GDPR_ERASURE_FAILED,
+        metadata={"step": where, "error": type(exc).__name__},
+    )
+    return Outcome(status=data_request.status)
+
+
+@transaction.atomic(durable=True)
+def _erasure_record_success(*, request_id: uuid.UUID, subject: DataSubject) -> Outcome:
+    data_request = DataSubjectRequest.objects.select_for_update().get(id=request_id)
+    if data_request.status != RequestStatus.RUNNING:
+        return Outcome(status=data_request.status)
+    steps = list(data_request.steps.select_for_update().order_by("order", "provider"))
+    unfinished = [step.provider for step in steps if step.status != StepStatus.COMPLETED]
+    if unfinished:  # a step row appeared meanwhile (a newly registered provider): run again
+        return _wait_for_retry(data_request, attempts=1, error=f"steps not finished: {', '.join(unfinished)}")
+    now = timezone.now()
+    data_request.status, data_request.completed_at, data_request.lease_until = RequestStatus.COMPLETED, now, None
+    data_request.user_id, data_request.email, data_request.known_emails = None, "", []
+    data_request.failure_reason, data_request.updated_at = "", now
+    message = emit(
+        "gdpr.erasure.completed",
+        f"gdpr_request:{data_request.id}",
+        # The user id is for the services that hold data of their own about the user; the sweeper
+        # removes it from our copy once the message is published.
+        {
+            "request_id": str(data_request.id),
+            "user_id": str(subject.user_id),
+            "pseudonym": subject.pseudonym,
+            "completed_at": now,
+        },
+    )
+    data_request.completion_event_id = message.id
+    data_request.save(
+        update_fields=[
+            "status",
+            "completed_at",
+            "lease_until",
+            "user_id",
+            "email",
+            "known_emails",
+            "failure_reason",
+            "updated_at",
+            "completion_event_id",
+        ]
+    )
+    _request_audit(AuditAction.GDPR_ERASURE_COMPLETED, data_request, metadata={"steps": [s.provider for s in steps]})
+    REQUESTS_TOTAL.labels(RequestKind.ERASURE, "completed").inc()
+    log.info("gdpr_erasure_completed", request_id=str(request_id), steps=len(steps))
+    return Outcome(status=data_request.status)
+
+
+# --- Download ----------------------------------------------------------------------------------------------
+
+
+def export_download(
+    *, user_id: uuid.UUID, request_id: uuid.UUID, request: HttpRequest | None = None
+) -> tuple[DataSubjectRequest, IO[bytes]]:
+    """The caller's finished export and its open archive; the download is audited.
+
+    404 for anyone else's request, 409 while it is not finished, 410 once its window is over.
+    """
+    data_request = data_request_get_for_user(user_id=user_id, request_id=request_id, kind=RequestKind.EXPORT)
+    expired = data_request.expires_at is not None and data_request.expires_at <= timezone.now()
+    if data_request.status in (RequestStatus.EXPIRED, RequestStatus.CANCELED) or expired:
+        raise ExportExpired("This export is no longer available; request a new one")
+    if data_request.status != RequestStatus.COMPLETED:
+        raise ExportNotReady(f"The export is {data_request.status}; try again when it is completed")
+    try:
+        archive = _export_storage().open(data_request.file_name, "rb")
+    except FileNotFoundError:
+        log.error("gdpr_export_file_missing", request_id=str(request_id))
+        raise ExportExpired("This export is no longer available; request a new one") from None
+    try:
+        _export_download_record(data_request=data_request, user_id=user_id, request=request)
+    except BaseException:
+        archive.close()
+        raise
+    return data_request, archive
+
+
+@transaction.atomic(durable=True)
+def _export_download_record(
+    *, data_request: DataSubjectRequest, user_id: uuid.UUID, request: HttpRequest | None
+) -> None:
+    _request_audit(
+        AuditAction.GDPR_EXPORT_DOWNLOADED,
+        data_request,
+        actor_type=ActorType.USER,
+        actor_id=str(user_id),
+        request=request,
+    )
+
+
+# --- Compliance staff: retry and cancel --------------------------------------------------------------------
+
+
+@transaction.atomic(durable=True)
+def data_request_retry(*, request_id: uuid.UUID, staff_id: str, request: HttpRequest | None = None) -> bool:
+    """Run a failed request again: its failed steps start over with fresh attempts, finished ones are
+    skipped. False if it is not failed. Conflict if the user has opened another export meanwhile."""
+    data_request = DataSubjectRequest.objects.select_for_update().get(id=request_id)
+    if data_request.status != RequestStatus.FAILED:
+        return False
+    now = timezone.now()
+    data_request.status, data_request.next_attempt_at, data_request.updated_at = RequestStatus.PENDING, now, now
+    previous_reason, data_request.failure_reason = data_request.failure_reason, ""
+    try:
+        with transaction.atomic():
+            data_request.save(update_fields=["status", "next_attempt_at", "updated_at", "failure_reason"])
+    except IntegrityError:
+        raise Conflict("The user has opened another request of this kind; retry that one instead") from None
+    data_request.steps.filter(status=StepStatus.FAILED).update(status=StepStatus.PENDING, attempts=0, updated_at=now)
+    _request_audit(
+        AuditAction.GDPR_REQUEST_RETRIED,
+        data_request,
+        actor_type=ActorType.STAFF,
+        actor_id=staff_id,
+        metadata={"previous_status": RequestStatus.FAILED, "had_reason": bool(previous_reason)},
+        request=request,
+    )
+    _enqueue(data_request)
+    return True
+
+
+@transaction.atomic(durable=True)
+def data_request_cancel(*, request_id: uuid.UUID, staff_id: str, request: HttpRequest | None = None) -> bool:
+    """Withdraw a request that is waiting or failed (or a finished export's download). False otherwise:
+    a running step cannot be stopped halfway; cancel it once it has finished or failed.
+
+    What an erasure already erased stays erased. A withdrawn export's file is deleted by the purge job.
+    """
+    data_request = DataSubjectRequest.objects.select_for_update().get(id=request_id)
+    cancelable = {RequestStatus.PENDING, RequestStatus.FAILED}
+    if data_request.kind == RequestKind.EXPORT:
+        cancelable.add(RequestStatus.COMPLETED)
+    if data_request.status not in cancelable:
+        return False
+    previous = data_request.status
+    data_request.status, data_request.lease_until, data_request.updated_at = (
+        RequestStatus.CANCELED,
+        None,
+        timezone.now(),
+    )
+    data_request.save(update_fields=["status", "lease_until", "updated_at"])
+    _request_audit(
+        AuditAction.GDPR_REQUEST_CANCELED,
+        data_request,
+        actor_type=ActorType.STAFF,
+        actor_id=staff_id,
+        metadata={"previous_status": previous},
+        request=request,
+    )
+    return True
+
+
+# --- Beat jobs ---------------------------------------------------------------------------------------------
+
+
+@transaction.atomic(durable=True)
+def data_requests_sweep() -> int:
+    """Re-enqueue requests no worker picked up (a lost message, a broker outage) and those whose worker
+    died (lease over); then strip the user id from published `gdpr.erasure.completed` messages.
+    Returns how many requests were re-enqueued."""
+    now = timezone.now()
+    grace = timedelta(seconds=settings.GDPR_PICKUP_GRACE_SECONDS)
+    due = list(
+        DataSubjectRequest.objects.select_for_update(skip_locked=True)
+        .filter(
+            Q(status=RequestStatus.PENDING, next_attempt_at__lte=now - grace)
+            | Q(status=RequestStatus.RUNNING, lease_until__lt=now)
+        )
+        .order_by("next_attempt_at")[:500]
+    )
+    for data_request in due:
+        # Next look in a grace period: a slow queue is not flooded with copies.
+        data_request.next_attempt_at = now
+        data_request.save(update_fields=["next_attempt_at"])
+        _enqueue(data_request)
+    _erasure_events_redact()
+    return len(due)
+
+
+def _erasure_events_redact() -> int:
+    announced = DataSubjectRequest.objects.filter(
+        kind=RequestKind.ERASURE, completion_event_id__isnull=False, completion_event_redacted_at__isnull=True
+    )
+    published = set(
+        OutboxMessage.objects.filter(
+            id__in=announced.values("completion_event_id"), published_at__isnull=False
+        ).values_list("id", flat=True)
+    )
+    redacted = 0
+    for data_request in announced.filter(completion_event_id__in=published).select_for_update(skip_locked=True):
+        for message in OutboxMessage.objects.select_for_update().filter(id__in=[data_request.completion_event_id]):
+            message.data = {**message.data, "user_id": None}
+            message.save(update_fields=["data"])
+        data_request.completion_event_redacted_at = timezone.now()
+        data_request.save(update_fields=["completion_event_redacted_at"])
+        redacted += 1
+    return redacted
+
+
+def exports_purge() -> int:
+    """Delete export files past their download window (→ expired) or withdrawn; returns how many."""
+    now = timezone.now()
+    stale = (
+        DataSubjectRequest.objects.filter(kind=RequestKind.EXPORT)
+        .exclude(file_name="")
+        .filter(
+            Q(status=RequestStatus.COMPLETED, expires_at__lte=now)
+            | Q(status__in=[RequestStatus.CANCELED, RequestStatus.FAILED, RequestStatus.EXPIRED])
+        )
+    )
+    purged = 0
+    for request_id, file_name in stale.values_list("id", "file_name")[:1000]:
+        _export_storage().delete(file_name)  # outside any transaction: it may be an object store
+        purged += _export_file_forget(request_id=request_id, file_name=file_name)
+    return purged
+
+
+@transaction.atomic(durable=True)
+def _export_file_forget(*, request_id: uuid.UUID, file_name: str) -> int:
+    data_request = DataSubjectRequest.objects.select_for_update().filter(id=request_id, file_name=file_name).first()
+    if data_request is None:
+        return 0
+    expiring = data_request.status == RequestStatus.COMPLETED
+    data_request.file_name, data_request.updated_at = "", timezone.now()
+    if expiring:
+        data_request.status = RequestStatus.EXPIRED
+    data_request.save(update_fields=["file_name", "updated_at", "status"])
+    if expiring:
+        _request_audit(AuditAction.GDPR_EXPORT_EXPIRED, data_request)
+    return 1
+
+
+def data_requests_alert_overdue(*, now: datetime | None = None) -> int:
+    """Metric and error log for every request still open GDPR_OVERDUE_ALERT_DAYS after it was made
+    (the legal limit is a month); returns how many there are."""
+    now = now or timezone.now()
+    overdue = list(
+        data_requests_overdue(created_before=now - timedelta(days=settings.GDPR_OVERDUE_ALERT_DAYS)).values_list(
+            "id", "kind", "status", "created_at"
+        )
+    )
+    for kind in RequestKind:
+        REQUESTS_OVERDUE.labels(kind.value).set(sum(1 for _, k, _, _ in overdue if k == kind))
+    if overdue:
+        log.error(
+            "gdpr_requests_overdue",
+            count=len(overdue),
+            oldest_created_at=overdue[0][3].isoformat(),
+            requests=[f"{kind}:{request_id}:{status}" for request_id, kind, status, _ in overdue[:50]],
+        )
+    return len(overdue)

@@ -8,6 +8,7 @@ from payments_project.service_auth import WhoAmIView
 api_v1: list = [  # the apps' client API routes (JWT)
     path("", include("billing.api.urls")),
     path("", include("entitlements.api.urls")),
+    path("", include("gdpr.api.urls")),
 ]
 internal_v1: list = [  # the apps' service-to-service routes (SPIFFE identity)
     path("whoami", WhoAmIView.as_view(), name="internal-whoami"),

@@ -280,3 +280,59 @@ def _audit_staff_action(
 # --- Retention and erasure of raw payloads (GDPR) ------------------------------------------------
 
 # A redacted raw body keeps the envelope only, and starts with this key (so it is found and skipped).
+REDACTED_KEY = "jia_redacted"
+_REDACTED_PREFIX = '{"' + REDACTED_KEY + '"'
+_FINISHED = (Status.PROCESSED, Status.IGNORED)
+
+
+def webhook_event_redacted_body(event: WebhookEvent, *, reason: str) -> str:
+    """What is left of a raw body once its personal data must go: the envelope (id, type, time, mode,
+    and which object it was about). The row stays: its event id is what deduplicates deliveries."""
+    try:
+        kind = json.loads(event.raw_body)["data"]["object"].get("object", "")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        kind = ""
+    return json.dumps(
+        {
+            REDACTED_KEY: reason,
+            "id": event.event_id,
+            "object": "event",
+            "type": event.type,
+            "created": int(event.provider_created_at.timestamp()),
+            "livemode": event.livemode,
+            "api_version": event.api_version,
+            "data": {"object": {"id": event.object_id, "object": kind}},
+        }
+    )
+
+
+def webhook_event_is_redacted(event: WebhookEvent) -> bool:
+    return event.raw_body.startswith(_REDACTED_PREFIX)
+
+
+def webhook_payloads_purge(*, now: datetime | None = None, batch_size: int = 500) -> int:
+    """Redact the raw bodies of processed or ignored events received more than
+    WEBHOOK_PAYLOAD_RETENTION_DAYS ago, and of those about a Stripe customer Stripe has deleted (what
+    Stripe sends after a GDPR erasure deleted the customer still carries its email and name). Events
+    still to be processed, or dead, keep their body: a person may need it. Returns how many."""
+    from billing.models import Customer  # webhooks sits above billing; kept local to this addition
+
+    cutoff = (now or timezone.now()) - timedelta(days=settings.WEBHOOK_PAYLOAD_RETENTION_DAYS)
+    deleted_customers = Customer.objects.filter(
+        stripe_deleted_at__isnull=False, stripe_customer_id__isnull=False
+    ).values("stripe_customer_id")
+    finished = WebhookEvent.objects.filter(status__in=_FINISHED).exclude(raw_body__startswith=_REDACTED_PREFIX)
+    due = finished.filter(received_at__lt=cutoff) | finished.filter(customer_id__in=deleted_customers)
+    purged = 0
+    while True:
+        with transaction.atomic(durable=True):
+            events = list(due.select_for_update(skip_locked=True).order_by("received_at")[:batch_size])
+            for event in events:
+                event.raw_body = webhook_event_redacted_body(event, reason="retention")
+            WebhookEvent.objects.bulk_update(events, ["raw_body"])
+        purged += len(events)
+        if len(events) < batch_size:
+            break
+    if purged:
+        log.info("webhook_payloads_purged", count=purged)
+    return purged

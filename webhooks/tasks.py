@@ -35,3 +35,11 @@ def events_gap_fill_task() -> int:
 def state_compare_task() -> int:
     """Nightly: compare recently changed subscriptions and payments with Stripe."""
     return state_compare().opened
+
+
+@shared_task(base=BaseTask, name="webhooks.purge_raw_payloads", queue=TaskQueue.WEBHOOKS)
+def webhook_payloads_purge_task() -> int:
+    """Daily: redact raw bodies past WEBHOOK_PAYLOAD_RETENTION_DAYS, and those of Stripe-deleted customers."""
+    from webhooks.services import webhook_payloads_purge  # appended with GDPR retention; see the service
+
+    return webhook_payloads_purge()

@@ -333,6 +333,54 @@ ENTITLEMENTS_BULK_MAX_IDS = env.int("ENTITLEMENTS_BULK_MAX_IDS", default=1000)
 ENTITLEMENTS_CACHE_BREAKER_FAIL_MAX = env.int("ENTITLEMENTS_CACHE_BREAKER_FAIL_MAX", default=3)
 ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS = env.int("ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS", default=10)
 
+# --- GDPR: data export and erasure (gdpr/) ------------------------------------------------------
+# Export archives get a storage of their own (STORAGES["gdpr_exports"]): local files by default. The
+# image's root filesystem is read-only and pods share no disk, so production points it at an object
+# store that web and workers share, e.g. GDPR_EXPORT_STORAGE_BACKEND=storages.backends.s3.S3Storage
+# (django-storages, installed with it) and GDPR_EXPORT_STORAGE_OPTIONS='{"bucket_name": "…"}'.
+GDPR_EXPORT_STORAGE_BACKEND = env.str(
+    "GDPR_EXPORT_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
+)
+GDPR_EXPORT_STORAGE_LOCATION = env.str("GDPR_EXPORT_STORAGE_LOCATION", default=str(VAR_DIR / "exports"))
+
+
+def export_storage_options(backend: str, location: str) -> dict[str, Any]:
+    """GDPR_EXPORT_STORAGE_OPTIONS (a JSON object) for any backend; a file system gets owner-only files."""
+    raw = env.str("GDPR_EXPORT_STORAGE_OPTIONS", default="").strip()
+    try:
+        options = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"GDPR_EXPORT_STORAGE_OPTIONS is not JSON: {exc}") from exc
+    if not isinstance(options, dict):
+        raise ImproperlyConfigured("GDPR_EXPORT_STORAGE_OPTIONS must be a JSON object")
+    if backend == "django.core.files.storage.FileSystemStorage":
+        defaults = {"location": location, "file_permissions_mode": 0o600, "directory_permissions_mode": 0o700}
+        options = {**defaults, **options}
+    return options
+
+
+_gdpr_export_storage: Any = {
+    "BACKEND": GDPR_EXPORT_STORAGE_BACKEND,
+    "OPTIONS": export_storage_options(GDPR_EXPORT_STORAGE_BACKEND, GDPR_EXPORT_STORAGE_LOCATION),
+}
+STORAGES["gdpr_exports"] = _gdpr_export_storage
+# How long a finished export can be downloaded; a beat job deletes the file afterwards.
+GDPR_EXPORT_TTL_HOURS = env.int("GDPR_EXPORT_TTL_HOURS", default=72)
+# The key of the stable pseudonyms that replace an erased user's id (secret). Empty: derived from
+# SECRET_KEY — set it in production, so rotating SECRET_KEY does not change the pseudonyms.
+GDPR_PSEUDONYM_KEY = env.str("GDPR_PSEUDONYM_KEY", default="")
+# A failing export or erasure step is retried with backoff (transient errors only) this many times,
+# then the request is failed with its reason for compliance staff.
+GDPR_MAX_ATTEMPTS = env.int("GDPR_MAX_ATTEMPTS", default=8)
+GDPR_RETRY_BASE_SECONDS = env.int("GDPR_RETRY_BASE_SECONDS", default=30)
+GDPR_RETRY_MAX_SECONDS = env.int("GDPR_RETRY_MAX_SECONDS", default=3600)
+# A pending request no worker has picked up within this is re-enqueued by the sweeper.
+GDPR_PICKUP_GRACE_SECONDS = env.int("GDPR_PICKUP_GRACE_SECONDS", default=120)
+# The legal deadline is a month: requests still open after this many days raise an alert.
+GDPR_OVERDUE_ALERT_DAYS = env.int("GDPR_OVERDUE_ALERT_DAYS", default=25)
+# Raw webhook bodies are redacted this long after they were received, once processed or ignored.
+WEBHOOK_PAYLOAD_RETENTION_DAYS = env.int("WEBHOOK_PAYLOAD_RETENTION_DAYS", default=90)
+
 # --- Celery (read by payments_project/celery.py through the CELERY_ namespace) -----------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL)
