@@ -155,8 +155,13 @@ def _field_errors(detail: Any, prefix: str = "") -> list[dict[str, str]]:
     if isinstance(detail, Mapping):
         errors: list[dict[str, str]] = []
         for key, value in detail.items():
-            field = key if key != "non_field_errors" else ""
-            errors += _field_errors(value, f"{prefix}.{field}" if prefix and field else prefix or field)
+            if isinstance(key, int):  # a ListField's child errors come keyed by index
+                path = f"{prefix}[{key}]"
+            elif key == "non_field_errors":
+                path = prefix
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
+            errors += _field_errors(value, path)
         return errors
     if isinstance(detail, list):
         if all(not isinstance(item, Mapping | list) for item in detail):

@@ -223,6 +223,7 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Jia Payments API",
+    "OAS_VERSION": "3.1.0",  # the service-to-service API is described with 3.1's mutualTLS security scheme
     "DESCRIPTION": "Checkout, subscriptions, payments, entitlements and GDPR requests.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,

@@ -153,7 +153,7 @@ def test_the_bulk_check_costs_the_same_for_one_user_as_for_a_thousand(
     [
         ({"user_ids": [str(uuid.uuid4()) for _ in range(1001)], "feature": "hd"}, "user_ids"),
         ({"user_ids": [], "feature": "hd"}, "user_ids"),
-        ({"user_ids": ["not-a-uuid"], "feature": "hd"}, "user_ids"),
+        ({"user_ids": ["not-a-uuid"], "feature": "hd"}, "user_ids[0]"),
         ({"user_ids": "abc", "feature": "hd"}, "user_ids"),
         ({"user_ids": [str(uuid.uuid4())]}, "feature"),
         ({"user_ids": [str(uuid.uuid4())], "feature": "no spaces"}, "feature"),

@@ -14,6 +14,7 @@ from payments_project.urls import urlpatterns as project_urlpatterns
 class AmountSerializer(serializers.Serializer):
     amount = serializers.IntegerField(min_value=1)
     currency = serializers.CharField(max_length=3)
+    user_ids = serializers.ListField(child=serializers.UUIDField(), required=False)
 
 
 class ValidatingView(APIView):

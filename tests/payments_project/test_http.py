@@ -82,6 +82,16 @@ def test_a_validation_error_lists_each_field(client: Client) -> None:
 
 
 @pytest.mark.urls("tests.payments_project.error_views")
+def test_an_error_in_a_list_names_the_item_by_its_index(client: Client) -> None:
+    body = {"amount": 1, "currency": "eur", "user_ids": ["not-a-uuid", "01a22594-930a-7b21-a7e0-49c83f618f78", "x"]}
+
+    response = client.post("/api/v1/test/validate", body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert [error["field"] for error in response.json()["errors"]] == ["user_ids[0]", "user_ids[2]"]
+
+
+@pytest.mark.urls("tests.payments_project.error_views")
 def test_a_body_that_is_not_json_is_a_400_problem(client: Client) -> None:
     response = client.post("/api/v1/test/validate", "{not json", content_type="application/json")
 
