@@ -16,22 +16,24 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {
-    **os.environ,
-    "DJANGO_SETTINGS_MODULE": "bench.settings",
-    "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/jia_bench"),
-    "CELERY_BROKER_URL": os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-    "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10"),
-    "PYTHONPATH": str(ROOT),
-}
-os.environ.update({k: ENV[k] for k in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL")})
+# This process and every process it starts (which inherit the environment, later changes included).
+os.environ.update(
+    {
+        "DJANGO_SETTINGS_MODULE": "bench.settings",
+        "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/jia_bench"),
+        "CELERY_BROKER_URL": os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+        "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10"),
+        "PYTHONPATH": str(ROOT),
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+    }
+)
 
 
 def setup_django() -> None:
     """Create and migrate the benchmark database, then set Django up in this process too."""
     create = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", "CREATE DATABASE jia_bench"]
     subprocess.run(create, capture_output=True, check=False)  # fails harmlessly when it exists
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=ENV, check=True)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True)
     import django
 
     django.setup()
@@ -63,7 +65,7 @@ def celery_worker(queues: str, concurrency: int = 1) -> Iterator[None]:
 
 @contextmanager
 def _process(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
         yield process
     finally:

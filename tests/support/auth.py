@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import jwt
@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
-from django.contrib.auth.models import Group, User
-from django.test import Client
+
+if TYPE_CHECKING:
+    from django.test import Client
 
 # ---------------------------------------------------------------------------------------------
 # Client JWTs
@@ -274,8 +275,12 @@ def public_pem(private_key: Any) -> str:
     )
 
 
-def staff_client(username: str, role: str | None) -> Client:
+def staff_client(username: str, role: str | None) -> "Client":
     """A logged-in Django admin client for a staff user holding `role` (None: staff with no role)."""
+    # Imported here: benchmarks import this module before Django is set up.
+    from django.contrib.auth.models import Group, User
+    from django.test import Client
+
     user = User.objects.create_user(username=username, password="pw", is_staff=True)
     if role:
         user.groups.add(Group.objects.get_or_create(name=role)[0])
