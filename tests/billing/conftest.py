@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,8 +25,11 @@ import pytest
 import requests
 import responses
 import stripe
+from django.db import transaction
 from django.test import Client
 
+from billing import services
+from billing.models import Payment
 from tests.support.processes import background_process
 from tests.support.proxy import TcpProxy, free_port
 
@@ -141,3 +145,28 @@ def fake_checkout(stripe_base: str) -> Iterator[FakeCheckout]:
 @pytest.fixture
 def api() -> Client:
     return Client()
+
+
+@pytest.fixture
+def payment(stripe_sdk: stripe.StripeClient, stripe_base: str) -> Payment:
+    """A 50.00 EUR payment that really happened (in localstripe), recorded from its webhook."""
+    user_id = uuid.uuid4()
+    customer = stripe_sdk.v1.customers.create(params={"metadata": {"user_id": str(user_id)}}).to_dict()
+    card = stripe_sdk.v1.payment_methods.create(
+        params={"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
+    )
+    stripe_sdk.v1.payment_methods.attach(card.id, params={"customer": customer["id"]})
+    intent = stripe_sdk.v1.payment_intents.create(
+        params={
+            "amount": 5000,
+            "currency": "eur",
+            "customer": customer["id"],
+            "payment_method": card.id,
+            "confirm": True,
+        }
+    ).to_dict()
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    with transaction.atomic():
+        services.customer_upsert_from_stripe(stripe_customer=customer, event_created=created)
+        services.payment_record_from_intent(payment_intent=intent, event_created=created)
+    return Payment.objects.get()

@@ -2,17 +2,15 @@
 
 import csv
 import io
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import stripe
-from django.db import connection, transaction
+from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from billing import services
 from billing.models import Payment, Refund
 from gdpr.models import AuditEvent
 from tests.billing.factories import CustomerFactory, OrderFactory, PaymentFactory, RefundFactory, SubscriptionFactory
@@ -124,44 +122,22 @@ def test_staff_without_a_billing_role_see_no_payments() -> None:
 # --- refunds -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def paid(stripe_sdk: stripe.StripeClient, stripe_base: str) -> Payment:
-    customer = stripe_sdk.v1.customers.create(params={"metadata": {"user_id": str(uuid.uuid4())}}).to_dict()
-    card = stripe_sdk.v1.payment_methods.create(
-        params={"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
-    )
-    stripe_sdk.v1.payment_methods.attach(card.id, params={"customer": customer["id"]})
-    intent = stripe_sdk.v1.payment_intents.create(
-        params={
-            "amount": 5000,
-            "currency": "eur",
-            "customer": customer["id"],
-            "payment_method": card.id,
-            "confirm": True,
-        }
-    ).to_dict()
-    with transaction.atomic():
-        services.customer_upsert_from_stripe(stripe_customer=customer, event_created=datetime(2026, 1, 1, tzinfo=UTC))
-        services.payment_record_from_intent(payment_intent=intent, event_created=datetime(2026, 1, 1, tzinfo=UTC))
-    return Payment.objects.get()
-
-
 def refund_action(client: Client, payment: Payment, **form: str) -> Any:
     return client.post(CHANGELIST, {"action": "refund_payment", "_selected_action": [str(payment.id)], **form})
 
 
 @pytest.mark.django_db(transaction=True)
 def test_finance_refunds_a_payment_through_a_confirmation_page(
-    finance: Client, paid: Payment, stripe_sdk: stripe.StripeClient
+    finance: Client, payment: Payment, stripe_sdk: stripe.StripeClient
 ) -> None:
-    page = refund_action(finance, paid)
+    page = refund_action(finance, payment)
     assert page.status_code == 200
     assert "Left to refund" in page.content.decode() and "50.00 EUR" in page.content.decode()
     key = page.context["form"].initial["idempotency_key"]
     assert Refund.objects.count() == 0  # showing the page refunds nothing
 
     done = refund_action(
-        finance, paid, confirm="yes", amount="12.50", reason="duplicate", note="charged twice", idempotency_key=key
+        finance, payment, confirm="yes", amount="12.50", reason="duplicate", note="charged twice", idempotency_key=key
     )
 
     assert done.status_code == 302
@@ -172,31 +148,31 @@ def test_finance_refunds_a_payment_through_a_confirmation_page(
         "succeeded",
         "anna",
     )
-    charge = stripe_sdk.v1.charges.retrieve(paid.stripe_charge_id or "")
+    charge = stripe_sdk.v1.charges.retrieve(payment.stripe_charge_id or "")
     assert charge.amount_refunded == 1250
     assert AuditEvent.objects.filter(action="refund.requested", actor_type="staff", actor_id="anna").exists()
 
     # The same page submitted twice (a double click, a reload) refunds once.
-    refund_action(finance, paid, confirm="yes", amount="12.50", reason="duplicate", idempotency_key=key)
+    refund_action(finance, payment, confirm="yes", amount="12.50", reason="duplicate", idempotency_key=key)
     assert Refund.objects.count() == 1
-    assert stripe_sdk.v1.charges.retrieve(paid.stripe_charge_id or "").amount_refunded == 1250
+    assert stripe_sdk.v1.charges.retrieve(payment.stripe_charge_id or "").amount_refunded == 1250
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_refund_above_what_is_left_is_shown_as_an_error_and_refunds_nothing(
-    finance: Client, paid: Payment, stripe_sdk: stripe.StripeClient
+    finance: Client, payment: Payment, stripe_sdk: stripe.StripeClient
 ) -> None:
-    response = refund_action(finance, paid, confirm="yes", amount="50.01", reason="other", idempotency_key="k1")
+    response = refund_action(finance, payment, confirm="yes", amount="50.01", reason="other", idempotency_key="k1")
 
     assert response.status_code == 200
     assert "left to refund" in response.content.decode()
     assert Refund.objects.count() == 0
-    assert stripe_sdk.v1.charges.retrieve(paid.stripe_charge_id or "").amount_refunded == 0
+    assert stripe_sdk.v1.charges.retrieve(payment.stripe_charge_id or "").amount_refunded == 0
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_amount_with_too_many_decimals_is_refused(finance: Client, paid: Payment) -> None:
-    response = refund_action(finance, paid, confirm="yes", amount="1.234", reason="other", idempotency_key="k1")
+def test_an_amount_with_too_many_decimals_is_refused(finance: Client, payment: Payment) -> None:
+    response = refund_action(finance, payment, confirm="yes", amount="1.234", reason="other", idempotency_key="k1")
 
     assert response.status_code == 200
     assert "more decimals than EUR allows" in response.content.decode()

@@ -17,31 +17,6 @@ from tests.support.proxy import TcpProxy
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def payment(stripe_sdk: stripe.StripeClient, stripe_base: str) -> Payment:
-    """A 50.00 EUR payment that really happened (in localstripe), recorded from its webhook."""
-    user_id = uuid.uuid4()
-    customer = stripe_sdk.v1.customers.create(params={"metadata": {"user_id": str(user_id)}}).to_dict()
-    card = stripe_sdk.v1.payment_methods.create(
-        params={"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
-    )
-    stripe_sdk.v1.payment_methods.attach(card.id, params={"customer": customer["id"]})
-    intent = stripe_sdk.v1.payment_intents.create(
-        params={
-            "amount": 5000,
-            "currency": "eur",
-            "customer": customer["id"],
-            "payment_method": card.id,
-            "confirm": True,
-        }
-    ).to_dict()
-    created = datetime(2026, 1, 1, tzinfo=UTC)
-    with transaction.atomic():
-        services.customer_upsert_from_stripe(stripe_customer=customer, event_created=created)
-        services.payment_record_from_intent(payment_intent=intent, event_created=created)
-    return Payment.objects.get()
-
-
 def refund(payment: Payment, amount: int | None, *, key: str | None = None, **extra: Any) -> Refund:
     return services.refund_issue(
         payment_id=payment.id,
