@@ -13,6 +13,7 @@ Two kinds of entry point:
 Lock order, everywhere: customer, then order or subscription, then payment, then refund.
 """
 
+import contextlib
 import hashlib
 import json
 import time
@@ -275,6 +276,35 @@ def _order_call_stripe(*, order: Order, price: Price, email: str, request: HttpR
         _order_record_failure(order_id=order.id, code="internal_error", message="Checkout failed", request=request)
         raise
     return _order_record_session(order_id=order.id, session_id=session_id, url=url, request=request)
+
+
+def orders_resolve_abandoned(*, limit: int = 100) -> int:
+    """Finish checkouts whose request died between writing the order and recording Stripe's answer.
+
+    Such an order stays `pending` after its lease expires. Calling Stripe again with the order's
+    idempotency key returns the session Stripe may already have made (or makes the one it did not),
+    so every order ends `open` with a session or `failed` with a reason. Returns how many it settled.
+    """
+    settled = 0
+    for order_id in Order.objects.filter(status=Order.Status.PENDING, lease_until__lt=timezone.now()).values_list(
+        "id", flat=True
+    )[:limit]:
+        order = _order_take_over_abandoned(order_id=order_id)
+        if order is None:
+            continue  # a retry of the request, or another sweeper, took it first
+        with contextlib.suppress(ApplicationError):  # a failure is recorded on the order, with its reason
+            _order_call_stripe(order=order, price=order.price, email=order.customer.email, request=None)
+        settled += 1
+    return settled
+
+
+@transaction.atomic(durable=True)
+def _order_take_over_abandoned(*, order_id: uuid.UUID) -> Order | None:
+    now = timezone.now()
+    taken = Order.objects.filter(id=order_id, status=Order.Status.PENDING, lease_until__lt=now).update(
+        lease_until=now + timedelta(seconds=_lease_seconds()), updated_at=now
+    )
+    return Order.objects.select_related("price", "customer").get(id=order_id) if taken else None
 
 
 def _stripe_customer_ensure(*, customer: Customer, email: str) -> str:

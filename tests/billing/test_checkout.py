@@ -534,3 +534,52 @@ def test_an_order_whose_request_died_before_stripe_answered_is_finished_by_the_r
     assert response.json()["order_id"] == str(orphan.id)
     assert response.json()["status"] == "open"
     assert [call["idempotency_key"] for call in fake_checkout.calls] == [f"order:{orphan.id}"]
+
+
+def test_an_order_left_pending_by_a_dead_request_is_settled_by_the_sweep_with_the_same_stripe_key(
+    fake_checkout: FakeCheckout, price: Price
+) -> None:
+    # given: a request that wrote its order and died before Stripe answered (its lease ran out)
+    abandoned = OrderFactory(
+        price=price,
+        status=Order.Status.PENDING,
+        stripe_session_id=None,
+        checkout_url="",
+        lease_until=timezone.now() - timedelta(seconds=1),
+    )
+    fresh = OrderFactory(
+        price=price,
+        status=Order.Status.PENDING,
+        stripe_session_id=None,
+        checkout_url="",
+        lease_until=timezone.now() + timedelta(minutes=1),
+    )
+
+    # when
+    settled = services.orders_resolve_abandoned()
+    again = services.orders_resolve_abandoned()
+
+    # then
+    abandoned.refresh_from_db()
+    assert (settled, again) == (1, 0)
+    assert abandoned.status == Order.Status.OPEN
+    assert abandoned.stripe_session_id and abandoned.checkout_url
+    assert [call["idempotency_key"] for call in fake_checkout.calls] == [f"order:{abandoned.id}"]
+    assert Order.objects.get(id=fresh.id).status == Order.Status.PENDING  # its request is still at work
+
+
+def test_an_abandoned_order_stripe_refuses_is_failed_with_the_reason(fake_checkout: FakeCheckout, price: Price) -> None:
+    abandoned = OrderFactory(
+        price=price,
+        status=Order.Status.PENDING,
+        stripe_session_id=None,
+        checkout_url="",
+        lease_until=timezone.now() - timedelta(seconds=1),
+    )
+    fake_checkout.fail_next(400, {"type": "invalid_request_error", "message": "No such price"})
+
+    services.orders_resolve_abandoned()
+
+    abandoned.refresh_from_db()
+    assert abandoned.status == Order.Status.FAILED
+    assert "No such price" in abandoned.failure_message
