@@ -308,6 +308,7 @@ class JWTAuthentication(JWTStatelessUserAuthentication):
         sub = validated_token.get("sub")
         if not isinstance(sub, str) or not _is_canonical_uuid(sub):
             raise InvalidToken("The token's sub is not a user UUID")
+        structlog.contextvars.bind_contextvars(user_id=sub)  # on every log line of this request
         return Principal(validated_token)
 
 

@@ -7,7 +7,7 @@ import kombu
 import structlog
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection
+from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
@@ -17,9 +17,10 @@ log = structlog.get_logger(__name__)
 
 
 def _check_database(timeout: float) -> None:
-    with connection.cursor() as cursor:
+    # SET LOCAL: the timeout ends with this transaction, not with the (reused) connection.
+    with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("SET statement_timeout = %s", [int(timeout * 1000)])
+            cursor.execute("SET LOCAL statement_timeout = %s", [int(timeout * 1000)])
         cursor.execute("SELECT 1")
 
 

@@ -161,3 +161,27 @@ def test_the_openapi_schema_and_swagger_ui_are_served(client: Client) -> None:
     assert b"openapi" in schema.content
     assert docs.status_code == 200
     assert b"swagger" in docs.content.lower()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz_leaves_no_statement_timeout_on_the_reused_connection(client: Client) -> None:
+    from django.db import connection
+
+    client.get("/readyz")
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == "0"
+
+
+def test_the_callers_user_id_is_on_every_log_line_of_the_request(client: Client) -> None:
+    import uuid
+
+    import structlog
+
+    from tests.support.auth import bearer
+
+    user_id = uuid.uuid4()
+    client.get("/api/v1/entitlements", HTTP_AUTHORIZATION=bearer(user_id), HTTP_X_REQUEST_ID="req-logs-0001")
+
+    assert structlog.contextvars.get_contextvars() == {"request_id": "req-logs-0001", "user_id": str(user_id)}
