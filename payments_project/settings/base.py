@@ -279,6 +279,7 @@ RATE_LIMIT_DEFAULTS = {
     "gdpr": "10/h",
     "internal": "6000/m",
     "webhook": "1200/m",
+    "admin_login": "10/m",  # sign-in attempts per client IP: slows password guessing against staff
 }
 RATE_LIMITS = rate_limits_from_env(RATE_LIMIT_DEFAULTS)
 # How many proxies in front of us append to X-Forwarded-For (0: trust only REMOTE_ADDR).
