@@ -49,3 +49,19 @@ def logging_config(level: str) -> dict[str, Any]:
             "celery": {"level": level, "propagate": True},
         },
     }
+
+
+def sentry_init(dsn: str, *, environment: str, traces_sample_rate: float) -> None:
+    """Errors of web and workers to Sentry, without personal data. Called by the settings when SENTRY_DSN is set."""
+    # Imported here: the integrations are loaded only in deployments that use Sentry.
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    sentry_sdk.init(
+        dsn=dsn,
+        environment=environment,
+        integrations=[DjangoIntegration(), CeleryIntegration()],
+        send_default_pii=False,
+        traces_sample_rate=traces_sample_rate,
+    )

@@ -1,128 +1,27 @@
-"""Settings shared by every environment. Everything comes from the environment (12-factor).
+"""Settings shared by every environment; development.py, test.py and production.py adjust them.
 
-Each secret may instead be given as NAME_FILE, a path to a mounted file (environ.FileAwareEnv).
-Defaults here are the development ones; production.py re-reads the secrets without defaults.
+Only what an operator supplies comes from the environment (the README's configuration table lists every
+name, and a test keeps the two in step); everything else is a plain setting that tests override with the
+settings fixture. Defaults here are the development ones; production.py re-reads the secrets without them.
 """
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
-import environ
-from django.core.exceptions import ImproperlyConfigured
-
-from payments_project.logging import logging_config
+from payments_project.logging import logging_config, sentry_init
+from payments_project.settings.parsing import (
+    broker_transport_options,
+    cache_config,
+    database_config,
+    env,
+    env_bool,
+    export_storage_options,
+    rate_limits_from_env,
+    service_allowlist_from_env,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"  # SQLite, the filesystem broker and local exports in development
-
-
-class _TrimmedFileAwareMapping(environ.FileAwareMapping):
-    """Read NAME_FILE when NAME is unset, without the trailing newline `echo` and editors leave."""
-
-    def __getitem__(self, key: str) -> str:
-        return str(super().__getitem__(key)).strip()
-
-
-class _Env(environ.Env):
-    ENVIRON = _TrimmedFileAwareMapping()
-
-
-env = _Env()
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def env_bool(name: str, default: bool) -> bool:
-    """A strict boolean: anything but true/false/1/0/yes/no/on/off is a configuration error."""
-    raw = env.str(name, default="").strip().lower()
-    if raw == "":
-        return default
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ImproperlyConfigured(f"{name} must be a boolean (true/false), not {raw!r}")
-
-
-def database_config(url: str) -> dict[str, Any]:
-    """Parse DATABASE_URL; SQLite gets WAL so web, worker and beat can share it in development."""
-    config: dict[str, Any] = env.db_url_config(url)
-    if config["ENGINE"] == "django.db.backends.sqlite3":
-        config["OPTIONS"] = {
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 20,
-        }
-    else:
-        config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
-        config["CONN_HEALTH_CHECKS"] = True
-        config.setdefault("OPTIONS", {})["connect_timeout"] = 5
-    config["ATOMIC_REQUESTS"] = False  # services own their transactions (no Stripe call inside one)
-    return config
-
-
-def cache_config(redis_url: str) -> dict[str, Any]:
-    """Redis when REDIS_URL is set (shared by every process), else a per-process local cache."""
-    if not redis_url:
-        return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    return {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": redis_url,
-            "KEY_PREFIX": "jia-payments",
-            # Short timeouts: a slow Redis must not stall requests (callers fall back to the database).
-            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
-        }
-    }
-
-
-def broker_transport_options(broker_url: str) -> dict[str, Any]:
-    if broker_url.startswith("filesystem://"):
-        folder = str(VAR_DIR / "broker")
-        return {"data_folder_in": folder, "data_folder_out": folder, "control_folder": str(VAR_DIR / "broker-control")}
-    # Publisher confirms: a publish returns only once RabbitMQ has taken the message.
-    return {"confirm_publish": True}
-
-
-_RATE = re.compile(r"[1-9][0-9]*/[0-9]*[smhd]")
-
-
-def rate_limits_from_env(defaults: dict[str, str]) -> dict[str, str]:
-    """Each group's rate from RATE_LIMIT_<GROUP>, else the default; a malformed rate is a config error."""
-    rates = {}
-    for group, default in defaults.items():
-        name = "RATE_LIMIT_" + group.upper().replace(".", "_")
-        rate = env.str(name, default=default).strip()
-        if not _RATE.fullmatch(rate):
-            raise ImproperlyConfigured(f"{name} must look like 10/m or 100/5m (s, m, h or d), not {rate!r}")
-        rates[group] = rate
-    return rates
-
-
-def service_allowlist_from_env(scopes: tuple[str, ...]) -> dict[str, list[str]]:
-    """SERVICE_ALLOWLIST (JSON object) overlaid by SERVICE_ALLOWLIST_<SCOPE> comma lists."""
-    raw = env.str("SERVICE_ALLOWLIST", default="").strip()
-    try:
-        allowlist = json.loads(raw) if raw else {}
-    except json.JSONDecodeError as exc:
-        raise ImproperlyConfigured(f"SERVICE_ALLOWLIST is not JSON: {exc}") from exc
-    if not isinstance(allowlist, dict) or not all(
-        isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in allowlist.values()
-    ):
-        raise ImproperlyConfigured('SERVICE_ALLOWLIST must be a JSON object {"scope": ["spiffe://...", ...]}')
-    for scope in scopes:
-        name = "SERVICE_ALLOWLIST_" + scope.upper().replace(".", "_")
-        if env.str(name, default=""):
-            allowlist[scope] = env.list(name)
-    for scope, ids in allowlist.items():
-        for spiffe_id in ids:
-            if not spiffe_id.startswith("spiffe://"):
-                raise ImproperlyConfigured(f"SERVICE_ALLOWLIST[{scope!r}] holds {spiffe_id!r}, not a spiffe:// ID")
-    return {scope: list(ids) for scope, ids in allowlist.items()}
-
 
 DJANGO_ENV = env.str("DJANGO_ENV", default="development")
 DEV_SECRET_KEY = "django-insecure-development-only-key-never-use-in-production-0123456789"  # noqa: S105
@@ -242,12 +141,12 @@ JWT_ALGORITHM = env.str("JWT_ALGORITHM", default="HS256")
 JWT_SIGNING_KEY = env.str("JWT_SIGNING_KEY", default="")  # HS256/384/512
 JWT_VERIFYING_KEY = env.str("JWT_VERIFYING_KEY", default="")  # RS*/ES*/EdDSA: a PEM public key (or a JWK)
 JWT_JWKS_URL = env.str("JWT_JWKS_URL", default="")  # RS*/ES*/EdDSA: the identity provider's key set
-JWT_JWKS_CACHE_SECONDS = env.int("JWT_JWKS_CACHE_SECONDS", default=300)
-JWT_JWKS_REFRESH_COOLDOWN_SECONDS = env.int("JWT_JWKS_REFRESH_COOLDOWN_SECONDS", default=30)
-JWT_JWKS_TIMEOUT_SECONDS = env.float("JWT_JWKS_TIMEOUT_SECONDS", default=3.0)
 JWT_ISSUER = env.str("JWT_ISSUER", default="")
 JWT_AUDIENCE = env.str("JWT_AUDIENCE", default="")
-JWT_LEEWAY_SECONDS = env.int("JWT_LEEWAY_SECONDS", default=30)
+JWT_JWKS_CACHE_SECONDS = 300
+JWT_JWKS_REFRESH_COOLDOWN_SECONDS = 30  # an unknown kid refetches the key set at most this often
+JWT_JWKS_TIMEOUT_SECONDS = 3.0
+JWT_LEEWAY_SECONDS = 30  # clock skew allowed on exp and nbf
 SIMPLE_JWT = {
     # Only the header parsing and the user class are simplejwt's: verification is ClientTokenBackend's,
     # built from the JWT_* settings above (see payments_project/auth.py).
@@ -293,47 +192,47 @@ STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 STRIPE_WEBHOOK_SECRETS = env.list("STRIPE_WEBHOOK_SECRETS", default=[])
 # Billing's Stripe gateway (billing/gateway.py): timeouts, stripe's own retries, the circuit breaker
 # (its state lives in Redis when REDIS_URL is set, so every process sees the same breaker).
-STRIPE_CONNECT_TIMEOUT_SECONDS = env.float("STRIPE_CONNECT_TIMEOUT_SECONDS", default=3.0)
-STRIPE_READ_TIMEOUT_SECONDS = env.float("STRIPE_READ_TIMEOUT_SECONDS", default=15.0)
-STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
-STRIPE_BREAKER_FAIL_MAX = env.int("STRIPE_BREAKER_FAIL_MAX", default=5)
-STRIPE_BREAKER_RESET_SECONDS = env.int("STRIPE_BREAKER_RESET_SECONDS", default=30)
+STRIPE_CONNECT_TIMEOUT_SECONDS = 3.0
+STRIPE_READ_TIMEOUT_SECONDS = 15.0
+STRIPE_MAX_NETWORK_RETRIES = 2  # connection errors, 409 and 5xx, with the same idempotency key
+STRIPE_BREAKER_FAIL_MAX = 5  # consecutive outages that open the breaker
+STRIPE_BREAKER_RESET_SECONDS = 30  # then one probe call after this long
 # How long a duplicate checkout/refund request waits for the one already talking to Stripe.
-BILLING_IN_FLIGHT_WAIT_SECONDS = env.float("BILLING_IN_FLIGHT_WAIT_SECONDS", default=10.0)
+BILLING_IN_FLIGHT_WAIT_SECONDS = 10.0
 
 # --- Webhooks ---------------------------------------------------------------------------------
 # Events whose livemode differs from ours are stored and ignored (a test-mode event on production).
 STRIPE_LIVEMODE = env_bool("STRIPE_LIVEMODE", STRIPE_API_KEY.startswith(("sk_live_", "rk_live_")))
-WEBHOOK_TOLERANCE_SECONDS = env.int("WEBHOOK_TOLERANCE_SECONDS", default=300)
+WEBHOOK_TOLERANCE_SECONDS = 300  # accepted age of a Stripe-Signature timestamp (Stripe's default)
 WEBHOOK_MAX_BODY_BYTES = 256 * 1024
 WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=8)
 WEBHOOK_RETRY_BASE_SECONDS = env.int("WEBHOOK_RETRY_BASE_SECONDS", default=30)
 WEBHOOK_RETRY_MAX_SECONDS = env.int("WEBHOOK_RETRY_MAX_SECONDS", default=3600)
 # A received event no worker has claimed within this is re-enqueued by the sweeper.
-WEBHOOK_PICKUP_GRACE_SECONDS = env.int("WEBHOOK_PICKUP_GRACE_SECONDS", default=60)
+WEBHOOK_PICKUP_GRACE_SECONDS = 60
 WEBHOOK_SWEEP_BATCH = 500
 
 # --- Reconciliation ---------------------------------------------------------------------------
 # Stripe keeps events for 30 days: the gap-filling never looks further back than this.
-RECONCILIATION_EVENTS_WINDOW_DAYS = min(env.int("RECONCILIATION_EVENTS_WINDOW_DAYS", default=30), 30)
-RECONCILIATION_EVENTS_MAX_PAGES = env.int("RECONCILIATION_EVENTS_MAX_PAGES", default=50)
-RECONCILIATION_EVENTS_PAGE_SIZE = env.int("RECONCILIATION_EVENTS_PAGE_SIZE", default=100)
-RECONCILIATION_LEASE_SECONDS = env.int("RECONCILIATION_LEASE_SECONDS", default=900)
+RECONCILIATION_EVENTS_WINDOW_DAYS = 30
+RECONCILIATION_EVENTS_MAX_PAGES = 50  # pages per run
+RECONCILIATION_EVENTS_PAGE_SIZE = 100
+RECONCILIATION_LEASE_SECONDS = 900  # how long a gap-filling run owns the cursor
 # The nightly comparison looks at subscriptions and payments changed in this window.
-RECONCILIATION_COMPARE_WINDOW_HOURS = env.int("RECONCILIATION_COMPARE_WINDOW_HOURS", default=48)
+RECONCILIATION_COMPARE_WINDOW_HOURS = 48
 
 # --- Entitlements and family plans (entitlements/) --------------------------------------------
 # How long a user's resolved features are cached (never past the first grant that ends by itself).
-ENTITLEMENTS_CACHE_TTL_SECONDS = env.int("ENTITLEMENTS_CACHE_TTL_SECONDS", default=3600)
+ENTITLEMENTS_CACHE_TTL_SECONDS = 3600
 # A past_due subscription keeps granting for this long after its unpaid period began.
-ENTITLEMENTS_PAST_DUE_GRACE_DAYS = env.int("ENTITLEMENTS_PAST_DUE_GRACE_DAYS", default=7)
-FAMILY_INVITATION_TTL_HOURS = env.int("FAMILY_INVITATION_TTL_HOURS", default=72)
-ENTITLEMENTS_BULK_MAX_IDS = env.int("ENTITLEMENTS_BULK_MAX_IDS", default=1000)
+ENTITLEMENTS_PAST_DUE_GRACE_DAYS = 7
+FAMILY_INVITATION_TTL_HOURS = 72
+ENTITLEMENTS_BULK_MAX_IDS = 1000  # most user ids per POST /internal/v1/entitlements/check
 # After this many cache errors in a row a process answers from the database without trying Redis
 # for ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS (a blackholed Redis would otherwise cost every check
 # a socket timeout).
-ENTITLEMENTS_CACHE_BREAKER_FAIL_MAX = env.int("ENTITLEMENTS_CACHE_BREAKER_FAIL_MAX", default=3)
-ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS = env.int("ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS", default=10)
+ENTITLEMENTS_CACHE_BREAKER_FAIL_MAX = 3
+ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS = 10
 
 # --- GDPR: data export and erasure (gdpr/) ------------------------------------------------------
 # Export archives get a storage of their own (STORAGES["gdpr_exports"]): local files by default. The
@@ -344,22 +243,6 @@ GDPR_EXPORT_STORAGE_BACKEND = env.str(
     "GDPR_EXPORT_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
 )
 GDPR_EXPORT_STORAGE_LOCATION = env.str("GDPR_EXPORT_STORAGE_LOCATION", default=str(VAR_DIR / "exports"))
-
-
-def export_storage_options(backend: str, location: str) -> dict[str, Any]:
-    """GDPR_EXPORT_STORAGE_OPTIONS (a JSON object) for any backend; a file system gets owner-only files."""
-    raw = env.str("GDPR_EXPORT_STORAGE_OPTIONS", default="").strip()
-    try:
-        options = json.loads(raw) if raw else {}
-    except json.JSONDecodeError as exc:
-        raise ImproperlyConfigured(f"GDPR_EXPORT_STORAGE_OPTIONS is not JSON: {exc}") from exc
-    if not isinstance(options, dict):
-        raise ImproperlyConfigured("GDPR_EXPORT_STORAGE_OPTIONS must be a JSON object")
-    if backend == "django.core.files.storage.FileSystemStorage":
-        defaults = {"location": location, "file_permissions_mode": 0o600, "directory_permissions_mode": 0o700}
-        options = {**defaults, **options}
-    return options
-
 
 _gdpr_export_storage: Any = {
     "BACKEND": GDPR_EXPORT_STORAGE_BACKEND,
@@ -377,15 +260,15 @@ GDPR_MAX_ATTEMPTS = env.int("GDPR_MAX_ATTEMPTS", default=8)
 GDPR_RETRY_BASE_SECONDS = env.int("GDPR_RETRY_BASE_SECONDS", default=30)
 GDPR_RETRY_MAX_SECONDS = env.int("GDPR_RETRY_MAX_SECONDS", default=3600)
 # A pending request no worker has picked up within this is re-enqueued by the sweeper.
-GDPR_PICKUP_GRACE_SECONDS = env.int("GDPR_PICKUP_GRACE_SECONDS", default=120)
+GDPR_PICKUP_GRACE_SECONDS = 120
 # The legal deadline is a month: requests still open after this many days raise an alert.
-GDPR_OVERDUE_ALERT_DAYS = env.int("GDPR_OVERDUE_ALERT_DAYS", default=25)
+GDPR_OVERDUE_ALERT_DAYS = 25
 # Raw webhook bodies are redacted this long after they were received, once processed or ignored.
 WEBHOOK_PAYLOAD_RETENTION_DAYS = env.int("WEBHOOK_PAYLOAD_RETENTION_DAYS", default=90)
 
 # --- Celery (read by payments_project/celery.py through the CELERY_ namespace) -----------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
-CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL)
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, var_dir=VAR_DIR)
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
@@ -395,10 +278,11 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-task leaves the message for another worker
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
-CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
+# Set by the Helm chart: the workers' grace period follows the time limit; the metrics port is the pod's.
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
+CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
 CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)
 # Retries of transient task failures: exponential backoff with full jitter, capped.
 TASK_RETRY_BACKOFF_SECONDS = env.int("TASK_RETRY_BACKOFF_SECONDS", default=2)
@@ -407,26 +291,17 @@ TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=8)
 
 # --- Outbox -----------------------------------------------------------------------------------
 OUTBOX_EXCHANGE = "payments.events"
-OUTBOX_SOURCE = env.str("OUTBOX_SOURCE", default="urn:jia:payments")
-OUTBOX_BATCH_SIZE = env.int("OUTBOX_BATCH_SIZE", default=100)
+OUTBOX_SOURCE = "urn:jia:payments"  # the CloudEvents source
+OUTBOX_BATCH_SIZE = 100
 OUTBOX_RETRY_BASE_SECONDS = env.int("OUTBOX_RETRY_BASE_SECONDS", default=2)
 OUTBOX_RETRY_MAX_SECONDS = env.int("OUTBOX_RETRY_MAX_SECONDS", default=300)
 
 # --- Health -----------------------------------------------------------------------------------
-READINESS_TIMEOUT_SECONDS = env.float("READINESS_TIMEOUT_SECONDS", default=2.0)
+READINESS_TIMEOUT_SECONDS = 2.0  # each /readyz check (the chart's readiness probe waits 8 s)
 
 # --- Observability ----------------------------------------------------------------------------
 LOGGING = logging_config(LOG_LEVEL)
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
+SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
 if SENTRY_DSN:
-    import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
-    from sentry_sdk.integrations.django import DjangoIntegration
-
-    sentry_sdk.init(
-        dsn=SENTRY_DSN,
-        environment=DJANGO_ENV,
-        integrations=[DjangoIntegration(), CeleryIntegration()],
-        send_default_pii=False,
-        traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
-    )
+    sentry_init(SENTRY_DSN, environment=DJANGO_ENV, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)

@@ -4,14 +4,9 @@ to start on anything insecure. Web, worker, beat and manage.py all load this mod
 from django.core.exceptions import ImproperlyConfigured
 
 from payments_project.settings.base import *  # noqa: F403
-from payments_project.settings.base import (
-    broker_transport_options,
-    cache_config,
-    database_config,
-    env,
-    env_bool,
-)
+from payments_project.settings.base import VAR_DIR
 from payments_project.settings.guard import production_problems
+from payments_project.settings.parsing import broker_transport_options, cache_config, database_config, env, env_bool
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
@@ -25,19 +20,19 @@ if _problems:
     raise ImproperlyConfigured("Refusing to start in production: " + "; ".join(_problems) + ".")
 
 DATABASES = {"default": database_config(DATABASE_URL)}
-CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL)
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, var_dir=VAR_DIR)
 CACHES = cache_config(REDIS_URL)
 
 # TLS is terminated in front of us; trust its header and make every cookie and redirect secure.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+SECURE_SSL_REDIRECT = True
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]  # probes speak plain HTTP
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=8 * 3600)  # staff sessions: one working day
+SESSION_COOKIE_AGE = 8 * 3600  # staff sessions: one working day
 CSRF_COOKIE_HTTPONLY = True
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+SECURE_HSTS_SECONDS = 31536000  # a year, as preload lists require
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -1,18 +1,14 @@
 """`make test`: real PostgreSQL, RabbitMQ and Redis on localhost unless the environment says otherwise."""
 
 from payments_project.settings.base import *  # noqa: F403
-from payments_project.settings.base import (
-    broker_transport_options,
-    cache_config,
-    database_config,
-    env,
-)
+from payments_project.settings.base import VAR_DIR
+from payments_project.settings.parsing import broker_transport_options, cache_config, database_config, env
 
 DATABASE_URL = env.str("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/jia_payments")
 DATABASES = {"default": database_config(DATABASE_URL)}
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # threads in concurrency tests open and close their own
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")
-CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL)
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, var_dir=VAR_DIR)
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/15")
 CACHES = cache_config(REDIS_URL)
 CACHES["default"]["KEY_PREFIX"] = "jia-payments-test"

@@ -372,7 +372,6 @@ def test_an_erasure_runs_end_to_end_through_real_workers_even_with_stripe_down_a
     seeded = seed_everywhere(user_id=ALICE, email=ALICE_EMAIL, stripe_sdk=stripe_sdk)
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_jia_billing")
     monkeypatch.setenv("STRIPE_API_BASE", stripe_base)
-    monkeypatch.setenv("STRIPE_MAX_NETWORK_RETRIES", "0")
     client = Client()
     stripe_proxy.cut()
 

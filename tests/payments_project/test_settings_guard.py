@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from payments_project.settings.base import env_bool
 from payments_project.settings.guard import production_problems
+from payments_project.settings.parsing import env_bool
 
 ROOT = Path(__file__).resolve().parents[2]
 STRONG_KEY = "k" * 20 + "Zq8#x!pW2@vL9$mN4%bR7^tY1&cE5*hJ"
@@ -53,6 +53,13 @@ def test_it_accepts_secure_production_settings() -> None:
         ({"STRIPE_API_KEY": ""}, "STRIPE_API_KEY"),
         ({"STRIPE_WEBHOOK_SECRETS": []}, "STRIPE_WEBHOOK_SECRETS"),
         ({"STRIPE_WEBHOOK_SECRETS": [""]}, "STRIPE_WEBHOOK_SECRETS"),
+        ({"JWT_SIGNING_KEY": "too-short"}, "JWT_SIGNING_KEY is shorter than 32 bytes"),
+        ({"JWT_ALGORITHM": "none"}, "JWT_ALGORITHM must be one of HS256, HS384, HS512, RS256, "),
+        ({"JWT_JWKS_URL": "http://auth/jwks"}, "JWT_JWKS_URL must be an https:// URL"),
+        ({"SERVICE_AUTH_MODE": "trust-me"}, "SERVICE_AUTH_MODE must be one of xfcc, none, not 'trust-me'"),
+        ({"SERVICE_AUTH_MODE": "xfcc", "SPIFFE_TRUST_DOMAIN": "jia.example"}, "SPIFFE_TRUST_BUNDLE is empty"),
+        ({"SERVICE_AUTH_MODE": "xfcc", "SPIFFE_TRUST_BUNDLE": "/etc/spiffe/b.crt"}, "SPIFFE_TRUST_DOMAIN is empty"),
+        ({"TRUSTED_PROXY_COUNT": -1}, "TRUSTED_PROXY_COUNT must not be negative"),
     ],
 )
 def test_it_names_each_insecure_production_setting(change: dict[str, object], named: str) -> None:
@@ -60,6 +67,27 @@ def test_it_names_each_insecure_production_setting(change: dict[str, object], na
 
     assert len(problems) == 1
     assert named in problems[0]
+
+
+def test_a_message_names_the_offending_value() -> None:
+    problems = production_problems({**SECURE, "JWT_ALGORITHM": "RS256", "JWT_SIGNING_KEY": ""})
+
+    assert problems == ["JWT_VERIFYING_KEY or JWT_JWKS_URL is required for RS256"]
+
+
+def test_unset_settings_are_named_like_empty_ones() -> None:
+    assert production_problems({}) == [
+        "SECRET_KEY is missing",
+        "DATABASE_URL is missing",
+        "CELERY_BROKER_URL is missing",
+        "ALLOWED_HOSTS is empty",
+        "REDIS_URL is missing",
+        "JWT_ALGORITHM must be one of HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, EdDSA, not ''",
+        "JWT_ISSUER is empty",
+        "JWT_AUDIENCE is empty",
+        "STRIPE_API_KEY is empty",
+        "STRIPE_WEBHOOK_SECRETS is empty",
+    ]
 
 
 def test_an_asymmetric_algorithm_is_fine_with_a_jwks_url() -> None:

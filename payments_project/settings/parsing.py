@@ -1,0 +1,134 @@
+"""Reading the environment for the settings modules: strict parsers, so a malformed value stops the
+process at start-up with a message naming the variable, never falls back to a default silently.
+
+Each secret may instead be given as NAME_FILE, a path to a mounted file (environ.FileAwareEnv).
+"""
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+
+class _TrimmedFileAwareMapping(environ.FileAwareMapping):
+    """Read NAME_FILE when NAME is unset, without the trailing newline `echo` and editors leave."""
+
+    def __getitem__(self, key: str) -> str:
+        return str(super().__getitem__(key)).strip()
+
+
+class _Env(environ.Env):
+    ENVIRON = _TrimmedFileAwareMapping()
+
+
+env = _Env()
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """A strict boolean: anything but true/false/1/0/yes/no/on/off is a configuration error."""
+    raw = env.str(name, default="").strip().lower()
+    if raw == "":
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (true/false), not {raw!r}")
+
+
+def database_config(url: str) -> dict[str, Any]:
+    """Parse DATABASE_URL; SQLite gets WAL so web, worker and beat can share it in development."""
+    config: dict[str, Any] = env.db_url_config(url)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        config["OPTIONS"] = {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    else:
+        config["CONN_MAX_AGE"] = 60  # seconds a PostgreSQL connection is reused
+        config["CONN_HEALTH_CHECKS"] = True
+        config.setdefault("OPTIONS", {})["connect_timeout"] = 5
+    config["ATOMIC_REQUESTS"] = False  # services own their transactions (no Stripe call inside one)
+    return config
+
+
+def cache_config(redis_url: str) -> dict[str, Any]:
+    """Redis when REDIS_URL is set (shared by every process), else a per-process local cache."""
+    if not redis_url:
+        return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    return {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": "jia-payments",
+            # Short timeouts: a slow Redis must not stall requests (callers fall back to the database).
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+
+
+def broker_transport_options(broker_url: str, *, var_dir: Path) -> dict[str, Any]:
+    if broker_url.startswith("filesystem://"):
+        folder = str(var_dir / "broker")
+        return {"data_folder_in": folder, "data_folder_out": folder, "control_folder": str(var_dir / "broker-control")}
+    # Publisher confirms: a publish returns only once RabbitMQ has taken the message.
+    return {"confirm_publish": True}
+
+
+_RATE = re.compile(r"[1-9][0-9]*/[0-9]*[smhd]")
+
+
+def rate_limits_from_env(defaults: dict[str, str]) -> dict[str, str]:
+    """Each group's rate from RATE_LIMIT_<GROUP>, else the default; a malformed rate is a config error."""
+    rates = {}
+    for group, default in defaults.items():
+        name = "RATE_LIMIT_" + group.upper().replace(".", "_")
+        rate = env.str(name, default=default).strip()
+        if not _RATE.fullmatch(rate):
+            raise ImproperlyConfigured(f"{name} must look like 10/m or 100/5m (s, m, h or d), not {rate!r}")
+        rates[group] = rate
+    return rates
+
+
+def service_allowlist_from_env(scopes: tuple[str, ...]) -> dict[str, list[str]]:
+    """SERVICE_ALLOWLIST (JSON object) overlaid by SERVICE_ALLOWLIST_<SCOPE> comma lists."""
+    raw = env.str("SERVICE_ALLOWLIST", default="").strip()
+    try:
+        allowlist = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"SERVICE_ALLOWLIST is not JSON: {exc}") from exc
+    if not isinstance(allowlist, dict) or not all(
+        isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in allowlist.values()
+    ):
+        raise ImproperlyConfigured('SERVICE_ALLOWLIST must be a JSON object {"scope": ["spiffe://...", ...]}')
+    for scope in scopes:
+        name = "SERVICE_ALLOWLIST_" + scope.upper().replace(".", "_")
+        if env.str(name, default=""):
+            allowlist[scope] = env.list(name)
+    for scope, ids in allowlist.items():
+        for spiffe_id in ids:
+            if not spiffe_id.startswith("spiffe://"):
+                raise ImproperlyConfigured(f"SERVICE_ALLOWLIST[{scope!r}] holds {spiffe_id!r}, not a spiffe:// ID")
+    return {scope: list(ids) for scope, ids in allowlist.items()}
+
+
+def export_storage_options(backend: str, location: str) -> dict[str, Any]:
+    """GDPR_EXPORT_STORAGE_OPTIONS (a JSON object) for any backend; a file system gets owner-only files."""
+    raw = env.str("GDPR_EXPORT_STORAGE_OPTIONS", default="").strip()
+    try:
+        options = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"GDPR_EXPORT_STORAGE_OPTIONS is not JSON: {exc}") from exc
+    if not isinstance(options, dict):
+        raise ImproperlyConfigured("GDPR_EXPORT_STORAGE_OPTIONS must be a JSON object")
+    if backend == "django.core.files.storage.FileSystemStorage":
+        defaults = {"location": location, "file_permissions_mode": 0o600, "directory_permissions_mode": 0o700}
+        options = {**defaults, **options}
+    return options
