@@ -115,7 +115,7 @@ BASELINE_TABLE_DDL = "CREATE TABLE IF NOT EXISTS bench_baseline (id uuid PRIMARY
 
 def setup_database() -> None:
     """Create (if missing) and migrate the benchmark database, set Django up in this process, and
-    create the bare baseline app's table."""
+    create (or empty) the bare baseline app's table."""
     import psycopg
     from psycopg import sql
 
@@ -132,6 +132,7 @@ def setup_database() -> None:
 
     with connection.cursor() as cursor:
         cursor.execute(BASELINE_TABLE_DDL)
+        cursor.execute("TRUNCATE bench_baseline")  # every run's baseline inserts into an empty table
 
 
 def purge_queues(names: list[str] | None = None) -> None:
