@@ -13,7 +13,19 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> str:
     rows_a = {(r["benchmark"], r["figure"]): r for r in a["rows"]}
     rows_b = {(r["benchmark"], r["figure"]): r for r in b["rows"]}
     keys = list(rows_a) + [key for key in rows_b if key not in rows_a]
-    header = ["benchmark", "figure", "A", "B", "B/A", "A ratio", "B ratio", "A", "B", "A RSS MB", "B RSS MB"]
+    header = [
+        "benchmark",
+        "figure",
+        "A",
+        "B",
+        "B/A",
+        "A ratio",
+        "B ratio",
+        "A result",
+        "B result",
+        "A RSS MB",
+        "B RSS MB",
+    ]
     lines = [header]
     for key in keys:
         ra, rb = rows_a.get(key), rows_b.get(key)
