@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:  # one broken benchmark must not lose the others' figures
             errors[name] = traceback.format_exc()
             progress(errors[name])
-            rows.append(Row(name, "(did not run)", float("nan"), "", note=f"{type(error).__name__}: {error}"))
+            rows.append(Row(name, "(did not run)", float("nan"), "", error=f"{type(error).__name__}: {error}"))
         progress(f"  ({time.monotonic() - begun:.0f} s)")
 
     machine["load_average_end"] = _load_average()
@@ -110,8 +110,8 @@ def table(rows: list[Row]) -> str:
     out = [render(COLUMNS), render(["-" * w for w in widths])]
     for r, line in zip(rows, lines, strict=True):
         out.append(render(line).rstrip())
-        if r.note:
-            out.append(f"    note: {r.note}")
+        if r.note or r.error:
+            out.append(f"    {'error' if r.error else 'note'}: {r.error or r.note}")
     return "\n".join(out)
 
 
@@ -132,7 +132,7 @@ def _cell(r: Row, column: str) -> str:
     if column == "target":
         return r.target.describe() if r.target else ""
     if column == "result":
-        return {True: "PASS", False: "FAIL", None: ""}[r.passed]
+        return "ERROR" if r.error else {True: "PASS", False: "FAIL", None: ""}[r.passed]
     if column == "gen CPU":
         return _pair(measured.get("generator_cpu"), base.get("generator_cpu"), lambda v: f"{v:.0%}")
     if column == "srv CPU":

@@ -60,7 +60,9 @@ def _ratio(r: dict[str, Any] | None) -> str:
 
 
 def _verdict(r: dict[str, Any] | None) -> str:
-    return "" if r is None else {True: "PASS", False: "FAIL", None: ""}[r.get("passed")]
+    if r is None:
+        return ""
+    return "ERROR" if r.get("error") else {True: "PASS", False: "FAIL", None: ""}[r.get("passed")]
 
 
 def _rss(r: dict[str, Any] | None) -> str:

@@ -51,6 +51,7 @@ class Row:
     note: str = ""
     measurement: dict[str, Any] | None = None  # the run behind the figure (wrk's, or an end-to-end count)
     baseline_measurement: dict[str, Any] | None = None
+    error: str = ""  # the benchmark could not run: why
     ratio: float | None = field(init=False)
     passed: bool | None = field(init=False)  # None: no target
 
@@ -59,6 +60,8 @@ class Row:
         if self.baseline_value:
             self.ratio = self.value / self.baseline_value
         self.passed = None if self.target is None else self.target.holds(self.value, self.ratio)
+        if self.error:
+            self.passed = False
 
     def as_dict(self) -> dict[str, Any]:
         data = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
