@@ -48,8 +48,17 @@ lint: $(VENV)/.dev $(VENV)/.deploy
 	$(BIN)/shellcheck --shell=sh --severity=style scripts/docker-entrypoint.sh
 	$(BIN)/python -m tests.deploy.check_chart
 
+## make bench: every benchmark (or BENCH_ARGS="webhooks ..."), one table, the run in var/bench/<UTC time>.json.
+## Needs PostgreSQL, RabbitMQ, Redis and wrk (installed here with apt-get when run as root).
 bench: $(VENV)/.dev
-	@echo "Benchmarks: see bench/README.md"
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get install -y -q wrk || { apt-get update -q && apt-get install -y -q wrk; }; \
+		else \
+			echo "make bench needs wrk: run 'sudo apt-get install wrk' (Debian/Ubuntu), then make bench again" >&2; \
+			exit 1; \
+		fi; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf var staticfiles

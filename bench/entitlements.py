@@ -1,35 +1,39 @@
-"""Entitlements benchmark: `.venv/bin/python -m bench.entitlements` (needs PostgreSQL and Redis).
+"""Entitlements benchmark (`python -m bench entitlements`; issue 18, targets 1 and 2).
 
-Against gunicorn (2 workers x 4 threads), 8 concurrent keep-alive clients, 10 s each, in one run:
-1. the baseline: a bare Django view returning a constant JSON body (`GET /healthz`, same middleware);
-2. cached single checks: `GET /api/v1/entitlements/{key}` by one of USERS users (JWT verified, rate
-   limit counted, two Redis round trips, no database);
-3. bulk checks: `POST /internal/v1/entitlements/check` with 1000 user ids (SPIFFE certificate chain
-   verified from the XFCC header on every request, two Redis round trips), as requests/s and checks/s.
-The cache is warmed first; a tenth of the users have a plan, a tenth more are in a family.
+Against the project's gunicorn, under wrk, with the cache warm:
+1. cached single checks: `GET /api/v1/entitlements/{key}` by one of USERS users (each request another
+   user's JWT), beside the bare constant-JSON view (bench/baseline_app.py) under the same gunicorn settings;
+2. bulk checks: `POST /internal/v1/entitlements/check` with 1000 user ids (SPIFFE certificate chain
+   verified from the XFCC header on every request): the server time at p50 and p99, from the
+   `Server-Timing` header's `app` (or first) metric when the response has one, otherwise wrk's latency
+   (client-side, so an upper bound of the server time), plus checks/s for the record.
+A tenth of the users have a plan, a tenth more are in a family. Rate limits are lifted (no 429s; their
+Redis round trips stay).
 """
 
 import json
-import os
 import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-SECONDS = 10
+from bench.common import baseline_server, project_server
+from bench.results import Context, Row, Target, at_least, at_most, benchmark, row
+from bench.wrk import Measurement, Request, measure
+
 USERS = 5000
 BULK = 1000
 FEATURE = "bench-hd"
 CALLER = "spiffe://jia.test/ns/bench/sa/bench"
 
 
-def _certificates(directory: Path) -> str:
+def _certificates(directory: Path) -> tuple[str, str]:
     """A trust bundle on disk for gunicorn, and the XFCC header of an allowed caller."""
     from tests.support.auth import SpiffePki  # the test suite's SPIFFE CA: the same certificates
 
     pki = SpiffePki("jia.test")
-    os.environ["SPIFFE_TRUST_BUNDLE"] = str(pki.write_bundle(directory))
-    return pki.xfcc(pki.leaf(CALLER))
+    return str(pki.write_bundle(directory)), pki.xfcc(pki.leaf(CALLER))
 
 
 def _seed(users: list[uuid.UUID]) -> None:
@@ -71,25 +75,30 @@ def _seed(users: list[uuid.UUID]) -> None:
     )
 
 
-def main() -> None:
-    directory = Path(tempfile.mkdtemp(prefix="bench-entitlements-"))
-    xfcc = _certificates(directory)
-    # Read by the settings of this process and of gunicorn (bench.common copies the environment).
-    os.environ.update(
-        {
-            "SERVICE_AUTH_MODE": "xfcc",
-            "SPIFFE_TRUST_DOMAIN": "jia.test",
-            "SERVICE_ALLOWLIST_ENTITLEMENTS_READ": CALLER,
-            "RATE_LIMIT_API_READ": "1000000/s",  # measure the checks, not the limiter's 429s
-            "RATE_LIMIT_INTERNAL": "1000000/s",
-        }
-    )
+def _server_time_row(figure: str, bulk: Measurement, percentile: str, limit: float) -> Row:
+    """The bulk check's server time: Server-Timing when the server sends it, else client latency."""
+    target = Target("<=", limit, on="value", unit="ms")
+    if bulk.server_timing_ms:
+        value = bulk.server_timing_ms[percentile]
+        return row("entitlements", figure, bulk, "", "ms", target=target, note="Server-Timing", value=value)
+    note = "no Server-Timing header: wrk's latency (client side, an upper bound of the server time)"
+    return row("entitlements", figure, bulk, f"{percentile}_ms", "ms", target=target, note=note)
 
-    from bench.common import gunicorn, load, setup_django
 
-    setup_django()
+@benchmark("entitlements")
+def run(ctx: Context) -> list[Row]:
     from payments_project.management.commands.mint_token import mint_token
 
+    c = ctx.config
+    bundle, xfcc = _certificates(Path(tempfile.mkdtemp(prefix="bench-entitlements-")))
+    settings = {  # for the project's server only
+        "SERVICE_AUTH_MODE": "xfcc",
+        "SPIFFE_TRUST_DOMAIN": "jia.test",
+        "SPIFFE_TRUST_BUNDLE": bundle,
+        "SERVICE_ALLOWLIST_ENTITLEMENTS_READ": CALLER,
+        "RATE_LIMIT_API_READ": "1000000/s",  # measure the checks, not the limiter's 429s
+        "RATE_LIMIT_INTERNAL": "1000000/s",
+    }
     users = [uuid.uuid4() for _ in range(USERS)]
     _seed(users)
     tokens = [f"Bearer {mint_token(user_id=user, ttl_seconds=3600)}" for user in users]
@@ -99,29 +108,43 @@ def main() -> None:
     ]
     internal = {"Content-Type": "application/json", "X-Forwarded-Client-Cert": xfcc}
 
-    def constant(n: int) -> tuple[str, str, bytes | None, dict[str, str]]:
-        return "GET", "/healthz", None, {}
+    def constant(n: int) -> Request:
+        return Request("GET", "/constant")
 
-    def single(n: int) -> tuple[str, str, bytes | None, dict[str, str]]:
-        return "GET", f"/api/v1/entitlements/{FEATURE}", None, {"Authorization": tokens[n % USERS]}
+    def single(n: int) -> Request:
+        return Request("GET", f"/api/v1/entitlements/{FEATURE}", {"Authorization": tokens[n % USERS]})
 
-    def bulk(n: int) -> tuple[str, str, bytes | None, dict[str, str]]:
-        return "POST", "/internal/v1/entitlements/check", bulk_bodies[n % len(bulk_bodies)], internal
+    def bulk(n: int) -> Request:
+        return Request("POST", "/internal/v1/entitlements/check", internal, bulk_bodies[n % len(bulk_bodies)])
 
-    print(
-        f"Entitlements, 8 concurrent clients, {SECONDS} s each, gunicorn 2 workers x 4 threads, "
-        f"{USERS} users, cache warm, {os.cpu_count()} CPUs shared with the load generator:"
-    )
-    with gunicorn() as base:
-        # Warm-up: every user's entry cached, every process and connection started.
-        load("warm-up bulk", base, bulk, seconds=3)  # the bodies cover every user
-        load("warm-up single", base, single, seconds=2)
-        print(load("baseline: bare view, constant JSON", base, constant, seconds=SECONDS).line())
-        print(load("GET /api/v1/entitlements/{key}", base, single, seconds=SECONDS).line())
-        result = load(f"POST check, {BULK} ids", base, bulk, seconds=SECONDS)
-        print(result.line())
-        print(f"{'  = user checks in bulk':<34} {result.requests * BULK / result.seconds:8.0f} checks/s")
+    runs: dict[str, Any] = {"connections": c.connections, "threads": c.wrk_threads}
+    with baseline_server(c.gunicorn) as baseline, project_server(c.gunicorn, env=settings) as project:
+        measure("warm-up", baseline, constant, count=1, seconds=c.warmup_seconds, **runs)
+        base = ctx.report(measure("bare constant-JSON view", baseline, constant, count=1, seconds=c.seconds, **runs))
+        # Warm-up: every user's entry cached (the bulk bodies cover every user), every process started.
+        measure("warm-up", project, bulk, count=len(bulk_bodies), seconds=max(3, c.warmup_seconds), **runs)
+        measure("warm-up", project, single, count=USERS, seconds=c.warmup_seconds, **runs)
+        checks = ctx.report(
+            measure("GET /api/v1/entitlements/{key}", project, single, count=USERS, seconds=c.seconds, **runs)
+        )
+        bulks = ctx.report(
+            measure(f"POST check, {BULK} ids", project, bulk, count=len(bulk_bodies), seconds=c.seconds, **runs)
+        )
 
-
-if __name__ == "__main__":
-    main()
+    name = "bare constant-JSON view"
+    rows = [
+        row(
+            "entitlements",
+            "cached check throughput",
+            checks,
+            "rps",
+            "req/s",
+            baseline=(name, base),
+            target=at_least(0.7),
+        ),
+        row("entitlements", "cached check p99", checks, "p99_ms", "ms", baseline=(name, base), target=at_most(1.5)),
+        _server_time_row(f"bulk {BULK} ids p50 server time", bulks, "p50", 20),
+        _server_time_row(f"bulk {BULK} ids p99 server time", bulks, "p99", 50),
+    ]
+    rows.append(row("entitlements", "bulk user checks", bulks, "", "checks/s", value=bulks.rps * BULK))
+    return rows

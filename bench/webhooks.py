@@ -1,94 +1,203 @@
-"""Webhook benchmark: `.venv/bin/python -m bench.webhooks` (needs PostgreSQL, RabbitMQ and Redis).
+"""Webhook benchmark (`python -m bench webhooks`; issue 17, targets 1 and 2).
 
-1. Ingestion requests/s and p50/p99 at 8 concurrent clients against gunicorn, beside a bare Django
-   view doing one INSERT, in the same run.
-2. End to end: events/s from the first POST until every event is `processed` by one real worker
-   (events are customer.updated, each for a new customer: a real billing write, audit row and all).
+1. Ingestion: `POST /webhooks/stripe/` requests/s and p99 under wrk, each request a different event
+   signed just before the run, beside the bare one-INSERT view (bench/baseline_app.py) under the same
+   gunicorn settings. The rate limiter is lifted so it never answers 429 (its Redis round trip stays).
+2. End to end: `customer.subscription.updated` events that activate a subscription of a known customer
+   (a real billing write, audit row, outbox row, entitlement refresh), POSTed once each by wrk; events/s
+   from the first POST until every one is `processed` by a real worker, beside no-op Celery tasks/s
+   through a worker of the same configuration (bench/noop_tasks.py), in the same run.
 """
 
 import json
-import os
 import time
-import urllib.request
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from bench.common import celery_worker, gunicorn, load, setup_django
+import stripe
+
+from bench.common import (
+    ROOT,
+    Server,
+    Worker,
+    baseline_server,
+    celery_worker,
+    cpu_seconds,
+    project_server,
+    purge_queues,
+)
+from bench.noop_tasks import noop_task_rate
+from bench.results import Context, Row, at_least, at_most, benchmark, row
+from bench.wrk import Request, Wrk, measure
 
 SECRET = "whsec_test_secret"  # noqa: S105 - the test settings' webhook secret
-SECONDS = 10
-END_TO_END_EVENTS = 1000
+QUEUE = "webhooks"
+MAX_RATE = 4000  # requests/s the unique-event list is sized for
+PRICE = "price_demo_family_month"  # from billing/fixtures/demo_catalog.json
+E2E_TIMEOUT = 600
 
 
-def signed_delivery(event: dict[str, object]) -> tuple[bytes, dict[str, str]]:
-    import stripe
-
-    body = json.dumps(event)
-    signature = stripe.WebhookSignature.generate_signature_header(body, SECRET)
-    return body.encode(), {"Content-Type": "application/json", "Stripe-Signature": signature}
-
-
-def customer_event(n: int) -> dict[str, object]:
-    obj = {
-        "id": f"cus_bench_{uuid.uuid4().hex[:16]}",
-        "object": "customer",
-        "email": f"bench{n}@example.com",
-        "metadata": {"user_id": str(uuid.uuid4())},
+def subscription_event(subscription_id: str, customer_id: str, *, event_id: str) -> dict[str, Any]:
+    now = int(time.time())
+    period = {"current_period_start": now, "current_period_end": now + 30 * 86400}
+    subscription = {
+        "id": subscription_id,
+        "object": "subscription",
+        "customer": customer_id,
+        "status": "active",
+        "cancel_at_period_end": False,
+        "canceled_at": None,
+        "ended_at": None,
+        "metadata": {},
+        "items": {"object": "list", "data": [{"id": f"si_{subscription_id}", "price": {"id": PRICE}, **period}]},
+        **period,
     }
     return {
-        "id": f"evt_bench_{uuid.uuid4().hex}",
+        "id": event_id,
         "object": "event",
-        "type": "customer.updated",
-        "created": int(time.time()),
-        "livemode": False,
+        "type": "customer.subscription.updated",
         "api_version": "2024-06-20",
-        "data": {"object": obj},
+        "created": now,
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "data": {"object": subscription, "previous_attributes": {"status": "incomplete"}},
     }
 
 
-def post(base: str, n: int) -> None:
-    body, headers = signed_delivery(customer_event(n))
-    request = urllib.request.Request(f"{base}/webhooks/stripe/", data=body, headers=headers)  # noqa: S310
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        response.read()
+def delivery(event: dict[str, Any]) -> Request:
+    body = json.dumps(event)
+    signature = stripe.WebhookSignature.generate_signature_header(body, SECRET)
+    headers = {"Content-Type": "application/json", "Stripe-Signature": signature}
+    return Request("POST", "/webhooks/stripe/", headers, body.encode())
 
 
-def main() -> None:
-    os.environ["RATE_LIMIT_WEBHOOK"] = "1000000/s"  # measure ingestion, not the limiter
-    setup_django()
-    from payments_project.celery import app
+def _seed_subscriptions(tag: str, count: int) -> None:
+    """Customers with an incomplete subscription each, last changed an hour ago: what the events activate."""
+    from django.core.management import call_command
+
+    from billing.models import Customer, Price, Subscription
+
+    call_command("import_catalog", str(ROOT / "billing" / "fixtures" / "demo_catalog.json"), verbosity=0)
+    price = Price.objects.select_related("plan").get(stripe_price_id=PRICE)
+    customers = Customer.objects.bulk_create(
+        Customer(user_id=uuid.uuid4(), stripe_customer_id=f"cus_{tag}_{n}") for n in range(count)
+    )
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    Subscription.objects.bulk_create(
+        Subscription(
+            customer=customer,
+            plan=price.plan,
+            price=price,
+            stripe_subscription_id=f"sub_{tag}_{n}",
+            status=Subscription.Status.INCOMPLETE,
+            stripe_updated_at=an_hour_ago,
+        )
+        for n, customer in enumerate(customers)
+    )
+
+
+def _ingestion(ctx: Context, baseline: Server, project: Server) -> list[Row]:
+    c = ctx.config
+
+    def insert(n: int) -> Request:
+        return Request("POST", "/insert", {"Content-Type": "application/json"}, b'{"n": %d}' % n)
+
+    def webhook(n: int) -> Request:  # a new event each time; its subscription is unknown (not processed here)
+        tag = uuid.uuid4().hex
+        return delivery(subscription_event(f"sub_{tag}", f"cus_{tag}", event_id=f"evt_{tag}"))
+
+    runs: dict[str, Any] = {"connections": c.connections, "threads": c.wrk_threads}
+    measure("warm-up", baseline, insert, count=1000, seconds=c.warmup_seconds, **runs)
+    base = ctx.report(measure("bare one-INSERT view", baseline, insert, count=1000, seconds=c.seconds, **runs))
+    runs["unique"] = True
+    measure("warm-up", project, webhook, count=MAX_RATE * c.warmup_seconds, seconds=c.warmup_seconds, **runs)
+    ingest = ctx.report(
+        measure("POST /webhooks/stripe/", project, webhook, count=MAX_RATE * c.seconds, seconds=c.seconds, **runs)
+    )
+    name = "bare one-INSERT view"
+    return [
+        row("webhooks", "ingestion throughput", ingest, "rps", "req/s", baseline=(name, base), target=at_least(0.7)),
+        row("webhooks", "ingestion p99", ingest, "p99_ms", "ms", baseline=(name, base), target=at_most(2.0)),
+    ]
+
+
+def _end_to_end(ctx: Context, project: Server, worker: Worker) -> dict[str, Any]:
     from webhooks.models import WebhookEvent
 
-    def webhook(n: int) -> tuple[str, str, bytes | None, dict[str, str]]:
-        body, headers = signed_delivery(customer_event(n))
-        return "POST", "/webhooks/stripe/", body, headers
+    events = ctx.config.events
+    tag = f"bench{uuid.uuid4().hex[:12]}"
+    _seed_subscriptions(tag, events)
+    WebhookEvent.objects.all().delete()  # from nothing: no rows or queued jobs of the ingestion run
+    purge_queues()
 
-    def baseline(n: int) -> tuple[str, str, bytes | None, dict[str, str]]:
-        return "POST", "/bench/baseline-insert", b'{"n": %d}' % n, {"Content-Type": "application/json"}
+    def event(n: int) -> Request:
+        return delivery(subscription_event(f"sub_{tag}_{n}", f"cus_{tag}_{n}", event_id=f"evt_{tag}_{n}"))
 
-    print(f"Ingestion, 8 concurrent clients, {SECONDS} s each, gunicorn 2 workers x 4 threads:")
-    with gunicorn() as base:
-        print(load("baseline: bare view, one INSERT", base, baseline, seconds=SECONDS).line())
-        print(load("POST /webhooks/stripe/", base, webhook, seconds=SECONDS).line())
-        # Start the end-to-end run from nothing: no rows, no queued jobs from the ingestion run.
-        WebhookEvent.objects.all().delete()
-        with app.connection_for_write() as conn:
-            conn.default_channel.queue_purge("webhooks")
+    runs = {"connections": ctx.config.connections, "threads": ctx.config.wrk_threads}
+    posting = Wrk("end-to-end POSTs", project, event, count=events, seconds=E2E_TIMEOUT, once=True, **runs)
+    cpu_before = cpu_seconds(worker.pids())
+    with posting as run:  # the clock starts with wrk, once the signed events are written
+        started = run.started
+        while (processed := WebhookEvent.objects.filter(status="processed").count()) < events:
+            # No beat here: a failed event would wait for a sweep that never comes.
+            if stuck := WebhookEvent.objects.filter(status__in=["failed", "dead", "ignored"]).first():
+                raise RuntimeError(f"event {stuck.event_id} is {stuck.status}: {stuck.last_error}")
+            if time.monotonic() - started > E2E_TIMEOUT:
+                raise RuntimeError(f"{processed} of {events} events processed within {E2E_TIMEOUT} s")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        posts = run.stop()
+    result = {
+        "name": "end to end",
+        "events": events,
+        "seconds": elapsed,
+        "rate": events / elapsed,
+        "post_errors": posts.errors,
+        "generator_cpu": posts.generator_cpu,
+        "server_cpu": (cpu_seconds(worker.pids()) - cpu_before) / elapsed,  # the worker's
+        "worker_rss_mb": worker.rss_mb(),
+    }
+    ctx.progress(f"  end to end: {events} events in {elapsed:.1f} s = {result['rate']:.1f} events/s")
+    return result
 
-        print(f"\nEnd to end, {END_TO_END_EVENTS} events, POST → processed, one worker (concurrency 1):")
-        with celery_worker("webhooks", concurrency=1):
-            started = time.monotonic()
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda n: post(base, n), range(END_TO_END_EVENTS)))
-            posted_at = time.monotonic()
-            while WebhookEvent.objects.filter(status="processed").count() < END_TO_END_EVENTS:
-                if time.monotonic() - started > 300:
-                    raise SystemExit("not all events were processed within 300 s")
-                time.sleep(0.1)
-            elapsed = time.monotonic() - started
-    print(f"  posted in {posted_at - started:.1f} s; all processed after {elapsed:.1f} s")
-    print(f"  end to end: {END_TO_END_EVENTS / elapsed:.0f} events/s")
+
+def _noop(ctx: Context, worker: Worker) -> dict[str, Any]:
+    tasks = max(ctx.config.events, 1000)
+    cpu_before = cpu_seconds(worker.pids())
+    result = noop_task_rate(node=worker.node, queue=QUEUE, tasks=tasks)
+    result["server_cpu"] = (cpu_seconds(worker.pids()) - cpu_before) / result["seconds"]
+    result["worker_rss_mb"] = worker.rss_mb()
+    ctx.progress(f"  no-op tasks: {result['tasks']} in {result['seconds']:.2f} s = {result['rate']:.0f} tasks/s")
+    return result
 
 
-if __name__ == "__main__":
-    main()
+@benchmark("webhooks")
+def run(ctx: Context) -> list[Row]:
+    c = ctx.config
+    limits = {"RATE_LIMIT_WEBHOOK": "1000000/s"}  # measure ingestion, not the limiter's 429s
+    with baseline_server(c.gunicorn) as baseline, project_server(c.gunicorn, env=limits) as project:
+        rows = _ingestion(ctx, baseline, project)
+        purge_queues()
+        with celery_worker([QUEUE], c.worker, include=["bench.noop_tasks"]) as worker:
+            noop = _noop(ctx, worker)
+            e2e = _end_to_end(ctx, project, worker)
+    purge_queues()  # what processing queued for queues no worker here consumes (outbox, default)
+    note = f"{e2e['post_errors']} POSTs answered with an error" if e2e["post_errors"] else ""
+    rows.append(
+        Row(
+            "webhooks",
+            "end to end (POST → processed)",
+            e2e["rate"],
+            "events/s",
+            baseline="no-op Celery task",
+            baseline_value=noop["rate"],
+            baseline_unit="tasks/s",
+            target=at_least(0.3),
+            note=note,
+            measurement=e2e,
+            baseline_measurement=noop,
+        )
+    )
+    return rows
