@@ -10,12 +10,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic
+from typing import Any, Generic, TypeVar
 
 from django.conf import settings
 
 from billing.errors import RequestInProgress
-from billing.services._shared import M, update_fields
+from billing.models import Order, Refund
+from billing.services._shared import update_fields
+
+Leased = TypeVar("Leased", Order, Refund)
 
 
 def lease_expiry(now: datetime) -> datetime:
@@ -27,33 +30,32 @@ def lease_expiry(now: datetime) -> datetime:
 
 
 @dataclass(frozen=True)
-class Lease(Generic[M]):
+class Lease(Generic[Leased]):
     """How one model's rows are leased: the status they hold while their holder talks to Stripe."""
 
-    model: type[M]
+    model: type[Leased]
     in_flight: str
     what: str  # named in the 409 a waiting request gets
     related: tuple[str, ...] = field(default=())  # loaded with the row a waiting request returns
 
-    def take(self, row: M, *, now: datetime, retry: bool = False, reset: Mapping[str, Any] | None = None) -> bool:
+    def take(self, row: Leased, *, now: datetime, retry: bool = False, reset: Mapping[str, Any] | None = None) -> bool:
         """Take over the locked row when its holder died (still in flight, lease run out), or when
         `retry` says its failure may have passed; `reset` clears what that attempt left. Returns
         whether this request now holds the lease."""
-        status, lease_until = getattr(row, "status"), getattr(row, "lease_until")  # noqa: B009 (any leased model)
-        abandoned = status == self.in_flight and (lease_until is None or lease_until < now)
+        abandoned = row.status == self.in_flight and (row.lease_until is None or row.lease_until < now)
         if not (abandoned or retry):
             return False
         update_fields(row, {**(reset or {}), "status": self.in_flight, "lease_until": lease_expiry(now)})
         return True
 
-    def outcome(self, row: M, *, holds: bool, call: Callable[[M], M]) -> M:
+    def outcome(self, row: Leased, *, holds: bool, call: Callable[[Leased], Leased]) -> Leased:
         """The holder makes the call; any other request waits while the row is in flight, then
         returns it as the holder left it (or answers 409 with Retry-After if that takes too long)."""
         if holds:
             return call(row)
         deadline = time.monotonic() + settings.BILLING_IN_FLIGHT_WAIT_SECONDS
         delay = 0.02
-        while getattr(row, "status") == self.in_flight:  # noqa: B009
+        while row.status == self.in_flight:
             if time.monotonic() >= deadline:
                 raise RequestInProgress(f"The {self.what} with this key is still being processed; retry shortly")
             time.sleep(delay)
