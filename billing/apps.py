@@ -6,6 +6,7 @@ class BillingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Here, not at the top: personal_data imports the models, which only load once the registry is ready.
         from billing.personal_data import PROVIDER
         from gdpr.registry import register
 

@@ -33,8 +33,3 @@ def subscription_list_for_user(*, user_id: uuid.UUID) -> QuerySet[Subscription]:
 
 def payment_list_for_user(*, user_id: uuid.UUID) -> QuerySet[Payment]:
     return Payment.objects.filter(customer__user_id=user_id).order_by("-created_at")
-
-
-def subscription_entitling_for_user(*, user_id: uuid.UUID) -> QuerySet[Subscription]:
-    """Subscriptions that grant their plan's features now (entitlements reads this)."""
-    return subscription_list_for_user(user_id=user_id).filter(status__in=Subscription.ENTITLING)

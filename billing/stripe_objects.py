@@ -2,7 +2,8 @@
 
 Stripe moved fields between versions (a subscription's periods onto its items, an invoice's payment
 intent into `payments`, its subscription into `parent`); these helpers look in every place, so the
-services read one shape. Nothing here touches the database.
+services read one shape. Stripe's statuses become ours here, once, for the webhook services and
+reconciliation alike. Nothing here touches the database.
 """
 
 import uuid
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billing.errors import StripeObjectInvalid
+from billing.models import PaymentStatus, RefundStatus
 
 StripeObject = Mapping[str, Any]
 
@@ -117,3 +119,49 @@ def invoice_payment_intent_id(invoice: StripeObject) -> str | None:
 
 def expanded(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
+
+
+# Every PaymentIntent status Stripe documents (docs.stripe.com/payments/intents#intent-statuses).
+# An intent goes back to requires_payment_method when an attempt fails, with last_payment_error set.
+_PAYMENT_INTENT_STATUSES = {
+    "requires_payment_method": PaymentStatus.PENDING,
+    "requires_confirmation": PaymentStatus.PENDING,
+    "requires_action": PaymentStatus.PENDING,
+    "processing": PaymentStatus.PENDING,
+    "requires_capture": PaymentStatus.PENDING,  # authorised, not captured yet
+    "canceled": PaymentStatus.CANCELED,
+    "succeeded": PaymentStatus.SUCCEEDED,
+}
+
+
+def payment_intent_status(intent: StripeObject) -> PaymentStatus:
+    """Our payment's status for a PaymentIntent; a status Stripe does not document is bad data, never
+    guessed (a guess would let reconciliation 'fix' a payment to it)."""
+    status = intent.get("status")
+    if status not in _PAYMENT_INTENT_STATUSES:
+        raise StripeObjectInvalid(f"payment intent status {status!r} is unknown")
+    if status == "requires_payment_method" and intent.get("last_payment_error"):
+        return PaymentStatus.FAILED
+    return _PAYMENT_INTENT_STATUSES[status]
+
+
+def invoice_payment_status(invoice: StripeObject) -> PaymentStatus:
+    """Our payment's status for an invoice: an open invoice Stripe already tried to collect has failed."""
+    status = invoice.get("status")
+    if status == "paid":
+        return PaymentStatus.SUCCEEDED
+    if status == "uncollectible" or (status == "open" and invoice.get("attempted")):
+        return PaymentStatus.FAILED
+    if status == "void":
+        return PaymentStatus.CANCELED
+    if status in ("draft", "open"):
+        return PaymentStatus.PENDING
+    raise StripeObjectInvalid(f"invoice status {status!r} is unknown")
+
+
+def refund_status(refund: StripeObject) -> RefundStatus:
+    """Our refund's status: Stripe's own (`requested` is ours alone, before Stripe has the refund)."""
+    status = refund.get("status")
+    if status not in RefundStatus.values or status == RefundStatus.REQUESTED:
+        raise StripeObjectInvalid(f"refund status {status!r} is unknown")
+    return RefundStatus(status)

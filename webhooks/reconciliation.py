@@ -27,7 +27,13 @@ from prometheus_client import Gauge
 from billing import gateway
 from billing import services as billing
 from billing import stripe_objects as so
-from billing.errors import StripeNotConfigured, StripeRateLimited, StripeRequestFailed, StripeUnavailable
+from billing.errors import (
+    StripeNotConfigured,
+    StripeObjectInvalid,
+    StripeRateLimited,
+    StripeRequestFailed,
+    StripeUnavailable,
+)
 from billing.models import Payment, Subscription
 from gdpr import audit
 from webhooks.models import Discrepancy, SyncCursor
@@ -42,8 +48,9 @@ OPEN_DISCREPANCIES = Gauge(
     multiprocess_mode="max",
 )
 Kind = Discrepancy.Kind
-# What a comparison shrugs off for one object (it is compared again on the next run).
-STRIPE_ERRORS = (StripeUnavailable, StripeRateLimited, StripeNotConfigured, StripeRequestFailed)
+# What a comparison shrugs off for one object, Stripe out of reach or an object we cannot read (it is
+# compared again on the next run).
+STRIPE_ERRORS = (StripeUnavailable, StripeRateLimited, StripeNotConfigured, StripeRequestFailed, StripeObjectInvalid)
 
 
 # --- gap-filling --------------------------------------------------------------------------------
@@ -256,7 +263,7 @@ def _check_payment(payment: Payment) -> _Checked:
     if intent is not None:
         pairs[Kind.PAYMENT_AMOUNT] = (payment.amount, intent.get("amount"))
         if payment.status != Payment.Status.DISPUTED:  # a dispute is ours to know; Stripe still says succeeded
-            pairs[Kind.PAYMENT_STATUS] = (payment.status, _payment_status(intent))
+            pairs[Kind.PAYMENT_STATUS] = (payment.status, so.payment_intent_status(intent))
     if charge is not None:
         pairs[Kind.PAYMENT_REFUNDED_AMOUNT] = (payment.refunded_amount, charge.get("amount_refunded", 0))
 
@@ -277,17 +284,6 @@ def _check_payment(payment: Payment) -> _Checked:
         fixable=frozenset({Kind.PAYMENT_STATUS, Kind.PAYMENT_REFUNDED_AMOUNT}),
         apply=apply,
     )
-
-
-def _payment_status(intent: Mapping[str, Any]) -> str:
-    status = intent.get("status")
-    if status == "succeeded":
-        return Payment.Status.SUCCEEDED
-    if status == "canceled":
-        return Payment.Status.CANCELED
-    if status in ("requires_payment_method",) and intent.get("last_payment_error"):
-        return Payment.Status.FAILED
-    return Payment.Status.PENDING
 
 
 @transaction.atomic(durable=True)

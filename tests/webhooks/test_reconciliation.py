@@ -285,3 +285,21 @@ def test_finance_resyncs_from_stripe_from_the_admin(stripe_api: FakeStripeApi) -
     assert Payment.objects.get(id=payment.id).status == "succeeded"
     assert Discrepancy.objects.get(id=discrepancy.id).resolution == "fixed_from_stripe"
     assert AuditEvent.objects.filter(action="reconciliation.resynced", actor_type="staff").count() == 1
+
+
+def test_an_intent_in_a_status_stripe_does_not_document_is_reported_not_guessed_and_the_run_goes_on(
+    stripe_api: FakeStripeApi,
+) -> None:
+    # given: one intent we cannot read (the webhook services refuse it too), one payment to fix
+    unreadable, refunded = PaymentFactory(amount=2000), PaymentFactory(amount=2000)
+    payment_objects(stripe_api, unreadable, refunded=0)
+    stripe_api.objects[unreadable.stripe_payment_intent_id]["status"] = "requires_source"  # type: ignore[index]
+    payment_objects(stripe_api, refunded, refunded=500)
+
+    result = state_compare()
+
+    assert [line.split(":")[0] for line in result.unreachable] == [str(unreadable.id)]
+    assert "payment intent status 'requires_source' is unknown" in result.unreachable[0]
+    assert Payment.objects.get(id=unreadable.id).status == "succeeded"
+    assert not Discrepancy.objects.filter(object_id=unreadable.id).exists()
+    assert Payment.objects.get(id=refunded.id).refunded_amount == 500

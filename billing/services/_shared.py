@@ -1,0 +1,110 @@
+"""What billing's services share: changing a row, applying a Stripe version, finding customers, auditing."""
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+from django.db import IntegrityError, models, transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from billing import stripe_objects as so
+from billing.models import Customer
+from gdpr import audit
+
+M = TypeVar("M", bound=models.Model)
+STRIPE_ACTOR = "stripe"
+VERSION = "stripe_updated_at"
+
+
+def update_fields(obj: models.Model, values: Mapping[str, Any]) -> list[str]:
+    """Set the values that differ and save only those (never overwriting a concurrent change to another
+    column); returns the names of the fields that changed."""
+    changed = [name for name, value in values.items() if getattr(obj, name) != value]
+    if changed:
+        for name in changed:
+            setattr(obj, name, values[name])
+        obj.updated_at = timezone.now()  # type: ignore[attr-defined]
+        obj.save(update_fields=[*changed, "updated_at"])
+    return changed
+
+
+def apply_stripe_version(obj: models.Model, values: Mapping[str, Any], *, event_created: datetime | None) -> list[str]:
+    """Bring our row to one version of a Stripe object; returns the fields that changed besides the version.
+
+    Stripe delivers events out of order, so the row remembers the creation time of the event it last
+    applied: an older version changes nothing (an empty list, as does a replay of the same version).
+    `event_created=None` is an object Stripe answered our own call with: it has no event time, so it is
+    applied without a version.
+    """
+    if event_created is None:
+        return update_fields(obj, values)
+    applied: datetime | None = getattr(obj, VERSION)
+    if applied is not None and event_created < applied:
+        return []
+    changed = update_fields(obj, {**values, VERSION: event_created})
+    return [name for name in changed if name != VERSION]
+
+
+def create_or_lock(model: type[M], lookup: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[M, bool]:
+    """INSERT, or lock the row a concurrent writer inserted first (the unique constraint decides)."""
+    try:
+        with transaction.atomic():
+            return model._default_manager.create(**lookup, **defaults), True
+    except IntegrityError:
+        return model._default_manager.select_for_update().get(**lookup), False
+
+
+def customer_get_or_create(*, user_id: uuid.UUID, email: str = "") -> Customer:
+    customer, created = Customer.objects.get_or_create(user_id=user_id, defaults={"email": email})
+    if not created and email and not customer.email:
+        update_fields(customer, {"email": email})
+    return customer
+
+
+def customer_for_stripe(customer_ref: Any, *, fallback_user_id: uuid.UUID | None = None) -> Customer | None:
+    """Our customer for a Stripe customer (id or expanded object), linking it when the Stripe
+    customer — or, failing that, the object itself — names the user in metadata.user_id."""
+    stripe_customer_id = so.stripe_id(customer_ref)
+    if stripe_customer_id:
+        found = Customer.objects.filter(stripe_customer_id=stripe_customer_id).first()
+        if found is not None:
+            return found
+    user_id = so.metadata_uuid(so.expanded(customer_ref), "user_id") or fallback_user_id
+    if user_id is None:
+        return None
+    customer = customer_get_or_create(user_id=user_id)
+    if stripe_customer_id and customer.stripe_customer_id is None:
+        customer_link_stripe(customer, stripe_customer_id=stripe_customer_id)
+    return customer
+
+
+def customer_link_stripe(customer: Customer, *, stripe_customer_id: str) -> None:
+    """Link the Stripe customer unless a concurrent writer linked one first (first write wins)."""
+    Customer.objects.filter(pk=customer.pk, stripe_customer_id__isnull=True).update(
+        stripe_customer_id=stripe_customer_id, updated_at=timezone.now()
+    )
+    customer.refresh_from_db(fields=["stripe_customer_id"])
+
+
+def audit_record(
+    action: audit.AuditAction,
+    *,
+    target_type: str,
+    target_id: Any,
+    metadata: Mapping[str, Any],
+    actor_type: audit.ActorType = audit.ActorType.PROVIDER,
+    actor_id: str = STRIPE_ACTOR,
+    request: HttpRequest | None = None,
+) -> None:
+    """An audit entry; by default Stripe is the actor (what the webhook services apply)."""
+    audit.record(
+        action=action,
+        actor_type=actor_type,
+        actor_id=actor_id,
+        target_type=target_type,
+        target_id=str(target_id),
+        metadata=metadata,
+        request=request,
+    )

@@ -1,0 +1,263 @@
+"""Checkout: an order per (customer, Idempotency-Key), and its Stripe Checkout session.
+
+Stripe is called between two durable transactions: the order (with its lease) is committed first, the
+session or the failure after.
+"""
+
+import contextlib
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from billing import gateway
+from billing import stripe_objects as so
+from billing.errors import (
+    CardDeclined,
+    IdempotencyKeyReused,
+    StripeNotConfigured,
+    StripeRateLimited,
+    StripeRequestFailed,
+    StripeUnavailable,
+)
+from billing.models import Customer, Order, Price
+from billing.services._leases import Lease, lease_expiry
+from billing.services._shared import (
+    audit_record,
+    create_or_lock,
+    customer_get_or_create,
+    customer_link_stripe,
+    update_fields,
+)
+from gdpr import audit
+from payments_project.errors import ApplicationError, ValidationFailed
+from tasks.outbox import emit
+
+ORDER_LEASE = Lease(Order, in_flight=Order.Status.PENDING, what="checkout", related=("customer",))
+# A failure that a later attempt may not meet: a replay with the same key tries Stripe again.
+_RETRYABLE_FAILURES = {StripeUnavailable.code, StripeRateLimited.code, StripeNotConfigured.code}
+_REPLAYED_FAILURES: dict[str, type[ApplicationError]] = {
+    CardDeclined.code: CardDeclined,
+    StripeRequestFailed.code: StripeRequestFailed,
+}
+
+
+@dataclass(frozen=True)
+class CheckoutResult:
+    order: Order
+    created: bool  # this request made the order (201), or it replays an earlier one (200)
+
+
+def checkout_fingerprint(*, price_id: uuid.UUID, success_url: str, cancel_url: str) -> str:
+    """What 'the same request' means for an Idempotency-Key: the canonical body."""
+    body = {"price_id": str(price_id), "success_url": success_url, "cancel_url": cancel_url}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def order_start_checkout(
+    *,
+    user_id: uuid.UUID,
+    email: str,
+    price_id: uuid.UUID,
+    success_url: str,
+    cancel_url: str,
+    idempotency_key: str,
+    request: HttpRequest | None = None,
+) -> CheckoutResult:
+    """Start (or replay) the checkout of one price: one order per (customer, Idempotency-Key).
+
+    The order is committed before Stripe is called, and its outcome after: a Stripe failure marks it
+    failed and raises the mapped error. Concurrent identical requests make one order and one session:
+    only the holder of the order's lease calls Stripe; the others wait for its outcome.
+    """
+    if not gateway.is_configured():
+        raise StripeNotConfigured()  # before writing anything: no order can get a session now
+    price = Price.objects.select_related("plan").filter(pk=price_id, active=True, plan__active=True).first()
+    if price is None:
+        raise ValidationFailed(
+            "No active price has this id", errors=[{"field": "price_id", "message": "No active price has this id"}]
+        )
+    fingerprint = checkout_fingerprint(price_id=price_id, success_url=success_url, cancel_url=cancel_url)
+    order, created, holds_lease = _order_record_intent(
+        user_id=user_id,
+        email=email,
+        price=price,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
+    )
+    order = ORDER_LEASE.outcome(
+        order,
+        holds=holds_lease,
+        call=lambda held: _order_call_stripe(order=held, price=price, email=email, request=request),
+    )
+    if order.status == Order.Status.FAILED:
+        raise _REPLAYED_FAILURES.get(order.failure_code, StripeRequestFailed)(order.failure_message or None)
+    return CheckoutResult(order=order, created=created)
+
+
+@transaction.atomic(durable=True)
+def _order_record_intent(
+    *,
+    user_id: uuid.UUID,
+    email: str,
+    price: Price,
+    success_url: str,
+    cancel_url: str,
+    idempotency_key: str,
+    fingerprint: str,
+) -> tuple[Order, bool, bool]:
+    """Insert the order with a lease, or find the one this key made; returns (order, created, holds_lease)."""
+    customer = customer_get_or_create(user_id=user_id, email=email)
+    now = timezone.now()
+    order, created = create_or_lock(
+        Order,
+        {"customer": customer, "idempotency_key": idempotency_key},
+        {
+            "price": price,
+            "amount": price.unit_amount,
+            "currency": price.currency,
+            "request_fingerprint": fingerprint,
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "lease_until": lease_expiry(now),
+        },
+    )
+    if created:
+        return order, True, True
+    if order.request_fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used with another request body; use a new key for a new checkout"
+        )
+    # Its holder died, or it failed for a reason that may have passed: this request tries again.
+    holds_lease = ORDER_LEASE.take(
+        order,
+        now=now,
+        retry=order.status == Order.Status.FAILED and order.failure_code in _RETRYABLE_FAILURES,
+        reset={"failure_code": "", "failure_message": ""},
+    )
+    return order, False, holds_lease
+
+
+def _order_call_stripe(*, order: Order, price: Price, email: str, request: HttpRequest | None) -> Order:
+    try:
+        stripe_customer_id = _stripe_customer_ensure(customer=order.customer, email=email)
+        session = gateway.checkout_session_create(
+            order_id=str(order.id),
+            user_id=str(order.customer.user_id),
+            stripe_customer_id=stripe_customer_id,
+            stripe_price_id=price.stripe_price_id,
+            recurring=price.is_recurring,
+            success_url=order.success_url,
+            cancel_url=order.cancel_url,
+        )
+        session_id, url = so.stripe_id(session.get("id")), session.get("url")
+        if not session_id or not isinstance(url, str) or not url:
+            raise StripeRequestFailed("Stripe answered without a checkout session id and URL")
+    except ApplicationError as error:
+        _order_record_failure(order_id=order.id, code=error.code, message=error.detail, request=request)
+        raise
+    except Exception:
+        _order_record_failure(order_id=order.id, code="internal_error", message="Checkout failed", request=request)
+        raise
+    return _order_record_session(order_id=order.id, session_id=session_id, url=url, request=request)
+
+
+def orders_resolve_abandoned(*, limit: int = 100) -> int:
+    """Finish checkouts whose request died between writing the order and recording Stripe's answer.
+
+    Such an order stays `pending` after its lease expires. Calling Stripe again with the order's
+    idempotency key returns the session Stripe may already have made (or makes the one it did not),
+    so every order ends `open` with a session or `failed` with a reason. Returns how many it settled.
+    """
+    settled = 0
+    for order_id in Order.objects.filter(status=Order.Status.PENDING, lease_until__lt=timezone.now()).values_list(
+        "id", flat=True
+    )[:limit]:
+        order = _order_take_over_abandoned(order_id=order_id)
+        if order is None:
+            continue  # a retry of the request, or another sweeper, took it first
+        with contextlib.suppress(ApplicationError):  # a failure is recorded on the order, with its reason
+            _order_call_stripe(order=order, price=order.price, email=order.customer.email, request=None)
+        settled += 1
+    return settled
+
+
+@transaction.atomic(durable=True)
+def _order_take_over_abandoned(*, order_id: uuid.UUID) -> Order | None:
+    order = Order.objects.select_for_update(of=("self",)).select_related("price", "customer").get(pk=order_id)
+    return order if ORDER_LEASE.take(order, now=timezone.now()) else None
+
+
+def _stripe_customer_ensure(*, customer: Customer, email: str) -> str:
+    """The customer's Stripe id, creating the Stripe customer (metadata.user_id) the first time."""
+    if customer.stripe_customer_id:
+        return customer.stripe_customer_id
+    created = gateway.customer_create(email=email, user_id=str(customer.user_id), customer_id=str(customer.id))
+    stripe_customer_id = so.stripe_id(created.get("id"))
+    if not stripe_customer_id:
+        raise StripeRequestFailed("Stripe answered without a customer id")
+    with transaction.atomic(durable=True):
+        # The idempotency key makes a concurrent creator get the same Stripe customer.
+        customer_link_stripe(customer, stripe_customer_id=stripe_customer_id)
+    return customer.stripe_customer_id or stripe_customer_id
+
+
+def _order_audit(
+    order: Order, action: audit.AuditAction, metadata: dict[str, Any], request: HttpRequest | None
+) -> None:
+    audit_record(
+        action,
+        actor_type=audit.ActorType.USER,
+        actor_id=str(order.customer.user_id),
+        target_type="order",
+        target_id=order.id,
+        metadata=metadata,
+        request=request,
+    )
+
+
+@transaction.atomic(durable=True)
+def _order_record_session(*, order_id: uuid.UUID, session_id: str, url: str, request: HttpRequest | None) -> Order:
+    order = Order.objects.select_for_update().select_related("customer", "price__plan").get(pk=order_id)
+    values: dict[str, Any] = {"stripe_session_id": session_id, "checkout_url": url, "lease_until": None}
+    if order.status == Order.Status.PENDING:  # a fast webhook may already have completed it
+        values["status"] = Order.Status.OPEN
+    if "stripe_session_id" in update_fields(order, values):
+        plan = order.price.plan.code
+        _order_audit(
+            order,
+            audit.AuditAction.ORDER_CREATED,
+            {"plan": plan, "amount": order.amount, "currency": order.currency},
+            request,
+        )
+        emit(
+            "order.created",
+            f"order:{order.id}",
+            {
+                "order_id": str(order.id),
+                "user_id": str(order.customer.user_id),
+                "plan": plan,
+                "price_id": str(order.price_id),
+                "amount": order.amount,
+                "currency": order.currency,
+            },
+        )
+    return order
+
+
+@transaction.atomic(durable=True)
+def _order_record_failure(*, order_id: uuid.UUID, code: str, message: str, request: HttpRequest | None) -> None:
+    order = Order.objects.select_for_update().select_related("customer").get(pk=order_id)
+    if order.status != Order.Status.PENDING:
+        return
+    update_fields(
+        order, {"status": Order.Status.FAILED, "failure_code": code, "failure_message": message, "lease_until": None}
+    )
+    _order_audit(order, audit.AuditAction.ORDER_FAILED, {"code": code}, request)

@@ -1,0 +1,426 @@
+"""What Stripe tells us, applied: the services behind the webhook handlers and reconciliation.
+
+Each takes a Stripe object and the creation time of the event that carried it, runs inside the
+caller's transaction (the webhook processor's; not durable), is idempotent, ignores a version older
+than the one applied (`apply_stripe_version`) and returns the ids of the users whose billing state
+changed.
+"""
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from billing import stripe_objects as so
+from billing.errors import StripeObjectInvalid
+from billing.models import Customer, Order, Payment, Price, Refund, Subscription
+from billing.services._shared import (
+    STRIPE_ACTOR,
+    apply_stripe_version,
+    audit_record,
+    create_or_lock,
+    customer_for_stripe,
+    update_fields,
+)
+from billing.services.refunds import payment_refresh_refunded, refund_apply_stripe, refund_succeeded
+from billing.services.subscriptions import subscription_event_data, subscription_event_type
+from gdpr import audit
+from tasks.errors import TransientError
+from tasks.outbox import emit
+
+# --- customers -----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def customer_upsert_from_stripe(*, stripe_customer: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
+    """customer.created / customer.updated: link a Stripe customer naming our user, keep its email."""
+    if stripe_customer.get("deleted"):
+        return customer_delete_from_stripe(stripe_customer=stripe_customer, event_created=event_created)
+    stripe_customer_id = so.required_id(stripe_customer, "customer")
+    customer = customer_for_stripe(stripe_customer)
+    if customer is None:
+        return set()  # not one of ours: no metadata.user_id and never linked
+    customer = Customer.objects.select_for_update().get(pk=customer.pk)
+    values: dict[str, Any] = {}
+    email = stripe_customer.get("email")
+    if isinstance(email, str) and email:
+        values["email"] = email
+    if customer.stripe_customer_id is None:
+        values["stripe_customer_id"] = stripe_customer_id
+    changed = apply_stripe_version(customer, values, event_created=event_created)
+    if not changed:
+        return set()
+    audit_record(
+        audit.AuditAction.CUSTOMER_UPDATED,
+        target_type="customer",
+        target_id=customer.id,
+        metadata={"stripe_customer_id": stripe_customer_id, "fields": changed},
+    )
+    return {customer.user_id}
+
+
+@transaction.atomic
+def customer_delete_from_stripe(*, stripe_customer: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
+    """customer.deleted: remember that Stripe deleted it (its subscriptions end by their own events)."""
+    stripe_customer_id = so.required_id(stripe_customer, "customer")
+    customer = Customer.objects.select_for_update().filter(stripe_customer_id=stripe_customer_id).first()
+    if customer is None or customer.stripe_deleted_at:
+        return set()
+    if not apply_stripe_version(customer, {"stripe_deleted_at": event_created}, event_created=event_created):
+        return set()
+    audit_record(
+        audit.AuditAction.CUSTOMER_DELETED,
+        target_type="customer",
+        target_id=customer.id,
+        metadata={"stripe_customer_id": stripe_customer_id},
+    )
+    return {customer.user_id}
+
+
+# --- orders --------------------------------------------------------------------------------------
+
+
+def _order_for_session(session: so.StripeObject) -> Order | None:
+    order_id = so.metadata_uuid(session, "order_id")
+    if order_id is None and session.get("client_reference_id"):
+        try:
+            order_id = uuid.UUID(str(session["client_reference_id"]))
+        except ValueError as exc:
+            raise StripeObjectInvalid("client_reference_id is not one of our order ids") from exc
+    session_id = so.required_id(session, "checkout session")
+    query = Order.objects.select_for_update().select_related("customer")
+    order = query.filter(pk=order_id).first() if order_id else query.filter(stripe_session_id=session_id).first()
+    if order is None and order_id is not None:
+        raise StripeObjectInvalid(f"checkout session {session_id} names order {order_id}, which does not exist")
+    return order
+
+
+@transaction.atomic
+def order_complete_from_stripe(*, session: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
+    """checkout.session.completed: the order is completed, and the ids Checkout made are recorded."""
+    order = _order_for_session(session)
+    if order is None:
+        return set()  # a session that did not come from our checkout (a payment link, the dashboard)
+    if so.stripe_id(session.get("customer")):
+        customer_for_stripe(session.get("customer"), fallback_user_id=order.customer.user_id)
+    values: dict[str, Any] = {
+        "status": Order.Status.COMPLETED,
+        "stripe_session_id": so.required_id(session, "checkout session"),
+        "stripe_subscription_id": so.stripe_id(session.get("subscription")) or order.stripe_subscription_id,
+        "stripe_payment_intent_id": so.stripe_id(session.get("payment_intent")) or order.stripe_payment_intent_id,
+        "lease_until": None,
+    }
+    if order.completed_at is None:
+        values["completed_at"] = event_created
+    changed = apply_stripe_version(order, values, event_created=event_created)
+    return {order.customer.user_id} if changed else set()
+
+
+@transaction.atomic
+def order_expire_from_stripe(*, session: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
+    """checkout.session.expired: the checkout URL is dead; the client must start a new checkout."""
+    order = _order_for_session(session)
+    if order is None or order.status == Order.Status.COMPLETED:
+        return set()
+    changed = apply_stripe_version(
+        order, {"status": Order.Status.EXPIRED, "lease_until": None}, event_created=event_created
+    )
+    return {order.customer.user_id} if "status" in changed else set()
+
+
+# --- subscriptions -------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
+    """customer.subscription.created / updated / deleted: our row follows Stripe's object."""
+    stripe_subscription_id = so.required_id(stripe_subscription, "subscription")
+    status = stripe_subscription.get("status")
+    if status not in Subscription.Status.values:
+        raise StripeObjectInvalid(f"subscription {stripe_subscription_id} has an unknown status {status!r}")
+    stripe_price_id = so.subscription_price_id(stripe_subscription)
+    if not stripe_price_id:
+        raise StripeObjectInvalid(f"subscription {stripe_subscription_id} has no price")
+    price = Price.objects.select_related("plan").filter(stripe_price_id=stripe_price_id).first()
+    if price is None:
+        raise StripeObjectInvalid(
+            f"subscription {stripe_subscription_id} is for price {stripe_price_id}, which is not in our catalog "
+            "(import it, then replay the event)"
+        )
+    customer = customer_for_stripe(
+        stripe_subscription.get("customer"), fallback_user_id=so.metadata_uuid(stripe_subscription, "user_id")
+    )
+    if customer is None:
+        # Its customer.created (with metadata.user_id) may simply not have been processed yet.
+        raise TransientError(f"subscription {stripe_subscription_id}'s customer is not known yet")
+    period_start, period_end = so.subscription_period(stripe_subscription)
+    values: dict[str, Any] = {
+        "customer": customer,
+        "plan": price.plan,
+        "price": price,
+        "status": status,
+        "current_period_start": period_start,
+        "current_period_end": period_end,
+        "cancel_at_period_end": bool(stripe_subscription.get("cancel_at_period_end")),
+        "canceled_at": so.timestamp(stripe_subscription.get("canceled_at")),
+        "ended_at": so.timestamp(stripe_subscription.get("ended_at")),
+    }
+    subscription, created = create_or_lock(
+        Subscription,
+        {"stripe_subscription_id": stripe_subscription_id},
+        {**values, "stripe_updated_at": event_created},
+    )
+    was_status = None if created else subscription.status
+    if not created and not apply_stripe_version(subscription, values, event_created=event_created):
+        return set()
+    event_type = subscription_event_type(was_status, subscription.status)
+    audit_record(
+        audit.AuditAction.SUBSCRIPTION_UPDATED,
+        target_type="subscription",
+        target_id=subscription.id,
+        metadata={"stripe_subscription_id": stripe_subscription_id, "status": subscription.status, "event": event_type},
+    )
+    emit(event_type, f"subscription:{subscription.id}", subscription_event_data(subscription, customer.user_id))
+    return {customer.user_id}
+
+
+# --- payments ------------------------------------------------------------------------------------
+
+
+def _payment_locate(*, payment_intent_id: str | None, invoice_id: str | None) -> Payment | None:
+    query = Payment.objects.select_for_update().select_related("customer")
+    if payment_intent_id:
+        found = query.filter(stripe_payment_intent_id=payment_intent_id).first()
+        if found is not None:
+            return found
+    return query.filter(stripe_invoice_id=invoice_id).first() if invoice_id else None
+
+
+def _payment_upsert(
+    *,
+    customer: Customer,
+    payment_intent_id: str | None,
+    invoice_id: str | None,
+    values: dict[str, Any],
+    created_at: datetime | None,
+    event_created: datetime,
+) -> set[uuid.UUID]:
+    payment = _payment_locate(payment_intent_id=payment_intent_id, invoice_id=invoice_id)
+    references = {"stripe_payment_intent_id": payment_intent_id, "stripe_invoice_id": invoice_id}
+    if payment is None:
+        lookup = (
+            {"stripe_payment_intent_id": payment_intent_id} if payment_intent_id else {"stripe_invoice_id": invoice_id}
+        )
+        payment, created = create_or_lock(
+            Payment,
+            lookup,
+            {
+                **{k: v for k, v in references.items() if k not in lookup},
+                **values,
+                "customer": customer,
+                "stripe_updated_at": event_created,
+                "created_at": created_at or timezone.now(),
+            },
+        )
+        if created:
+            _payment_recorded(payment, was=None)
+            return {customer.user_id}
+    if payment.status == Payment.Status.DISPUTED:
+        values.pop("status", None)  # a dispute outranks any later replay of the payment's success
+    # Only fill references we lacked: an invoice event never unlinks the intent, nor the reverse.
+    values.update({k: v for k, v in references.items() if v and not getattr(payment, k)})
+    if values.get("stripe_charge_id") is None or payment.stripe_charge_id:
+        values.pop("stripe_charge_id", None)
+    return _payment_apply(payment, values, event_created=event_created)
+
+
+def _payment_apply(payment: Payment, values: Mapping[str, Any], *, event_created: datetime) -> set[uuid.UUID]:
+    was = payment.status
+    if not apply_stripe_version(payment, values, event_created=event_created):
+        return set()
+    _payment_recorded(payment, was=was)
+    return {payment.customer.user_id}
+
+
+def _payment_recorded(payment: Payment, *, was: str | None) -> None:
+    audit_record(
+        audit.AuditAction.PAYMENT_RECORDED,
+        target_type="payment",
+        target_id=payment.id,
+        metadata={"status": payment.status, "amount": payment.amount, "currency": payment.currency},
+    )
+    if payment.status == was:
+        return
+    event_type = {Payment.Status.SUCCEEDED: "payment.succeeded", Payment.Status.FAILED: "payment.failed"}.get(
+        Payment.Status(payment.status)
+    )
+    if event_type:
+        emit(
+            event_type,
+            f"payment:{payment.id}",
+            {
+                "payment_id": str(payment.id),
+                "user_id": str(payment.customer.user_id),
+                "amount": payment.amount,
+                "currency": payment.currency,
+                "status": payment.status,
+                "failure_code": payment.failure_code,
+                "subscription_id": str(payment.subscription_id) if payment.subscription_id else None,
+            },
+        )
+
+
+@transaction.atomic
+def payment_record_from_invoice(*, invoice: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
+    """invoice.paid / invoice.payment_succeeded / invoice.payment_failed: the invoice's payment."""
+    invoice_id = so.required_id(invoice, "invoice")
+    status = so.invoice_payment_status(invoice)
+    paid = status == Payment.Status.SUCCEEDED
+    total = so.amount(invoice, "amount_paid" if paid else "amount_due")
+    payment_intent_id = so.invoice_payment_intent_id(invoice)
+    if total == 0 and not payment_intent_id:
+        return set()  # a free invoice (a trial, a 100% coupon): no money moved
+    subscription_id = so.invoice_subscription_id(invoice)
+    subscription = (
+        Subscription.objects.select_related("customer").filter(stripe_subscription_id=subscription_id).first()
+        if subscription_id
+        else None
+    )
+    customer = customer_for_stripe(invoice.get("customer"), fallback_user_id=so.metadata_uuid(invoice, "user_id"))
+    if customer is None and subscription is not None:
+        customer = subscription.customer
+    if customer is None:
+        raise TransientError(f"invoice {invoice_id}'s customer is not known yet")
+    values: dict[str, Any] = {
+        "amount": total,
+        "currency": so.currency(invoice),
+        "status": status,
+        "stripe_charge_id": so.stripe_id(invoice.get("charge")),
+        "failure_code": "" if status != Payment.Status.FAILED else "invoice_payment_failed",
+    }
+    if subscription is not None:
+        values["subscription"] = subscription
+    return _payment_upsert(
+        customer=customer,
+        payment_intent_id=payment_intent_id,
+        invoice_id=invoice_id,
+        values=values,
+        created_at=so.timestamp(invoice.get("created")),
+        event_created=event_created,
+    )
+
+
+@transaction.atomic
+def payment_record_from_intent(*, payment_intent: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
+    """payment_intent.succeeded / payment_intent.payment_failed (one-time checkouts, any charge)."""
+    payment_intent_id = so.required_id(payment_intent, "payment intent")
+    status = so.payment_intent_status(payment_intent)
+    customer = customer_for_stripe(
+        payment_intent.get("customer"), fallback_user_id=so.metadata_uuid(payment_intent, "user_id")
+    )
+    if customer is None:
+        if so.stripe_id(payment_intent.get("customer")):
+            raise TransientError(f"payment intent {payment_intent_id}'s customer is not known yet")
+        raise StripeObjectInvalid(f"payment intent {payment_intent_id} names neither a customer nor a user")
+    error = so.expanded(payment_intent.get("last_payment_error")) or {}
+    failed = status == Payment.Status.FAILED
+    received = status == Payment.Status.SUCCEEDED and payment_intent.get("amount_received") is not None
+    values: dict[str, Any] = {
+        "amount": so.amount(payment_intent, "amount_received" if received else "amount"),
+        "currency": so.currency(payment_intent),
+        "status": status,
+        "stripe_charge_id": so.stripe_id(payment_intent.get("latest_charge")),
+        "failure_code": str(error.get("decline_code") or error.get("code") or "") if failed else "",
+        "failure_message": str(error.get("message") or "")[:1000] if failed else "",
+    }
+    order_id = so.metadata_uuid(payment_intent, "order_id")
+    if order_id and Order.objects.filter(pk=order_id, customer=customer).exists():
+        values["order_id"] = order_id
+    return _payment_upsert(
+        customer=customer,
+        payment_intent_id=payment_intent_id,
+        invoice_id=so.stripe_id(payment_intent.get("invoice")),
+        values=values,
+        created_at=so.timestamp(payment_intent.get("created")),
+        event_created=event_created,
+    )
+
+
+# --- refunds and disputes ------------------------------------------------------------------------
+
+
+def _payment_for_charge(charge_ref: Any, payment_intent_ref: Any) -> Payment | None:
+    query = Payment.objects.select_for_update().select_related("customer")
+    charge_id = so.stripe_id(charge_ref)
+    payment = query.filter(stripe_charge_id=charge_id).first() if charge_id else None
+    intent_id = so.stripe_id(payment_intent_ref)
+    if payment is None and intent_id:
+        payment = query.filter(stripe_payment_intent_id=intent_id).first()
+    return payment
+
+
+@transaction.atomic
+def refund_record_from_charge(*, charge: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
+    """charge.refunded: the payment's refunded amount, and a row per refund in charge.refunds.data
+    (ours are matched by metadata.refund_id; ones made in the dashboard are added)."""
+    charge_id = so.required_id(charge, "charge")
+    payment = _payment_for_charge(charge_id, charge.get("payment_intent"))
+    if payment is None:
+        raise TransientError(f"charge {charge_id}'s payment is not recorded yet")
+    changed = False
+    if not payment.stripe_charge_id:
+        update_fields(payment, {"stripe_charge_id": charge_id})
+    refunds = charge.get("refunds")
+    data = refunds.get("data") if isinstance(refunds, Mapping) else None
+    for stripe_refund in data if isinstance(data, list) else []:
+        changed |= _refund_upsert_from_stripe(payment=payment, stripe_refund=stripe_refund, event_created=event_created)
+    # Refunds are separate objects with their own versions; the total only grows, so no staleness here.
+    changed |= payment_refresh_refunded(payment, stripe_total=so.amount(charge, "amount_refunded"))
+    return {payment.customer.user_id} if changed else set()
+
+
+def _refund_upsert_from_stripe(*, payment: Payment, stripe_refund: so.StripeObject, event_created: datetime) -> bool:
+    stripe_refund_id = so.required_id(stripe_refund, "refund")
+    refund = Refund.objects.select_for_update().filter(stripe_refund_id=stripe_refund_id).first()
+    ours = so.metadata_uuid(stripe_refund, "refund_id")
+    if refund is None and ours is not None:
+        refund = Refund.objects.select_for_update().filter(pk=ours, payment=payment).first()
+    if refund is None:
+        reason = stripe_refund.get("reason")
+        refund, created = create_or_lock(
+            Refund,
+            {"stripe_refund_id": stripe_refund_id},
+            {
+                "payment": payment,
+                "amount": so.amount(stripe_refund, "amount"),
+                "currency": so.currency(stripe_refund),
+                "reason": reason if reason in Refund.Reason.values else Refund.Reason.OTHER,
+                "status": so.refund_status(stripe_refund),
+                "requested_by": STRIPE_ACTOR,
+                "stripe_updated_at": event_created,
+                "created_at": so.timestamp(stripe_refund.get("created")) or timezone.now(),
+            },
+        )
+        if created:
+            if refund.status == Refund.Status.SUCCEEDED:
+                payment_refresh_refunded(payment)
+                refund_succeeded(refund=refund, payment=payment)
+            return True
+    return refund_apply_stripe(refund=refund, payment=payment, stripe_refund=stripe_refund, event_created=event_created)
+
+
+@transaction.atomic
+def dispute_record_from_stripe(*, dispute: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
+    """charge.dispute.created: the payment is disputed (finance sees it; it can no longer be refunded)."""
+    dispute_id = so.required_id(dispute, "dispute")
+    payment = _payment_for_charge(dispute.get("charge"), dispute.get("payment_intent"))
+    if payment is None:
+        raise TransientError(f"dispute {dispute_id}'s payment is not recorded yet")
+    return _payment_apply(
+        payment,
+        {"status": Payment.Status.DISPUTED, "dispute_reason": str(dispute.get("reason") or "")[:64]},
+        event_created=event_created,
+    )

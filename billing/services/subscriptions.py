@@ -1,0 +1,86 @@
+"""Subscriptions: the client's cancel, and what an announcement of a subscription carries."""
+
+import uuid
+from typing import Any
+
+from django.db import transaction
+from django.http import HttpRequest
+
+from billing import gateway
+from billing import stripe_objects as so
+from billing.errors import SubscriptionNotCancelable
+from billing.models import Subscription
+from billing.services._shared import audit_record, update_fields
+from gdpr import audit
+from payments_project.errors import NotFound
+from tasks.outbox import emit
+
+
+def subscription_cancel(
+    *, user_id: uuid.UUID, subscription_id: uuid.UUID, request: HttpRequest | None = None
+) -> Subscription:
+    """Cancel at the end of the paid period (the user keeps access until then). Idempotent."""
+    subscription = (
+        Subscription.objects.select_related("plan").filter(pk=subscription_id, customer__user_id=user_id).first()
+    )
+    if subscription is None:
+        raise NotFound("No such subscription")
+    if subscription.cancel_at_period_end:
+        return subscription
+    if subscription.status in (
+        Subscription.Status.CANCELED,
+        Subscription.Status.INCOMPLETE_EXPIRED,
+    ):
+        raise SubscriptionNotCancelable(f"The subscription is already {subscription.status}")
+    stripe_subscription = gateway.subscription_cancel_at_period_end(
+        stripe_subscription_id=subscription.stripe_subscription_id,
+        # Per applied version: a cancel after a reactivation is a new request, not a replay.
+        idempotency_key=f"subscription-cancel:{subscription.id}:{int(subscription.stripe_updated_at.timestamp())}",
+    )
+    return _subscription_record_cancel(
+        subscription_id=subscription.id, user_id=user_id, stripe_subscription=stripe_subscription, request=request
+    )
+
+
+@transaction.atomic(durable=True)
+def _subscription_record_cancel(
+    *, subscription_id: uuid.UUID, user_id: uuid.UUID, stripe_subscription: so.StripeObject, request: HttpRequest | None
+) -> Subscription:
+    subscription = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription_id)
+    # The webhook brings Stripe's full new state (with its event time); here only what we asked for.
+    if not bool(stripe_subscription.get("cancel_at_period_end", True)) or subscription.cancel_at_period_end:
+        return subscription
+    update_fields(subscription, {"cancel_at_period_end": True})
+    audit_record(
+        audit.AuditAction.SUBSCRIPTION_CANCEL_REQUESTED,
+        actor_type=audit.ActorType.USER,
+        actor_id=str(user_id),
+        target_type="subscription",
+        target_id=subscription.id,
+        metadata={"stripe_subscription_id": subscription.stripe_subscription_id},
+        request=request,
+    )
+    emit("subscription.updated", f"subscription:{subscription.id}", subscription_event_data(subscription, user_id))
+    return subscription
+
+
+def subscription_event_data(subscription: Subscription, user_id: uuid.UUID) -> dict[str, Any]:
+    """The payload of every subscription.* event."""
+    return {
+        "subscription_id": str(subscription.id),
+        "user_id": str(user_id),
+        "plan": subscription.plan.code,
+        "status": subscription.status,
+        "current_period_end": subscription.current_period_end,
+        "cancel_at_period_end": subscription.cancel_at_period_end,
+    }
+
+
+def subscription_event_type(was: str | None, now: str) -> str:
+    """Which subscription.* event a change of status announces."""
+    entitling = {str(status) for status in Subscription.ENTITLING}
+    if now == Subscription.Status.CANCELED and was != Subscription.Status.CANCELED:
+        return "subscription.canceled"
+    if now in entitling and was not in entitling:
+        return "subscription.activated"
+    return "subscription.updated"
