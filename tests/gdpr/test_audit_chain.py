@@ -10,7 +10,7 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 from django.test import RequestFactory
 
-from gdpr.audit import ActorType, AuditAction, AuditEvent, record, verify_chain
+from gdpr.audit import ActorType, AuditAction, AuditEvent, event_hash, record, verify_chain
 from gdpr.services import PSEUDONYMISE_FLAG, audit_pseudonymise_actor
 from tests.support.races import race, raised
 
@@ -125,8 +125,6 @@ def test_a_rehashed_forgery_breaks_the_next_link() -> None:
     with _trigger_disabled():
         _sql("UPDATE gdpr_auditevent SET target_id = 'fam_9' WHERE id = %s", [events[1].pk])
         forged = AuditEvent.objects.get(pk=events[1].pk)
-        from gdpr.audit import event_hash
-
         _sql("UPDATE gdpr_auditevent SET hash = %s WHERE id = %s", [event_hash(forged), events[1].pk])
 
     _, broken = verify_chain()
