@@ -44,6 +44,7 @@ lint: $(VENV)/.dev $(VENV)/.deploy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DJANGO_ENV=test $(BIN)/mypy .
+	DJANGO_ENV=test $(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/hadolint --failure-threshold style Dockerfile
 	$(BIN)/shellcheck --shell=sh --severity=style scripts/docker-entrypoint.sh
 	$(BIN)/python -m tests.deploy.check_chart

@@ -5,7 +5,10 @@ import os
 from celery import Celery
 from celery.schedules import crontab
 from celery.signals import worker_ready
+from django.conf import settings
 from kombu import Exchange, Queue
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from payments_project.env import set_default_settings_module
 from tasks.queues import TaskQueue
@@ -40,10 +43,6 @@ app.autodiscover_tasks()
 @worker_ready.connect
 def _serve_worker_metrics(**_: object) -> None:
     """Expose the worker's Prometheus metrics (PROMETHEUS_MULTIPROC_DIR aggregates prefork children)."""
-    from django.conf import settings
-    from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector
-
     port = settings.CELERY_WORKER_METRICS_PORT
     if not port:
         return

@@ -41,12 +41,6 @@ class ValidationFailed(ApplicationError):
     title = "The request is invalid"
 
 
-class Unauthenticated(ApplicationError):
-    status_code = 401
-    code = "unauthenticated"
-    title = "Authentication required"
-
-
 class Forbidden(ApplicationError):
     status_code = 403
     code = "forbidden"

@@ -5,6 +5,8 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
+pytest_plugins = ["tests.support.stripe_fake"]  # Stripe for every test: `stripe_fake`, `stripe_sdk`
+
 SERVICES = {
     "PostgreSQL": ("DATABASE_URL", 5432, "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"),
     "RabbitMQ": ("CELERY_BROKER_URL", 5672, "rabbitmq-server -detached"),

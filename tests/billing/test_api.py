@@ -15,6 +15,8 @@ from gdpr.models import AuditEvent
 from tasks.models import OutboxMessage
 from tests.billing.factories import CustomerFactory, PaymentFactory, PriceFactory, SubscriptionFactory
 from tests.support.auth import bearer
+from tests.support.stripe_fake import StripeFake
+from tests.support.stripe_setup import customer_with_card, subscription_for
 
 PROBLEM = "application/problem+json"
 ALICE, BOB = uuid.uuid4(), uuid.uuid4()
@@ -92,29 +94,11 @@ def test_the_client_endpoints_need_a_token(api: Client, method: str, path: str) 
 
 
 @pytest.fixture
-def live_subscription(stripe_sdk: stripe.StripeClient, stripe_base: str) -> Subscription:
+def live_subscription(stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake) -> Subscription:
     """Alice's subscription, made in (local) Stripe and recorded from its webhook."""
-    price = PriceFactory(stripe_price_id=f"price_{uuid.uuid4().hex[:10]}", plan__code="family")
-    product = stripe_sdk.v1.products.create(params={"name": "Family"})
-    stripe_sdk.v1.plans.create(
-        params={
-            "id": price.stripe_price_id,
-            "amount": 1299,
-            "currency": "eur",
-            "interval": "month",
-            "product": product.id,
-        }
-    )
-    customer = stripe_sdk.v1.customers.create(params={"metadata": {"user_id": str(ALICE)}}).to_dict()
-    card = stripe_sdk.v1.payment_methods.create(
-        params={"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
-    )
-    stripe_sdk.v1.payment_methods.attach(card.id, params={"customer": customer["id"]})
-    stripe_sdk.v1.customers.update(customer["id"], params={"invoice_settings": {"default_payment_method": card.id}})
-    created = stripe_sdk.v1.subscriptions.create(
-        params={"customer": customer["id"], "items": [{"plan": price.stripe_price_id}]}
-    )
-    fetched = gateway.subscription_retrieve(created.id)
+    price = PriceFactory(stripe_price_id=f"price_{uuid.uuid4().hex[:10]}", plan__code="family", unit_amount=1299)
+    customer = customer_with_card(stripe_sdk, metadata={"user_id": str(ALICE)})
+    fetched = gateway.subscription_retrieve(subscription_for(stripe_sdk, customer["id"], price))
     with transaction.atomic():
         services.subscription_upsert_from_stripe(
             stripe_subscription={**fetched, "customer": customer},

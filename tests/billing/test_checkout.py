@@ -1,13 +1,12 @@
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 
@@ -16,17 +15,18 @@ from billing.models import Customer, Order, Price
 from gdpr.models import AuditEvent
 from tasks.models import OutboxMessage
 from tasks.outbox import outbox_dispatch_pending
-from tests.billing.conftest import FakeCheckout
 from tests.billing.factories import OrderFactory, PriceFactory
 from tests.support.auth import bearer
 from tests.support.broker import EventsConsumer
-from tests.support.proxy import TcpProxy
+from tests.support.races import race
+from tests.support.stripe_fake import StripeFake, StripeRequest
 from tests.support.worker import worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 URL = "/api/v1/checkout/sessions"
 PROBLEM = "application/problem+json"
+SESSIONS = "POST /v1/checkout/sessions"  # at Stripe
 
 
 def checkout(client: Client, user_id: uuid.UUID, price: Price, *, key: str | None = "key-1", **overrides: Any) -> Any:
@@ -43,7 +43,7 @@ def price() -> Price:
     return PriceFactory(stripe_price_id="price_family_month", plan__code="family", unit_amount=1299)
 
 
-def test_a_user_goes_from_the_plans_to_a_checkout_url(api: Client, fake_checkout: FakeCheckout, price: Price) -> None:
+def test_a_user_goes_from_the_plans_to_a_checkout_url(api: Client, stripe_fake: StripeFake, price: Price) -> None:
     user_id = uuid.uuid4()
     plans = api.get("/api/v1/plans").json()
     price_id = plans[0]["prices"][0]["id"]
@@ -67,16 +67,16 @@ def test_a_user_goes_from_the_plans_to_a_checkout_url(api: Client, fake_checkout
 
 
 def test_stripe_gets_the_order_id_as_reference_and_idempotency_key_and_the_user_id(
-    api: Client, fake_checkout: FakeCheckout, price: Price
+    api: Client, stripe_fake: StripeFake, price: Price
 ) -> None:
     user_id = uuid.uuid4()
 
     checkout(api, user_id, price)
 
     order = Order.objects.select_related("customer").get()
-    [call] = fake_checkout.calls
-    assert call["idempotency_key"] == f"order:{order.id}"
-    params = call["params"]
+    [call] = stripe_fake.sent(SESSIONS)
+    assert call.idempotency_key == f"order:{order.id}"
+    params = call.params
     assert params["client_reference_id"] == str(order.id)
     assert params["metadata[order_id]"] == str(order.id)
     assert params["metadata[user_id]"] == str(user_id)
@@ -88,29 +88,27 @@ def test_stripe_gets_the_order_id_as_reference_and_idempotency_key_and_the_user_
     assert order.customer.stripe_customer_id.startswith("cus_")
 
 
-def test_a_one_time_price_checks_out_in_payment_mode(api: Client, fake_checkout: FakeCheckout) -> None:
+def test_a_one_time_price_checks_out_in_payment_mode(api: Client, stripe_fake: StripeFake) -> None:
     lifetime = PriceFactory(interval=Price.Interval.ONE_TIME)
 
     assert checkout(api, uuid.uuid4(), lifetime).status_code == 201
 
-    assert fake_checkout.calls[0]["params"]["mode"] == "payment"
-    assert "payment_intent_data[metadata][order_id]" in fake_checkout.calls[0]["params"]
+    assert stripe_fake.sent(SESSIONS)[0].params["mode"] == "payment"
+    assert "payment_intent_data[metadata][order_id]" in stripe_fake.sent(SESSIONS)[0].params
 
 
-def test_it_rejects_a_checkout_without_an_idempotency_key(
-    api: Client, fake_checkout: FakeCheckout, price: Price
-) -> None:
+def test_it_rejects_a_checkout_without_an_idempotency_key(api: Client, stripe_fake: StripeFake, price: Price) -> None:
     response = checkout(api, uuid.uuid4(), price, key=None)
 
     assert response.status_code == 400
     assert response["Content-Type"] == PROBLEM
     assert response.json()["type"].endswith(":idempotency_key_missing")
     assert Order.objects.count() == 0
-    assert fake_checkout.sessions_created == 0
+    assert len(stripe_fake.sent(SESSIONS)) == 0
 
 
 def test_the_same_key_and_body_return_the_same_order_without_a_second_session(
-    api: Client, fake_checkout: FakeCheckout, price: Price
+    api: Client, stripe_fake: StripeFake, price: Price
 ) -> None:
     user_id = uuid.uuid4()
     first = checkout(api, user_id, price)
@@ -121,11 +119,11 @@ def test_the_same_key_and_body_return_the_same_order_without_a_second_session(
     assert again.status_code == 200
     assert again.json() == first.json()
     assert Order.objects.count() == 1
-    assert fake_checkout.sessions_created == 1
+    assert len(stripe_fake.sent(SESSIONS)) == 1
 
 
 def test_it_rejects_a_reused_idempotency_key_with_another_body(
-    api: Client, fake_checkout: FakeCheckout, price: Price
+    api: Client, stripe_fake: StripeFake, price: Price
 ) -> None:
     user_id = uuid.uuid4()
     checkout(api, user_id, price)
@@ -136,12 +134,10 @@ def test_it_rejects_a_reused_idempotency_key_with_another_body(
     assert response["Content-Type"] == PROBLEM
     assert response.json()["type"].endswith(":idempotency_key_reused")
     assert Order.objects.count() == 1
-    assert fake_checkout.sessions_created == 1
+    assert len(stripe_fake.sent(SESSIONS)) == 1
 
 
-def test_the_same_key_from_another_user_is_another_order(
-    api: Client, fake_checkout: FakeCheckout, price: Price
-) -> None:
+def test_the_same_key_from_another_user_is_another_order(api: Client, stripe_fake: StripeFake, price: Price) -> None:
     assert checkout(api, uuid.uuid4(), price).status_code == 201
     assert checkout(api, uuid.uuid4(), price).status_code == 201
 
@@ -149,56 +145,35 @@ def test_the_same_key_from_another_user_is_another_order(
 
 
 def test_concurrent_identical_requests_make_exactly_one_order_and_one_session(
-    fake_checkout: FakeCheckout, price: Price
+    stripe_fake: StripeFake, price: Price
 ) -> None:
-    fake_checkout.delay = 0.5  # the session call is slow: every duplicate arrives while it is in flight
+    stripe_fake.on(SESSIONS, lambda _: time.sleep(0.5))  # slow: every duplicate arrives while it is in flight
     user_id = uuid.uuid4()
     threads_count = 6
-    barrier = threading.Barrier(threads_count)
-    responses: list[Any] = []
 
-    def buy() -> None:
-        try:
-            client = Client()
-            barrier.wait()
-            responses.append(checkout(client, user_id, price, key="same-key"))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=buy) for _ in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    responses = race(*[lambda: checkout(Client(), user_id, price, key="same-key")] * threads_count)
 
     assert sorted(r.status_code for r in responses) == [200] * (threads_count - 1) + [201]
     assert len({r.json()["order_id"] for r in responses}) == 1
     assert len({r.json()["checkout_url"] for r in responses}) == 1
     assert Order.objects.count() == 1
     assert Customer.objects.count() == 1
-    assert fake_checkout.sessions_created == 1
+    assert len(stripe_fake.sent(SESSIONS)) == 1
 
 
 def test_stripe_is_called_after_the_order_is_committed_and_outside_any_transaction(
-    api: Client, fake_checkout: FakeCheckout, price: Price
+    api: Client, stripe_fake: StripeFake, price: Price
 ) -> None:
     seen: dict[str, Any] = {}
 
-    def look(call: dict[str, Any]) -> None:
+    def look(call: StripeRequest) -> None:
         seen["in_transaction"] = transaction.get_connection().in_atomic_block
-        order_id = call["params"]["metadata[order_id]"]
+        order_id = call.params["metadata[order_id]"]
+        [seen["committed_status"]] = race(  # from another connection
+            lambda: Order.objects.filter(pk=order_id).values_list("status", flat=True).first()
+        )
 
-        def from_another_connection() -> None:
-            try:
-                seen["committed_status"] = Order.objects.filter(pk=order_id).values_list("status", flat=True).first()
-            finally:
-                connection.close()
-
-        thread = threading.Thread(target=from_another_connection)
-        thread.start()
-        thread.join()
-
-    fake_checkout.on_call = look
+    stripe_fake.on(SESSIONS, look)
 
     assert checkout(api, uuid.uuid4(), price).status_code == 201
 
@@ -206,7 +181,7 @@ def test_stripe_is_called_after_the_order_is_committed_and_outside_any_transacti
 
 
 def test_a_created_order_is_audited_and_announced_as_an_event(
-    api: Client, fake_checkout: FakeCheckout, price: Price
+    api: Client, stripe_fake: StripeFake, price: Price
 ) -> None:
     user_id = uuid.uuid4()
 
@@ -227,10 +202,10 @@ def test_a_created_order_is_audited_and_announced_as_an_event(
 
 
 def test_when_stripe_keeps_failing_the_order_is_failed_and_the_client_gets_a_503(
-    api: Client, fake_checkout: FakeCheckout, price: Price, settings: Any
+    api: Client, stripe_fake: StripeFake, price: Price, settings: Any
 ) -> None:
     settings.STRIPE_MAX_NETWORK_RETRIES = 0
-    fake_checkout.fail_next(500, {"type": "api_error", "message": "Something went wrong"})
+    stripe_fake.fail_next(SESSIONS, 500, {"type": "api_error", "message": "Something went wrong"})
 
     response = checkout(api, uuid.uuid4(), price)
 
@@ -245,23 +220,23 @@ def test_when_stripe_keeps_failing_the_order_is_failed_and_the_client_gets_a_503
 
 
 def test_a_stripe_500_is_retried_with_the_same_idempotency_key_and_succeeds(
-    api: Client, fake_checkout: FakeCheckout, price: Price
+    api: Client, stripe_fake: StripeFake, price: Price
 ) -> None:
-    fake_checkout.fail_next(500, {"type": "api_error", "message": "Something went wrong"})
+    stripe_fake.fail_next(SESSIONS, 500, {"type": "api_error", "message": "Something went wrong"})
 
     response = checkout(api, uuid.uuid4(), price)
 
     assert response.status_code == 201
-    assert [call["idempotency_key"] for call in fake_checkout.calls] == [f"order:{response.json()['order_id']}"] * 2
+    assert [call.idempotency_key for call in stripe_fake.sent(SESSIONS)] == [f"order:{response.json()['order_id']}"] * 2
     assert Order.objects.get().status == "open"
 
 
 def test_retrying_the_same_key_after_stripe_was_down_tries_again_and_succeeds(
-    api: Client, fake_checkout: FakeCheckout, price: Price, settings: Any
+    api: Client, stripe_fake: StripeFake, price: Price, settings: Any
 ) -> None:
     settings.STRIPE_MAX_NETWORK_RETRIES = 0
     user_id = uuid.uuid4()
-    fake_checkout.fail_next(503, {"type": "api_error", "message": "Down"})
+    stripe_fake.fail_next(SESSIONS, 503, {"type": "api_error", "message": "Down"})
     assert checkout(api, user_id, price).status_code == 503
 
     response = checkout(api, user_id, price)
@@ -269,15 +244,17 @@ def test_retrying_the_same_key_after_stripe_was_down_tries_again_and_succeeds(
     assert response.status_code == 200
     assert response.json()["status"] == "open"
     assert Order.objects.count() == 1
-    assert {call["idempotency_key"] for call in fake_checkout.calls} == {f"order:{response.json()['order_id']}"}
+    assert {call.idempotency_key for call in stripe_fake.sent(SESSIONS)} == {f"order:{response.json()['order_id']}"}
 
 
 def test_a_card_declined_by_stripe_is_a_402_and_a_failed_order_replayed_as_such(
-    api: Client, fake_checkout: FakeCheckout, price: Price
+    api: Client, stripe_fake: StripeFake, price: Price
 ) -> None:
     user_id = uuid.uuid4()
-    fake_checkout.fail_next(
-        402, {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline", "message": "Declined"}
+    stripe_fake.fail_next(
+        SESSIONS,
+        402,
+        {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline", "message": "Declined"},
     )
 
     response = checkout(api, user_id, price)
@@ -286,13 +263,13 @@ def test_a_card_declined_by_stripe_is_a_402_and_a_failed_order_replayed_as_such(
     assert response.status_code == replay.status_code == 402
     assert response.json()["type"].endswith(":card_declined")
     assert Order.objects.get().status == "failed"
-    assert fake_checkout.sessions_created == 1  # a permanent failure is replayed, not retried
+    assert len(stripe_fake.sent(SESSIONS)) == 1  # a permanent failure is replayed, not retried
 
 
 def test_stripe_rate_limiting_us_is_a_503_saying_so(
-    api: Client, fake_checkout: FakeCheckout, price: Price, settings: Any
+    api: Client, stripe_fake: StripeFake, price: Price, settings: Any
 ) -> None:
-    fake_checkout.fail_next(429, {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many"})
+    stripe_fake.fail_next(SESSIONS, 429, {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many"})
 
     response = checkout(api, uuid.uuid4(), price)
 
@@ -301,10 +278,10 @@ def test_stripe_rate_limiting_us_is_a_503_saying_so(
     assert response["Retry-After"]
 
 
-def test_stripe_refusing_the_request_is_a_502_that_names_it(
-    api: Client, fake_checkout: FakeCheckout, price: Price
-) -> None:
-    fake_checkout.fail_next(400, {"type": "invalid_request_error", "message": "No such price: 'price_family_month'"})
+def test_stripe_refusing_the_request_is_a_502_that_names_it(api: Client, stripe_fake: StripeFake, price: Price) -> None:
+    stripe_fake.fail_next(
+        SESSIONS, 400, {"type": "invalid_request_error", "message": "No such price: 'price_family_month'"}
+    )
 
     response = checkout(api, uuid.uuid4(), price)
 
@@ -338,7 +315,7 @@ def test_without_a_stripe_key_checkout_answers_503_not_configured_and_writes_not
     ],
 )
 def test_a_bad_body_is_a_400_naming_the_field_and_changes_nothing(
-    api: Client, fake_checkout: FakeCheckout, price: Price, overrides: dict[str, str], field: str
+    api: Client, stripe_fake: StripeFake, price: Price, overrides: dict[str, str], field: str
 ) -> None:
     response = checkout(api, uuid.uuid4(), price, **overrides)
 
@@ -346,14 +323,14 @@ def test_a_bad_body_is_a_400_naming_the_field_and_changes_nothing(
     assert response["Content-Type"] == PROBLEM
     assert field in {error["field"] for error in response.json()["errors"]}
     assert Order.objects.count() == 0
-    assert fake_checkout.sessions_created == 0
+    assert len(stripe_fake.sent(SESSIONS)) == 0
 
 
-def test_an_inactive_price_cannot_be_bought(api: Client, fake_checkout: FakeCheckout) -> None:
+def test_an_inactive_price_cannot_be_bought(api: Client, stripe_fake: StripeFake) -> None:
     retired = PriceFactory(active=False)
 
     assert checkout(api, uuid.uuid4(), retired).status_code == 400
-    assert fake_checkout.sessions_created == 0
+    assert len(stripe_fake.sent(SESSIONS)) == 0
 
 
 def test_checkout_needs_a_token(api: Client, price: Price) -> None:
@@ -372,9 +349,7 @@ def test_another_users_order_is_a_404(api: Client) -> None:
     assert response["Content-Type"] == PROBLEM
 
 
-def test_checkout_is_rate_limited_per_user(
-    api: Client, fake_checkout: FakeCheckout, price: Price, settings: Any
-) -> None:
+def test_checkout_is_rate_limited_per_user(api: Client, stripe_fake: StripeFake, price: Price, settings: Any) -> None:
     settings.RATE_LIMITS = {**settings.RATE_LIMITS, "checkout": "2/m"}
     user_id = uuid.uuid4()
 
@@ -387,10 +362,10 @@ def test_checkout_is_rate_limited_per_user(
 
 
 def test_when_stripe_is_down_the_breaker_opens_then_half_opens_and_recovers(
-    api: Client, fake_checkout: FakeCheckout, price: Price, stripe_proxy: TcpProxy, settings: Any
+    api: Client, stripe_fake: StripeFake, price: Price, settings: Any
 ) -> None:
     settings.STRIPE_MAX_NETWORK_RETRIES = 0
-    stripe_proxy.cut()  # new customers need POST /v1/customers first: it now meets a closed port
+    stripe_fake.proxy.cut()  # new customers need POST /v1/customers first: it now meets a closed port
 
     statuses = [checkout(api, uuid.uuid4(), price).status_code for _ in range(settings.STRIPE_BREAKER_FAIL_MAX)]
     assert statuses == [503] * settings.STRIPE_BREAKER_FAIL_MAX
@@ -403,9 +378,9 @@ def test_when_stripe_is_down_the_breaker_opens_then_half_opens_and_recovers(
     assert fast.status_code == 503
     assert "circuit breaker" in fast.json()["detail"]
     assert 1 <= int(fast["Retry-After"]) <= settings.STRIPE_BREAKER_RESET_SECONDS + 1
-    assert fake_checkout.sessions_created == 0
+    assert len(stripe_fake.sent(SESSIONS)) == 0
 
-    stripe_proxy.restore()
+    stripe_fake.proxy.restore()
     time.sleep(settings.STRIPE_BREAKER_RESET_SECONDS + 1.1)  # the reset timeout passes: one probe may go
 
     recovered = checkout(api, uuid.uuid4(), price)
@@ -414,10 +389,10 @@ def test_when_stripe_is_down_the_breaker_opens_then_half_opens_and_recovers(
 
 
 def test_a_failed_probe_while_half_open_opens_the_breaker_again(
-    api: Client, fake_checkout: FakeCheckout, price: Price, stripe_proxy: TcpProxy, settings: Any
+    api: Client, stripe_fake: StripeFake, price: Price, settings: Any
 ) -> None:
     settings.STRIPE_MAX_NETWORK_RETRIES = 0
-    stripe_proxy.cut()
+    stripe_fake.proxy.cut()
     for _ in range(settings.STRIPE_BREAKER_FAIL_MAX):
         checkout(api, uuid.uuid4(), price)
     time.sleep(settings.STRIPE_BREAKER_RESET_SECONDS + 1.1)
@@ -429,21 +404,19 @@ def test_a_failed_probe_while_half_open_opens_the_breaker_again(
 
 
 def test_declined_cards_do_not_open_the_breaker(
-    api: Client, fake_checkout: FakeCheckout, price: Price, settings: Any
+    api: Client, stripe_fake: StripeFake, price: Price, settings: Any
 ) -> None:
     for _ in range(settings.STRIPE_BREAKER_FAIL_MAX + 1):
-        fake_checkout.fail_next(402, {"type": "card_error", "code": "card_declined", "message": "Declined"})
+        stripe_fake.fail_next(SESSIONS, 402, {"type": "card_error", "code": "card_declined", "message": "Declined"})
         checkout(api, uuid.uuid4(), price)
 
     assert gateway.breaker_state() == "closed"
     assert checkout(api, uuid.uuid4(), price).status_code == 201
 
 
-def test_every_process_sees_the_same_breaker(
-    api: Client, fake_checkout: FakeCheckout, price: Price, stripe_proxy: TcpProxy, settings: Any
-) -> None:
+def test_every_process_sees_the_same_breaker(api: Client, stripe_fake: StripeFake, price: Price, settings: Any) -> None:
     settings.STRIPE_MAX_NETWORK_RETRIES = 0
-    stripe_proxy.cut()
+    stripe_fake.proxy.cut()
     for _ in range(settings.STRIPE_BREAKER_FAIL_MAX):
         checkout(api, uuid.uuid4(), price)
 
@@ -464,7 +437,7 @@ def test_every_process_sees_the_same_breaker(
     assert other.stdout.strip().splitlines()[-1] == "open"
 
 
-def test_the_order_created_event_reaches_the_broker(api: Client, fake_checkout: FakeCheckout, price: Price) -> None:
+def test_the_order_created_event_reaches_the_broker(api: Client, stripe_fake: StripeFake, price: Price) -> None:
     consumer = EventsConsumer("order.*")
     try:
         order_id = checkout(api, uuid.uuid4(), price).json()["order_id"]
@@ -480,38 +453,28 @@ def test_the_order_created_event_reaches_the_broker(api: Client, fake_checkout: 
 
 
 def test_a_duplicate_that_waits_too_long_for_the_first_request_gets_a_409_to_retry(
-    fake_checkout: FakeCheckout, price: Price, settings: Any
+    stripe_fake: StripeFake, price: Price, settings: Any
 ) -> None:
     settings.BILLING_IN_FLIGHT_WAIT_SECONDS = 0.2
-    fake_checkout.delay = 1.5
+    stripe_fake.on(SESSIONS, lambda _: time.sleep(1.5))
     user_id = uuid.uuid4()
-    barrier = threading.Barrier(2)
-    responses: list[Any] = []
 
-    def buy(pause: float) -> None:
-        try:
-            barrier.wait()
-            time.sleep(pause)  # the second arrives while the first is talking to Stripe
-            responses.append(checkout(Client(), user_id, price, key="slow"))
-        finally:
-            connection.close()
+    def buy(pause: float) -> Any:
+        time.sleep(pause)  # the second arrives while the first is talking to Stripe
+        return checkout(Client(), user_id, price, key="slow")
 
-    threads = [threading.Thread(target=buy, args=(pause,)) for pause in (0, 0.3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    responses = race(lambda: buy(0), lambda: buy(0.3))
 
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201, 409]
     conflict = next(r for r in responses if r.status_code == 409)
     assert conflict.json()["type"].endswith(":request_in_progress")
     assert conflict["Retry-After"]
-    assert fake_checkout.sessions_created == 1
+    assert len(stripe_fake.sent(SESSIONS)) == 1
 
 
 def test_an_order_whose_request_died_before_stripe_answered_is_finished_by_the_retry(
-    api: Client, fake_checkout: FakeCheckout, price: Price
+    api: Client, stripe_fake: StripeFake, price: Price
 ) -> None:
     user_id = uuid.uuid4()
     fingerprint = services.checkout_fingerprint(
@@ -533,11 +496,11 @@ def test_an_order_whose_request_died_before_stripe_answered_is_finished_by_the_r
     assert response.status_code == 200
     assert response.json()["order_id"] == str(orphan.id)
     assert response.json()["status"] == "open"
-    assert [call["idempotency_key"] for call in fake_checkout.calls] == [f"order:{orphan.id}"]
+    assert [call.idempotency_key for call in stripe_fake.sent(SESSIONS)] == [f"order:{orphan.id}"]
 
 
 def test_an_order_left_pending_by_a_dead_request_is_settled_by_the_sweep_with_the_same_stripe_key(
-    fake_checkout: FakeCheckout, price: Price
+    stripe_fake: StripeFake, price: Price
 ) -> None:
     # given: a request that wrote its order and died before Stripe answered (its lease ran out)
     abandoned = OrderFactory(
@@ -564,11 +527,11 @@ def test_an_order_left_pending_by_a_dead_request_is_settled_by_the_sweep_with_th
     assert (settled, again) == (1, 0)
     assert abandoned.status == Order.Status.OPEN
     assert abandoned.stripe_session_id and abandoned.checkout_url
-    assert [call["idempotency_key"] for call in fake_checkout.calls] == [f"order:{abandoned.id}"]
+    assert [call.idempotency_key for call in stripe_fake.sent(SESSIONS)] == [f"order:{abandoned.id}"]
     assert Order.objects.get(id=fresh.id).status == Order.Status.PENDING  # its request is still at work
 
 
-def test_an_abandoned_order_stripe_refuses_is_failed_with_the_reason(fake_checkout: FakeCheckout, price: Price) -> None:
+def test_an_abandoned_order_stripe_refuses_is_failed_with_the_reason(stripe_fake: StripeFake, price: Price) -> None:
     abandoned = OrderFactory(
         price=price,
         status=Order.Status.PENDING,
@@ -576,7 +539,7 @@ def test_an_abandoned_order_stripe_refuses_is_failed_with_the_reason(fake_checko
         checkout_url="",
         lease_until=timezone.now() - timedelta(seconds=1),
     )
-    fake_checkout.fail_next(400, {"type": "invalid_request_error", "message": "No such price"})
+    stripe_fake.fail_next(SESSIONS, 400, {"type": "invalid_request_error", "message": "No such price"})
 
     services.orders_resolve_abandoned()
 

@@ -5,14 +5,13 @@ import uuid
 from typing import Any
 
 import pytest
-import responses
 import stripe
 from django.db import transaction
 from prometheus_client import REGISTRY
 
 from billing import gateway
 from billing.errors import StripeNotConfigured, StripeRequestFailed
-from tests.billing.conftest import FakeCheckout
+from tests.support.stripe_fake import StripeFake
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,7 +20,7 @@ def calls(operation: str, outcome: str) -> float:
     return REGISTRY.get_sample_value("payments_stripe_calls_total", {"operation": operation, "outcome": outcome}) or 0.0
 
 
-def test_the_gateway_refuses_to_call_stripe_inside_a_transaction(stripe_base: str) -> None:
+def test_the_gateway_refuses_to_call_stripe_inside_a_transaction(stripe_fake: StripeFake) -> None:
     with pytest.raises(RuntimeError, match="inside a database transaction"), transaction.atomic():
         gateway.event_list(limit=1)
 
@@ -37,7 +36,7 @@ def test_without_an_api_key_every_call_is_stripe_not_configured(settings: Any) -
     assert calls("charge_retrieve", "not_configured") == before + 1
 
 
-def test_results_are_plain_dicts_as_stripe_sent_them(stripe_base: str, stripe_sdk: stripe.StripeClient) -> None:
+def test_results_are_plain_dicts_as_stripe_sent_them(stripe_fake: StripeFake, stripe_sdk: stripe.StripeClient) -> None:
     customer = gateway.customer_create(email="a@example.com", user_id=str(uuid.uuid4()), customer_id=str(uuid.uuid4()))
 
     assert type(customer) is dict
@@ -45,26 +44,17 @@ def test_results_are_plain_dicts_as_stripe_sent_them(stripe_base: str, stripe_sd
     assert type(customer["metadata"]) is dict
 
 
-def test_the_same_customer_create_is_sent_with_the_same_idempotency_key(fake_checkout: FakeCheckout) -> None:
+def test_the_same_customer_create_is_sent_with_the_same_idempotency_key(stripe_fake: StripeFake) -> None:
     # POSTs carry our key: a retry or replay of the same logical call is recognisable at Stripe.
-    seen: list[str | None] = []
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.add_callback(
-            responses.POST,
-            f"{fake_checkout.base}/v1/customers",
-            callback=lambda request: (
-                seen.append(request.headers.get("Idempotency-Key")),
-                (200, {}, '{"id": "cus_1"}'),
-            )[1],
-        )
-        for _ in range(2):
-            gateway.customer_create(email="", user_id="u", customer_id="c-1")
+    for _ in range(2):
+        gateway.customer_create(email="", user_id="u", customer_id="c-1")
 
+    seen = [request.idempotency_key for request in stripe_fake.sent("POST /v1/customers")]
     assert seen == ["customer-create:c-1", "customer-create:c-1"]
 
 
 def test_deleting_a_customer_and_reading_events_work_against_stripe(
-    stripe_base: str, stripe_sdk: stripe.StripeClient
+    stripe_fake: StripeFake, stripe_sdk: stripe.StripeClient
 ) -> None:
     customer = stripe_sdk.v1.customers.create(params={"email": "gone@example.com"})
 
@@ -76,7 +66,7 @@ def test_deleting_a_customer_and_reading_events_work_against_stripe(
     assert set(page) >= {"data", "has_more"}
 
 
-def test_reading_a_missing_object_is_a_refused_request_and_counted(stripe_base: str) -> None:
+def test_reading_a_missing_object_is_a_refused_request_and_counted(stripe_fake: StripeFake) -> None:
     before = calls("payment_intent_retrieve", "refused")
 
     with pytest.raises(StripeRequestFailed):

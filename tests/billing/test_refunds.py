@@ -1,18 +1,18 @@
-import threading
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import stripe
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 
 from billing import services
 from billing.errors import PaymentNotRefundable, RefundExceedsPayment, StripeRequestFailed, StripeUnavailable
 from billing.models import Payment, Refund
 from gdpr.models import AuditEvent
 from tasks.models import OutboxMessage
-from tests.support.proxy import TcpProxy
+from tests.support.races import race
+from tests.support.stripe_fake import StripeFake
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,24 +91,15 @@ def test_the_same_refund_request_twice_refunds_once(payment: Payment, stripe_sdk
 
 def test_two_refunds_racing_can_never_exceed_the_payment(payment: Payment, stripe_sdk: stripe.StripeClient) -> None:
     racers = 4
-    barrier = threading.Barrier(racers)
-    outcomes: list[str] = []
 
-    def take_3000() -> None:
+    def take_3000() -> str:
         try:
-            barrier.wait()
             refund(payment, 3000)
-            outcomes.append("refunded")
         except RefundExceedsPayment:
-            outcomes.append("refused")
-        finally:
-            connection.close()
+            return "refused"
+        return "refunded"
 
-    threads = [threading.Thread(target=take_3000) for _ in range(racers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = race(*[take_3000] * racers)
 
     assert sorted(outcomes) == ["refunded"] + ["refused"] * (racers - 1)
     assert [r["amount"] for r in stripe_refunds(stripe_sdk, payment)] == [3000]
@@ -132,10 +123,10 @@ def test_a_refund_stripe_refuses_is_failed_and_releases_its_amount(payment: Paym
 
 
 def test_when_stripe_is_down_the_refund_stays_reserved_and_the_same_key_finishes_it_later(
-    payment: Payment, stripe_proxy: TcpProxy, stripe_sdk: stripe.StripeClient, settings: Any
+    payment: Payment, stripe_fake: StripeFake, stripe_sdk: stripe.StripeClient, settings: Any
 ) -> None:
     settings.STRIPE_MAX_NETWORK_RETRIES = 0
-    stripe_proxy.cut()
+    stripe_fake.proxy.cut()
     with pytest.raises(StripeUnavailable):
         refund(payment, 2000, key="form-7")
     reserved = Refund.objects.get()
@@ -143,7 +134,7 @@ def test_when_stripe_is_down_the_refund_stays_reserved_and_the_same_key_finishes
     with pytest.raises(RefundExceedsPayment):  # the reservation still counts
         refund(payment, 3001)
 
-    stripe_proxy.restore()
+    stripe_fake.proxy.restore()
     Refund.objects.filter(pk=reserved.pk).update(lease_until=None)  # its caller gave up
     finished = refund(payment, 2000, key="form-7")
 

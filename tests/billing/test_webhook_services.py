@@ -17,6 +17,8 @@ from gdpr.models import AuditEvent
 from tasks.errors import TransientError
 from tasks.models import OutboxMessage
 from tests.billing.factories import CustomerFactory, OrderFactory, PriceFactory
+from tests.support.stripe_fake import StripeFake
+from tests.support.stripe_setup import card_for, confirmed_intent, customer_with_card, subscription_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,38 +45,17 @@ def price() -> Price:
 
 
 @pytest.fixture
-def stripe_customer(stripe_sdk: stripe.StripeClient, stripe_base: str) -> dict[str, Any]:
+def stripe_customer(stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake) -> dict[str, Any]:
     """A customer made outside our checkout (the dashboard), naming our user, with a working card."""
-    user_id = uuid.uuid4()
-    customer = stripe_sdk.v1.customers.create(
-        params={"email": "dash@example.com", "metadata": {"user_id": str(user_id)}}
-    )
-    card = stripe_sdk.v1.payment_methods.create(
-        params={"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
-    )
-    stripe_sdk.v1.payment_methods.attach(card.id, params={"customer": customer.id})
-    stripe_sdk.v1.customers.update(customer.id, params={"invoice_settings": {"default_payment_method": card.id}})
-    return {**customer.to_dict(), "card": card.id}
+    return customer_with_card(stripe_sdk, email="dash@example.com", metadata={"user_id": str(uuid.uuid4())})
 
 
 @pytest.fixture
 def stripe_subscription(
     stripe_sdk: stripe.StripeClient, stripe_customer: dict[str, Any], price: Price
 ) -> dict[str, Any]:
-    product = stripe_sdk.v1.products.create(params={"name": "Basic"})
-    stripe_sdk.v1.plans.create(
-        params={
-            "id": price.stripe_price_id,
-            "amount": 499,
-            "currency": "eur",
-            "interval": "month",
-            "product": product.id,
-        }
-    )
-    created = stripe_sdk.v1.subscriptions.create(
-        params={"customer": stripe_customer["id"], "items": [{"plan": price.stripe_price_id}]}
-    )
-    return gateway.subscription_retrieve(created.id)  # what the webhook's re-fetch would get
+    created = subscription_for(stripe_sdk, stripe_customer["id"], price)
+    return gateway.subscription_retrieve(created)  # what the webhook's re-fetch would get
 
 
 # --- customers -----------------------------------------------------------------------------------
@@ -334,15 +315,7 @@ def test_a_succeeded_payment_intent_is_recorded_and_announced(
     stripe_sdk: stripe.StripeClient, stripe_customer: dict[str, Any]
 ) -> None:
     in_processor(services.customer_upsert_from_stripe, stripe_customer=stripe_customer, event_created=at(0))
-    intent = stripe_sdk.v1.payment_intents.create(
-        params={
-            "amount": 2500,
-            "currency": "eur",
-            "customer": stripe_customer["id"],
-            "payment_method": stripe_customer["card"],
-            "confirm": True,
-        }
-    ).to_dict()
+    intent = confirmed_intent(stripe_sdk, stripe_customer, 2500)
 
     changed = in_processor(services.payment_record_from_intent, payment_intent=intent, event_created=at(1))
     again = in_processor(services.payment_record_from_intent, payment_intent=intent, event_created=at(1))
@@ -359,20 +332,9 @@ def test_a_succeeded_payment_intent_is_recorded_and_announced(
 def test_a_declined_card_is_a_failed_payment_with_its_decline_code(
     stripe_sdk: stripe.StripeClient, stripe_customer: dict[str, Any]
 ) -> None:
-    declining = stripe_sdk.v1.payment_methods.create(
-        params={"type": "card", "card": {"number": "4000000000000341", "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
-    )
-    stripe_sdk.v1.payment_methods.attach(declining.id, params={"customer": stripe_customer["id"]})
+    declining = card_for(stripe_sdk, stripe_customer["id"], number="4000000000000341")
     with pytest.raises(stripe.StripeError) as declined:
-        stripe_sdk.v1.payment_intents.create(
-            params={
-                "amount": 900,
-                "currency": "eur",
-                "customer": stripe_customer["id"],
-                "payment_method": declining.id,
-                "confirm": True,
-            }
-        )
+        confirmed_intent(stripe_sdk, {**stripe_customer, "card": declining}, 900)
     charge = stripe_sdk.v1.charges.retrieve(declined.value.json_body["error"]["charge"])
     intent = stripe_sdk.v1.payment_intents.retrieve(charge.payment_intent).to_dict()
     in_processor(services.customer_upsert_from_stripe, stripe_customer=stripe_customer, event_created=at(0))
@@ -478,15 +440,7 @@ def test_an_intent_naming_nobody_is_a_permanent_error() -> None:
 @pytest.fixture
 def paid(stripe_sdk: stripe.StripeClient, stripe_customer: dict[str, Any]) -> Payment:
     in_processor(services.customer_upsert_from_stripe, stripe_customer=stripe_customer, event_created=at(0))
-    intent = stripe_sdk.v1.payment_intents.create(
-        params={
-            "amount": 5000,
-            "currency": "eur",
-            "customer": stripe_customer["id"],
-            "payment_method": stripe_customer["card"],
-            "confirm": True,
-        }
-    ).to_dict()
+    intent = confirmed_intent(stripe_sdk, stripe_customer, 5000)
     in_processor(services.payment_record_from_intent, payment_intent=intent, event_created=at(1))
     return Payment.objects.get()
 

@@ -1,14 +1,12 @@
 """Family plans through the API: create, invite, accept, remove, leave; seats under concurrency."""
 
 import hashlib
-import threading
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import time_machine
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -18,6 +16,7 @@ from gdpr.models import AuditEvent
 from tasks.models import OutboxMessage
 from tests.entitlements.conftest import as_user
 from tests.entitlements.factories import plan_with, subscribe
+from tests.support.races import race
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -278,35 +277,13 @@ def test_the_last_seat_goes_to_the_first_accept(client: Client) -> None:
     problem(family.accept(second, uuid.uuid4(), CAROL_EMAIL), 409, "no_seat_left")
 
 
-def _concurrently(*calls: Any) -> list[Any]:
-    """Run each call in its own thread (its own database connection), released together."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(index: int, call: Any) -> None:
-        try:
-            barrier.wait()
-            results[index] = call()
-        except BaseException as exc:  # surfaced by the caller's assertions
-            results[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
-
-
 def test_two_accepts_racing_for_the_last_seat_one_wins_and_the_other_gets_409(client: Client) -> None:
     for _ in range(5):  # the race, several times over
         family = Family(client, seats=1)
         family.create()
         tokens = [(family.token_for(email), uuid.uuid4(), email) for email in (BOB_EMAIL, CAROL_EMAIL)]
 
-        responses = _concurrently(*[lambda f=family, t=t: f.accept(*t) for t in tokens])
+        responses = race(*[lambda f=family, t=t: f.accept(*t) for t in tokens])
 
         assert sorted(r.status_code for r in responses) == [200, 409]
         loser = next(r for r in responses if r.status_code == 409)
@@ -321,9 +298,7 @@ def test_one_user_accepting_two_families_at_once_ends_up_in_exactly_one(client: 
     bob = uuid.uuid4()
     tokens = [first.token_for(BOB_EMAIL), second.token_for(BOB_EMAIL)]
 
-    responses = _concurrently(
-        lambda: first.accept(tokens[0], bob, BOB_EMAIL), lambda: second.accept(tokens[1], bob, BOB_EMAIL)
-    )
+    responses = race(lambda: first.accept(tokens[0], bob, BOB_EMAIL), lambda: second.accept(tokens[1], bob, BOB_EMAIL))
 
     assert sorted(r.status_code for r in responses) == [200, 409]
     assert FamilyMembership.objects.filter(user_id=bob).count() == 1

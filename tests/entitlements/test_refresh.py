@@ -1,13 +1,12 @@
 """entitlements_refresh: events, audit, snapshots and family suspension after billing changes."""
 
-import threading
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import time_machine
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from billing.models import Subscription
@@ -16,6 +15,7 @@ from entitlements.services import entitlements_refresh, entitlements_refresh_lap
 from gdpr.models import AuditEvent
 from tasks.models import OutboxMessage
 from tests.entitlements.factories import customer_of, family_of, plan_with, subscribe
+from tests.support.races import race, raised
 
 pytestmark = pytest.mark.django_db
 
@@ -153,27 +153,15 @@ def test_concurrent_refreshes_of_one_user_report_each_change_exactly_once() -> N
     buyer = uuid.uuid4()
     plans = [plan_with([f"feature-{n}"]) for n in range(4)]
     customer_of(buyer)
-    barrier = threading.Barrier(len(plans))
-    errors: list[BaseException] = []
 
     def buy(plan: Any) -> None:
-        try:
-            barrier.wait()
-            with transaction.atomic():
-                subscribe(buyer, plan)
-                entitlements_refresh(user_ids={buyer})
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            connection.close()
+        with transaction.atomic():
+            subscribe(buyer, plan)
+            entitlements_refresh(user_ids={buyer})
 
-    threads = [threading.Thread(target=buy, args=(plan,)) for plan in plans]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = race(*[lambda plan=plan: buy(plan) for plan in plans])
 
-    assert errors == []
+    assert raised(outcomes) == []
     reported = [key for change in changes(buyer) for key in change["added"]]
     assert sorted(reported) == [f"feature-{n}" for n in range(4)]
     assert all(change["removed"] == [] for change in changes(buyer))

@@ -1,13 +1,11 @@
-"""gdpr's fixtures: billing's Stripe fakes (localstripe behind a proxy a test can cut) and a private
-export storage that the test process and its worker subprocesses share."""
+"""gdpr's fixtures: a private export storage that the test process and its worker subprocesses share,
+and quick retries."""
 
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.billing.conftest import localstripe, stripe_base, stripe_proxy, stripe_sdk  # noqa: F401 (fixtures)
 
 
 @pytest.fixture

@@ -1,11 +1,9 @@
 """A user with data in every app, a scan of the whole database, and a driver for requests in-process."""
 
-import json
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import stripe
 from django.db import connection, transaction
@@ -28,15 +26,15 @@ from gdpr.services import data_request_create, erasure_process, export_process
 from tasks.outbox import outbox_dispatch_pending
 from tests.billing.factories import (
     CustomerFactory,
-    FeatureFactory,
     OrderFactory,
     PaymentFactory,
-    PlanFactory,
     PriceFactory,
     RefundFactory,
     SubscriptionFactory,
 )
-from tests.entitlements.factories import subscribe
+from tests.entitlements.factories import plan_with, subscribe
+from tests.support.stripe_events import inbox_event
+from tests.support.stripe_setup import customer_with_card, subscription_for
 from webhooks.models import WebhookEvent
 
 ALICE_NAME = "Alice Liddell"
@@ -45,8 +43,7 @@ CAROL_EMAIL = "carol@example.org"
 
 
 def family_price() -> Price:
-    plan = PlanFactory(code=f"family-{uuid.uuid4().hex[:6]}", family_seats=3)
-    plan.features.set([FeatureFactory(key="hd"), FeatureFactory(key="offline")])
+    plan = plan_with(["hd", "offline"], family_seats=3, code=f"family-{uuid.uuid4().hex[:6]}")
     return PriceFactory(plan=plan, stripe_price_id=f"price_{uuid.uuid4().hex[:12]}", unit_amount=1299)
 
 
@@ -71,55 +68,6 @@ class Seeded:
         return [str(self.user_id), self.user_id.hex, self.email, "Liddell"]
 
 
-def _stripe_subscription(stripe_sdk: stripe.StripeClient, *, price: Price, user_id: uuid.UUID, email: str) -> dict:
-    product = stripe_sdk.v1.products.create(params={"name": price.plan.name})
-    stripe_sdk.v1.plans.create(
-        params={
-            "id": price.stripe_price_id,
-            "amount": price.unit_amount,
-            "currency": price.currency,
-            "interval": "month",
-            "product": product.id,
-        }
-    )
-    customer = stripe_sdk.v1.customers.create(
-        params={"email": email, "name": ALICE_NAME, "metadata": {"user_id": str(user_id)}}
-    ).to_dict()
-    card = stripe_sdk.v1.payment_methods.create(
-        params={"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}}
-    )
-    stripe_sdk.v1.payment_methods.attach(card.id, params={"customer": customer["id"]})
-    stripe_sdk.v1.customers.update(customer["id"], params={"invoice_settings": {"default_payment_method": card.id}})
-    created = stripe_sdk.v1.subscriptions.create(
-        params={"customer": customer["id"], "items": [{"plan": price.stripe_price_id}]}
-    )
-    return {"customer": customer, "subscription": gateway.subscription_retrieve(created.id)}
-
-
-def _stripe_event(event_type: str, obj: dict[str, Any], *, customer_id: str, status: str) -> WebhookEvent:
-    event_id = f"evt_{uuid.uuid4().hex[:24]}"
-    created = timezone.now() - timedelta(minutes=5)
-    body = {
-        "id": event_id,
-        "object": "event",
-        "type": event_type,
-        "created": int(created.timestamp()),
-        "livemode": False,
-        "data": {"object": obj},
-    }
-    return WebhookEvent.objects.create(
-        event_id=event_id,
-        type=event_type,
-        object_id=str(obj.get("id", "")),
-        customer_id=customer_id,
-        livemode=False,
-        provider_created_at=created,
-        raw_body=json.dumps(body),
-        status=status,
-        processed_at=timezone.now() if status == WebhookEvent.Status.PROCESSED else None,
-    )
-
-
 def seed_everywhere(*, user_id: uuid.UUID, email: str, stripe_sdk: stripe.StripeClient | None = None) -> Seeded:
     """A user (with their email in mixed case, as a token may carry it) who has bought a family plan,
     invited Bob (who joined) and Carol, been invited by Dave, paid, been refunded, whose Stripe events
@@ -127,14 +75,16 @@ def seed_everywhere(*, user_id: uuid.UUID, email: str, stripe_sdk: stripe.Stripe
     bob, dave = uuid.uuid4(), uuid.uuid4()
     price = family_price()
     if stripe_sdk is not None:
-        made = _stripe_subscription(stripe_sdk, price=price, user_id=user_id, email=email)
-        customer = CustomerFactory(user_id=user_id, email=email, stripe_customer_id=made["customer"]["id"])
+        stripe_customer = customer_with_card(
+            stripe_sdk, email=email, name=ALICE_NAME, metadata={"user_id": str(user_id)}
+        )
+        stripe_subscription = gateway.subscription_retrieve(subscription_for(stripe_sdk, stripe_customer["id"], price))
+        customer = CustomerFactory(user_id=user_id, email=email, stripe_customer_id=stripe_customer["id"])
         with transaction.atomic():
             subscription_upsert_from_stripe(
-                stripe_subscription=made["subscription"], event_created=datetime(2026, 1, 1, tzinfo=UTC)
+                stripe_subscription=stripe_subscription, event_created=datetime(2026, 1, 1, tzinfo=UTC)
             )
         subscription = Subscription.objects.get(customer=customer)
-        stripe_customer = made["customer"]
     else:
         customer = CustomerFactory(user_id=user_id, email=email)
         subscription = SubscriptionFactory(customer=customer, price=price, plan=price.plan)
@@ -164,20 +114,29 @@ def seed_everywhere(*, user_id: uuid.UUID, email: str, stripe_sdk: stripe.Stripe
     family_invitation_create(owner_user_id=dave, email=email)
     entitlements_refresh(user_ids={user_id, bob, dave})
 
+    received = timezone.now() - timedelta(minutes=5)
     events = [
-        _stripe_event("customer.updated", stripe_customer, customer_id=stripe_customer["id"], status="processed"),
-        _stripe_event(
+        inbox_event(
+            "customer.updated",
+            stripe_customer,
+            customer_id=stripe_customer["id"],
+            status="processed",
+            received_at=received,
+        ),
+        inbox_event(
             "payment_intent.succeeded",
             {"id": payment.stripe_payment_intent_id, "object": "payment_intent", "receipt_email": email},
             customer_id=stripe_customer["id"],
             status="processed",
+            received_at=received,
         ),
     ]
-    stranger = _stripe_event(
+    stranger = inbox_event(
         "customer.updated",
         {"id": "cus_stranger", "object": "customer", "email": "stranger@example.net"},
         customer_id="cus_stranger",
         status="processed",
+        received_at=received,
     )
     request = RequestFactory().post("/", REMOTE_ADDR="198.51.100.23", HTTP_USER_AGENT="JiaApp/5.1 (iPhone)")
     data_request_create(kind=RequestKind.EXPORT, user_id=user_id, email=email, request=request)

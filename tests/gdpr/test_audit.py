@@ -5,6 +5,7 @@ import uuid
 import pytest
 from django.db import DatabaseError, connection, transaction
 from django.test import RequestFactory, override_settings
+from rest_framework.request import Request
 
 from gdpr.audit import (
     GENESIS_HASH,
@@ -74,8 +75,6 @@ def test_the_request_gives_ip_user_agent_and_request_id(rf: RequestFactory) -> N
 
 
 def test_a_drf_request_works_as_well(rf: RequestFactory) -> None:
-    from rest_framework.request import Request
-
     django_request = rf.get("/x", REMOTE_ADDR="198.51.100.8", HTTP_USER_AGENT="app/3")
     django_request.request_id = "req-abcdefgh"  # type: ignore[attr-defined]
 

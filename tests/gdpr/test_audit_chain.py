@@ -1,6 +1,5 @@
 """The hash chain: tampering is found, pseudonymisation is not tampering, concurrent writers make one chain."""
 
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -8,11 +7,12 @@ from contextlib import contextmanager
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import DatabaseError, connection, transaction
 from django.test import RequestFactory
 
-from gdpr.audit import ActorType, AuditAction, AuditEvent, record, verify_chain
+from gdpr.audit import ActorType, AuditAction, AuditEvent, event_hash, record, verify_chain
 from gdpr.services import PSEUDONYMISE_FLAG, audit_pseudonymise_actor
+from tests.support.races import race, raised
 
 pytestmark = pytest.mark.django_db
 
@@ -125,8 +125,6 @@ def test_a_rehashed_forgery_breaks_the_next_link() -> None:
     with _trigger_disabled():
         _sql("UPDATE gdpr_auditevent SET target_id = 'fam_9' WHERE id = %s", [events[1].pk])
         forged = AuditEvent.objects.get(pk=events[1].pk)
-        from gdpr.audit import event_hash
-
         _sql("UPDATE gdpr_auditevent SET hash = %s WHERE id = %s", [event_hash(forged), events[1].pk])
 
     _, broken = verify_chain()
@@ -225,32 +223,20 @@ def test_pseudonymise_needs_a_different_pseudonym() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_writers_on_their_own_connections_make_one_unbroken_chain() -> None:
     writers, per_writer = 8, 15
-    barrier = threading.Barrier(writers)
-    errors: list[BaseException] = []
 
     def write(n: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            for i in range(per_writer):
-                with transaction.atomic():
-                    record(
-                        action=AuditAction.PAYMENT_RECORDED,
-                        actor_type=ActorType.PROVIDER,
-                        actor_id="stripe",
-                        target_id=f"{n}-{i}",
-                    )
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        for i in range(per_writer):
+            with transaction.atomic():
+                record(
+                    action=AuditAction.PAYMENT_RECORDED,
+                    actor_type=ActorType.PROVIDER,
+                    actor_id="stripe",
+                    target_id=f"{n}-{i}",
+                )
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    outcomes = race(*[lambda n=n: write(n) for n in range(writers)])
 
-    assert errors == []
+    assert raised(outcomes) == []
     seqs = list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, writers * per_writer + 1))
     assert verify_chain() == (writers * per_writer, None)

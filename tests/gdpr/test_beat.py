@@ -26,6 +26,7 @@ from tasks.outbox import outbox_dispatch_pending
 from tests.billing.factories import CustomerFactory
 from tests.gdpr.support import run_to_the_end
 from tests.support.auth import bearer
+from tests.support.stripe_events import inbox_event
 from tests.support.worker import celery_worker, purge, wait_until
 from webhooks.models import WebhookEvent
 from webhooks.services import webhook_payloads_purge
@@ -140,26 +141,9 @@ def test_the_user_id_leaves_the_erasure_event_only_once_it_is_published() -> Non
 
 
 def _event(*, days_old: int, status: str, customer_id: str = "cus_someone") -> WebhookEvent:
-    event_id = f"evt_{uuid.uuid4().hex[:20]}"
+    customer = {"id": customer_id, "object": "customer", "email": "someone@example.com"}
     received = timezone.now() - timedelta(days=days_old)
-    body = {
-        "id": event_id,
-        "type": "customer.updated",
-        "created": int(received.timestamp()),
-        "livemode": False,
-        "data": {"object": {"id": customer_id, "object": "customer", "email": "someone@example.com"}},
-    }
-    return WebhookEvent.objects.create(
-        event_id=event_id,
-        type="customer.updated",
-        object_id=customer_id,
-        customer_id=customer_id,
-        livemode=False,
-        provider_created_at=received,
-        raw_body=json.dumps(body),
-        status=status,
-        received_at=received,
-    )
+    return inbox_event("customer.updated", customer, status=status, customer_id=customer_id, received_at=received)
 
 
 @pytest.mark.django_db

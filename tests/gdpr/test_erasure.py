@@ -2,22 +2,13 @@
 the audit chain intact, nothing reported done while a step failed."""
 
 import json
-import re
-import threading
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-import responses
 import stripe
 from django.core.management import call_command
-from django.db import connections
 from django.test import Client
 
 from billing.models import Customer, Order, Payment, Refund, Subscription
@@ -31,7 +22,8 @@ from tests.billing.factories import CustomerFactory
 from tests.gdpr.support import Seeded, run_to_the_end, scan_database, seed_everywhere
 from tests.support.auth import bearer
 from tests.support.broker import EventsConsumer
-from tests.support.proxy import TcpProxy
+from tests.support.races import race, raised
+from tests.support.stripe_fake import STRIPE_KEY, StripeFake
 from tests.support.worker import celery_worker, wait_until
 from webhooks.models import WebhookEvent
 
@@ -53,42 +45,9 @@ def _status(client: Client, request_id: str) -> str:
     return str(response.json()["status"])
 
 
-@dataclass
-class StripeCustomerDeletes:
-    """DELETE /v1/customers/… answered by the test's script (then by localstripe); every call counted."""
-
-    script: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    calls: int = 0
-    base: str = ""
-
-    def __call__(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
-        self.calls += 1
-        if self.script:
-            status, body = self.script.pop(0)
-            return status, {"Request-Id": "req_fake"}, json.dumps(body)
-        # Through urllib, which `responses` does not intercept: localstripe answers for real.
-        forward = urllib.request.Request(  # noqa: S310 - our own loopback fake
-            str(request.url), method="DELETE", headers={"Authorization": str(request.headers["Authorization"])}
-        )
-        try:
-            with urllib.request.urlopen(forward, timeout=5) as answer:  # noqa: S310
-                return answer.status, {}, answer.read().decode()
-        except urllib.error.HTTPError as refused:
-            return refused.code, {}, refused.read().decode()
-
-
-@pytest.fixture
-def customer_deletes(stripe_base: str) -> Iterator[StripeCustomerDeletes]:
-    fake = StripeCustomerDeletes(base=stripe_base)
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.add_callback(responses.DELETE, re.compile(rf"{re.escape(stripe_base)}/v1/customers/\w+"), callback=fake)
-        mock.add_passthru(stripe_base)
-        mock.add_passthru("http://127.0.0.1")  # localstripe itself (the test's set-up)
-        yield fake
-
-
-UNAVAILABLE = (500, {"error": {"type": "api_error", "message": "Stripe is having a bad day"}})
-REFUSED = (400, {"error": {"type": "invalid_request_error", "message": "This customer cannot be deleted"}})
+CUSTOMER_DELETES = "DELETE /v1/customers/"  # at Stripe
+UNAVAILABLE = (500, {"type": "api_error", "message": "Stripe is having a bad day"})
+REFUSED = (400, {"type": "invalid_request_error", "message": "This customer cannot be deleted"})
 
 
 def _features(client: Client) -> list[str]:
@@ -146,7 +105,7 @@ def assert_erased(seeded: Seeded, stripe_sdk: stripe.StripeClient) -> None:
 
 
 def test_erasure_leaves_nothing_of_the_user_keeps_the_financial_rows_and_the_audit_chain(
-    stripe_sdk: stripe.StripeClient, stripe_base: str, export_storage: Path
+    stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake, export_storage: Path
 ) -> None:
     # given
     seeded = seed_everywhere(user_id=ALICE, email=ALICE_EMAIL, stripe_sdk=stripe_sdk)
@@ -199,12 +158,12 @@ def test_erasure_leaves_nothing_of_the_user_keeps_the_financial_rows_and_the_aud
 
 
 def test_stripe_failing_mid_erasure_leaves_it_unfinished_and_a_rerun_finishes_it(
-    stripe_sdk: stripe.StripeClient, customer_deletes: StripeCustomerDeletes
+    stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake
 ) -> None:
     seeded = seed_everywhere(user_id=ALICE, email=ALICE_EMAIL, stripe_sdk=stripe_sdk)
     client = Client()
     request_id = _erase(client).json()["id"]
-    customer_deletes.script = [UNAVAILABLE] * 3  # the subscription is cancelled, then Stripe fails
+    stripe_fake.fail_next(CUSTOMER_DELETES, *UNAVAILABLE, times=3)  # the subscription is cancelled, then Stripe fails
 
     outcome = erasure_process(request_id=uuid.UUID(request_id))
 
@@ -218,7 +177,7 @@ def test_stripe_failing_mid_erasure_leaves_it_unfinished_and_a_rerun_finishes_it
     assert stripe_sdk.v1.subscriptions.retrieve(seeded.subscription.stripe_subscription_id).status == "canceled"
     assert not OutboxMessage.objects.filter(type="gdpr.erasure.completed").exists()
 
-    customer_deletes.script = []
+    stripe_fake.failures.clear()
     done = run_to_the_end(uuid.UUID(request_id))
 
     assert done.status == RequestStatus.COMPLETED
@@ -228,13 +187,13 @@ def test_stripe_failing_mid_erasure_leaves_it_unfinished_and_a_rerun_finishes_it
 
 
 def test_a_step_that_keeps_failing_fails_the_request_with_its_reason_never_done(
-    settings: Any, stripe_sdk: stripe.StripeClient, customer_deletes: StripeCustomerDeletes
+    settings: Any, stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake
 ) -> None:
     settings.GDPR_MAX_ATTEMPTS = 2
     seed_everywhere(user_id=ALICE, email=ALICE_EMAIL, stripe_sdk=stripe_sdk)
     client = Client()
     request_id = _erase(client).json()["id"]
-    customer_deletes.script = [UNAVAILABLE] * 10
+    stripe_fake.fail_next(CUSTOMER_DELETES, *UNAVAILABLE, times=10)
 
     failed = run_to_the_end(uuid.UUID(request_id))
 
@@ -251,12 +210,12 @@ def test_a_step_that_keeps_failing_fails_the_request_with_its_reason_never_done(
 
 
 def test_a_permanent_stripe_refusal_fails_at_once_and_a_retry_by_staff_finishes_the_erasure(
-    stripe_sdk: stripe.StripeClient, customer_deletes: StripeCustomerDeletes
+    stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake
 ) -> None:
     seeded = seed_everywhere(user_id=ALICE, email=ALICE_EMAIL, stripe_sdk=stripe_sdk)
     client = Client()
     request_id = uuid.UUID(_erase(client).json()["id"])
-    customer_deletes.script = [REFUSED]
+    stripe_fake.fail_next(CUSTOMER_DELETES, *REFUSED)
 
     outcome = erasure_process(request_id=request_id)
 
@@ -277,27 +236,14 @@ def test_a_permanent_stripe_refusal_fails_at_once_and_a_retry_by_staff_finishes_
 
 
 def test_two_erasure_requests_at_once_make_one() -> None:
-    barrier = threading.Barrier(4)
-    answers: list[tuple[int, str]] = []
-    errors: list[BaseException] = []
 
-    def ask() -> None:
-        try:
-            barrier.wait(timeout=10)
-            response = _erase(Client())
-            answers.append((response.status_code, response.json()["id"]))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
+    def ask() -> tuple[int, str]:
+        response = _erase(Client())
+        return response.status_code, response.json()["id"]
 
-    threads = [threading.Thread(target=ask) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    answers = race(ask, ask, ask, ask)
 
-    assert errors == []
+    assert raised(answers) == []
     assert len(answers) == 4
     assert {status for status, _ in answers} == {202}
     assert len({request_id for _, request_id in answers}) == 1
@@ -306,7 +252,7 @@ def test_two_erasure_requests_at_once_make_one() -> None:
 
 
 def test_an_erasure_waits_while_an_event_about_the_user_is_still_to_be_processed(
-    stripe_sdk: stripe.StripeClient, stripe_base: str
+    stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake
 ) -> None:
     seeded = seed_everywhere(user_id=ALICE, email=ALICE_EMAIL, stripe_sdk=stripe_sdk)
     WebhookEvent.objects.filter(id=seeded.events[1].id).update(status=WebhookEvent.Status.FAILED)
@@ -334,7 +280,7 @@ def test_an_erasure_waits_while_an_event_about_the_user_is_still_to_be_processed
 
 
 def test_a_stripe_customer_already_gone_counts_as_deleted(
-    stripe_sdk: stripe.StripeClient, customer_deletes: StripeCustomerDeletes
+    stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake
 ) -> None:
     # given: a crash right after Stripe deleted the customer, before we recorded it
     seeded = seed_everywhere(user_id=ALICE, email=ALICE_EMAIL, stripe_sdk=stripe_sdk)
@@ -344,7 +290,7 @@ def test_a_stripe_customer_already_gone_counts_as_deleted(
     done = run_to_the_end(request_id)
 
     assert done.status == RequestStatus.COMPLETED
-    assert customer_deletes.calls == 1  # answered 404: nothing left to delete
+    assert len(stripe_fake.sent(CUSTOMER_DELETES)) == 1  # answered 404: nothing left to delete
     assert Customer.objects.get(id=seeded.customer.id).stripe_deleted_at is not None
 
 
@@ -366,14 +312,13 @@ def test_an_erasure_runs_end_to_end_through_real_workers_even_with_stripe_down_a
     quick_retries: None,
     export_storage: Path,
     stripe_sdk: stripe.StripeClient,
-    stripe_base: str,
-    stripe_proxy: TcpProxy,
+    stripe_fake: StripeFake,
 ) -> None:
     seeded = seed_everywhere(user_id=ALICE, email=ALICE_EMAIL, stripe_sdk=stripe_sdk)
-    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_jia_billing")
-    monkeypatch.setenv("STRIPE_API_BASE", stripe_base)
+    monkeypatch.setenv("STRIPE_API_KEY", STRIPE_KEY)
+    monkeypatch.setenv("STRIPE_API_BASE", stripe_fake.base)
     client = Client()
-    stripe_proxy.cut()
+    stripe_fake.proxy.cut()
 
     with celery_worker(["gdpr", "outbox"]):
         request_id = _erase(client).json()["id"]
@@ -381,7 +326,7 @@ def test_an_erasure_runs_end_to_end_through_real_workers_even_with_stripe_down_a
         assert wait_until(lambda: billing.filter(attempts__gte=2).exists(), timeout=60)
         assert _status(client, request_id) in ("pending", "running")  # never done while Stripe is down
 
-        stripe_proxy.restore()
+        stripe_fake.proxy.restore()
         assert wait_until(lambda: _status(client, request_id) == "completed", timeout=90)
         assert wait_until(
             lambda: OutboxMessage.objects.filter(type="gdpr.erasure.completed", published_at__isnull=False).exists()
@@ -395,22 +340,10 @@ def test_an_erasure_runs_end_to_end_through_real_workers_even_with_stripe_down_a
 def test_two_workers_with_the_same_erasure_run_its_steps_once() -> None:
     CustomerFactory(user_id=ALICE, email=ALICE_EMAIL, stripe_customer_id=None)  # nothing at Stripe
     created, _ = data_request_create(kind=RequestKind.ERASURE, user_id=ALICE, email=ALICE_EMAIL)
-    barrier = threading.Barrier(2)
-    outcomes: list[object] = []
 
-    def work() -> None:
-        try:
-            barrier.wait(timeout=10)
-            outcomes.append(erasure_process(request_id=created.id))
-        finally:
-            connections.close_all()
+    outcomes = race(*[lambda: erasure_process(request_id=created.id)] * 2)
 
-    threads = [threading.Thread(target=work) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-
+    assert raised(outcomes) == []
     assert len(outcomes) == 2
     assert outcomes.count(None) == 1  # the other found it claimed
     assert AuditEvent.objects.filter(action="customer.pseudonymised").count() == 1

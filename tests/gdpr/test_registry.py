@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.apps import apps
+from django.contrib.auth.models import User
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 
@@ -49,8 +50,7 @@ def test_every_model_with_a_user_or_customer_link_has_a_provider() -> None:
 
 
 def test_the_walk_would_catch_a_model_nobody_registered() -> None:
-    from django.contrib.auth.models import User  # staff accounts: not data subjects of the client API
-
+    # User: staff accounts, not data subjects of the client API
     assert _links_a_person(User)
     assert User not in {model for provider in providers() for model in provider.models}
 

@@ -13,16 +13,19 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver, get_resolver
+from drf_spectacular.generators import SchemaGenerator
 from rest_framework.permissions import AllowAny
 
 from payments_project import auth
 from payments_project.auth import Principal
 from tests.payments_project.auth_views import CALLS
 from tests.support.auth import JwksServer, bearer, public_jwk, public_pem, token
+from tests.support.proxy import closed_port
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.payments_project.auth_views")]
 
@@ -385,8 +388,6 @@ def test_hs256_signed_with_a_jwks_public_key_is_refused(client: Client) -> None:
 
 
 def test_an_unreachable_jwks_url_refuses_tokens(client: Client) -> None:
-    from tests.support.proxy import closed_port
-
     with override_settings(
         JWT_ALGORITHM="RS256",
         JWT_SIGNING_KEY="",
@@ -448,8 +449,6 @@ def test_the_plan_list_is_public_for_reading_only() -> None:
 
 
 def test_the_openapi_schema_names_both_authentication_schemes() -> None:
-    from drf_spectacular.generators import SchemaGenerator
-
     schema = SchemaGenerator(urlconf="tests.payments_project.auth_views").get_schema(request=None, public=True)
 
     schemes = schema["components"]["securitySchemes"]
@@ -458,8 +457,6 @@ def test_the_openapi_schema_names_both_authentication_schemes() -> None:
 
 
 def test_the_default_permission_is_authenticated() -> None:
-    from django.conf import settings
-
     assert settings.REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"] == ["rest_framework.permissions.IsAuthenticated"]
     assert settings.REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] == ["payments_project.auth.JWTAuthentication"]
 

@@ -1,9 +1,13 @@
 import json
+import uuid
 
 import pytest
+import structlog
+from django.db import connection
 from django.test import Client, override_settings
 
 from payments_project.settings.base import cache_config
+from tests.support.auth import bearer
 from tests.support.proxy import closed_port
 
 pytestmark = pytest.mark.django_db
@@ -165,8 +169,6 @@ def test_the_openapi_schema_and_swagger_ui_are_served(client: Client) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_readyz_leaves_no_statement_timeout_on_the_reused_connection(client: Client) -> None:
-    from django.db import connection
-
     client.get("/readyz")
 
     with connection.cursor() as cursor:
@@ -175,12 +177,6 @@ def test_readyz_leaves_no_statement_timeout_on_the_reused_connection(client: Cli
 
 
 def test_the_callers_user_id_is_on_every_log_line_of_the_request(client: Client) -> None:
-    import uuid
-
-    import structlog
-
-    from tests.support.auth import bearer
-
     user_id = uuid.uuid4()
     client.get("/api/v1/entitlements", HTTP_AUTHORIZATION=bearer(user_id), HTTP_X_REQUEST_ID="req-logs-0001")
 

@@ -5,14 +5,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from django.test import Client, RequestFactory, override_settings
 
 from payments_project.ratelimit import client_ip, rate_limit_key, rate_limited
-from payments_project.settings.base import RATE_LIMIT_DEFAULTS, rate_limits_from_env
+from payments_project.settings.base import RATE_LIMIT_DEFAULTS, cache_config, rate_limits_from_env
 from tests.payments_project.auth_views import CALLS
 from tests.support.auth import bearer
+from tests.support.proxy import closed_port
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.payments_project.auth_views")]
 
@@ -153,9 +155,6 @@ def test_the_counters_live_in_the_shared_cache(client: Client) -> None:
 
 
 def test_a_cache_outage_fails_open(client: Client) -> None:
-    from payments_project.settings.base import cache_config
-    from tests.support.proxy import closed_port
-
     with override_settings(CACHES=cache_config(f"redis://127.0.0.1:{closed_port()}/0")):
         for _ in range(4):
             assert _post(client, CHECKOUT, user=ALICE).status_code == 201
@@ -224,8 +223,6 @@ def test_an_unknown_group_fails_when_the_view_is_decorated() -> None:
 def test_admin_sign_in_attempts_are_limited_per_ip_so_passwords_cannot_be_guessed_fast(
     client: Client, settings
 ) -> None:  # type: ignore[no-untyped-def]
-    from django.contrib.auth.models import User
-
     settings.RATE_LIMITS = {**settings.RATE_LIMITS, "admin_login": "3/m"}
     User.objects.create_user("alice", password="the-right-one", is_staff=True)
     guess = {"username": "alice", "password": "wrong", "next": "/admin/"}

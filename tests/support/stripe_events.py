@@ -1,12 +1,17 @@
-"""Stripe events as Stripe sends them: a JSON body and its Stripe-Signature header."""
+"""Stripe events as Stripe sends them (a JSON body and its Stripe-Signature header), and as the webhook
+inbox holds them."""
 
 import json
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import stripe
 from django.conf import settings
+from django.utils import timezone
+
+from webhooks.models import WebhookEvent
 
 
 def stripe_event(event_type: str, obj: dict[str, Any], *, created: int | None = None, **fields: Any) -> dict[str, Any]:
@@ -38,3 +43,23 @@ def delivery(event: dict[str, Any], **sign_kwargs: Any) -> dict[str, Any]:
     """Keyword arguments for Django's test client: body, content type and signature of `event`."""
     body = json.dumps(event)
     return {"data": body, "content_type": "application/json", "HTTP_STRIPE_SIGNATURE": signed(body, **sign_kwargs)}
+
+
+def inbox_event(
+    event_type: str, obj: dict[str, Any], *, status: str, customer_id: str = "", received_at: datetime | None = None
+) -> WebhookEvent:
+    """An event already in the webhook inbox, as ingestion stored it (and, by `status`, handled it)."""
+    received_at = received_at or timezone.now()
+    event = stripe_event(event_type, obj, created=int(received_at.timestamp()))
+    return WebhookEvent.objects.create(
+        event_id=event["id"],
+        type=event_type,
+        object_id=str(obj.get("id", "")),
+        customer_id=customer_id,
+        livemode=False,
+        provider_created_at=received_at,
+        received_at=received_at,
+        raw_body=json.dumps(event),
+        status=status,
+        processed_at=timezone.now() if status == WebhookEvent.Status.PROCESSED else None,
+    )

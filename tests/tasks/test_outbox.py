@@ -1,11 +1,10 @@
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from tasks.errors import OutboxError
@@ -13,6 +12,7 @@ from tasks.models import OutboxMessage
 from tasks.outbox import emit, outbox_dispatch_pending
 from tests.support.broker import EventsConsumer, broker_url_through
 from tests.support.proxy import TcpProxy
+from tests.support.races import race
 from tests.support.worker import celery_worker, wait_until
 
 
@@ -118,21 +118,7 @@ def test_a_message_backing_off_holds_back_its_own_subject_but_not_others(consume
 def test_two_dispatchers_racing_publish_each_message_once_and_in_order_per_subject(consumer: EventsConsumer) -> None:
     with transaction.atomic():
         emitted = [emit("entitlements.changed", f"user:{i % 7}", {"n": i}) for i in range(300)]
-    barrier = threading.Barrier(2)
-    published: list[int] = []
-
-    def dispatcher() -> None:
-        barrier.wait()
-        try:
-            published.append(outbox_dispatch_pending())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=dispatcher) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    published = race(outbox_dispatch_pending, outbox_dispatch_pending)
 
     messages = consumer.drain(expect=300, timeout=30)
     counts = Counter(m.properties["message_id"] for m in messages)

@@ -1,15 +1,14 @@
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from django.db import connection
 from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 
 from payments_project.celery import app
+from tests.support.races import race
 from tests.support.stripe_events import delivery, signed, stripe_event
 from tests.support.worker import purge
 from webhooks.models import WebhookEvent
@@ -87,21 +86,8 @@ def test_the_same_event_delivered_again_is_stored_once_and_flagged_duplicate(
 def test_twenty_concurrent_deliveries_of_one_event_store_one_row() -> None:
     event = subscription_updated()
     kwargs = delivery(event)
-    barrier = threading.Barrier(20)
-    answers: list[dict[str, object]] = []
 
-    def deliver() -> None:
-        try:
-            barrier.wait()
-            answers.append(Client().post(URL, **kwargs).json())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=deliver) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    answers = race(*[lambda: Client().post(URL, **kwargs).json()] * 20)
 
     assert WebhookEvent.objects.count() == 1
     assert len(answers) == 20

@@ -2,16 +2,15 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import uuid
 from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
+from tests.support.races import race
 from tests.support.stripe_events import delivery, stripe_event
 from tests.support.worker import celery_worker, wait_until
 from tests.webhooks.handlers_for_tests import effects
@@ -99,21 +98,11 @@ def test_an_event_whose_claims_used_up_every_attempt_is_dead_without_running(cli
 
 def test_two_workers_racing_for_one_event_apply_it_once(client: Client) -> None:
     events = [receive(client) for _ in range(10)]
-    barrier = threading.Barrier(4)
-    outcomes: list[str | None] = []
 
-    def worker() -> None:
-        try:
-            barrier.wait()
-            outcomes.extend(webhook_event_process(event_id=event.id) for event in events)
-        finally:
-            connection.close()
+    def worker() -> list[str | None]:
+        return [webhook_event_process(event_id=event.id) for event in events]
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = [outcome for run in race(*[worker] * 4) for outcome in run]
 
     assert outcomes.count(Status.PROCESSED) == 10
     assert all(effects(event.object_id) == 1 for event in events)

@@ -1,11 +1,8 @@
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -14,8 +11,9 @@ from billing.models import Payment
 from gdpr.models import AuditEvent
 from tests.billing.factories import PaymentFactory, SubscriptionFactory
 from tests.support.auth import staff_client
-from tests.support.fake_stripe_api import BASE, FakeStripeApi
+from tests.support.races import race
 from tests.support.stripe_events import delivery, stripe_event
+from tests.support.stripe_fake import StripeFake
 from tests.webhooks.handlers_for_tests import effects
 from webhooks.models import Discrepancy, SyncCursor, WebhookEvent
 from webhooks.reconciliation import EVENTS_CURSOR, _cursor_take, events_gap_fill, state_compare
@@ -24,17 +22,17 @@ from webhooks.services import webhook_event_process
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+EVENTS = "GET /v1/events"  # at Stripe
+
+
 @pytest.fixture
-def stripe_api(settings) -> Iterator[FakeStripeApi]:  # type: ignore[no-untyped-def]
-    settings.STRIPE_API_KEY = "sk_test_reconciliation"
-    settings.STRIPE_API_BASE = BASE
+def stripe_api(stripe_fake: StripeFake, settings) -> StripeFake:  # type: ignore[no-untyped-def]
     settings.STRIPE_MAX_NETWORK_RETRIES = 0
     settings.RECONCILIATION_EVENTS_PAGE_SIZE = 2
-    with FakeStripeApi().serving() as api:
-        yield api
+    return stripe_fake
 
 
-def effect_event(api: FakeStripeApi, seconds_ago: int = 60) -> dict[str, object]:
+def effect_event(api: StripeFake, seconds_ago: int = 60) -> dict[str, object]:
     obj = {"id": f"obj_{uuid.uuid4().hex[:12]}", "object": "thing"}
     return api.add_event(stripe_event("test.effect", obj, created=int(time.time()) - seconds_ago))
 
@@ -44,7 +42,7 @@ def process_all() -> None:
         webhook_event_process(event_id=event_id)
 
 
-def test_events_the_inbox_never_received_are_stored_and_processed_once(stripe_api: FakeStripeApi) -> None:
+def test_events_the_inbox_never_received_are_stored_and_processed_once(stripe_api: StripeFake) -> None:
     missed = [effect_event(stripe_api, seconds_ago=100 - i) for i in range(5)]
 
     first = events_gap_fill()
@@ -58,7 +56,7 @@ def test_events_the_inbox_never_received_are_stored_and_processed_once(stripe_ap
     assert SyncCursor.objects.get(name=EVENTS_CURSOR).last_event_id == missed[-1]["id"]
 
 
-def test_an_event_already_in_the_inbox_is_left_untouched(client: Client, stripe_api: FakeStripeApi) -> None:
+def test_an_event_already_in_the_inbox_is_left_untouched(client: Client, stripe_api: StripeFake) -> None:
     delivered = effect_event(stripe_api)
     client.post("/webhooks/stripe/", **delivery(delivered))
     row = WebhookEvent.objects.get()
@@ -72,43 +70,44 @@ def test_an_event_already_in_the_inbox_is_left_untouched(client: Client, stripe_
     assert effects(delivered["data"]["object"]["id"]) == 1  # type: ignore[index]
 
 
-def test_later_runs_page_forward_from_the_cursor(stripe_api: FakeStripeApi) -> None:
+def test_later_runs_page_forward_from_the_cursor(stripe_api: StripeFake) -> None:
     effect_event(stripe_api, seconds_ago=500)
     events_gap_fill()
     cursor = SyncCursor.objects.get(name=EVENTS_CURSOR).last_event_id
     newer = [effect_event(stripe_api, seconds_ago=10 - i) for i in range(3)]
-    stripe_api.list_calls.clear()
+    stripe_api.requests.clear()
 
     result = events_gap_fill()
 
     assert result.events_new == 3
-    assert stripe_api.list_calls[0]["ending_before"] == [cursor]
-    assert "created[gte]" not in stripe_api.list_calls[0]
+    assert stripe_api.sent(EVENTS)[0].params["ending_before"] == cursor
+    assert "created[gte]" not in stripe_api.sent(EVENTS)[0].params
     assert SyncCursor.objects.get(name=EVENTS_CURSOR).last_event_id == newer[-1]["id"]
 
 
-def test_a_rate_limited_listing_keeps_the_stored_pages_and_resumes_from_the_cursor(stripe_api: FakeStripeApi) -> None:
+def test_a_rate_limited_listing_keeps_the_stored_pages_and_resumes_from_the_cursor(stripe_api: StripeFake) -> None:
     effect_event(stripe_api, seconds_ago=900)
     events_gap_fill()  # sets the cursor
     newer = [effect_event(stripe_api, seconds_ago=100 - i) for i in range(6)]
-    stripe_api.list_calls.clear()
-    stripe_api.rate_limit_calls = {2}
+    stripe_api.requests.clear()
+    stripe_api.fail_next(
+        EVENTS, 429, {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many"}, after=1
+    )
 
     with pytest.raises(StripeRateLimited):
         events_gap_fill()
     stored_before_limit = WebhookEvent.objects.count()
     cursor = SyncCursor.objects.get(name=EVENTS_CURSOR)
-    stripe_api.rate_limit_calls = set()
     resumed = events_gap_fill()
 
     assert stored_before_limit == 1 + 2  # the first page of the second run was kept
     assert cursor.last_event_id == newer[1]["id"]
-    assert stripe_api.list_calls[-1 - resumed.pages]["ending_before"] == [cursor.last_event_id]
+    assert stripe_api.sent(EVENTS)[-1 - resumed.pages].params["ending_before"] == cursor.last_event_id
     assert resumed.events_new == 4
     assert WebhookEvent.objects.count() == 7
 
 
-def test_a_run_while_another_holds_the_cursor_walks_away(stripe_api: FakeStripeApi) -> None:
+def test_a_run_while_another_holds_the_cursor_walks_away(stripe_api: StripeFake) -> None:
     effect_event(stripe_api)
     assert _cursor_take(uuid.uuid4())  # another run, still going
 
@@ -116,7 +115,7 @@ def test_a_run_while_another_holds_the_cursor_walks_away(stripe_api: FakeStripeA
     assert WebhookEvent.objects.count() == 0
 
 
-def test_a_lease_left_by_a_dead_run_expires(stripe_api: FakeStripeApi) -> None:
+def test_a_lease_left_by_a_dead_run_expires(stripe_api: StripeFake) -> None:
     effect_event(stripe_api)
     _cursor_take(uuid.uuid4())
     SyncCursor.objects.update(lease_until=timezone.now() - timedelta(seconds=1))
@@ -124,30 +123,17 @@ def test_a_lease_left_by_a_dead_run_expires(stripe_api: FakeStripeApi) -> None:
     assert events_gap_fill().events_new == 1
 
 
-def test_two_runs_at_once_store_each_event_once(stripe_api: FakeStripeApi) -> None:
+def test_two_runs_at_once_store_each_event_once(stripe_api: StripeFake) -> None:
     for i in range(8):
         effect_event(stripe_api, seconds_ago=100 - i)
-    barrier = threading.Barrier(2)
-    results = []
 
-    def run() -> None:
-        try:
-            barrier.wait()
-            results.append(events_gap_fill())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = race(events_gap_fill, events_gap_fill)
 
     assert WebhookEvent.objects.count() == 8
     assert sum(result.events_new for result in results) == 8
 
 
-def payment_objects(api: FakeStripeApi, payment: Payment, *, refunded: int, amount: int | None = None) -> None:
+def payment_objects(api: StripeFake, payment: Payment, *, refunded: int, amount: int | None = None) -> None:
     api.objects[payment.stripe_payment_intent_id] = {  # type: ignore[index]
         "id": payment.stripe_payment_intent_id,
         "object": "payment_intent",
@@ -188,7 +174,7 @@ def payment_objects(api: FakeStripeApi, payment: Payment, *, refunded: int, amou
     }
 
 
-def test_a_payment_refunded_in_stripe_but_not_here_is_recorded_and_fixed(stripe_api: FakeStripeApi) -> None:
+def test_a_payment_refunded_in_stripe_but_not_here_is_recorded_and_fixed(stripe_api: StripeFake) -> None:
     payment = PaymentFactory(amount=2000)
     payment_objects(stripe_api, payment, refunded=500)
 
@@ -208,7 +194,7 @@ def test_a_payment_refunded_in_stripe_but_not_here_is_recorded_and_fixed(stripe_
     assert state_compare().opened == 0
 
 
-def test_a_difference_we_cannot_fix_stays_open_once_and_resolves_when_both_agree(stripe_api: FakeStripeApi) -> None:
+def test_a_difference_we_cannot_fix_stays_open_once_and_resolves_when_both_agree(stripe_api: StripeFake) -> None:
     payment = PaymentFactory(amount=2000)
     payment_objects(stripe_api, payment, refunded=0, amount=2500)
 
@@ -222,7 +208,7 @@ def test_a_difference_we_cannot_fix_stays_open_once_and_resolves_when_both_agree
     assert Discrepancy.objects.get().resolution == "agreed"
 
 
-def test_a_subscription_canceled_in_stripe_is_brought_up_to_date(stripe_api: FakeStripeApi) -> None:
+def test_a_subscription_canceled_in_stripe_is_brought_up_to_date(stripe_api: StripeFake) -> None:
     subscription = SubscriptionFactory()
     stripe_api.objects[subscription.stripe_subscription_id] = {
         "id": subscription.stripe_subscription_id,
@@ -244,7 +230,7 @@ def test_a_subscription_canceled_in_stripe_is_brought_up_to_date(stripe_api: Fak
     assert Discrepancy.objects.get().kind == "subscription_status"
 
 
-def test_finance_marks_a_discrepancy_resolved_with_a_reason_and_it_is_audited(stripe_api: FakeStripeApi) -> None:
+def test_finance_marks_a_discrepancy_resolved_with_a_reason_and_it_is_audited(stripe_api: StripeFake) -> None:
     payment = PaymentFactory(amount=2000)
     payment_objects(stripe_api, payment, refunded=0, amount=2500)
     state_compare()
@@ -269,7 +255,7 @@ def test_finance_marks_a_discrepancy_resolved_with_a_reason_and_it_is_audited(st
     assert audit.metadata["reason"] == "test charge"
 
 
-def test_finance_resyncs_from_stripe_from_the_admin(stripe_api: FakeStripeApi) -> None:
+def test_finance_resyncs_from_stripe_from_the_admin(stripe_api: StripeFake) -> None:
     payment = PaymentFactory(amount=2000)
     payment_objects(stripe_api, payment, refunded=0)
     state_compare()

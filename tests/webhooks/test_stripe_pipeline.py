@@ -1,19 +1,19 @@
 """Stripe events through the whole pipeline: signed delivery → inbox → handler → billing services."""
 
-import threading
 import time
 import uuid
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.test import Client
 
 from billing.models import Subscription
 from gdpr.models import AuditEvent
 from tasks.models import OutboxMessage
 from tests.billing.factories import PriceFactory
+from tests.support.races import race, raised
 from tests.support.stripe_events import delivery, stripe_event
+from tests.support.stripe_fake import StripeFake
 from tests.support.worker import celery_worker, wait_until
 from webhooks.models import WebhookEvent
 from webhooks.services import webhook_event_process, webhook_event_replay
@@ -129,21 +129,9 @@ def test_a_subscription_whose_customer_is_unknown_yet_is_retried_later(client: C
 def test_the_same_event_delivered_twenty_times_at_once_has_one_effect() -> None:
     event = stripe_event("customer.subscription.created", subscription_object())
     kwargs = delivery(event)
-    barrier = threading.Barrier(20)
-
-    def deliver() -> None:
-        try:
-            barrier.wait()
-            Client().post("/webhooks/stripe/", **kwargs)
-        finally:
-            connection.close()
 
     with celery_worker(["webhooks"], concurrency=2):
-        threads = [threading.Thread(target=deliver) for _ in range(20)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        assert raised(race(*[lambda: Client().post("/webhooks/stripe/", **kwargs)] * 20)) == []
         assert wait_until(lambda: WebhookEvent.objects.filter(status="processed").count() == 1)
 
     assert WebhookEvent.objects.count() == 1
@@ -151,20 +139,16 @@ def test_the_same_event_delivered_twenty_times_at_once_has_one_effect() -> None:
     assert OutboxMessage.objects.filter(type="subscription.activated").count() == 1
 
 
-def test_two_versions_in_the_same_second_are_settled_by_asking_stripe(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
-    from tests.support.fake_stripe_api import BASE, FakeStripeApi
-
-    settings.STRIPE_API_KEY, settings.STRIPE_API_BASE = "sk_test_x", BASE
+def test_two_versions_in_the_same_second_are_settled_by_asking_stripe(client: Client, stripe_fake: StripeFake) -> None:
     second = int(time.time())
     deliver_and_process(
         client, stripe_event("customer.subscription.updated", subscription_object("canceled"), created=second)
     )
-    with FakeStripeApi().serving() as stripe_api:
-        stripe_api.objects["sub_family_1"] = subscription_object("canceled")
+    stripe_fake.objects["sub_family_1"] = subscription_object("canceled")
 
-        row = deliver_and_process(
-            client, stripe_event("customer.subscription.updated", subscription_object("active"), created=second)
-        )
+    row = deliver_and_process(
+        client, stripe_event("customer.subscription.updated", subscription_object("active"), created=second)
+    )
 
     assert row.status == "processed"
     assert Subscription.objects.get().status == "canceled"  # Stripe's current version, not the event's

@@ -1,6 +1,7 @@
 """Run localstripe on 127.0.0.1:<port> only, keeping its store in memory (no shared /tmp pickle).
 
-`python tests/billing/localstripe_main.py PORT` — started by the `localstripe` fixture.
+`python -P tests/support/localstripe_main.py PORT`: started once per test session by the `localstripe`
+fixture (-P keeps this folder off sys.path).
 """
 
 import sys
