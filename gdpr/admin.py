@@ -8,11 +8,11 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 
-from gdpr.audit import ActorType, AuditAction, record
+from gdpr.audit import PERSONAL_REFERENCE_KEYS, ActorType, AuditAction, record
 from gdpr.models import AuditEvent, DataSubjectRequest, ErasureStep
 from gdpr.registry import pseudonym_for
 from gdpr.services import data_request_cancel, data_request_retry
@@ -36,6 +36,8 @@ CSV_COLUMNS = (
     "prev_hash",
     "hash",
 )
+# Columns read from the event's personal side row (absent: none was kept, or erasure deleted it).
+_PERSONAL_COLUMNS = {"ip": "ip", "user_agent": "user_agent", "personal": "metadata"}
 # A cell starting with one of these is a formula to a spreadsheet: neutralise it (CSV injection).
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -52,17 +54,35 @@ class _Echo:
         return value
 
 
+def _personal(event: AuditEvent, column: str) -> Any:
+    personal = getattr(event, "personal", None)  # the reverse one-to-one raises an AttributeError when absent
+    return getattr(personal, _PERSONAL_COLUMNS[column]) if personal is not None else None
+
+
+def _value(event: AuditEvent, column: str) -> Any:
+    return _personal(event, column) if column in _PERSONAL_COLUMNS else getattr(event, column)
+
+
+def _searched_pseudonym(search_term: str) -> str | None:
+    """The pseudonym of the user an admin search names by id, if it does: how their rows are found."""
+    try:
+        return pseudonym_for(uuid.UUID(search_term.strip()))
+    except ValueError:
+        return None
+
+
 def audit_csv_rows(events: Iterable[AuditEvent]) -> Iterator[str]:
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
     for event in events:
-        yield writer.writerow([_cell(getattr(event, column)) for column in CSV_COLUMNS])
+        yield writer.writerow([_cell(_value(event, column)) for column in CSV_COLUMNS])
 
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(RoleRestrictedAdmin, admin.ModelAdmin):
     view_roles = (Role.COMPLIANCE,)
     list_display = ("seq", "occurred_at", "action", "actor_type", "actor_id", "target_type", "target_id", "ip")
+    list_select_related = ("personal",)
     list_filter = ("action", "actor_type", "target_type", ("occurred_at", admin.DateFieldListFilter))
     search_fields = ("=actor_id", "=target_id", "=request_id", "=id")
     date_hierarchy = "occurred_at"
@@ -70,7 +90,33 @@ class AuditEventAdmin(RoleRestrictedAdmin, admin.ModelAdmin):
     list_per_page = 100
     show_full_result_count = False  # counting a long trail on every page is slow
     actions = ["export_csv"]
-    readonly_fields = [field.name for field in AuditEvent._meta.fields]
+    readonly_fields = [*(field.name for field in AuditEvent._meta.fields), "ip", "user_agent", "personal_metadata"]
+
+    # The side data, where it is still there.
+    @admin.display(description="ip")
+    def ip(self, event: AuditEvent) -> Any:
+        return _personal(event, "ip")
+
+    @admin.display(description="user agent")
+    def user_agent(self, event: AuditEvent) -> Any:
+        return _personal(event, "user_agent")
+
+    @admin.display(description="personal metadata")
+    def personal_metadata(self, event: AuditEvent) -> Any:
+        return _personal(event, "personal")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[AuditEvent], search_term: str
+    ) -> tuple[QuerySet[AuditEvent], bool]:
+        """A user id finds the events by or about that user: the trail names them by their pseudonym."""
+        results, duplicates = super().get_search_results(request, queryset, search_term)
+        pseudonym = _searched_pseudonym(search_term)
+        if pseudonym is None:
+            return results, duplicates
+        naming = Q(actor_id=pseudonym) | Q(target_id=pseudonym)
+        for key in PERSONAL_REFERENCE_KEYS:
+            naming |= Q(**{f"metadata__{key}": pseudonym})
+        return results | queryset.filter(naming), duplicates
 
     # Read-only for everyone, superusers included: the trail is appended by the system only.
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
@@ -87,7 +133,7 @@ class AuditEventAdmin(RoleRestrictedAdmin, admin.ModelAdmin):
 
     @admin.action(description="Export selected events as CSV", permissions=["export"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> StreamingHttpResponse:
-        events = queryset.order_by("seq")
+        events = queryset.select_related("personal").order_by("seq")
         with transaction.atomic():
             record(
                 action=AuditAction.AUDIT_EXPORTED,
@@ -143,11 +189,8 @@ class DataSubjectRequestAdmin(RoleRestrictedAdmin, admin.ModelAdmin):
     ) -> tuple[QuerySet[DataSubjectRequest], bool]:
         """A user id finds that user's requests, even after an erasure removed it from them (by pseudonym)."""
         results, duplicates = super().get_search_results(request, queryset, search_term)
-        try:
-            user_id = uuid.UUID(search_term.strip())
-        except ValueError:
-            return results, duplicates
-        return results | queryset.filter(subject=pseudonym_for(user_id)), duplicates
+        pseudonym = _searched_pseudonym(search_term)
+        return (results if pseudonym is None else results | queryset.filter(subject=pseudonym)), duplicates
 
     def has_compliance_permission(self, request: HttpRequest) -> bool:
         return has_role(request.user, Role.COMPLIANCE)

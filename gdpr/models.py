@@ -1,10 +1,9 @@
-"""The audit trail: append-only, hash-chained, pseudonymisation-ready.
+"""The audit trail: append-only and hash-chained, with people kept out of the chain.
 
 Each row's `hash` covers its canonical content and the previous row's hash (`prev_hash`), in the order
-of `seq`. Personal data (actor id, ip, user agent and personal metadata) is not hashed directly: the
-chain covers `personal_digest = sha256(personal_salt + canonical personal JSON)`, so erasure can blank the
-personal columns and the salt and keep the digest — the chain still verifies (see gdpr/audit.py).
-The same holds for person ids in `target_id` and `metadata` named by `personal_refs`.
+of `seq`. A data subject appears in the hashed columns only as their stable pseudonym; everything else
+personal (ip, user agent, addresses, ...) sits beside the row in AuditEventPersonal, outside the chain,
+where erasure deletes it. So nothing in the trail is ever updated (see gdpr/audit.py).
 
 Data-subject requests (export, erasure) and the erasure's steps follow the audit trail below.
 """
@@ -29,7 +28,8 @@ class AuditAction(models.TextChoices):
     ADMIN_LOGOUT = "admin.logout"
     ADMIN_LOGIN_FAILED = "admin.login_failed"
     AUDIT_EXPORTED = "audit.exported"
-    AUDIT_PSEUDONYMISED = "audit.pseudonymised"
+    AUDIT_PERSONAL_ERASED = "audit.personal_erased"
+    AUDIT_PSEUDONYMISED = "audit.pseudonymised"  # no longer written (rows from before the side table keep it)
     ORDER_CREATED = "order.created"
     ORDER_FAILED = "order.failed"
     SUBSCRIPTION_UPDATED = "subscription.updated"
@@ -79,7 +79,7 @@ class AuditTrailIsAppendOnly(Exception):
 
 class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
     def update(self, **kwargs: Any) -> NoReturn:
-        raise AuditTrailIsAppendOnly("audit events cannot be updated (use gdpr.services.audit_pseudonymise_actor)")
+        raise AuditTrailIsAppendOnly("audit events cannot be updated")
 
     def delete(self) -> NoReturn:
         raise AuditTrailIsAppendOnly("audit events cannot be deleted")
@@ -93,45 +93,21 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
     def update_or_create(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise AuditTrailIsAppendOnly("audit events cannot be updated")
 
-    def _pseudonymise(self, **kwargs: Any) -> int:
-        """The one controlled update path (gdpr.services.audit_pseudonymise_actor); personal columns only."""
-        allowed = {"actor_id", "ip", "user_agent", "personal", "personal_salt", "pseudonymised_at"}
-        if not kwargs or set(kwargs) - allowed:
-            raise AuditTrailIsAppendOnly(f"only personal columns may be pseudonymised, not {sorted(set(kwargs))}")
-        return super().update(**kwargs)
-
-    def _pseudonymise_references(self, **kwargs: Any) -> int:
-        """The same path for person ids held in `target_id`/`metadata` (gdpr.services.audit_pseudonymise_subject);
-        the trigger lets them change only where the row's `personal_refs` names them."""
-        allowed = {"actor_id", "target_id", "metadata", "personal", "personal_salt", "pseudonymised_at"}
-        if not kwargs or set(kwargs) - allowed or kwargs.get("personal_salt", "") != "":
-            raise AuditTrailIsAppendOnly(f"only personal references may be pseudonymised, not {sorted(set(kwargs))}")
-        return super().update(**kwargs)
-
 
 class AuditEvent(models.Model):
-    """One thing that happened, who did it, to what. Written by gdpr.audit.record only."""
+    """One thing that happened, who did it, to what. Written by gdpr.audit.record only; every column is
+    hashed. Its personal part, if any, is `event.personal` (AuditEventPersonal)."""
 
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     seq = models.BigIntegerField(unique=True, editable=False)  # position in the chain, 1, 2, 3, ...
     occurred_at = models.DateTimeField(default=timezone.now, editable=False)
     actor_type = models.CharField(max_length=16, choices=ActorType.choices)
+    actor_id = models.CharField(max_length=255, blank=True)  # a user actor's pseudonym; staff pk, service, ...
     action = models.CharField(max_length=64)  # an AuditAction value (see its docstring)
     target_type = models.CharField(max_length=64, blank=True)
     target_id = models.CharField(max_length=255, blank=True)
     request_id = models.CharField(max_length=128, blank=True)
     metadata = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
-    # Personal columns: committed to through personal_digest, blanked (with the salt) on erasure.
-    actor_id = models.CharField(max_length=255, blank=True)
-    ip = models.GenericIPAddressField(null=True, blank=True)
-    user_agent = models.CharField(max_length=512, blank=True)
-    personal = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
-    personal_salt = models.CharField(max_length=64, blank=True)
-    personal_digest = models.CharField(max_length=64, editable=False)
-    pseudonymised_at = models.DateTimeField(null=True, blank=True, editable=False)
-    # Where a person's id sits in the hashed columns ("target_id", "metadata.<key>"): the hash covers those
-    # values only through personal_digest, so erasure can replace them with a pseudonym (gdpr/audit.py).
-    personal_refs = models.JSONField(default=list, blank=True, editable=False)
     # The chain.
     prev_hash = models.CharField(max_length=64, editable=False)
     hash = models.CharField(max_length=64, unique=True, editable=False)
@@ -164,6 +140,28 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise AuditTrailIsAppendOnly("audit events cannot be deleted")
+
+
+class AuditEventPersonal(models.Model):
+    """The personal part of one audit event, outside the hash chain: what erasure deletes.
+
+    Written with its event by gdpr.audit.record (only when there is something to keep), never updated
+    (a trigger refuses it), deleted by erasure. Not tamper-evident: the chain does not cover it.
+    """
+
+    event = models.OneToOneField(
+        AuditEvent, primary_key=True, on_delete=models.PROTECT, related_name="personal", editable=False
+    )
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    metadata = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)  # PERSONAL_METADATA_KEYS
+
+    class Meta:
+        verbose_name = "audit event's personal data"
+        verbose_name_plural = "audit events' personal data"
+
+    def __str__(self) -> str:
+        return f"personal data of audit event {self.event_id}"
 
 
 # --- Data-subject requests: export (GDPR Art. 15, 20) and erasure (Art. 17) -----------------------------

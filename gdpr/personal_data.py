@@ -6,7 +6,8 @@ Erasure:
 - domain events that name the user (their id, an address) are redacted once published — the other
   services need the original; an erasure waits (a retry) while one is still unpublished;
 - the user's other requests lose their user id and addresses, and exports their files;
-- the audit trail is pseudonymised through its one update path (gdpr.services.audit_pseudonymise_subject).
+- the audit trail, which names the user only by their pseudonym, loses its personal side data about them
+  (gdpr.services.audit_personal_erase); the hash chain is not touched.
 """
 
 from typing import Any
@@ -16,8 +17,16 @@ from django.db import transaction
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
-from gdpr.audit import PERSONAL_METADATA_KEYS, PERSONAL_REFERENCE_KEYS, PERSONAL_TARGET_TYPES
-from gdpr.models import OPEN_REQUEST, AuditEvent, DataSubjectRequest, ErasureStep, RequestKind, RequestStatus
+from gdpr.audit import PERSONAL_METADATA_KEYS, PERSONAL_REFERENCE_KEYS, PERSONAL_TARGET_TYPES, ActorType
+from gdpr.models import (
+    OPEN_REQUEST,
+    AuditEvent,
+    AuditEventPersonal,
+    DataSubjectRequest,
+    ErasureStep,
+    RequestKind,
+    RequestStatus,
+)
 from gdpr.registry import (
     DataSubject,
     PersonalDataProvider,
@@ -28,22 +37,26 @@ from gdpr.registry import (
     replacements_for,
     rows,
 )
-from gdpr.services import EXPORT_STORAGE, audit_pseudonymise_subject
+from gdpr.services import EXPORT_STORAGE, audit_personal_erase
 from tasks.models import OutboxMessage
 
-# What an export shows of an event the user did not do themselves: not the actor's personal columns.
+# What an export shows of an event the user did not do themselves: not the actor's personal data.
 _EVENT_COLUMNS = ("id", "seq", "occurred_at", "actor_type", "action", "target_type", "target_id", "metadata")
-_OWN_EVENT_COLUMNS = (*_EVENT_COLUMNS, "actor_id", "ip", "user_agent", "personal")
+# ... and what it adds of the user's own events: their side data, as the export names it.
+_OWN_EVENT_PERSONAL = {"personal__ip": "ip", "personal__user_agent": "user_agent", "personal__metadata": "personal"}
+
+
+def _events_by(subject: DataSubject) -> Q:
+    return Q(actor_type=ActorType.USER, actor_id=subject.pseudonym)
 
 
 def _events_about(subject: DataSubject) -> Q:
-    user_id = str(subject.user_id)
-    about = Q(target_type__in=PERSONAL_TARGET_TYPES, target_id=user_id)
+    about = Q(target_type__in=PERSONAL_TARGET_TYPES, target_id=subject.pseudonym)
     for key in PERSONAL_REFERENCE_KEYS:
-        about |= Q(**{f"metadata__{key}": user_id})
+        about |= Q(**{f"metadata__{key}": subject.pseudonym})
     for key in PERSONAL_METADATA_KEYS:
         for email in subject.emails:
-            about |= Q(**{f"personal__{key}__iexact": email})
+            about |= Q(**{f"personal__metadata__{key}__iexact": email})
     return about
 
 
@@ -55,10 +68,13 @@ def _outbox_naming(subject: DataSubject) -> QuerySet[OutboxMessage]:
 
 
 def gdpr_export(*, subject: DataSubject) -> Tables:
-    own = AuditEvent.objects.filter(actor_id=str(subject.user_id))
-    about = AuditEvent.objects.filter(_events_about(subject)).exclude(actor_id=str(subject.user_id))
+    own = AuditEvent.objects.filter(_events_by(subject))
+    about = AuditEvent.objects.filter(_events_about(subject)).exclude(_events_by(subject))
     events: list[dict[str, Any]] = [
-        *own.order_by("seq").values(*_OWN_EVENT_COLUMNS),
+        *(
+            {_OWN_EVENT_PERSONAL.get(column, column): value for column, value in event.items()}
+            for event in own.order_by("seq").values(*_EVENT_COLUMNS, "actor_id", *_OWN_EVENT_PERSONAL)
+        ),
         *about.order_by("seq").values(*_EVENT_COLUMNS),
     ]
     events.sort(key=lambda event: event["seq"])
@@ -74,7 +90,7 @@ def gdpr_export(*, subject: DataSubject) -> Tables:
 def gdpr_erase(*, subject: DataSubject) -> None:
     _outbox_redact(subject)
     _requests_forget(subject)
-    audit_pseudonymise_subject(user_id=str(subject.user_id), emails=subject.emails, pseudonym=subject.pseudonym)
+    audit_personal_erase(subject=subject)
 
 
 def _outbox_redact(subject: DataSubject) -> None:
@@ -110,7 +126,7 @@ def _requests_forget(subject: DataSubject) -> None:
 PROVIDER = PersonalDataProvider(
     name="gdpr",
     order=90,
-    models=(AuditEvent, DataSubjectRequest, ErasureStep, OutboxMessage),
+    models=(AuditEvent, AuditEventPersonal, DataSubjectRequest, ErasureStep, OutboxMessage),
     export=gdpr_export,
     erase=gdpr_erase,
 )

@@ -1,4 +1,4 @@
-"""Writes of the gdpr app: the audit trail's one update path (pseudonymisation) and data-subject requests.
+"""Writes of the gdpr app: erasure of the audit trail's personal side data, and data-subject requests.
 
 The audit trail itself is appended by gdpr.audit.record. Export and erasure run through the providers in
 gdpr.registry (each app registers its own); this module imports no other app.
@@ -7,7 +7,7 @@ Lock order: a request row, then its step rows.
 """
 
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, Any
@@ -16,27 +16,19 @@ import structlog
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import Storage, storages
-from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, Value
-from django.db.models.functions import Coalesce
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, TextField, Value
+from django.db.models.functions import Cast, Coalesce
 from django.http import HttpRequest
 from django.utils import timezone
 from prometheus_client import Counter, Gauge
 
 from gdpr.archive import build_archive
-from gdpr.audit import (
-    METADATA_REF_PREFIX,
-    PERSONAL_METADATA_KEYS,
-    PERSONAL_REFERENCE_KEYS,
-    TARGET_REF,
-    ActorType,
-    AuditAction,
-    record,
-)
+from gdpr.audit import ActorType, AuditAction, record
 from gdpr.errors import ErasureInProgress, ExportExpired, ExportNotReady
 from gdpr.models import (
     OPEN_REQUEST,
-    AuditEvent,
+    AuditEventPersonal,
     DataSubjectRequest,
     ErasureStep,
     RequestKind,
@@ -58,42 +50,6 @@ from tasks.outbox import emit
 
 log = structlog.get_logger(__name__)
 
-PSEUDONYMISE_FLAG = "jia.audit_pseudonymise"
-
-
-def _pseudonymise_flag(on: bool) -> None:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT set_config(%s, %s, true)", [PSEUDONYMISE_FLAG, "on" if on else "off"])
-
-
-@transaction.atomic
-def audit_pseudonymise_actor(*, actor_id: str, pseudonym: str) -> int:
-    """Erase one actor's personal data from the audit trail; return how many events were changed.
-
-    Every event whose actor is `actor_id` gets `pseudonym` as its actor id, and loses its ip, user agent
-    and personal metadata, and its salt. The personal digest stays, so the hash chain still verifies.
-    This is the only update the append-only trigger lets through: it is opened by a transaction-local
-    flag, closed again right after, and even then only the personal columns may change.
-    """
-    if not actor_id or not pseudonym or pseudonym == actor_id:
-        raise ValueError("audit_pseudonymise_actor needs an actor id and a different, non-empty pseudonym")
-    _pseudonymise_flag(True)
-    try:
-        changed = AuditEvent.objects.filter(actor_id=actor_id)._pseudonymise(
-            actor_id=pseudonym, ip=None, user_agent="", personal={}, personal_salt="", pseudonymised_at=timezone.now()
-        )
-    finally:
-        _pseudonymise_flag(False)
-    record(
-        action=AuditAction.AUDIT_PSEUDONYMISED,
-        actor_type=ActorType.SYSTEM,
-        target_type="audit_actor",
-        target_id=pseudonym,
-        metadata={"events": changed},
-    )
-    return changed
-
 
 def audit_staff_session(
     *, action: AuditAction, user: Any = None, username: str = "", request: HttpRequest | None = None
@@ -110,66 +66,31 @@ def audit_staff_session(
         )
 
 
-# --- Erasure in the audit trail: the user as actor, as target, in metadata and personal data --------------
+# --- Erasure in the audit trail: the personal side data only (the chain holds pseudonyms) ----------------
 
 
-@transaction.atomic
-def audit_pseudonymise_subject(*, user_id: str, emails: Collection[str], pseudonym: str) -> int:
-    """Erase a data subject from the audit trail; return how many events were changed (each once).
+@transaction.atomic(durable=True)
+def audit_personal_erase(*, subject: DataSubject) -> int:
+    """Delete a data subject's personal data from the audit trail; return how many events lost theirs.
 
-    - Events the user did: audit_pseudonymise_actor (actor id → pseudonym, ip, user agent and personal
-      metadata blanked).
-    - Events about the user: wherever the row's `personal_refs` names a place holding the user id
-      (target_id of a "user" target, metadata such as `user_id`), that value becomes the pseudonym.
-    - Personal metadata of other people's events holding one of the user's addresses or their id
-      (an invitation sent to them) loses those entries.
-    Those rows lose their salt like the actor's: the chain still verifies (gdpr/audit.py).
+    The side rows (AuditEventPersonal) of every event the subject did go, ip and user agent included,
+    and so do those of other people's events whose personal metadata names the subject (an invitation
+    sent to their address). The chain holds only the subject's pseudonym and is not touched: it still
+    verifies, and their events stay findable by the pseudonym.
     """
-    own = set(AuditEvent.objects.filter(actor_id=user_id).values_list("pk", flat=True))
-    audit_pseudonymise_actor(actor_id=user_id, pseudonym=pseudonym)
-    addresses = {email.lower() for email in emails if email}
-    # Candidates by value; only places the row lists in personal_refs change (rows written before
-    # references existed keep theirs: the trigger would refuse, and the chain would break).
-    about = Q(target_id=user_id)
-    for key in PERSONAL_REFERENCE_KEYS:
-        about |= Q(**{f"metadata__{key}": user_id})
-    for key in PERSONAL_METADATA_KEYS:
-        about |= Q(**{f"personal__{key}": user_id})
-        for address in addresses:
-            about |= Q(**{f"personal__{key}__iexact": address})
-    changes = []
-    for pk, target_id, metadata, personal, refs in AuditEvent.objects.filter(about).values_list(
-        "pk", "target_id", "metadata", "personal", "personal_refs"
-    ):
-        listed = {ref.removeprefix(METADATA_REF_PREFIX) for ref in refs if ref.startswith(METADATA_REF_PREFIX)}
-        change = {
-            "target_id": pseudonym if TARGET_REF in refs and target_id == user_id else target_id,
-            "metadata": {
-                key: pseudonym if key in listed and value == user_id else value for key, value in metadata.items()
-            },
-            "personal": {
-                key: value
-                for key, value in personal.items()
-                if not (isinstance(value, str) and (value == user_id or value.lower() in addresses))
-            },
-        }
-        if change != {"target_id": target_id, "metadata": metadata, "personal": personal}:
-            changes.append((pk, change))
-    now = timezone.now()
-    _pseudonymise_flag(True)
-    try:
-        for pk, change in changes:
-            AuditEvent.objects.filter(pk=pk)._pseudonymise_references(**change, personal_salt="", pseudonymised_at=now)
-    finally:
-        _pseudonymise_flag(False)
+    naming = Q(event__actor_type=ActorType.USER, event__actor_id=subject.pseudonym)
+    for identifier in subject.identifiers:
+        naming |= Q(metadata_text__icontains=identifier)
+    side = AuditEventPersonal.objects.annotate(metadata_text=Cast("metadata", output_field=TextField()))
+    erased, _ = AuditEventPersonal.objects.filter(pk__in=side.filter(naming).values("pk")).delete()
     record(
-        action=AuditAction.AUDIT_PSEUDONYMISED,
+        action=AuditAction.AUDIT_PERSONAL_ERASED,
         actor_type=ActorType.SYSTEM,
-        target_type="audit_references",
-        target_id=pseudonym,
-        metadata={"events": len(changes)},
+        target_type="audit_personal",
+        target_id=subject.pseudonym,
+        metadata={"events": erased},
     )
-    return len(own | {pk for pk, _ in changes})
+    return erased
 
 
 # --- Data-subject requests: create -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from django.test import Client
 from billing import gateway, services
 from billing.models import Subscription
 from gdpr.models import AuditEvent
+from gdpr.registry import pseudonym_for
 from tasks.models import OutboxMessage
 from tests.billing.factories import CustomerFactory, PaymentFactory, PriceFactory, SubscriptionFactory
 from tests.support.auth import bearer
@@ -123,7 +124,7 @@ def test_cancelling_sets_cancel_at_period_end_at_stripe_and_here(
     assert stripe_sdk.v1.subscriptions.retrieve(live_subscription.stripe_subscription_id).cancel_at_period_end is True
     assert Subscription.objects.get().cancel_at_period_end is True
     assert AuditEvent.objects.filter(
-        action="subscription.cancel_requested", target_id=str(live_subscription.id), actor_id=str(ALICE)
+        action="subscription.cancel_requested", target_id=str(live_subscription.id), actor_id=pseudonym_for(ALICE)
     ).exists()
     assert OutboxMessage.objects.filter(type="subscription.updated", subject=f"subscription:{live_subscription.id}")
 

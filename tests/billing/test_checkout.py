@@ -13,6 +13,7 @@ from django.utils import timezone
 from billing import gateway, services
 from billing.models import Customer, Order, Price
 from gdpr.models import AuditEvent
+from gdpr.registry import pseudonym_for
 from tasks.models import OutboxMessage
 from tasks.outbox import outbox_dispatch_pending
 from tests.billing.factories import OrderFactory, PriceFactory
@@ -193,7 +194,7 @@ def test_a_created_order_is_audited_and_announced_as_an_event(
         "order",
         str(order.id),
         "user",
-        str(user_id),
+        pseudonym_for(user_id),  # a user is named in the audit chain by their pseudonym only
     )
     message = OutboxMessage.objects.get(type="order.created")
     assert message.subject == f"order:{order.id}"

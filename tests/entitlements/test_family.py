@@ -13,6 +13,7 @@ from django.utils import timezone
 from billing.models import Subscription
 from entitlements.models import FamilyGroup, FamilyInvitation, FamilyMembership
 from gdpr.models import AuditEvent
+from gdpr.registry import pseudonym_for
 from tasks.models import OutboxMessage
 from tests.entitlements.conftest import as_user
 from tests.entitlements.factories import plan_with, subscribe
@@ -99,7 +100,7 @@ def test_an_owner_with_an_active_family_plan_creates_their_family(client: Client
     assert [(m["user_id"], m["email"], m["role"]) for m in body["members"]] == [
         (str(family.owner), OWNER_EMAIL, "owner")
     ]
-    assert AuditEvent.objects.filter(action="family.created", actor_id=str(family.owner)).count() == 1
+    assert AuditEvent.objects.filter(action="family.created", actor_id=pseudonym_for(family.owner)).count() == 1
 
 
 def test_creating_a_family_without_an_active_family_plan_is_forbidden(client: Client) -> None:
@@ -163,7 +164,7 @@ def test_an_invitation_returns_a_token_that_is_stored_only_as_a_hash_and_expires
     expected = timezone.now() + timedelta(hours=72)
     assert abs((invitation.expires_at - expected).total_seconds()) < 5
     audit = AuditEvent.objects.get(action="family.invitation_created")
-    assert audit.personal["invitee_email"] == CAROL_EMAIL  # personal data: erasable, not in metadata
+    assert audit.personal.metadata["invitee_email"] == CAROL_EMAIL  # personal data: erasable, not in metadata
     assert "invitee_email" not in audit.metadata
 
 
@@ -214,7 +215,7 @@ def test_the_invited_user_joins_and_gets_the_family_features_at_the_next_check(c
     assert [(f["key"], f["source"]) for f in listed] == [("hd", "family"), ("kids", "family")]
     invitation = FamilyInvitation.objects.get()
     assert (invitation.status, invitation.accepted_by_user_id) == ("accepted", bob)
-    assert AuditEvent.objects.filter(action="family.member_added", actor_id=str(bob)).count() == 1
+    assert AuditEvent.objects.filter(action="family.member_added", actor_id=pseudonym_for(bob)).count() == 1
     change = OutboxMessage.objects.get(type="entitlements.changed", subject=f"user:{bob}")
     assert change.data == {"user_id": str(bob), "added": ["hd", "kids"], "removed": []}
 
@@ -319,7 +320,10 @@ def test_the_owner_removes_a_member_who_loses_the_family_features_at_the_next_ch
     assert not entitled(client, bob, "kids")
     assert not FamilyMembership.objects.filter(user_id=bob).exists()
     audit = AuditEvent.objects.get(action="family.member_removed")
-    assert (audit.actor_id, audit.metadata) == (str(family.owner), {"user_id": str(bob), "reason": "removed"})
+    assert (audit.actor_id, audit.metadata) == (
+        pseudonym_for(family.owner),
+        {"user_id": pseudonym_for(bob), "reason": "removed"},
+    )
     last = OutboxMessage.objects.filter(type="entitlements.changed", subject=f"user:{bob}").order_by("-id")[0]
     assert last.data["removed"] == ["hd", "kids"]
 

@@ -13,6 +13,7 @@ from billing.models import Subscription
 from entitlements.models import EntitlementSnapshot, FamilyGroup, FamilyGroupStatus
 from entitlements.services import entitlements_refresh, entitlements_refresh_lapsed
 from gdpr.models import AuditEvent
+from gdpr.registry import pseudonym_for
 from tasks.models import OutboxMessage
 from tests.entitlements.factories import customer_of, family_of, plan_with, subscribe
 from tests.support.races import race, raised
@@ -45,7 +46,7 @@ def test_a_purchase_emits_the_added_features_once_with_an_audit_by_the_system() 
     assert changes(buyer) == [{"added": ["hd", "offline"], "removed": []}]
     message = OutboxMessage.objects.get(subject=f"user:{buyer}")
     assert message.data == {"user_id": str(buyer), "added": ["hd", "offline"], "removed": []}
-    event = AuditEvent.objects.get(action="entitlements.changed", target_id=str(buyer))
+    event = AuditEvent.objects.get(action="entitlements.changed", target_id=pseudonym_for(buyer))
     assert (event.actor_type, event.target_type, event.metadata) == (
         "system",
         "user",

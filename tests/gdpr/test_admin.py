@@ -3,6 +3,7 @@
 import csv
 import importlib
 import io
+import uuid
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.test import Client, RequestFactory
 
-from gdpr.audit import ActorType, AuditAction, AuditEvent, record, verify_chain
+from gdpr.audit import ActorType, AuditAction, AuditEvent, AuditEventPersonal, record, verify_chain
+from gdpr.registry import pseudonym_for
 from payments_project.roles import Role, RoleRestrictedAdmin, has_role
 
 pytestmark = pytest.mark.django_db
@@ -150,6 +152,65 @@ def test_the_csv_export_uses_real_csv_escaping_and_is_itself_audited() -> None:
     assert verify_chain()[1] is None
 
 
+def test_compliance_sees_the_side_data_where_it_is_still_there() -> None:
+    request = RequestFactory().post("/", REMOTE_ADDR="198.51.100.31", HTTP_USER_AGENT="JiaApp/7")
+    alice = uuid.uuid4()
+    with_side = _event(
+        actor_type=ActorType.USER, actor_id=str(alice), metadata={"invitee_email": "x@example.org"}, request=request
+    )
+    erased = _event(actor_type=ActorType.USER, actor_id=str(alice), request=request)
+    AuditEventPersonal.objects.filter(event=erased).delete()  # as erasure does
+    client = _logged_in(_staff("carla", Role.COMPLIANCE))
+
+    shown = client.get(f"{CHANGELIST}{with_side.pk}/change/")
+    gone = client.get(f"{CHANGELIST}{erased.pk}/change/")
+    listed = client.get(CHANGELIST)
+
+    assert shown.status_code == gone.status_code == 200
+    for text in (b"198.51.100.31", b"JiaApp/7", b"x@example.org", pseudonym_for(alice).encode()):
+        assert text in shown.content
+    assert b"198.51.100.31" not in gone.content and pseudonym_for(alice).encode() in gone.content
+    assert listed.content.count(b"198.51.100.31") == 1
+
+
+def test_a_user_id_finds_the_events_by_and_about_that_user() -> None:
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    by_alice = _event(actor_type=ActorType.USER, actor_id=str(alice), target_type="family_group", target_id="fam_77")
+    about_alice = _event(target_type="user", target_id=str(alice))
+    removed = _event(target_type="family_group", target_id="fam_78", metadata={"user_id": str(alice)})
+    by_bob = _event(actor_type=ActorType.USER, actor_id=str(bob), target_type="family_group", target_id="fam_79")
+    client = _logged_in(_staff("carla", Role.COMPLIANCE))
+
+    response = client.get(CHANGELIST, {"q": str(alice)})
+
+    assert response.status_code == 200
+    found = set(response.context["cl"].result_list)
+    assert found == {by_alice, about_alice, removed}
+    assert by_bob not in found
+
+
+def test_the_csv_export_carries_the_side_data_and_keeps_its_own_filters_out_of_the_chain() -> None:
+    request = RequestFactory().post("/", REMOTE_ADDR="198.51.100.32", HTTP_USER_AGENT="browser/9")
+    alice = uuid.uuid4()
+    with_side = _event(
+        target_type="user", target_id=str(alice), metadata={"email": "alice@example.com"}, request=request
+    )
+    without = _event(action=AuditAction.REFUND_SUCCEEDED, target_type="user", target_id=str(alice))
+    carla = _staff("carla", Role.COMPLIANCE)
+
+    response = _logged_in(carla).post(
+        f"{CHANGELIST}?q={alice}", {"action": "export_csv", "_selected_action": [str(with_side.pk), str(without.pk)]}
+    )
+
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert [(row["ip"], row["user_agent"]) for row in rows] == [("198.51.100.32", "browser/9"), ("", "")]
+    assert "alice@example.com" in rows[0]["personal"] and rows[1]["personal"] == ""
+    exported = AuditEvent.objects.get(action="audit.exported")
+    assert str(alice) not in str(exported.metadata)  # the search was for a user id: side data only
+    assert str(alice) in exported.personal.metadata["filters"]
+    assert verify_chain()[1] is None
+
+
 # --- admin sessions are audited -------------------------------------------------------------------------------
 
 
@@ -165,7 +226,7 @@ def test_an_admin_login_is_audited() -> None:
 
     assert response.status_code == 302
     event = AuditEvent.objects.get(action="admin.login")
-    assert (event.actor_type, event.actor_id, event.ip, event.user_agent) == (
+    assert (event.actor_type, event.actor_id, event.personal.ip, event.personal.user_agent) == (
         "staff",
         str(user.pk),
         "198.51.100.5",
@@ -181,9 +242,9 @@ def test_a_failed_admin_login_is_audited_without_the_password() -> None:
     assert response.status_code == 200
     event = AuditEvent.objects.get(action="admin.login_failed")
     assert event.actor_id == ""
-    assert event.personal == {"username": "fiona"}
-    assert event.ip == "198.51.100.6"
-    assert "wrong" not in str(event.metadata) + str(event.personal)
+    assert event.personal.metadata == {"username": "fiona"}
+    assert event.personal.ip == "198.51.100.6"
+    assert "wrong" not in str(event.metadata) + str(event.personal.metadata)
 
 
 def test_an_admin_logout_is_audited() -> None:

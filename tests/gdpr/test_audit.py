@@ -16,7 +16,8 @@ from gdpr.audit import (
     record,
     verify_chain,
 )
-from gdpr.models import AuditTrailIsAppendOnly
+from gdpr.models import AuditEventPersonal, AuditTrailIsAppendOnly
+from gdpr.registry import pseudonym_for
 
 pytestmark = pytest.mark.django_db
 
@@ -71,7 +72,11 @@ def test_the_request_gives_ip_user_agent_and_request_id(rf: RequestFactory) -> N
         event = _record(request=request)
 
     stored = AuditEvent.objects.get(pk=event.pk)
-    assert (stored.ip, stored.user_agent, stored.request_id) == ("198.51.100.7", "ua/1", "req-12345678")
+    assert (stored.personal.ip, stored.personal.user_agent, stored.request_id) == (
+        "198.51.100.7",
+        "ua/1",
+        "req-12345678",
+    )
 
 
 def test_a_drf_request_works_as_well(rf: RequestFactory) -> None:
@@ -80,7 +85,7 @@ def test_a_drf_request_works_as_well(rf: RequestFactory) -> None:
 
     event = _record(request=Request(django_request))
 
-    assert (event.ip, event.user_agent, event.request_id) == ("198.51.100.8", "app/3", "req-abcdefgh")
+    assert (event.personal.ip, event.personal.user_agent, event.request_id) == ("198.51.100.8", "app/3", "req-abcdefgh")
 
 
 def test_personal_metadata_is_kept_apart_from_the_hashed_metadata() -> None:
@@ -88,7 +93,43 @@ def test_personal_metadata_is_kept_apart_from_the_hashed_metadata() -> None:
 
     stored = AuditEvent.objects.get(pk=event.pk)
     assert stored.metadata == {"plan": "family"}
-    assert stored.personal == {"email": "alice@example.com"}
+    assert stored.personal.metadata == {"email": "alice@example.com"}
+
+
+def test_a_user_is_written_into_the_hashed_columns_only_as_their_pseudonym() -> None:
+    bob = str(uuid.uuid4())
+
+    event = _record(
+        actor_type=ActorType.USER,
+        actor_id=ALICE,
+        target_type="user",
+        target_id=bob,
+        metadata={"user_id": bob, "owner_user_id": ALICE, "seats": 3},
+    )
+
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert (stored.actor_id, stored.target_id) == (pseudonym_for(ALICE), pseudonym_for(bob))
+    assert stored.metadata == {"user_id": pseudonym_for(bob), "owner_user_id": pseudonym_for(ALICE), "seats": 3}
+    assert ALICE not in str(AuditEvent.objects.values().get()) and bob not in str(AuditEvent.objects.values().get())
+    assert verify_chain() == (1, None)
+
+
+def test_staff_and_services_keep_their_ids_and_a_user_id_must_be_a_uuid() -> None:
+    staff = _record(actor_type=ActorType.STAFF, actor_id="42")
+    service = _record(actor_type=ActorType.SERVICE, actor_id="spiffe://jia/app", target_type="payment")
+
+    assert (staff.actor_id, service.actor_id) == ("42", "spiffe://jia/app")
+    with pytest.raises(ValueError, match="UUID"):
+        _record(actor_type=ActorType.USER, actor_id="alice")
+    with pytest.raises(ValueError, match="UUID"):
+        _record(target_type="user", target_id="alice@example.com")
+
+
+def test_an_event_with_nothing_personal_has_no_side_row() -> None:
+    event = _record()
+
+    assert not AuditEventPersonal.objects.filter(event=event).exists()
+    assert AuditEvent.objects.filter(personal__isnull=True).count() == 1
 
 
 def test_metadata_values_are_stored_as_json() -> None:
@@ -186,8 +227,11 @@ def test_the_database_rejects_a_delete() -> None:
         cursor.execute("DELETE FROM gdpr_auditevent WHERE id = %s", [event.pk])
 
 
-def test_the_database_rejects_an_update_of_personal_columns_without_the_pseudonymisation_flag() -> None:
+def test_the_database_rejects_an_update_of_the_actor_and_of_the_side_data_alike() -> None:
     event = _record(request=RequestFactory().get("/", REMOTE_ADDR="198.51.100.1"))
 
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("UPDATE gdpr_auditevent SET ip = NULL, personal_salt = '' WHERE id = %s", [event.pk])
+        cursor.execute("UPDATE gdpr_auditevent SET actor_id = '' WHERE id = %s", [event.pk])
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE gdpr_auditeventpersonal SET ip = NULL WHERE event_id = %s", [event.pk])
+    assert AuditEventPersonal.objects.get(event=event).ip == "198.51.100.1"

@@ -1,4 +1,4 @@
-"""The hash chain: tampering is found, pseudonymisation is not tampering, concurrent writers make one chain."""
+"""The hash chain: tampering is found, erasure is not tampering, concurrent writers make one chain."""
 
 import uuid
 from collections.abc import Iterator
@@ -10,8 +10,9 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 from django.test import RequestFactory
 
-from gdpr.audit import ActorType, AuditAction, AuditEvent, event_hash, record, verify_chain
-from gdpr.services import PSEUDONYMISE_FLAG, audit_pseudonymise_actor
+from gdpr.audit import ActorType, AuditAction, AuditEvent, AuditEventPersonal, event_hash, record, verify_chain
+from gdpr.registry import DataSubject, pseudonym_for
+from gdpr.services import audit_personal_erase
 from tests.support.races import race, raised
 
 pytestmark = pytest.mark.django_db
@@ -50,6 +51,18 @@ def _sql(statement: str, params: list[object]) -> None:
         cursor.execute(statement, params)
 
 
+def _erase(user_id: str) -> int:
+    return audit_personal_erase(subject=DataSubject(user_id=uuid.UUID(user_id), pseudonym=pseudonym_for(user_id)))
+
+
+def _delete_event(where: str, params: list[object]) -> None:
+    """An event and its side row, as someone bypassing the trigger would remove it."""
+    _sql("SET CONSTRAINTS ALL IMMEDIATE", [])  # no foreign-key check left pending: the trigger is altered next
+    events = f"SELECT id FROM gdpr_auditevent WHERE {where}"  # noqa: S608 - the test's own condition
+    _sql(f"DELETE FROM gdpr_auditeventpersonal WHERE event_id IN ({events})", params)  # noqa: S608
+    _sql(f"DELETE FROM gdpr_auditevent WHERE id IN ({events})", params)  # noqa: S608
+
+
 # --- verification ----------------------------------------------------------------------------------------
 
 
@@ -70,7 +83,7 @@ def test_the_command_prints_the_head_and_checks_an_anchor(capsys: pytest.Capture
 
     call_command("verify_audit_chain", "--anchor", head)  # still there: fine
     with _trigger_disabled():
-        _sql("DELETE FROM gdpr_auditevent WHERE seq = 3", [])  # the newest row: no link breaks
+        _delete_event("seq = 3", [])  # the newest row: no link breaks
 
     assert verify_chain() == (2, None)
     with pytest.raises(CommandError, match="anchor seq 3 is missing") as raised:
@@ -108,16 +121,22 @@ def test_the_command_reports_the_first_broken_link_and_exits_non_zero() -> None:
     assert raised.value.returncode != 0
 
 
-def test_a_changed_personal_column_breaks_its_digest() -> None:
+def test_a_changed_actor_breaks_the_hash_but_changed_side_data_does_not() -> None:
     events = [_record() for _ in range(2)]
     with _trigger_disabled():
-        _sql("UPDATE gdpr_auditevent SET ip = '192.0.2.1' WHERE id = %s", [events[0].pk])
+        _sql("UPDATE gdpr_auditevent SET actor_id = %s WHERE id = %s", [pseudonym_for(BOB), events[0].pk])
 
     _, broken = verify_chain()
 
     assert broken is not None
     assert broken.seq == 1
-    assert "digest" in broken.reason
+    assert "hash" in broken.reason
+    # The trade-off of keeping people out of the chain: their side data is not tamper-evident.
+    _sql("SET CONSTRAINTS ALL IMMEDIATE", [])  # no foreign-key check left pending: the table is altered next
+    _sql("ALTER TABLE gdpr_auditeventpersonal DISABLE TRIGGER gdpr_auditeventpersonal_no_update", [])
+    _sql("UPDATE gdpr_auditeventpersonal SET ip = '192.0.2.1' WHERE event_id = %s", [events[1].pk])
+    _sql("ALTER TABLE gdpr_auditeventpersonal ENABLE TRIGGER gdpr_auditeventpersonal_no_update", [])
+    assert verify_chain()[1] == broken
 
 
 def test_a_rehashed_forgery_breaks_the_next_link() -> None:
@@ -137,7 +156,7 @@ def test_a_rehashed_forgery_breaks_the_next_link() -> None:
 def test_a_deleted_event_is_a_gap() -> None:
     events = [_record() for _ in range(3)]
     with _trigger_disabled():
-        _sql("DELETE FROM gdpr_auditevent WHERE id = %s", [events[1].pk])
+        _delete_event("id = %s", [events[1].pk])
 
     _, broken = verify_chain()
 
@@ -145,31 +164,31 @@ def test_a_deleted_event_is_a_gap() -> None:
     assert broken.seq == 3
 
 
-# --- pseudonymisation --------------------------------------------------------------------------------------
+# --- erasure -------------------------------------------------------------------------------------------------
 
 
-def test_pseudonymising_an_actor_blanks_their_personal_data_and_the_chain_still_verifies() -> None:
+def test_erasing_a_user_deletes_their_side_data_and_the_chain_still_verifies() -> None:
     alice_events = [_record(ALICE) for _ in range(3)]
     bob_event = _record(BOB)
+    chain_before = list(AuditEvent.objects.order_by("seq").values())
 
-    changed = audit_pseudonymise_actor(actor_id=ALICE, pseudonym="erased-7f3a")
+    erased = _erase(ALICE)
 
-    assert changed == 3
+    assert erased == 3
+    assert not AuditEventPersonal.objects.filter(event__in=alice_events).exists()
     for event in AuditEvent.objects.filter(pk__in=[e.pk for e in alice_events]):
-        assert (event.actor_id, event.ip, event.user_agent, event.personal) == ("erased-7f3a", None, "", {})
-        assert event.personal_salt == ""
-        assert event.pseudonymised_at is not None
-        assert event.metadata == {"seats": 3}  # non-personal content stays
-    bob = AuditEvent.objects.get(pk=bob_event.pk)
-    assert (bob.actor_id, bob.ip, bob.personal) == (BOB, "198.51.100.7", {"email": "member@example.com"})
+        assert (event.actor_id, event.metadata) == (pseudonym_for(ALICE), {"seats": 3})  # the chain's part stays
+    bob = AuditEventPersonal.objects.get(event=bob_event)
+    assert (bob.ip, bob.metadata) == ("198.51.100.7", {"email": "member@example.com"})
+    assert list(AuditEvent.objects.order_by("seq").values())[:4] == chain_before  # nothing updated
     assert not AuditEvent.objects.filter(actor_id=ALICE).exists()
-    assert AuditEvent.objects.filter(action="audit.pseudonymised").count() == 1
+    assert AuditEvent.objects.filter(action="audit.personal_erased", target_id=pseudonym_for(ALICE)).count() == 1
     assert verify_chain() == (5, None)
 
 
-def test_after_pseudonymisation_a_tampered_hashed_column_is_still_caught() -> None:
+def test_after_erasure_a_tampered_hashed_column_is_still_caught() -> None:
     events = [_record(ALICE) for _ in range(2)]
-    audit_pseudonymise_actor(actor_id=ALICE, pseudonym="erased-1")
+    _erase(ALICE)
     with _trigger_disabled():
         _sql("UPDATE gdpr_auditevent SET action = 'family.member_removed' WHERE id = %s", [events[0].pk])
 
@@ -179,42 +198,40 @@ def test_after_pseudonymisation_a_tampered_hashed_column_is_still_caught() -> No
     assert broken.seq == 1
 
 
-def test_the_pseudonymisation_flag_does_not_let_a_hashed_column_change() -> None:
+def test_the_former_pseudonymisation_flag_opens_nothing() -> None:
     event = _record()
 
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        _sql("SELECT set_config(%s, 'on', true)", [PSEUDONYMISE_FLAG])
-        _sql("UPDATE gdpr_auditevent SET personal_salt = '', target_id = 'x' WHERE id = %s", [event.pk])
+        _sql("SELECT set_config('jia.audit_pseudonymise', 'on', true)", [])
+        _sql("UPDATE gdpr_auditevent SET actor_id = 'x' WHERE id = %s", [event.pk])
 
 
-def test_the_pseudonymisation_flag_requires_the_salt_to_go() -> None:
+@pytest.mark.parametrize("column", [field.column for field in AuditEvent._meta.concrete_fields])
+def test_the_database_refuses_an_update_of_every_column_even_to_the_same_value(column: str) -> None:
     event = _record()
 
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        _sql("SELECT set_config(%s, 'on', true)", [PSEUDONYMISE_FLAG])
-        _sql("UPDATE gdpr_auditevent SET ip = NULL WHERE id = %s", [event.pk])
+        _sql(f'UPDATE gdpr_auditevent SET "{column}" = "{column}" WHERE id = %s', [event.pk])  # noqa: S608
 
 
-def test_the_pseudonymisation_flag_never_allows_a_delete() -> None:
+def test_erasure_never_deletes_an_event() -> None:
     event = _record()
 
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        _sql("SELECT set_config(%s, 'on', true)", [PSEUDONYMISE_FLAG])
         _sql("DELETE FROM gdpr_auditevent WHERE id = %s", [event.pk])
+    _erase(ALICE)
+    assert AuditEvent.objects.filter(pk=event.pk).exists()
 
 
-def test_the_flag_is_closed_again_after_pseudonymising_inside_a_longer_transaction() -> None:
-    other = _record(BOB)
+def test_the_side_data_can_be_deleted_but_never_changed() -> None:
+    mine, other = _record(ALICE), _record(BOB)
 
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        _record(ALICE)
-        audit_pseudonymise_actor(actor_id=ALICE, pseudonym="erased-2")
-        _sql("UPDATE gdpr_auditevent SET ip = NULL, personal_salt = '' WHERE id = %s", [other.pk])
+        _sql("UPDATE gdpr_auditeventpersonal SET ip = NULL WHERE event_id = %s", [other.pk])
+    _erase(ALICE)
 
-
-def test_pseudonymise_needs_a_different_pseudonym() -> None:
-    with pytest.raises(ValueError):
-        audit_pseudonymise_actor(actor_id=ALICE, pseudonym=ALICE)
+    assert list(AuditEventPersonal.objects.values_list("event_id", flat=True)) == [other.pk]
+    assert not AuditEventPersonal.objects.filter(event=mine).exists()
 
 
 # --- concurrency --------------------------------------------------------------------------------------------

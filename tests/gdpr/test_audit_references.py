@@ -1,5 +1,5 @@
-"""Person ids in hashed audit columns (a "user" target, metadata such as user_id): readable while the
-person exists, erasable by pseudonymisation, and the hash chain verifies before and after."""
+"""Person ids in hashed audit columns (a "user" target, metadata such as user_id): written as the
+person's pseudonym, so erasure deletes only side data, and the hash chain verifies before and after."""
 
 import hashlib
 import uuid
@@ -11,13 +11,29 @@ from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 from django.test import RequestFactory
 
-from gdpr.audit import ActorType, AuditAction, AuditEvent, canonical_json, event_hash, record, verify_chain
-from gdpr.services import PSEUDONYMISE_FLAG, audit_pseudonymise_subject
+from gdpr.audit import (
+    ActorType,
+    AuditAction,
+    AuditEvent,
+    AuditEventPersonal,
+    canonical_json,
+    event_hash,
+    record,
+    verify_chain,
+)
+from gdpr.registry import DataSubject, pseudonym_for
+from gdpr.services import audit_personal_erase
 
 pytestmark = pytest.mark.django_db
 
 ALICE, OWNER = str(uuid.uuid4()), str(uuid.uuid4())
-PSEUDONYM = "pseudo_0123456789abcdef01234567"
+PSEUDONYM, OWNER_PSEUDONYM = pseudonym_for(ALICE), pseudonym_for(OWNER)
+
+
+def _erase_alice(*emails: str) -> int:
+    return audit_personal_erase(
+        subject=DataSubject(user_id=uuid.UUID(ALICE), pseudonym=PSEUDONYM, emails=frozenset(emails))
+    )
 
 
 def _record(**fields: Any) -> AuditEvent:
@@ -64,23 +80,24 @@ def _trail_about_alice() -> dict[str, AuditEvent]:
     }
 
 
-def test_person_ids_stay_where_readers_expect_them_and_are_listed_as_references() -> None:
+def test_person_ids_are_pseudonyms_where_readers_expect_them() -> None:
     trail = _trail_about_alice()
 
-    assert (trail["target"].target_id, trail["target"].personal_refs) == (ALICE, ["target_id"])
-    assert trail["member"].metadata == {"user_id": ALICE, "reason": "removed"}
-    assert trail["member"].personal_refs == ["metadata.user_id"]
-    assert trail["own"].personal_refs == ["metadata.owner_user_id"]
-    assert AuditEvent.objects.filter(target_type="user", target_id=ALICE).count() == 1
+    assert trail["target"].target_id == PSEUDONYM
+    assert trail["member"].metadata == {"user_id": PSEUDONYM, "reason": "removed"}
+    assert trail["own"].metadata == {"owner_user_id": PSEUDONYM, "seats": 3}
+    assert (trail["own"].actor_id, trail["member"].actor_id) == (PSEUDONYM, OWNER_PSEUDONYM)
+    assert AuditEvent.objects.filter(target_type="user", target_id=PSEUDONYM).count() == 1
+    assert ALICE not in str(list(AuditEvent.objects.values()))
     assert verify_chain() == (5, None)
 
 
-def test_a_changed_reference_breaks_the_personal_digest_while_the_person_exists() -> None:
+def test_a_changed_reference_breaks_the_hash() -> None:
     trail = _trail_about_alice()
     with connection.cursor() as cursor:
         cursor.execute("ALTER TABLE gdpr_auditevent DISABLE TRIGGER gdpr_auditevent_append_only")
     try:
-        _sql("UPDATE gdpr_auditevent SET target_id = %s WHERE id = %s", [OWNER, trail["target"].pk])
+        _sql("UPDATE gdpr_auditevent SET target_id = %s WHERE id = %s", [OWNER_PSEUDONYM, trail["target"].pk])
     finally:
         with connection.cursor() as cursor:
             cursor.execute("ALTER TABLE gdpr_auditevent ENABLE TRIGGER gdpr_auditevent_append_only")
@@ -88,32 +105,29 @@ def test_a_changed_reference_breaks_the_personal_digest_while_the_person_exists(
     _, broken = verify_chain()
 
     assert broken is not None and broken.seq == trail["target"].seq
-    assert "digest" in broken.reason
+    assert "hash" in broken.reason
 
 
-def test_erasing_a_subject_replaces_their_id_everywhere_and_the_chain_still_verifies() -> None:
+def test_erasing_a_subject_deletes_their_side_data_and_the_chain_still_verifies() -> None:
     trail = _trail_about_alice()
+    chain_before = list(AuditEvent.objects.order_by("seq").values())
 
-    changed = audit_pseudonymise_subject(user_id=ALICE, emails=["Alice@Example.com"], pseudonym=PSEUDONYM)
+    erased = _erase_alice("Alice@Example.com")
 
-    assert changed == 4
-    events = {name: AuditEvent.objects.get(pk=event.pk) for name, event in trail.items()}
-    assert events["target"].target_id == PSEUDONYM
-    assert events["member"].metadata == {"user_id": PSEUDONYM, "reason": "removed"}
-    assert (events["member"].actor_id, events["member"].ip) == (OWNER, "198.51.100.9")  # the owner's, kept
-    assert events["invited"].personal == {}  # her address, in the owner's event
-    assert (events["own"].actor_id, events["own"].ip, events["own"].user_agent) == (PSEUDONYM, None, "")
-    assert events["own"].metadata == {"owner_user_id": PSEUDONYM, "seats": 3}
-    assert events["other"].target_id == OWNER and events["other"].personal_salt  # untouched
-    everything = list(AuditEvent.objects.values_list("actor_id", "target_id", "metadata", "personal"))
+    assert erased == 2  # her own event's ip and user agent, and her address in the owner's invitation
+    assert not AuditEventPersonal.objects.filter(event__in=[trail["own"], trail["invited"]]).exists()
+    owners = AuditEventPersonal.objects.get(event=trail["member"])
+    assert (owners.ip, owners.user_agent) == ("198.51.100.9", "owner-app/1")  # the owner's, kept
+    assert list(AuditEvent.objects.order_by("seq").values())[:5] == chain_before  # the chain is not touched
+    everything = list(AuditEvent.objects.values()) + list(AuditEventPersonal.objects.values())
     assert ALICE not in str(everything) and "alice@example.com" not in str(everything).lower()
-    assert verify_chain() == (7, None)  # 5 + two audit.pseudonymised events
+    assert verify_chain() == (6, None)  # 5 + the audit.personal_erased event
     call_command("verify_audit_chain")
 
 
 def test_after_erasure_a_tampered_hashed_column_is_still_caught() -> None:
     trail = _trail_about_alice()
-    audit_pseudonymise_subject(user_id=ALICE, emails=[], pseudonym=PSEUDONYM)
+    _erase_alice()
     with connection.cursor() as cursor:
         cursor.execute("ALTER TABLE gdpr_auditevent DISABLE TRIGGER gdpr_auditevent_append_only")
     try:
@@ -130,44 +144,49 @@ def test_after_erasure_a_tampered_hashed_column_is_still_caught() -> None:
     assert broken is not None and broken.seq == trail["member"].seq
 
 
-def test_the_database_lets_only_listed_references_change_on_the_pseudonymisation_path() -> None:
+def test_the_database_lets_no_reference_change_with_or_without_the_former_flag() -> None:
     trail = _trail_about_alice()
 
-    # a metadata key that is not a listed reference
+    # a reference in metadata
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        _sql("SELECT set_config(%s, 'on', true)", [PSEUDONYMISE_FLAG])
         _sql(
-            "UPDATE gdpr_auditevent SET personal_salt = '', metadata = %s WHERE id = %s",
-            ['{"user_id": "x", "reason": "left"}', trail["member"].pk],
+            "UPDATE gdpr_auditevent SET metadata = %s WHERE id = %s",
+            ['{"user_id": "x", "reason": "removed"}', trail["member"].pk],
         )
-    # the target of an event whose target is not a person
+    # a person's target
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        _sql("SELECT set_config(%s, 'on', true)", [PSEUDONYMISE_FLAG])
-        _sql("UPDATE gdpr_auditevent SET personal_salt = '', target_id = 'x' WHERE id = %s", [trail["member"].pk])
-    # the list of references itself
+        _sql("UPDATE gdpr_auditevent SET target_id = 'x' WHERE id = %s", [trail["target"].pk])
+    # the same, with the flag that used to open the pseudonymisation path
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        _sql("SELECT set_config(%s, 'on', true)", [PSEUDONYMISE_FLAG])
-        _sql("UPDATE gdpr_auditevent SET personal_salt = '', personal_refs = '[]' WHERE id = %s", [trail["target"].pk])
-    # a listed reference, without the flag
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        _sql("UPDATE gdpr_auditevent SET personal_salt = '', target_id = 'x' WHERE id = %s", [trail["target"].pk])
+        _sql("SELECT set_config('jia.audit_pseudonymise', 'on', true)", [])
+        _sql("UPDATE gdpr_auditevent SET target_id = 'x' WHERE id = %s", [trail["target"].pk])
 
 
-def test_events_without_references_hash_exactly_as_rows_written_before_references_existed() -> None:
-    event = _record(target_type="payment", target_id="pay_1", metadata={"amount": 100})
-    before_references = {  # the hashed content as gdpr/audit.py defined it before personal_refs
+def test_the_hash_covers_exactly_the_row_and_nothing_personal() -> None:
+    request = RequestFactory().post("/", REMOTE_ADDR="198.51.100.9", HTTP_USER_AGENT="owner-app/1")
+    event = _record(
+        actor_type=ActorType.USER,
+        actor_id=ALICE,
+        target_type="user",
+        target_id=ALICE,
+        metadata={"user_id": ALICE, "email": "alice@example.com", "amount": 100},
+        request=request,
+    )
+    hashed = {  # every column of the row but the hash itself
         "seq": event.seq,
         "id": str(event.id),
         "occurred_at": event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "actor_type": event.actor_type,
+        "actor_id": event.actor_id,
         "action": event.action,
         "target_type": event.target_type,
         "target_id": event.target_id,
         "request_id": event.request_id,
         "metadata": event.metadata,
-        "personal_digest": event.personal_digest,
         "prev_hash": event.prev_hash,
     }
 
-    assert event.personal_refs == []
-    assert event.hash == event_hash(event) == hashlib.sha256(canonical_json(before_references)).hexdigest()
+    assert event.hash == event_hash(event) == hashlib.sha256(canonical_json(hashed)).hexdigest()
+    assert set(hashed) | {"hash"} == {field.attname for field in AuditEvent._meta.concrete_fields}
+    for personal in (ALICE, "alice@example.com", "198.51.100.9", "owner-app/1"):
+        assert personal not in str(hashed)

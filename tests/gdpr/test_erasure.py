@@ -14,7 +14,7 @@ from django.test import Client
 from billing.models import Customer, Order, Payment, Refund, Subscription
 from entitlements.models import FamilyGroup, FamilyMembership
 from gdpr.audit import verify_chain
-from gdpr.models import AuditEvent, DataSubjectRequest, ErasureStep, RequestKind, RequestStatus
+from gdpr.models import AuditEvent, AuditEventPersonal, DataSubjectRequest, ErasureStep, RequestKind, RequestStatus
 from gdpr.registry import DataSubject, pseudonym_for
 from gdpr.services import data_request_create, data_request_retry, data_requests_sweep, erasure_process
 from tasks.models import OutboxMessage
@@ -90,18 +90,19 @@ def assert_erased(seeded: Seeded, stripe_sdk: stripe.StripeClient) -> None:
     # The family she owned is dissolved; Bob keeps his own data.
     assert not FamilyGroup.objects.filter(id=seeded.family.id).exists()
     assert not FamilyMembership.objects.filter(user_id=seeded.bob).exists()
-    assert AuditEvent.objects.filter(action="entitlements.changed", target_id=str(seeded.bob)).exists()
+    assert AuditEvent.objects.filter(action="entitlements.changed", target_id=pseudonym_for(seeded.bob)).exists()
     # Inbox rows stay (they deduplicate), bodies redacted; someone else's event untouched.
     for event in WebhookEvent.objects.filter(id__in=[e.id for e in seeded.events]):
         assert json.loads(event.raw_body)["jia_redacted"] == "erasure"
         assert event.customer_id == ""
     stranger = WebhookEvent.objects.get(id=seeded.stranger_event.id)
     assert stranger.raw_body == seeded.stranger_event.raw_body
-    # The audit trail still verifies, pseudonymised rows included.
+    # The audit trail still verifies: it named her by her pseudonym only, and her side data is gone.
     assert verify_chain()[1] is None
     call_command("verify_audit_chain")
     assert AuditEvent.objects.filter(actor_id=pseudonym).exists()
     assert AuditEvent.objects.filter(target_type="user", target_id=pseudonym).exists()
+    assert not AuditEventPersonal.objects.filter(event__actor_id=pseudonym).exists()
 
 
 def test_erasure_leaves_nothing_of_the_user_keeps_the_financial_rows_and_the_audit_chain(
@@ -121,13 +122,11 @@ def test_erasure_leaves_nothing_of_the_user_keeps_the_financial_rows_and_the_aud
         "entitlements_familyinvitation.email",
         "entitlements_entitlementsnapshot.user_id",
         "webhooks_webhookevent.raw_body",
-        "gdpr_auditevent.actor_id",
-        "gdpr_auditevent.target_id",
-        "gdpr_auditevent.metadata",
-        "gdpr_auditevent.personal",
+        "gdpr_auditeventpersonal.metadata",  # her address, in Dave's invitation
         "gdpr_datasubjectrequest.user_id",
         "tasks_outboxmessage.data",
     } <= before
+    assert not {found for found in before if found.startswith("gdpr_auditevent.")}  # never in the hash chain
 
     # when
     response = _erase(client)

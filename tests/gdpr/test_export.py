@@ -15,6 +15,7 @@ from django.test import Client
 from billing.models import Customer, Order, Payment, Refund, Subscription
 from entitlements.models import EntitlementSnapshot, FamilyGroup, FamilyInvitation, FamilyMembership
 from gdpr.models import AuditEvent, DataSubjectRequest, RequestStatus
+from gdpr.registry import pseudonym_for
 from tasks.models import OutboxMessage
 from tests.gdpr.support import BOB_EMAIL, CAROL_EMAIL, Seeded, run_to_the_end, seed_everywhere
 from tests.support.auth import bearer
@@ -91,9 +92,9 @@ def assert_every_row_exported(archive: zipfile.ZipFile, seeded: Seeded) -> None:
     assert payloads[str(seeded.events[0].id)] == json.loads(seeded.events[0].raw_body)
     # The audit trail: what Alice did (with her ip) and what was done about her.
     events = tables["gdpr.audit_events"]
-    own = AuditEvent.objects.filter(actor_id=str(ALICE)).exclude(action="gdpr.export.downloaded")  # this very one
-    about = AuditEvent.objects.filter(target_type="user", target_id=str(ALICE))
-    invited = AuditEvent.objects.filter(personal__invitee_email=ALICE_EMAIL.lower())
+    own = AuditEvent.objects.filter(actor_id=pseudonym_for(ALICE)).exclude(action="gdpr.export.downloaded")  # this one
+    about = AuditEvent.objects.filter(target_type="user", target_id=pseudonym_for(ALICE))
+    invited = AuditEvent.objects.filter(personal__metadata__invitee_email=ALICE_EMAIL.lower())
     assert _ids(events) == _db_ids(own) | _db_ids(about) | _db_ids(invited)
     requested = next(e for e in events if e["action"] == "gdpr.export.requested")
     assert (requested["ip"], requested["user_agent"]) == ("198.51.100.23", "JiaApp/5.1 (iPhone)")
@@ -133,7 +134,7 @@ def test_a_user_with_data_in_every_app_gets_every_row_of_it(export_storage: Path
     assert polled["download_url"] == f"/api/v1/gdpr/exports/{request_id}/download"
     assert_every_row_exported(_archive(client, request_id), seeded)
     assert AuditEvent.objects.filter(action="gdpr.export.completed", target_id=request_id).count() == 1
-    assert AuditEvent.objects.filter(action="gdpr.export.downloaded", actor_id=str(ALICE)).count() == 1
+    assert AuditEvent.objects.filter(action="gdpr.export.downloaded", actor_id=pseudonym_for(ALICE)).count() == 1
     ready = OutboxMessage.objects.get(type="gdpr.export.ready")
     assert (ready.data["request_id"], ready.data["user_id"]) == (request_id, str(ALICE))
 

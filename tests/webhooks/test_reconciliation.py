@@ -274,7 +274,7 @@ def test_finance_resyncs_from_stripe_from_the_admin(stripe_api: StripeFake) -> N
 
 
 def test_an_intent_in_a_status_stripe_does_not_document_is_reported_not_guessed_and_the_run_goes_on(
-    stripe_api: FakeStripeApi,
+    stripe_api: StripeFake,
 ) -> None:
     # given: one intent we cannot read (the webhook services refuse it too), one payment to fix
     unreadable, refunded = PaymentFactory(amount=2000), PaymentFactory(amount=2000)
