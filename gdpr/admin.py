@@ -181,7 +181,7 @@ class DataSubjectRequestAdmin(RoleRestrictedAdmin, admin.ModelAdmin):
 
     @admin.display(description="reason")
     def short_reason(self, data_request: DataSubjectRequest) -> str:
-        reason = data_request.failure_reason
+        reason = data_request.last_error
         return reason if len(reason) <= 120 else reason[:119] + "…"
 
     def get_search_results(

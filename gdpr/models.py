@@ -16,6 +16,8 @@ from django.db.models import Q
 from django.utils import timezone
 from uuid6 import uuid7
 
+from tasks.models import DurableJob, JobStatuses, RetryPolicy
+
 
 class AuditAction(models.TextChoices):
     """Every auditable action, as a dotted name. Add members freely; never rename one (rows keep it).
@@ -176,7 +178,7 @@ class RequestStatus(models.TextChoices):
     PENDING = "pending"  # waiting for a worker (first run, or a retry due at next_attempt_at)
     RUNNING = "running"  # a worker holds it until lease_until
     COMPLETED = "completed"
-    FAILED = "failed"  # out of attempts or a permanent error: `failure_reason` says why; staff may retry
+    FAILED = "failed"  # out of attempts or a permanent error: `last_error` says why; staff may retry
     CANCELED = "canceled"  # by compliance staff
     EXPIRED = "expired"  # an export whose file was deleted after its download window
 
@@ -194,7 +196,7 @@ OPEN_REQUEST = Q(status__in=[RequestStatus.PENDING, RequestStatus.RUNNING]) | Q(
 )
 
 
-class DataSubjectRequest(models.Model):
+class DataSubjectRequest(DurableJob):
     """A user's request for their data or for its erasure, processed by a Celery job on the gdpr queue.
 
     `subject` is the user's stable pseudonym (gdpr.registry.pseudonym_for): ownership is checked by it,
@@ -203,6 +205,14 @@ class DataSubjectRequest(models.Model):
 
     Kind = RequestKind
     Status = RequestStatus
+    statuses = JobStatuses(
+        waiting=(RequestStatus.PENDING,),
+        running=RequestStatus.RUNNING,
+        retrying=RequestStatus.PENDING,
+        dead=RequestStatus.FAILED,
+    )
+    # Attempts count per erasure step (ErasureStep.attempts) and per export.
+    retry_policy = RetryPolicy(max_attempts=8, base_seconds=30, max_seconds=3600)
 
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     kind = models.CharField(max_length=16, choices=RequestKind.choices)
@@ -212,10 +222,6 @@ class DataSubjectRequest(models.Model):
     user_id = models.UUIDField(null=True, blank=True)
     email = models.EmailField(blank=True)  # from the token, to find data held under the address
     known_emails = models.JSONField(default=list, blank=True)  # every address the providers knew (erasure)
-    attempts = models.PositiveIntegerField(default=0)  # runs of the job
-    next_attempt_at = models.DateTimeField(default=timezone.now)
-    lease_until = models.DateTimeField(null=True, blank=True)
-    failure_reason = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import Storage, storages
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, TextField, Value
+from django.db.models import Q, TextField, Value
 from django.db.models.functions import Cast, Coalesce
 from django.http import HttpRequest
 from django.utils import timezone
@@ -43,8 +43,9 @@ from gdpr.registry import (
     pseudonym_for,
 )
 from gdpr.selectors import data_request_get_for_user, data_requests_overdue
-from payments_project.errors import Conflict, DependencyUnavailable
-from tasks.base import TRANSIENT_ERRORS, backoff_seconds, enqueue_on_commit
+from payments_project.errors import Conflict
+from tasks.base import enqueue_on_commit
+from tasks.jobs import back_off, claim, error_text, outcome_fields, record_failure, sweep
 from tasks.models import OutboxMessage
 from tasks.outbox import emit
 
@@ -126,11 +127,16 @@ def _request_audit(
     )
 
 
-def _enqueue(data_request: DataSubjectRequest) -> None:
+def _enqueue(request_id: uuid.UUID, kind: str) -> None:
     from gdpr.tasks import erasure_process_task, export_process_task  # the task module imports this one
 
-    task = export_process_task if data_request.kind == RequestKind.EXPORT else erasure_process_task
-    enqueue_on_commit(task, str(data_request.id))
+    task = export_process_task if kind == RequestKind.EXPORT else erasure_process_task
+    enqueue_on_commit(task, str(request_id))
+
+
+def _pickup_grace() -> timedelta:
+    """How long a request waits for the worker its commit nudged before the sweeper sends another."""
+    return timedelta(seconds=settings.GDPR_PICKUP_GRACE_SECONDS)
 
 
 @transaction.atomic(durable=True)
@@ -152,7 +158,13 @@ def data_request_create(
         raise ErasureInProgress("Your data is being erased; an export is not possible any more")
     try:
         with transaction.atomic():
-            created = DataSubjectRequest.objects.create(kind=kind, subject=subject, user_id=user_id, email=email)
+            created = DataSubjectRequest.objects.create(
+                kind=kind,
+                subject=subject,
+                user_id=user_id,
+                email=email,
+                next_attempt_at=timezone.now() + _pickup_grace(),
+            )
     except IntegrityError:
         existing = DataSubjectRequest.objects.filter(OPEN_REQUEST, subject=subject, kind=kind).first()
         if existing is None:  # it finished between our insert and this read: a new one may be opened now
@@ -162,7 +174,7 @@ def data_request_create(
         _REQUESTED[RequestKind(kind)], created, actor_type=ActorType.USER, actor_id=str(user_id), request=request
     )
     REQUESTS_TOTAL.labels(kind, "requested").inc()
-    _enqueue(created)
+    _enqueue(created.id, created.kind)
     return created, True
 
 
@@ -176,30 +188,15 @@ class Outcome:
 
 
 def _claim(request_id: uuid.UUID, kind: RequestKind) -> DataSubjectRequest | None:
-    """Take the request for this worker: pending, or running under a lease that ran out (a dead worker)."""
+    """Take the request for this worker: pending, or running under a lease that ran out (a dead worker).
+    Its steps run outside any transaction, so the lease, not a row lock, keeps a second worker out."""
     now = timezone.now()
-    lease = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
-    claimable = Q(status=RequestStatus.PENDING) | Q(status=RequestStatus.RUNNING, lease_until__lt=now)
-    claimed = DataSubjectRequest.objects.filter(claimable, id=request_id, kind=kind).update(
-        status=RequestStatus.RUNNING,
-        lease_until=now + lease,
-        attempts=F("attempts") + 1,
+    claimed = claim(
+        DataSubjectRequest.objects.filter(id=request_id, kind=kind),
         started_at=Coalesce("started_at", Value(now)),
         updated_at=now,
     )
     return DataSubjectRequest.objects.get(id=request_id) if claimed else None
-
-
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, (*TRANSIENT_ERRORS, DependencyUnavailable))
-
-
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:4000]
-
-
-def _retry_delay(attempts: int) -> float:
-    return backoff_seconds(attempts, base=settings.GDPR_RETRY_BASE_SECONDS, cap=settings.GDPR_RETRY_MAX_SECONDS)
 
 
 def _data_subject(data_request: DataSubjectRequest) -> DataSubject:
@@ -249,7 +246,7 @@ def export_process(*, request_id: uuid.UUID) -> Outcome | None:
         finally:
             archive.file.close()
     except Exception as exc:
-        log.warning("gdpr_export_failed", request_id=str(request_id), error=_error_text(exc))
+        log.warning("gdpr_export_failed", request_id=str(request_id), error=error_text(exc))
         return _export_record_failure(request_id=request_id, exc=exc)
     counts = {table: len(table_rows) for table, table_rows in tables.items()}
     return _export_record_success(
@@ -269,17 +266,15 @@ def _export_record_success(
     data_request.status, data_request.completed_at, data_request.lease_until = RequestStatus.COMPLETED, now, None
     data_request.file_name, data_request.file_size, data_request.file_sha256 = file_name, size, sha256
     data_request.expires_at = now + timedelta(hours=settings.GDPR_EXPORT_TTL_HOURS)
-    data_request.failure_reason, data_request.updated_at = "", now
+    data_request.last_error, data_request.updated_at = "", now
     data_request.save(
         update_fields=[
-            "status",
+            *outcome_fields(DataSubjectRequest),
             "completed_at",
-            "lease_until",
             "file_name",
             "file_size",
             "file_sha256",
             "expires_at",
-            "failure_reason",
             "updated_at",
         ]
     )
@@ -304,33 +299,50 @@ def _export_record_failure(*, request_id: uuid.UUID, exc: BaseException) -> Outc
     data_request = DataSubjectRequest.objects.select_for_update().get(id=request_id)
     if data_request.status != RequestStatus.RUNNING:
         return Outcome(status=data_request.status)
-    error = _error_text(exc)
-    if _is_transient(exc) and data_request.attempts < settings.GDPR_MAX_ATTEMPTS:
-        return _wait_for_retry(data_request, attempts=data_request.attempts, error=error)
-    _fail(data_request, reason=error, action=AuditAction.GDPR_EXPORT_FAILED, metadata={"error": type(exc).__name__})
+    return _record_failure(
+        data_request,
+        exc,
+        attempts=data_request.attempts,
+        error=error_text(exc),
+        action=AuditAction.GDPR_EXPORT_FAILED,
+        metadata={"error": type(exc).__name__},
+    )
+
+
+def _record_failure(
+    data_request: DataSubjectRequest,
+    exc: BaseException,
+    *,
+    attempts: int,
+    error: str,
+    action: AuditAction,
+    metadata: Mapping[str, Any],
+) -> Outcome:
+    """A transient error with attempts left waits for a retry with backoff; otherwise the request is failed
+    for good, its reason kept for compliance staff (and it is never 'done')."""
+    retry_in = record_failure(data_request, exc, attempts=attempts, error=error)
+    if retry_in is not None:
+        return _save_waiting(data_request, retry_in)
+    data_request.updated_at = timezone.now()
+    data_request.save(update_fields=[*outcome_fields(DataSubjectRequest), "updated_at"])
+    _request_audit(action, data_request, metadata={**metadata, "attempts": data_request.attempts})
+    REQUESTS_TOTAL.labels(data_request.kind, "failed").inc()
+    log.error("gdpr_request_failed", request_id=str(data_request.id), kind=data_request.kind, reason=error)
     return Outcome(status=data_request.status)
 
 
-def _wait_for_retry(data_request: DataSubjectRequest, *, attempts: int, error: str) -> Outcome:
-    delay = _retry_delay(attempts)
-    now = timezone.now()
-    data_request.status, data_request.lease_until = RequestStatus.PENDING, None
-    data_request.next_attempt_at, data_request.updated_at = now + timedelta(seconds=delay), now
-    data_request.save(update_fields=["status", "lease_until", "next_attempt_at", "updated_at"])
+def _save_waiting(data_request: DataSubjectRequest, retry_in: float) -> Outcome:
+    """Save a request set back to waiting; its task runs it again in `retry_in` seconds (gdpr.tasks)."""
+    data_request.updated_at = timezone.now()
+    data_request.save(update_fields=[*outcome_fields(DataSubjectRequest), "updated_at"])
     REQUESTS_TOTAL.labels(data_request.kind, "retry").inc()
-    log.warning("gdpr_request_retrying", request_id=str(data_request.id), retry_in=round(delay, 1), error=error)
-    return Outcome(status=data_request.status, retry_in=delay)
-
-
-def _fail(data_request: DataSubjectRequest, *, reason: str, action: AuditAction, metadata: Mapping[str, Any]) -> None:
-    """Failed for good: the reason stays on the request for compliance staff (and is never 'done')."""
-    now = timezone.now()
-    data_request.status, data_request.failure_reason = RequestStatus.FAILED, reason
-    data_request.lease_until, data_request.updated_at = None, now
-    data_request.save(update_fields=["status", "failure_reason", "lease_until", "updated_at"])
-    _request_audit(action, data_request, metadata={**metadata, "attempts": data_request.attempts})
-    REQUESTS_TOTAL.labels(data_request.kind, "failed").inc()
-    log.error("gdpr_request_failed", request_id=str(data_request.id), kind=data_request.kind, reason=reason)
+    log.warning(
+        "gdpr_request_retrying",
+        request_id=str(data_request.id),
+        retry_in=round(retry_in, 1),
+        error=data_request.last_error,
+    )
+    return Outcome(status=data_request.status, retry_in=retry_in)
 
 
 def erasure_process(*, request_id: uuid.UUID) -> Outcome | None:
@@ -338,8 +350,8 @@ def erasure_process(*, request_id: uuid.UUID) -> Outcome | None:
 
     Each step runs outside any transaction (providers may call Stripe) and records its outcome in its
     own. The first failing step stops the run: a transient error waits for a retry with backoff, up to
-    GDPR_MAX_ATTEMPTS; then, or on any other error, the request is failed with the step's reason. So the
-    request is completed only when every step is.
+    the retry policy's attempts for that step; then, or on any other error, the request is failed with
+    the step's reason. So the request is completed only when every step is.
     """
     data_request = _claim(request_id, RequestKind.ERASURE)
     if data_request is None:
@@ -359,7 +371,7 @@ def erasure_process(*, request_id: uuid.UUID) -> Outcome | None:
             provider.erase(subject=subject)
         except Exception as exc:
             log.warning(
-                "gdpr_erasure_step_failed", request_id=str(request_id), step=step.provider, error=_error_text(exc)
+                "gdpr_erasure_step_failed", request_id=str(request_id), step=step.provider, error=error_text(exc)
             )
             return _erasure_record_failure(request_id=request_id, step_id=step.id, exc=exc)
         _erasure_step_completed(step_id=step.id)
@@ -398,30 +410,28 @@ def _erasure_record_failure(*, request_id: uuid.UUID, step_id: uuid.UUID | None,
     data_request = DataSubjectRequest.objects.select_for_update().get(id=request_id)
     if data_request.status != RequestStatus.RUNNING:
         return Outcome(status=data_request.status)
-    error = _error_text(exc)
     step = ErasureStep.objects.select_for_update().get(id=step_id) if step_id else None
     attempts = data_request.attempts
-    if step is not None:
+    if step is not None:  # a step's own failures count against the policy, not the request's runs
         step.attempts += 1
-        step.last_error, step.updated_at = error, timezone.now()
+        step.last_error, step.updated_at = error_text(exc), timezone.now()
         attempts = step.attempts
-    if _is_transient(exc) and attempts < settings.GDPR_MAX_ATTEMPTS:
-        if step is not None:
-            step.save(update_fields=["attempts", "last_error", "updated_at"])
-        return _wait_for_retry(data_request, attempts=attempts, error=error)
     where = step.provider if step is not None else "preparation"
-    if step is not None:
-        step.status = StepStatus.FAILED
-        step.save(update_fields=["attempts", "last_error", "updated_at", "status"])
     # The audit row is hashed for good: it names the step and the error type, never the message
     # (which may quote personal data); the message stays on the request, where erasure can reach it.
-    _fail(
+    outcome = _record_failure(
         data_request,
-        reason=f"{where}: {error}",
+        exc,
+        attempts=attempts,
+        error=f"{where}: {error_text(exc)}",
         action=AuditAction.GDPR_ERASURE_FAILED,
         metadata={"step": where, "error": type(exc).__name__},
     )
-    return Outcome(status=data_request.status)
+    if step is not None:
+        if outcome.retry_in is None:
+            step.status = StepStatus.FAILED
+        step.save(update_fields=["attempts", "last_error", "updated_at", "status"])
+    return outcome
 
 
 @transaction.atomic(durable=True)
@@ -432,11 +442,12 @@ def _erasure_record_success(*, request_id: uuid.UUID, subject: DataSubject) -> O
     steps = list(data_request.steps.select_for_update().order_by("order", "provider"))
     unfinished = [step.provider for step in steps if step.status != StepStatus.COMPLETED]
     if unfinished:  # a step row appeared meanwhile (a newly registered provider): run again
-        return _wait_for_retry(data_request, attempts=1, error=f"steps not finished: {', '.join(unfinished)}")
+        retry_in = back_off(data_request, attempt=1, error=f"steps not finished: {', '.join(unfinished)}")
+        return _save_waiting(data_request, retry_in)
     now = timezone.now()
     data_request.status, data_request.completed_at, data_request.lease_until = RequestStatus.COMPLETED, now, None
     data_request.user_id, data_request.email, data_request.known_emails = None, "", []
-    data_request.failure_reason, data_request.updated_at = "", now
+    data_request.last_error, data_request.updated_at = "", now
     message = emit(
         "gdpr.erasure.completed",
         f"gdpr_request:{data_request.id}",
@@ -452,13 +463,11 @@ def _erasure_record_success(*, request_id: uuid.UUID, subject: DataSubject) -> O
     data_request.completion_event_id = message.id
     data_request.save(
         update_fields=[
-            "status",
+            *outcome_fields(DataSubjectRequest),
             "completed_at",
-            "lease_until",
             "user_id",
             "email",
             "known_emails",
-            "failure_reason",
             "updated_at",
             "completion_event_id",
         ]
@@ -522,11 +531,12 @@ def data_request_retry(*, request_id: uuid.UUID, staff_id: str, request: HttpReq
     if data_request.status != RequestStatus.FAILED:
         return False
     now = timezone.now()
-    data_request.status, data_request.next_attempt_at, data_request.updated_at = RequestStatus.PENDING, now, now
-    previous_reason, data_request.failure_reason = data_request.failure_reason, ""
+    data_request.status, data_request.next_attempt_at = RequestStatus.PENDING, now + _pickup_grace()
+    data_request.updated_at = now
+    previous_reason, data_request.last_error = data_request.last_error, ""
     try:
         with transaction.atomic():
-            data_request.save(update_fields=["status", "next_attempt_at", "updated_at", "failure_reason"])
+            data_request.save(update_fields=["status", "next_attempt_at", "updated_at", "last_error"])
     except IntegrityError:
         raise Conflict("The user has opened another request of this kind; retry that one instead") from None
     data_request.steps.filter(status=StepStatus.FAILED).update(status=StepStatus.PENDING, attempts=0, updated_at=now)
@@ -538,7 +548,7 @@ def data_request_retry(*, request_id: uuid.UUID, staff_id: str, request: HttpReq
         metadata={"previous_status": RequestStatus.FAILED, "had_reason": bool(previous_reason)},
         request=request,
     )
-    _enqueue(data_request)
+    _enqueue(data_request.id, data_request.kind)
     return True
 
 
@@ -578,24 +588,12 @@ def data_request_cancel(*, request_id: uuid.UUID, staff_id: str, request: HttpRe
 
 @transaction.atomic(durable=True)
 def data_requests_sweep() -> int:
-    """Re-enqueue requests no worker picked up (a lost message, a broker outage) and those whose worker
-    died (lease over); then strip the user id from published `gdpr.erasure.completed` messages.
-    Returns how many requests were re-enqueued."""
-    now = timezone.now()
-    grace = timedelta(seconds=settings.GDPR_PICKUP_GRACE_SECONDS)
-    due = list(
-        DataSubjectRequest.objects.select_for_update(skip_locked=True)
-        .filter(
-            Q(status=RequestStatus.PENDING, next_attempt_at__lte=now - grace)
-            | Q(status=RequestStatus.RUNNING, lease_until__lt=now)
-        )
-        .order_by("next_attempt_at")[:500]
-    )
-    for data_request in due:
-        # Next look in a grace period: a slow queue is not flooded with copies.
-        data_request.next_attempt_at = now
-        data_request.save(update_fields=["next_attempt_at"])
-        _enqueue(data_request)
+    """Re-enqueue requests that are due: no worker picked them up (a lost message, a broker outage), their
+    retry is due, or their worker died (tasks.jobs.sweep); then strip the user id from published
+    `gdpr.erasure.completed` messages. Returns how many requests were re-enqueued."""
+    due = sweep(DataSubjectRequest, grace=_pickup_grace())
+    for request_id, kind in DataSubjectRequest.objects.filter(id__in=due).values_list("id", "kind"):
+        _enqueue(request_id, kind)
     _erasure_events_redact()
     return len(due)
 

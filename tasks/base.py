@@ -1,33 +1,20 @@
 """The base of every Celery task: retries only what can recover, logs and measures every run."""
 
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import celery
-import kombu.exceptions
 import sentry_sdk
 import structlog
 from celery.exceptions import Retry
-from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import transaction
 from prometheus_client import Counter, Histogram
 
-from tasks.errors import TransientError
+from tasks.errors import is_transient
+from tasks.models import RetryPolicy
 
 log = structlog.get_logger(__name__)
-
-# Errors a later attempt may not meet: a dependency down or slow. Anything else is a bug or bad
-# data, and retrying it only delays the failure.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    TransientError,
-    OperationalError,
-    InterfaceError,
-    kombu.exceptions.OperationalError,
-    ConnectionError,
-    TimeoutError,
-)
 
 TASK_RUNS = Counter("payments_task_runs_total", "Celery task runs by outcome", ["task", "outcome"])
 TASK_DURATION = Histogram("payments_task_duration_seconds", "Celery task run time", ["task"])
@@ -36,11 +23,8 @@ TASK_DURATION = Histogram("payments_task_duration_seconds", "Celery task run tim
 class BaseTask(celery.Task):
     """Every task uses this: exponential backoff with jitter and a cap, for transient errors only."""
 
-    autoretry_for = TRANSIENT_ERRORS
-    retry_backoff = settings.TASK_RETRY_BACKOFF_SECONDS
-    retry_backoff_max = settings.TASK_RETRY_BACKOFF_MAX_SECONDS
-    retry_jitter = True
-    max_retries = settings.TASK_MAX_RETRIES
+    retry_policy = RetryPolicy(max_attempts=9, base_seconds=2, max_seconds=600)
+    max_retries = None  # retry_policy decides
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         structlog.contextvars.clear_contextvars()
@@ -49,7 +33,13 @@ class BaseTask(celery.Task):
         started = time.perf_counter()
         outcome = "success"
         try:
-            return super().__call__(*args, **kwargs)
+            try:
+                return super().__call__(*args, **kwargs)
+            except Exception as exc:
+                attempt = self.request.retries + 1
+                if is_transient(exc) and attempt < self.retry_policy.max_attempts:
+                    raise self.retry(exc=exc, countdown=self.retry_policy.backoff(attempt)) from exc
+                raise
         except Retry:
             outcome = "retry"
             log.warning("task_retrying", retries=self.request.retries)
@@ -75,9 +65,3 @@ def enqueue_on_commit(task: celery.Task, *args: Any) -> None:
 
     on_commit: Callable[..., None] = transaction.on_commit
     on_commit(send, robust=True)
-
-
-def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
-    """Exponential backoff with "equal jitter": half the step fixed, half random, never above cap."""
-    step = min(cap, base * 2 ** max(attempt - 1, 0))
-    return step / 2 + random.uniform(0, step / 2)

@@ -1,4 +1,9 @@
-"""Errors that tell the reliable-execution layer whether to try again."""
+"""Errors that tell the reliable-execution layer whether to try again, and the one test of it."""
+
+import kombu.exceptions
+from django.db import InterfaceError, OperationalError
+
+from payments_project.errors import DependencyUnavailable
 
 
 class TransientError(Exception):
@@ -7,3 +12,21 @@ class TransientError(Exception):
 
 class OutboxError(Exception):
     """emit() was used wrongly (outside a transaction, or with data that is not JSON)."""
+
+
+# Errors a later attempt may not meet: a dependency down, slow or saturated. Anything else is a bug or
+# bad data, and retrying it only delays the failure.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    DependencyUnavailable,  # Stripe down, rate limited or not configured; a trust bundle not readable
+    OperationalError,
+    InterfaceError,
+    kombu.exceptions.OperationalError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may go away by itself, so the job or task is worth running again later."""
+    return isinstance(exc, TRANSIENT_ERRORS)

@@ -7,7 +7,6 @@ at least once (a crash between publish and commit republishes), so consumers ded
 
 import json
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 import kombu
@@ -18,8 +17,9 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from tasks.base import backoff_seconds, enqueue_on_commit
-from tasks.errors import OutboxError
+from tasks.base import enqueue_on_commit
+from tasks.errors import OutboxError, TransientError
+from tasks.jobs import due, outcome_fields, record_failure
 from tasks.models import OutboxMessage
 
 log = structlog.get_logger(__name__)
@@ -74,24 +74,25 @@ def _dispatch_batch(broker_url: str) -> tuple[int, int]:
     """Claim the due head of each subject's queue, publish, and record the outcome; one transaction.
 
     Only a subject's oldest unpublished message is claimable, so a later one never overtakes an
-    earlier one that is backing off or locked by another dispatcher. Rows are locked while they are
-    published: the lock is the claim, and a crash rolls it back to unpublished.
+    earlier one that is backing off, dead, or locked by another dispatcher. Rows are locked while they
+    are published: the lock is the claim, and a crash rolls it (and its counted attempt) back.
     """
-    now = timezone.now()
     earlier_unpublished = OutboxMessage.objects.filter(
         subject=OuterRef("subject"), published_at__isnull=True, id__lt=OuterRef("id")
     )
     with transaction.atomic():
         batch = list(
-            OutboxMessage.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(published_at__isnull=True, next_attempt_at__lte=now)
+            due(OutboxMessage)
+            .select_for_update(skip_locked=True, of=("self",))
             .exclude(Exists(earlier_unpublished))
             .order_by("id")[: settings.OUTBOX_BATCH_SIZE]
         )
         if not batch:
             return 0, 0
+        for message in batch:
+            message.attempts += 1
         sent = _publish(batch, broker_url)
-        OutboxMessage.objects.bulk_update(batch, ["published_at", "attempts", "next_attempt_at", "last_error"])
+        OutboxMessage.objects.bulk_update(batch, ["published_at", "attempts", *outcome_fields(OutboxMessage)])
     return len(batch), sent
 
 
@@ -118,20 +119,14 @@ def _publish(batch: list[OutboxMessage], broker_url: str) -> int:
                     message_id=str(message.id),
                     retry=False,
                 )
-                message.published_at = timezone.now()
+                message.status, message.published_at = OutboxMessage.Status.PUBLISHED, timezone.now()
+                message.last_error = ""
                 sent += 1
-    except (OSError, kombu.exceptions.KombuError, ConnectionError) as exc:
-        _back_off([m for m in batch if m.published_at is None], exc)
+    except (OSError, kombu.exceptions.KombuError) as exc:
+        # Whatever the connection raised, the broker is down or blinking: worth another try.
+        unsent = [m for m in batch if m.published_at is None]
+        log.warning("outbox_publish_failed", count=len(unsent), error=repr(exc))
+        failure = TransientError(f"the broker did not take it: {exc!r}")
+        for message in unsent:
+            record_failure(message, failure)
     return sent
-
-
-def _back_off(messages: list[OutboxMessage], exc: BaseException) -> None:
-    log.warning("outbox_publish_failed", count=len(messages), error=repr(exc))
-    now = timezone.now()
-    for message in messages:
-        message.attempts += 1
-        delay = backoff_seconds(
-            message.attempts, base=settings.OUTBOX_RETRY_BASE_SECONDS, cap=settings.OUTBOX_RETRY_MAX_SECONDS
-        )
-        message.next_attempt_at = now + timedelta(seconds=delay)
-        message.last_error = repr(exc)[:2000]

@@ -3,6 +3,8 @@ from django.db.models import Q
 from django.utils import timezone
 from uuid6 import uuid7
 
+from tasks.models import DurableJob, JobStatuses, RetryPolicy
+
 
 class Provider(models.TextChoices):
     STRIPE = "stripe"
@@ -10,18 +12,25 @@ class Provider(models.TextChoices):
 
 class EventStatus(models.TextChoices):
     RECEIVED = "received"  # stored, waiting for a worker
-    PROCESSING = "processing"  # claimed by a worker (attempts counts the claims)
+    PROCESSING = "processing"  # claimed by a worker until lease_until (attempts counts the claims)
     PROCESSED = "processed"
     IGNORED = "ignored"  # no handler, other livemode, or marked ignored by staff
     FAILED = "failed"  # a transient failure; retried at next_attempt_at
     DEAD = "dead"  # bad data, or out of attempts: needs a person (admin replay)
 
 
-class WebhookEvent(models.Model):
+class WebhookEvent(DurableJob):
     """The inbox: every correctly signed provider event, stored before it is acknowledged."""
 
     Provider = Provider
     Status = EventStatus
+    statuses = JobStatuses(
+        waiting=(EventStatus.RECEIVED, EventStatus.FAILED),
+        running=EventStatus.PROCESSING,
+        retrying=EventStatus.FAILED,
+        dead=EventStatus.DEAD,
+    )
+    retry_policy = RetryPolicy(max_attempts=8, base_seconds=30, max_seconds=3600)
 
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     provider = models.CharField(max_length=16, choices=Provider.choices, default=Provider.STRIPE)
@@ -34,9 +43,6 @@ class WebhookEvent(models.Model):
     provider_created_at = models.DateTimeField()
     raw_body = models.TextField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
-    attempts = models.PositiveIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(default=timezone.now)
-    last_error = models.TextField(blank=True)
     received_at = models.DateTimeField(default=timezone.now)
     processed_at = models.DateTimeField(null=True, blank=True)
 

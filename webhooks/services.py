@@ -10,13 +10,13 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.http import HttpRequest
 from django.utils import timezone
 
 from gdpr import audit
-from payments_project.errors import DependencyUnavailable
-from tasks.base import TRANSIENT_ERRORS, backoff_seconds, enqueue_on_commit
+from tasks.base import enqueue_on_commit
+from tasks.errors import is_transient
+from tasks.jobs import claim, outcome_fields, record_failure, sweep
 from webhooks import metrics
 from webhooks.errors import WebhookRejected
 from webhooks.handlers import HANDLERS, REFETCHERS
@@ -25,8 +25,6 @@ from webhooks.models import WebhookEvent
 log = structlog.get_logger(__name__)
 
 Status = WebhookEvent.Status
-# A handler failing with one of these is retried with backoff; anything else is bad data or a bug.
-RETRYABLE: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, DependencyUnavailable)
 
 
 @dataclass(frozen=True)
@@ -125,12 +123,7 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
     the status change commit together. A failing handler runs in a savepoint, so none of its writes
     survive, and the failure is recorded in the same transaction.
     """
-    now = timezone.now()
-    lease = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
-    claimed = WebhookEvent.objects.filter(
-        id=event_id, status__in=[Status.RECEIVED, Status.FAILED, Status.PROCESSING]
-    ).update(status=Status.PROCESSING, attempts=F("attempts") + 1, next_attempt_at=now + lease)
-    if not claimed:
+    if not claim(WebhookEvent.objects.filter(id=event_id), reclaim_running=True):
         return None
     payload = _payload(event_id)  # before the transaction: it may have to ask Stripe
     with transaction.atomic(durable=True):
@@ -142,7 +135,7 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
         if event is None:
             return None
         _run_handler(event, payload)
-        event.save(update_fields=["status", "next_attempt_at", "last_error", "processed_at"])
+        event.save(update_fields=[*outcome_fields(WebhookEvent), "processed_at"])
         status, event_type, received_at = event.status, event.type, event.received_at
         transaction.on_commit(lambda: _count(event_type, status, received_at))
     log.info("webhook_event_processed", event_id=event.event_id, type=event.type, status=event.status)
@@ -170,7 +163,7 @@ def _run_handler(event: WebhookEvent, payload: Payload) -> None:
     """Run the event's handler in a savepoint and set the resulting status on `event` (not saved)."""
     now = timezone.now()
     handler = HANDLERS.get(event.type)
-    if event.attempts > settings.WEBHOOK_MAX_ATTEMPTS:
+    if event.attempts > event.retry_policy.max_attempts:  # its claims used them up: workers died on it
         event.status, event.last_error = Status.DEAD, f"gave up after {event.attempts - 1} attempts; {event.last_error}"
         return
     if handler is None:
@@ -183,19 +176,13 @@ def _run_handler(event: WebhookEvent, payload: Payload) -> None:
             obj, version = payload
             changed_users = handler(obj, version)
             _after_billing_change(changed_users)
-    except RETRYABLE as exc:
-        dead = event.attempts >= settings.WEBHOOK_MAX_ATTEMPTS
-        event.status = Status.DEAD if dead else Status.FAILED
-        event.last_error = f"{type(exc).__name__}: {exc}"[:4000]
-        delay = backoff_seconds(
-            event.attempts, base=settings.WEBHOOK_RETRY_BASE_SECONDS, cap=settings.WEBHOOK_RETRY_MAX_SECONDS
-        )
-        event.next_attempt_at = now + timedelta(seconds=delay)
-        log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
     except Exception as exc:
-        # Bad data or a bug: retrying cannot help. A person replays it once it is fixed.
-        event.status, event.last_error = Status.DEAD, f"{type(exc).__name__}: {exc}"[:4000]
-        log.exception("webhook_event_dead", event_id=event.event_id)
+        # Transient: back off and retry. Bad data or a bug: dead at once, a person replays it once fixed.
+        dead = record_failure(event, exc) is None
+        if is_transient(exc):
+            log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
+        else:
+            log.exception("webhook_event_dead", event_id=event.event_id)
     else:
         event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
 
@@ -216,17 +203,8 @@ def _count(event_type: str, status: str, received_at: datetime) -> None:
 @transaction.atomic(durable=True)
 def webhook_events_sweep() -> int:
     """Re-enqueue every event that is due: never picked up, failed and due, or claimed by a worker
-    that died. Each is pushed a grace period ahead so a slow queue is not flooded with copies."""
-    now = timezone.now()
-    due = list(
-        WebhookEvent.objects.select_for_update(skip_locked=True)
-        .filter(status__in=[Status.RECEIVED, Status.FAILED, Status.PROCESSING], next_attempt_at__lte=now)
-        .order_by("next_attempt_at")
-        .values_list("id", flat=True)[: settings.WEBHOOK_SWEEP_BATCH]
-    )
-    WebhookEvent.objects.filter(id__in=due).update(
-        next_attempt_at=now + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS)
-    )
+    that died (tasks.jobs.sweep)."""
+    due = sweep(WebhookEvent, grace=timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS))
     for event_id in due:
         _enqueue_processing(event_id)
     metrics.BACKLOG.set(

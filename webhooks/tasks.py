@@ -2,9 +2,7 @@ import uuid
 
 from celery import shared_task
 
-from billing.errors import StripeRateLimited, StripeUnavailable
 from tasks.base import BaseTask
-from tasks.errors import TransientError
 from tasks.queues import TaskQueue
 from webhooks.reconciliation import events_gap_fill, state_compare
 from webhooks.services import webhook_event_process, webhook_events_sweep
@@ -24,11 +22,9 @@ def webhook_events_sweep_task() -> int:
 
 @shared_task(base=BaseTask, name="reconciliation.events_gap_fill", queue=TaskQueue.RECONCILIATION)
 def events_gap_fill_task() -> int:
-    """Beat: pull Stripe events the inbox misses (rate limits and outages retry with backoff)."""
-    try:
-        return events_gap_fill().events_new
-    except (StripeRateLimited, StripeUnavailable) as exc:
-        raise TransientError(str(exc)) from exc  # the cursor kept every stored page
+    """Beat: pull Stripe events the inbox misses (rate limits and outages retry with backoff, resuming
+    from the cursor, which kept every stored page)."""
+    return events_gap_fill().events_new
 
 
 @shared_task(base=BaseTask, name="reconciliation.state_compare", queue=TaskQueue.RECONCILIATION)

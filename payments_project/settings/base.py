@@ -205,12 +205,8 @@ BILLING_IN_FLIGHT_WAIT_SECONDS = 10.0
 STRIPE_LIVEMODE = env_bool("STRIPE_LIVEMODE", STRIPE_API_KEY.startswith(("sk_live_", "rk_live_")))
 WEBHOOK_TOLERANCE_SECONDS = 300  # accepted age of a Stripe-Signature timestamp (Stripe's default)
 WEBHOOK_MAX_BODY_BYTES = 256 * 1024
-WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=8)
-WEBHOOK_RETRY_BASE_SECONDS = env.int("WEBHOOK_RETRY_BASE_SECONDS", default=30)
-WEBHOOK_RETRY_MAX_SECONDS = env.int("WEBHOOK_RETRY_MAX_SECONDS", default=3600)
 # A received event no worker has claimed within this is re-enqueued by the sweeper.
 WEBHOOK_PICKUP_GRACE_SECONDS = 60
-WEBHOOK_SWEEP_BATCH = 500
 
 # --- Reconciliation ---------------------------------------------------------------------------
 # Stripe keeps events for 30 days: the gap-filling never looks further back than this.
@@ -254,11 +250,6 @@ GDPR_EXPORT_TTL_HOURS = env.int("GDPR_EXPORT_TTL_HOURS", default=72)
 # The key of the stable pseudonyms that replace an erased user's id (secret). Empty: derived from
 # SECRET_KEY — set it in production, so rotating SECRET_KEY does not change the pseudonyms.
 GDPR_PSEUDONYM_KEY = env.str("GDPR_PSEUDONYM_KEY", default="")
-# A failing export or erasure step is retried with backoff (transient errors only) this many times,
-# then the request is failed with its reason for compliance staff.
-GDPR_MAX_ATTEMPTS = env.int("GDPR_MAX_ATTEMPTS", default=8)
-GDPR_RETRY_BASE_SECONDS = env.int("GDPR_RETRY_BASE_SECONDS", default=30)
-GDPR_RETRY_MAX_SECONDS = env.int("GDPR_RETRY_MAX_SECONDS", default=3600)
 # A pending request no worker has picked up within this is re-enqueued by the sweeper.
 GDPR_PICKUP_GRACE_SECONDS = 120
 # The legal deadline is a month: requests still open after this many days raise an alert.
@@ -284,17 +275,11 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
 CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)
-# Retries of transient task failures: exponential backoff with full jitter, capped.
-TASK_RETRY_BACKOFF_SECONDS = env.int("TASK_RETRY_BACKOFF_SECONDS", default=2)
-TASK_RETRY_BACKOFF_MAX_SECONDS = env.int("TASK_RETRY_BACKOFF_MAX_SECONDS", default=600)
-TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=8)
 
 # --- Outbox -----------------------------------------------------------------------------------
 OUTBOX_EXCHANGE = "payments.events"
 OUTBOX_SOURCE = "urn:jia:payments"  # the CloudEvents source
 OUTBOX_BATCH_SIZE = 100
-OUTBOX_RETRY_BASE_SECONDS = env.int("OUTBOX_RETRY_BASE_SECONDS", default=2)
-OUTBOX_RETRY_MAX_SECONDS = env.int("OUTBOX_RETRY_MAX_SECONDS", default=300)
 
 # --- Health -----------------------------------------------------------------------------------
 READINESS_TIMEOUT_SECONDS = 2.0  # each /readyz check (the chart's readiness probe waits 8 s)

@@ -17,5 +17,3 @@ JWT_SIGNING_KEY = env.str("JWT_SIGNING_KEY", default="test-only-jwt-signing-key-
 STRIPE_WEBHOOK_SECRETS = env.list("STRIPE_WEBHOOK_SECRETS", default=["whsec_test_secret"])
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast users in tests
 WHITENOISE_USE_FINDERS = True
-TASK_RETRY_BACKOFF_SECONDS = 1
-OUTBOX_RETRY_BASE_SECONDS = 1

@@ -7,6 +7,9 @@ from typing import Any
 
 import pytest
 
+from gdpr.models import DataSubjectRequest
+from tests.gdpr.quick_retries import QUICK_RETRIES
+
 
 @pytest.fixture
 def export_storage(settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
@@ -24,9 +27,7 @@ def export_storage(settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.fixture
-def quick_retries(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff of a second or two, here and in workers."""
-    settings.GDPR_RETRY_BASE_SECONDS = 1
-    settings.GDPR_RETRY_MAX_SECONDS = 2
-    monkeypatch.setenv("GDPR_RETRY_BASE_SECONDS", "1")
-    monkeypatch.setenv("GDPR_RETRY_MAX_SECONDS", "2")
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Backoff of a second or two here; for a worker, pass what it returns as celery_worker's `include`."""
+    monkeypatch.setattr(DataSubjectRequest, "retry_policy", QUICK_RETRIES)
+    return "tests.gdpr.quick_retries"

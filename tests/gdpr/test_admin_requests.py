@@ -30,8 +30,8 @@ def _staff(username: str, *roles: Role) -> Client:
 
 def _failed_erasure(user_id: uuid.UUID = ALICE) -> DataSubjectRequest:
     erasure, _ = data_request_create(kind=RequestKind.ERASURE, user_id=user_id, email="alice@example.com")
-    erasure.status, erasure.failure_reason = RequestStatus.FAILED, "billing: StripeRequestFailed: refused"
-    erasure.save(update_fields=["status", "failure_reason"])
+    erasure.status, erasure.last_error = RequestStatus.FAILED, "billing: StripeRequestFailed: refused"
+    erasure.save(update_fields=["status", "last_error"])
     ErasureStep.objects.create(request=erasure, provider="billing", order=10, status=StepStatus.FAILED, attempts=3)
     ErasureStep.objects.create(request=erasure, provider="entitlements", order=20)
     return erasure
@@ -75,7 +75,7 @@ def test_retrying_a_failed_request_queues_it_again_and_is_audited(
 
     assert response.status_code == 200
     erasure.refresh_from_db()
-    assert (erasure.status, erasure.failure_reason) == (RequestStatus.PENDING, "")
+    assert (erasure.status, erasure.last_error) == (RequestStatus.PENDING, "")
     billing = ErasureStep.objects.get(request=erasure, provider="billing")
     assert (billing.status, billing.attempts) == (StepStatus.PENDING, 0)
     audit = AuditEvent.objects.get(action="gdpr.request.retried")

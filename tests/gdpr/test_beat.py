@@ -122,7 +122,9 @@ def test_requests_open_for_25_days_raise_an_alert_with_a_metric_and_an_error_log
 def test_the_user_id_leaves_the_erasure_event_only_once_it_is_published() -> None:
     erasure, _ = data_request_create(kind=RequestKind.ERASURE, user_id=ALICE, email="")
     done = run_to_the_end(erasure.id)
-    OutboxMessage.objects.filter(type="gdpr.erasure.completed").update(published_at=None)
+    OutboxMessage.objects.filter(type="gdpr.erasure.completed").update(
+        status=OutboxMessage.Status.PENDING, published_at=None
+    )
 
     data_requests_sweep()
     assert OutboxMessage.objects.get(type="gdpr.erasure.completed").data["user_id"] == str(ALICE)  # not sent yet

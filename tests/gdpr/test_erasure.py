@@ -3,6 +3,7 @@ the audit chain intact, nothing reported done while a step failed."""
 
 import json
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +187,9 @@ def test_stripe_failing_mid_erasure_leaves_it_unfinished_and_a_rerun_finishes_it
 
 
 def test_a_step_that_keeps_failing_fails_the_request_with_its_reason_never_done(
-    settings: Any, stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake
+    monkeypatch: pytest.MonkeyPatch, stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake
 ) -> None:
-    settings.GDPR_MAX_ATTEMPTS = 2
+    monkeypatch.setattr(DataSubjectRequest, "retry_policy", replace(DataSubjectRequest.retry_policy, max_attempts=2))
     seed_everywhere(user_id=ALICE, email=ALICE_EMAIL, stripe_sdk=stripe_sdk)
     client = Client()
     request_id = _erase(client).json()["id"]
@@ -197,7 +198,7 @@ def test_a_step_that_keeps_failing_fails_the_request_with_its_reason_never_done(
     failed = run_to_the_end(uuid.UUID(request_id))
 
     assert failed.status == RequestStatus.FAILED
-    assert failed.failure_reason.startswith("billing: StripeUnavailable")
+    assert failed.last_error.startswith("billing: StripeUnavailable")
     assert ErasureStep.objects.get(request_id=request_id, provider="billing").status == "failed"
     assert _status(client, request_id) == "failed"
     audit = AuditEvent.objects.get(action="gdpr.erasure.failed", target_id=request_id)
@@ -221,7 +222,7 @@ def test_a_permanent_stripe_refusal_fails_at_once_and_a_retry_by_staff_finishes_
     assert outcome is not None and outcome.retry_in is None
     failed = DataSubjectRequest.objects.get(id=request_id)
     assert failed.status == RequestStatus.FAILED
-    assert "This customer cannot be deleted" in failed.failure_reason
+    assert "This customer cannot be deleted" in failed.last_error
     assert ErasureStep.objects.get(request_id=request_id, provider="billing").attempts == 1  # not retried
 
     assert data_request_retry(request_id=request_id, staff_id="7") is True
@@ -308,7 +309,7 @@ def test_a_user_with_no_data_is_erased_at_once() -> None:
 @pytest.mark.slow
 def test_an_erasure_runs_end_to_end_through_real_workers_even_with_stripe_down_at_first(
     monkeypatch: pytest.MonkeyPatch,
-    quick_retries: None,
+    quick_retries: str,
     export_storage: Path,
     stripe_sdk: stripe.StripeClient,
     stripe_fake: StripeFake,
@@ -319,7 +320,7 @@ def test_an_erasure_runs_end_to_end_through_real_workers_even_with_stripe_down_a
     client = Client()
     stripe_fake.proxy.cut()
 
-    with celery_worker(["gdpr", "outbox"]):
+    with celery_worker(["gdpr", "outbox"], include=quick_retries):
         request_id = _erase(client).json()["id"]
         billing = ErasureStep.objects.filter(request_id=request_id, provider="billing")
         assert wait_until(lambda: billing.filter(attempts__gte=2).exists(), timeout=60)

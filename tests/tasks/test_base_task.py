@@ -35,7 +35,7 @@ def test_a_permanent_failure_is_not_retried(worker: subprocess.Popen[bytes]) -> 
     broken.delay(key)
 
     assert wait_until(lambda: cache.get(f"{key}:runs") == 1)
-    time.sleep(3)  # longer than the first backoff step in the test settings
+    time.sleep(3)  # longer than the first backoff step of BaseTask.retry_policy
     assert cache.get(f"{key}:runs") == 1
 
 

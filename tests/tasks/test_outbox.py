@@ -1,5 +1,6 @@
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -66,6 +67,7 @@ def test_exactly_the_committed_events_arrive_as_cloudevents(consumer: EventsCons
         "data": {"amount": 1299, "currency": "eur"},
     }
     assert OutboxMessage.objects.filter(published_at__isnull=True).count() == 0
+    assert set(OutboxMessage.objects.values_list("status", flat=True)) == {OutboxMessage.Status.PUBLISHED}
 
 
 def test_a_rolled_back_transaction_emits_nothing(consumer: EventsConsumer) -> None:
@@ -97,6 +99,32 @@ def test_with_the_broker_unreachable_messages_wait_and_go_out_once_it_is_back(co
         assert outbox_dispatch_pending(broker_url=broker_url) == 1
 
     assert [m.properties["message_id"] for m in consumer.drain(expect=1)] == [str(waiting.id)]
+
+
+def test_a_message_is_dead_after_the_attempts_its_policy_allows_and_still_holds_back_its_subject(
+    consumer: EventsConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(OutboxMessage, "retry_policy", replace(OutboxMessage.retry_policy, max_attempts=2))
+    with TcpProxy(5672) as rabbitmq:
+        broker_url = broker_url_through(rabbitmq.port)
+        with transaction.atomic():
+            doomed = emit("refund.succeeded", "refund:1", {"amount": 500})
+            behind = emit("refund.failed", "refund:1", {})
+        rabbitmq.cut()
+        for _ in range(2):
+            assert outbox_dispatch_pending(broker_url=broker_url) == 0
+            OutboxMessage.objects.update(next_attempt_at=timezone.now())  # the backoff has passed
+
+        dead = OutboxMessage.objects.get(id=doomed.id)
+        assert (dead.status, dead.attempts, dead.published_at) == (OutboxMessage.Status.DEAD, 2, None)
+        assert "broker" in dead.last_error
+        rabbitmq.restore()
+        with transaction.atomic():
+            other_subject = emit("refund.succeeded", "refund:2", {"amount": 700})
+        assert outbox_dispatch_pending(broker_url=broker_url) == 1
+
+    assert [m.properties["message_id"] for m in consumer.drain(expect=1)] == [str(other_subject.id)]
+    assert OutboxMessage.objects.get(id=behind.id).status == OutboxMessage.Status.PENDING  # order kept
 
 
 def test_a_message_backing_off_holds_back_its_own_subject_but_not_others(consumer: EventsConsumer) -> None:

@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -19,6 +20,11 @@ from webhooks.services import webhook_event_process, webhook_events_sweep
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = WebhookEvent.Status
+
+
+@pytest.fixture
+def three_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(WebhookEvent, "retry_policy", replace(WebhookEvent.retry_policy, max_attempts=3))
 
 
 def receive(client: Client, event_type: str = "test.effect", **obj: object) -> WebhookEvent:
@@ -78,8 +84,7 @@ def test_bad_data_goes_to_dead_at_once_with_the_reason(client: Client) -> None:
     assert effects(event.object_id) == 0
 
 
-def test_an_event_that_keeps_failing_goes_to_dead_after_the_last_attempt(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
-    settings.WEBHOOK_MAX_ATTEMPTS = 3
+def test_an_event_that_keeps_failing_goes_to_dead_after_the_last_attempt(client: Client, three_attempts: None) -> None:
     event = receive(client, fail="transient")
     WebhookEvent.objects.filter(id=event.id).update(attempts=2)
 
@@ -87,8 +92,9 @@ def test_an_event_that_keeps_failing_goes_to_dead_after_the_last_attempt(client:
     assert "timed out" in WebhookEvent.objects.get(id=event.id).last_error
 
 
-def test_an_event_whose_claims_used_up_every_attempt_is_dead_without_running(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
-    settings.WEBHOOK_MAX_ATTEMPTS = 3
+def test_an_event_whose_claims_used_up_every_attempt_is_dead_without_running(
+    client: Client, three_attempts: None
+) -> None:
     event = receive(client)
     WebhookEvent.objects.filter(id=event.id).update(status=Status.PROCESSING, attempts=3)  # three workers died on it
 
