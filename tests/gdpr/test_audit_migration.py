@@ -44,7 +44,7 @@ def old_schema() -> Iterator[Any]:
         executor = _executor()
         if executor.migration_plan(executor.loader.graph.leaf_nodes()):
             with connection.cursor() as cursor:  # a trail the migration refused: it never reached the latest
-                cursor.execute("TRUNCATE gdpr_auditevent")
+                cursor.execute("TRUNCATE gdpr_auditevent CASCADE")  # and its side table
             executor.migrate(executor.loader.graph.leaf_nodes())
 
 
