@@ -32,7 +32,7 @@ log = structlog.get_logger(__name__)
 
 KeyKind = Literal["auto", "ip", "user_or_ip"]
 # Groups keyed by IP whatever the caller: nobody is "authenticated" on them in our sense.
-IP_KEYED_GROUPS = frozenset({"webhook", "admin_login"})
+IP_KEYED_GROUPS = frozenset({"webhook"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -91,6 +91,10 @@ RULES: tuple[tuple[Rule, str], ...] = (
         "SPIFFE_TRUST_DOMAIN is empty (required when SERVICE_AUTH_MODE=xfcc)",
     ),
     (lambda s: int(s.get("TRUSTED_PROXY_COUNT") or 0) < 0, "TRUSTED_PROXY_COUNT must not be negative"),
+    (
+        lambda s: not _text(s, "ADMIN_ORIGIN").startswith("https://"),
+        "ADMIN_ORIGIN must be an https:// origin (staff passkeys are bound to it), not {ADMIN_ORIGIN!r}",
+    ),
     (lambda s: not s.get("STRIPE_API_KEY"), "STRIPE_API_KEY is empty"),
     (lambda s: not any(s.get("STRIPE_WEBHOOK_SECRETS") or []), "STRIPE_WEBHOOK_SECRETS is empty"),
 )
