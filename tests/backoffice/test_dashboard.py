@@ -59,7 +59,9 @@ def test_payments_and_refunds_per_day_for_the_last_30_days_link_to_that_day() ->
     PaymentFactory.create_batch(3, created_at=now - timedelta(days=2), amount=1000)
     PaymentFactory(created_at=now - timedelta(days=40))  # older than the chart
     PaymentFactory(created_at=now, status=Payment.Status.FAILED)  # not money in
-    RefundFactory(created_at=now - timedelta(days=2), amount=500, payment=PaymentFactory(created_at=now - timedelta(days=50)))
+    RefundFactory(
+        created_at=now - timedelta(days=2), amount=500, payment=PaymentFactory(created_at=now - timedelta(days=50))
+    )
 
     money = dashboard(staff_client("anna", "finance"))["money"]
 

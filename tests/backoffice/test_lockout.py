@@ -26,7 +26,9 @@ def staff(username: str, *roles: str, superuser: bool = False) -> User:
 
 
 def sign_in(username: str, password: str = PASSWORD, ip: str = OFFICE) -> Any:
-    return Client().post("/admin/login/", {"username": username, "password": password, "next": "/admin/"}, REMOTE_ADDR=ip)
+    return Client().post(
+        "/admin/login/", {"username": username, "password": password, "next": "/admin/"}, REMOTE_ADDR=ip
+    )
 
 
 def test_five_wrong_passwords_lock_the_username_but_not_a_colleague_at_the_same_address() -> None:
