@@ -124,7 +124,8 @@ def _bulk_payments(count: int) -> None:
         cursor.execute(
             """
             INSERT INTO billing_payment (id, customer_id, stripe_payment_intent_id, amount, currency, status,
-                refunded_amount, failure_code, failure_message, dispute_reason, stripe_updated_at, created_at, updated_at)
+                refunded_amount, failure_code, failure_message, dispute_reason, stripe_updated_at, created_at,
+                updated_at)
             SELECT gen_random_uuid(), %s, 'pi_bulk_' || g, 1000 + g %% 500, 'eur', 'succeeded', 0, '', '', '', now(),
                 now() - (g %% 60) * interval '1 day' - (g %% 3600) * interval '1 second', now()
             FROM generate_series(1, %s) AS g

@@ -6,13 +6,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import stripe
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from billing.models import Payment, Refund
-from gdpr.models import AuditEvent
+from billing.models import Payment
 from tests.billing.factories import CustomerFactory, OrderFactory, PaymentFactory, RefundFactory, SubscriptionFactory
 from tests.support.auth import staff_client
 
