@@ -87,8 +87,9 @@ def subscriptions_by_plan() -> list[dict[str, Any]]:
 
 
 def _per_day(model: type[Payment] | type[Refund], statuses: tuple[str, ...], since: datetime) -> list[dict[str, Any]]:
+    manager: Any = model.objects
     return list(
-        model.objects.filter(created_at__gte=since, status__in=statuses)
+        manager.filter(created_at__gte=since, status__in=statuses)
         .annotate(day=TruncDate("created_at"))
         .values("day", "currency")
         .annotate(count=Count("id"), total=Sum("amount"))

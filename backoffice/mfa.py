@@ -26,6 +26,12 @@ TOTP_KEY_SESSION = "mfa_totp_key"  # the secret being enrolled, until its first 
 NEW_CODES_SESSION = "mfa_new_recovery_codes"  # codes made by a passkey enrolment, shown once
 
 
+def is_verified(user: Any) -> bool:
+    """Whether django-otp's middleware found a verified second factor in this user's session."""
+    check = getattr(user, "is_verified", None)
+    return bool(check and check())
+
+
 def _next(request: HttpRequest) -> str:
     wanted = request.POST.get("next") or request.GET.get("next") or ""
     safe = url_has_allowed_host_and_scheme(
@@ -51,7 +57,7 @@ def _qr_svg(data: str) -> SafeString:
 
 def verify_view(request: HttpRequest, *, site: admin.AdminSite) -> HttpResponse:
     """A code from the authenticator app or a recovery code, or a passkey; then where the user was going."""
-    if request.user.is_verified():
+    if is_verified(request.user):
         return HttpResponseRedirect(_next(request))
     if not user_has_device(request.user):
         return HttpResponseRedirect(reverse("admin:mfa_enrol") + f"?next={_next(request)}")
@@ -98,7 +104,7 @@ def enrol_view(request: HttpRequest, *, site: admin.AdminSite) -> HttpResponse:
 
 def recovery_codes_view(request: HttpRequest, *, site: admin.AdminSite) -> HttpResponse:
     """Codes made by a passkey enrolment (shown once), or, posted by a signed-in user, new ones."""
-    if request.method == "POST" and request.user.is_verified():
+    if request.method == "POST" and is_verified(request.user):
         codes = services.mfa_recovery_codes_issue(user=request.user, request=request)
     else:
         codes = request.session.pop(NEW_CODES_SESSION, None) or []

@@ -9,7 +9,7 @@ after the password was accepted.
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -28,12 +28,13 @@ from backoffice.lockout import SIGNED_IN_AT
 from payments_project.roles import Role, has_role
 
 View = Callable[..., HttpResponse]
+V = TypeVar("V", bound=Callable[..., Any])
 
 
 def needs_second_factor(request: HttpRequest) -> bool:
     """A signed-in, active staff member whose session has no verified second factor yet."""
     user = request.user
-    return bool(user.is_authenticated and user.is_active and user.is_staff and not user.is_verified())
+    return bool(user.is_authenticated and user.is_active and user.is_staff and not mfa.is_verified(user))
 
 
 def session_expired(request: HttpRequest) -> bool:
@@ -55,9 +56,9 @@ class AdminSite(admin.AdminSite):
     index_template = "backoffice/index.html"
 
     def has_permission(self, request: HttpRequest) -> bool:
-        return super().has_permission(request) and request.user.is_verified() and not session_expired(request)
+        return super().has_permission(request) and mfa.is_verified(request.user) and not session_expired(request)
 
-    def admin_view(self, view: View, cacheable: bool = False) -> View:
+    def admin_view(self, view: V, cacheable: bool = False) -> V:
         inner = super().admin_view(view, cacheable)
 
         @functools.wraps(view)
@@ -71,7 +72,7 @@ class AdminSite(admin.AdminSite):
                 return second_factor_redirect(request, next_url=request.get_full_path())
             return inner(request, *args, **kwargs)
 
-        return gate
+        return cast(V, gate)
 
     def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         if request.method == "GET" and needs_second_factor(request):

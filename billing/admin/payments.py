@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
@@ -147,7 +147,7 @@ class PaymentAdmin(ReadOnlyAdmin):
         require_finance(request)
         payment = self.get_object(request, object_id)
         if payment is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            raise Http404("No such payment")
         left = payment_refundable_amount(payment)
         if request.method == "POST" and request.POST.get("step") == "confirm":
             confirm = RefundConfirmForm(request.POST)

@@ -92,7 +92,8 @@ RULES: tuple[tuple[Rule, str], ...] = (
     ),
     (lambda s: int(s.get("TRUSTED_PROXY_COUNT") or 0) < 0, "TRUSTED_PROXY_COUNT must not be negative"),
     (
-        lambda s: not _text(s, "ADMIN_ORIGIN").startswith("https://"),
+        # Unset, production derives it from ALLOWED_HOSTS (always https).
+        lambda s: bool(s.get("ADMIN_ORIGIN")) and not _text(s, "ADMIN_ORIGIN").startswith("https://"),
         "ADMIN_ORIGIN must be an https:// origin (staff passkeys are bound to it), not {ADMIN_ORIGIN!r}",
     ),
     (lambda s: not s.get("STRIPE_API_KEY"), "STRIPE_API_KEY is empty"),
