@@ -60,6 +60,8 @@ def pickup_grace() -> timedelta:
 
 @dataclass(frozen=True)
 class Outcome:
+    """How one run of a request ended, for its task (gdpr.tasks schedules the retry)."""
+
     status: str
     retry_in: float | None = None  # seconds until the next attempt, when one is due
 
@@ -77,6 +79,7 @@ def request_claim(request_id: uuid.UUID, kind: RequestKind) -> DataSubjectReques
 
 
 def data_subject_of(data_request: DataSubjectRequest) -> DataSubject:
+    """The person a request is about, with every address any provider knows for them."""
     if data_request.user_id is None:
         raise RuntimeError(f"request {data_request.id} has no user id any more")
     emails = {data_request.email, *data_request.known_emails} - {""}
