@@ -5,7 +5,10 @@ Context bound with structlog.contextvars (request_id, user_id, task_id) appears 
 
 from typing import Any
 
+import sentry_sdk
 import structlog
+from sentry_sdk.integrations.celery import CeleryIntegration
+from sentry_sdk.integrations.django import DjangoIntegration
 
 _SHARED_PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
@@ -53,11 +56,6 @@ def logging_config(level: str) -> dict[str, Any]:
 
 def sentry_init(dsn: str, *, environment: str, traces_sample_rate: float) -> None:
     """Errors of web and workers to Sentry, without personal data. Called by the settings when SENTRY_DSN is set."""
-    # Imported here: the integrations are loaded only in deployments that use Sentry.
-    import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
-    from sentry_sdk.integrations.django import DjangoIntegration
-
     sentry_sdk.init(
         dsn=dsn,
         environment=environment,
