@@ -8,7 +8,17 @@ from typing import Any
 import helm_python
 import pytest
 
-from tests.deploy.manifests import Manifest, deep_set, env_value, named, of_kind, pod_spec, production_values, render, rendered
+from tests.deploy.manifests import (
+    Manifest,
+    deep_set,
+    env_value,
+    named,
+    of_kind,
+    pod_spec,
+    production_values,
+    render,
+    rendered,
+)
 from tests.deploy.test_helm_chart import chart_default_values
 
 VALUE_SETS = ["default", "production"]

@@ -102,7 +102,9 @@ def test_the_ingress_routes_only_the_public_surface() -> None:
     assert not routed(ingress, "/apis/x")  # Prefix matches whole path elements
 
 
-@pytest.mark.parametrize(("value", "path"), [("admin", "/admin/login/"), ("internal", "/internal/v1/x"), ("metrics", "/metrics")])
+@pytest.mark.parametrize(
+    ("value", "path"), [("admin", "/admin/login/"), ("internal", "/internal/v1/x"), ("metrics", "/metrics")]
+)
 def test_a_value_opens_each_private_route_alone(value: str, path: str) -> None:
     values = deep_set(production_values(), f"ingress.expose.{value}", True)
     ingress = named(render(values), "Ingress", "jia-payments")
@@ -233,6 +235,9 @@ def test_our_spiffe_id_is_set_with_xfcc_and_can_be_named() -> None:
     values = deep_set(production_values(), "config.spiffe.serviceId", named_id)
     manifests = render(values)
     assert config(manifests)["SERVICE_SPIFFE_ID"] == named_id
-    assert envoy_config(manifests)["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"][
-        "typed_config"
-    ]["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"] == named_id
+    assert (
+        envoy_config(manifests)["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"][
+            "typed_config"
+        ]["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"]
+        == named_id
+    )

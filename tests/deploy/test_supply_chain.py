@@ -112,9 +112,7 @@ def test_the_image_installs_every_python_package_from_a_lock_with_require_hashes
 def test_the_build_context_carries_the_locks() -> None:
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
     assert not {"requirements.lock", "requirements-sbom.lock", "*.lock"} & ignored
-    assert "COPY requirements.lock requirements-sbom.lock ./" in "\n".join(
-        f"COPY {a}" for a in arguments_of("COPY")
-    )
+    assert "COPY requirements.lock requirements-sbom.lock ./" in "\n".join(f"COPY {a}" for a in arguments_of("COPY"))
 
 
 def test_the_image_writes_a_cyclonedx_sbom_of_what_it_installed_and_the_command_works(tmp_path: Path) -> None:
@@ -170,7 +168,7 @@ def test_make_sbom_lists_every_locked_package_with_its_version_and_hashes(tmp_pa
         assert {h["content"] for ref in distribution for h in ref["hashes"]} == set(hashes), name
 
 
-# --- make audit --------------------------------------------------------------------------------------------------------
+# --- make audit ---------------------------------------------------------------------------------------------------
 
 
 def test_make_audit_reads_every_lock_strictly_with_its_hashes() -> None:
@@ -181,9 +179,9 @@ def test_make_audit_reads_every_lock_strictly_with_its_hashes() -> None:
     assert re.search(r"^LOCK_FILES := requirements\.lock requirements-sbom\.lock$", makefile, re.M)
 
     for _, lock in LOCKS:  # what it runs, minus the lookup (no network here)
+        options = ["--progress-spinner", "off", "--strict", "--require-hashes", "--disable-pip", "--dry-run"]
         result = subprocess.run(
-            [str(BIN / "pip-audit"), "--progress-spinner", "off", "--strict", "--require-hashes", "--disable-pip"]
-            + ["--dry-run", "-r", lock],
+            [str(BIN / "pip-audit"), *options, "-r", lock],
             cwd=REPO,
             capture_output=True,
             text=True,
