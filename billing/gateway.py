@@ -256,9 +256,12 @@ def checkout_session_create(
     recurring: bool,
     success_url: str,
     cancel_url: str,
+    traceparent: str = "",
 ) -> StripeDict:
     """Create the hosted Checkout Session of an order; the order id is the idempotency key."""
     metadata = {"order_id": order_id, "user_id": user_id}
+    if traceparent:  # the checkout's trace: the webhooks it causes continue it
+        metadata["traceparent"] = traceparent
     params: dict[str, Any] = {
         "mode": "subscription" if recurring else "payment",
         "line_items": [{"price": stripe_price_id, "quantity": 1}],
