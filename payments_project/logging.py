@@ -11,11 +11,12 @@ from opentelemetry import trace
 
 
 def add_trace_ids(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """The active span's trace and span id, so a log line leads to its trace (none while tracing is off)."""
+    """The active span's trace and span id, so a log line leads to its trace (none while tracing is off). They
+    win over a trace_id bound earlier (a request's, a task's): a job may run in another trace than its task."""
     span = trace.get_current_span().get_span_context()
     if span.is_valid:
-        event_dict.setdefault("trace_id", trace.format_trace_id(span.trace_id))
-        event_dict.setdefault("span_id", trace.format_span_id(span.span_id))
+        event_dict["trace_id"] = trace.format_trace_id(span.trace_id)
+        event_dict["span_id"] = trace.format_span_id(span.span_id)
     return event_dict
 
 

@@ -11,6 +11,7 @@ import structlog
 from celery.exceptions import Retry
 from celery.signals import before_task_publish
 from django.db import transaction
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from tasks.errors import is_transient
@@ -40,6 +41,8 @@ class BaseTask(celery.Task):
         structlog.contextvars.bind_contextvars(task_id=self.request.id, task_name=self.name)
         if request_id := getattr(self.request, "request_id", None):  # the request that caused it
             structlog.contextvars.bind_contextvars(request_id=request_id)
+        if (span := trace.get_current_span().get_span_context()).is_valid:  # Celery's span; kept for its last lines
+            structlog.contextvars.bind_contextvars(trace_id=trace.format_trace_id(span.trace_id))
         sentry_sdk.set_tag("celery_task", self.name)
         started = time.perf_counter()
         outcome = "success"

@@ -52,7 +52,12 @@ def checkout(client: Client, price: Price) -> Any:
 def subscription_created(order: Order, metadata: dict[str, str]) -> dict[str, Any]:
     """What Stripe sends once the checkout is paid: the subscription, with the metadata we gave the session."""
     now = int(time.time())
-    item = {"id": "si_1", "price": {"id": "price_family_month"}, "current_period_start": now, "current_period_end": now + 2_592_000}
+    item = {
+        "id": "si_1",
+        "price": {"id": "price_family_month"},
+        "current_period_start": now,
+        "current_period_end": now + 2_592_000,
+    }
     subscription = {
         "id": "sub_traced_1",
         "object": "subscription",
@@ -82,7 +87,11 @@ def test_a_checkout_the_webhook_it_causes_the_entitlement_change_and_the_publish
         assert checkout(client, price).status_code == 201
         order = Order.objects.select_related("customer").get()
         [session_call] = stripe_fake.sent("POST /v1/checkout/sessions")
-        metadata = {k[len("subscription_data[metadata][") : -1]: v for k, v in session_call.params.items() if k.startswith("subscription_data[metadata][")}
+        metadata = {
+            k[len("subscription_data[metadata][") : -1]: v
+            for k, v in session_call.params.items()
+            if k.startswith("subscription_data[metadata][")
+        }
 
         # Stripe's webhook, carrying the metadata we gave it
         event = subscription_created(order, metadata)

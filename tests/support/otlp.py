@@ -134,7 +134,10 @@ def from_sdk(span: ReadableSpan) -> Span:
         kind=span.kind.name,
         service=str(span.resource.attributes.get("service.name", "")),
         attributes=dict(span.attributes or {}),
-        links=[(trace.format_trace_id(link.context.trace_id), trace.format_span_id(link.context.span_id)) for link in span.links],
+        links=[
+            (trace.format_trace_id(link.context.trace_id), trace.format_span_id(link.context.span_id))
+            for link in span.links
+        ],
     )
 
 
