@@ -16,7 +16,7 @@ from tasks.models import OutboxMessage
 from tests.billing.factories import PriceFactory
 from tests.deploy.test_entrypoint import entrypoint, fake_bin, option  # noqa: F401 - fake_bin is a fixture
 from tests.entitlements.factories import plan_with
-from tests.support.otlp import OtlpReceiver, Traced, otlp, traced  # noqa: F401 - fixtures
+from tests.support.otlp import OtlpReceiver, Traced
 from tests.support.processes import background_process
 from tests.support.proxy import free_port
 from tests.support.stripe_events import delivery, stripe_event

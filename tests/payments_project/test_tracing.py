@@ -18,7 +18,7 @@ from tests.billing.factories import PriceFactory
 from tests.entitlements.factories import plan_with
 from tests.support.auth import bearer
 from tests.support.broker import EventsConsumer
-from tests.support.otlp import OtlpReceiver, Span, Traced, ids, otlp, traced  # noqa: F401 - fixtures
+from tests.support.otlp import OtlpReceiver, Span, Traced, ids
 from tests.support.stripe_events import delivery, stripe_event
 from tests.support.stripe_fake import StripeFake
 from tests.support.worker import celery_worker, wait_until
