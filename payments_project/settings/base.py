@@ -54,6 +54,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "payments_project.request_timing.RequestDurationMiddleware",
     "payments_project.middleware.RequestIdMiddleware",
     "payments_project.middleware.ProblemJsonMiddleware",
     "django_ratelimit.middleware.RatelimitMiddleware",  # django-ratelimit's own decorator -> 429 problem
