@@ -6,8 +6,11 @@ span's trace_id and span_id when tracing is on. A task inherits the request_id o
 
 from typing import Any
 
+import sentry_sdk
 import structlog
 from opentelemetry import trace
+from sentry_sdk.integrations.celery import CeleryIntegration
+from sentry_sdk.integrations.django import DjangoIntegration
 
 
 def add_trace_ids(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -67,11 +70,6 @@ def logging_config(level: str) -> dict[str, Any]:
 
 def sentry_init(dsn: str, *, environment: str, traces_sample_rate: float) -> None:
     """Errors of web and workers to Sentry, without personal data. Called by the settings when SENTRY_DSN is set."""
-    # Imported here: the integrations are loaded only in deployments that use Sentry.
-    import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
-    from sentry_sdk.integrations.django import DjangoIntegration
-
     sentry_sdk.init(
         dsn=dsn,
         environment=environment,

@@ -35,9 +35,10 @@ from billing.errors import (
     StripeUnavailable,
 )
 from billing.models import Payment, Subscription
+from entitlements.services import entitlements_refresh
 from gdpr import audit
 from webhooks.models import Discrepancy, SyncCursor
-from webhooks.services import _after_billing_change, inbox_insert, stripe_event_parse
+from webhooks.services import inbox_insert, stripe_event_parse
 
 log = structlog.get_logger(__name__)
 
@@ -317,7 +318,7 @@ def _record_checked(checked: _Checked, result: CompareResult) -> set[str]:
         result.opened += created
     fixable = set(checked.differences) & checked.fixable
     if fixable:
-        _after_billing_change(checked.apply())
+        entitlements_refresh(user_ids=checked.apply())
         result.fixed += Discrepancy.objects.filter(
             object_type=checked.object_type, object_id=checked.object_id, kind__in=fixable, resolved_at=None
         ).update(resolved_at=now, resolution=Discrepancy.Resolution.FIXED_FROM_STRIPE, resolved_by="system")

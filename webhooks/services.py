@@ -13,6 +13,8 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
+from billing.models import Customer
+from entitlements.services import entitlements_refresh
 from gdpr import audit
 from payments_project.tracing import current_traceparent, job_span
 from tasks.base import enqueue_on_commit
@@ -196,7 +198,7 @@ def _run_handler(event: WebhookEvent, payload: Payload) -> None:
         with transaction.atomic():
             obj, version = payload
             changed_users = handler(obj, version)
-            _after_billing_change(changed_users)
+            entitlements_refresh(user_ids=changed_users)  # a billing change reaches the apps above billing
     except Exception as exc:
         # Transient: back off and retry. Bad data or a bug: dead at once, a person replays it once fixed.
         dead = record_failure(event, exc) is None
@@ -206,13 +208,6 @@ def _run_handler(event: WebhookEvent, payload: Payload) -> None:
             log.exception("webhook_event_dead", event_id=event.event_id)
     else:
         event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
-
-
-def _after_billing_change(user_ids: set[uuid.UUID]) -> None:
-    """The hook where a billing change reaches the apps above billing (entitlements)."""
-    from entitlements.services import entitlements_refresh  # webhooks sits above entitlements
-
-    entitlements_refresh(user_ids=user_ids)
 
 
 def _count(event_type: str, status: str, received_at: datetime) -> None:
@@ -314,8 +309,6 @@ def webhook_payloads_purge(*, now: datetime | None = None, batch_size: int = 500
     WEBHOOK_PAYLOAD_RETENTION_DAYS ago, and of those about a Stripe customer Stripe has deleted (what
     Stripe sends after a GDPR erasure deleted the customer still carries its email and name). Events
     still to be processed, or dead, keep their body: a person may need it. Returns how many."""
-    from billing.models import Customer  # webhooks sits above billing; kept local to this addition
-
     cutoff = (now or timezone.now()) - timedelta(days=settings.WEBHOOK_PAYLOAD_RETENTION_DAYS)
     deleted_customers = Customer.objects.filter(
         stripe_deleted_at__isnull=False, stripe_customer_id__isnull=False

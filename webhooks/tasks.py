@@ -5,7 +5,7 @@ from celery import shared_task
 from tasks.base import BaseTask
 from tasks.queues import TaskQueue
 from webhooks.reconciliation import events_gap_fill, state_compare
-from webhooks.services import webhook_event_process, webhook_events_sweep
+from webhooks.services import webhook_event_process, webhook_events_sweep, webhook_payloads_purge
 
 
 @shared_task(base=BaseTask, name="webhooks.process_event", queue=TaskQueue.WEBHOOKS)
@@ -36,6 +36,4 @@ def state_compare_task() -> int:
 @shared_task(base=BaseTask, name="webhooks.purge_raw_payloads", queue=TaskQueue.WEBHOOKS)
 def webhook_payloads_purge_task() -> int:
     """Daily: redact raw bodies past WEBHOOK_PAYLOAD_RETENTION_DAYS, and those of Stripe-deleted customers."""
-    from webhooks.services import webhook_payloads_purge  # appended with GDPR retention; see the service
-
     return webhook_payloads_purge()
