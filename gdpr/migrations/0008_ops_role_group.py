@@ -2,16 +2,20 @@
 
 from django.db import migrations
 
-
-def create_group(apps, schema_editor):
-    apps.get_model("auth", "Group").objects.get_or_create(name="ops")
+ROLE_GROUPS = ("ops",)
 
 
-def remove_group(apps, schema_editor):
-    apps.get_model("auth", "Group").objects.filter(name="ops").delete()
+def create_groups(apps, schema_editor):
+    Group = apps.get_model("auth", "Group")
+    for name in ROLE_GROUPS:
+        Group.objects.get_or_create(name=name)
+
+
+def remove_groups(apps, schema_editor):
+    apps.get_model("auth", "Group").objects.filter(name__in=ROLE_GROUPS).delete()
 
 
 class Migration(migrations.Migration):
     dependencies = [("gdpr", "0007_data_subject_request_last_error")]
 
-    operations = [migrations.RunPython(create_group, remove_group)]
+    operations = [migrations.RunPython(create_groups, remove_groups)]
