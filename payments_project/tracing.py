@@ -30,7 +30,7 @@ tracer = trace.get_tracer("jia.payments")
 
 
 def current_traceparent() -> str:
-    """The W3C traceparent of the active span, or "" when no trace is active (tracing off, or not sampled in)."""
+    """The W3C traceparent of the active span (its flags say whether it is sampled), or "" when none is active."""
     carrier: dict[str, str] = {}
     _W3C.inject(carrier)
     return carrier.get("traceparent", "")
@@ -63,7 +63,8 @@ def job_span(
 
 def tracing_start(*, exporter: "SpanExporter | None" = None) -> "TracerProvider":
     """Install the SDK as the global tracer provider and instrument Django, Celery, psycopg, Redis and
-    requests (stripe-python's HTTP client). `exporter`: where spans go; OTLP/HTTP from OTEL_* by default."""
+    requests (stripe-python's HTTP client). `exporter`: where spans go; OTLP/HTTP from OTEL_* by default.
+    The SDK and the instrumentations are imported here: only processes that trace load them."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
