@@ -6,25 +6,33 @@
 # Kubernetes, `--read-only --tmpfs /tmp` with docker). No secret is baked in: with DJANGO_ENV=production
 # (the default) the service refuses to start until the environment provides them.
 #
-# The base image is pinned to an exact Python patch release on an exact Debian release. For release
-# builds, pin the digest too (Renovate/Dependabot keep both fresh), e.g.
-#   FROM python:3.11.14-slim-bookworm@sha256:<digest of `docker buildx imagetools inspect python:3.11.14-slim-bookworm`>
+# The base image is pinned to an exact Python patch release on an exact Debian release AND by the digest of
+# its multi-architecture index, so a rebuild gets the same bytes (Renovate/Dependabot bump both together;
+# `docker buildx imagetools inspect python:3.11.14-slim-bookworm` prints the digest).
+#
+# Supply chain: every Python package is installed from requirements.lock with --require-hashes (pins and
+# hashes; `make lock` regenerates it from requirements.txt), and a CycloneDX SBOM of what the image
+# installed is written at build to /app/sbom.cdx.json (cyclonedx-py, from a hash-pinned virtualenv of the
+# builder that never reaches the runtime image).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
-############################## builder: wheels for every pinned dependency ##############################
-FROM python:3.11.14-slim-bookworm AS builder
+############################## builder: verified wheels, and the SBOM tool ##############################
+FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
 WORKDIR /build
-COPY requirements.txt .
-# Every pin ships a wheel for linux/amd64 and linux/arm64; a dependency that ever needs compiling gets
-# its build tools here, never in the runtime stage.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.txt
+COPY requirements.lock requirements-sbom.lock ./
+# Wheels only (every pin ships one for linux/amd64 and linux/arm64), each checked against its hash in the
+# lock: a package that is not in the lock, or whose bytes differ, fails the build.
+RUN pip download --no-cache-dir --require-hashes --only-binary=:all: --dest /wheels -r requirements.lock \
+    && python -m venv /opt/sbom \
+    && /opt/sbom/bin/pip install --no-cache-dir --require-hashes -r requirements-sbom.lock
 
 ############################## runtime ##############################
-FROM python:3.11.14-slim-bookworm AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 
 ARG APP_VERSION=0.1.0
 LABEL org.opencontainers.image.title="jia-payments" \
@@ -49,10 +57,14 @@ RUN apt-get update \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app
 
-# Installed from the builder's wheels only (no index): the wheels themselves never land in a layer.
+# Installed from the builder's verified wheels only (no index), hashes checked again; the wheels never land
+# in a layer. Then the SBOM of the installed environment, by the builder's tool (mounted, not copied).
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    --mount=type=bind,source=requirements.txt,target=/tmp/requirements.txt \
-    pip install --no-cache-dir --no-index --find-links=/wheels -r /tmp/requirements.txt
+    --mount=type=bind,from=builder,source=/opt/sbom,target=/opt/sbom \
+    --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
+    pip install --no-cache-dir --no-index --find-links=/wheels --require-hashes -r /tmp/requirements.lock \
+    && mkdir -p /app \
+    && /opt/sbom/bin/cyclonedx-py environment --of JSON --output-reproducible -o /app/sbom.cdx.json /usr/local/bin/python
 
 WORKDIR /app
 # Application code stays root-owned: the app user can read it, not change it.

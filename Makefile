@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export PORT
 
-.PHONY: run test lint bench install install-dev clean
+.PHONY: run test lint bench install install-dev clean lock audit sbom
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,27 @@ lint: $(VENV)/.dev $(VENV)/.deploy
 	$(BIN)/hadolint --failure-threshold style Dockerfile
 	$(BIN)/shellcheck --shell=sh --severity=style scripts/docker-entrypoint.sh
 	$(BIN)/python -m tests.deploy.check_chart
+
+## make lock: the hash-pinned lock files the image installs with --require-hashes, from the pinned
+## requirements (run it after adding or bumping a package there; tests/deploy/test_supply_chain.py checks
+## that each lock agrees with its requirements). Needs PyPI.
+LOCK_FILES := requirements.lock requirements-sbom.lock
+UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 --python-platform linux \
+	--custom-compile-command "make lock"
+lock: $(VENV)/.deploy
+	$(UV_COMPILE) requirements.txt -o requirements.lock
+	$(UV_COMPILE) requirements-sbom.txt -o requirements-sbom.lock
+
+## make audit: known vulnerabilities in everything the image installs (pip-audit, PyPI's advisories). Needs PyPI.
+## --strict: a package the advisory service cannot look up fails the audit instead of passing unchecked.
+audit: $(VENV)/.deploy
+	$(foreach lock,$(LOCK_FILES),$(BIN)/pip-audit --progress-spinner off --strict --require-hashes --disable-pip -r $(lock) &&) true
+
+## make sbom: the CycloneDX SBOM of the runtime lock in var/sbom.cdx.json (the image carries its own,
+## made at build from what it installed: /app/sbom.cdx.json).
+sbom: $(VENV)/.deploy
+	mkdir -p var
+	$(BIN)/cyclonedx-py requirements requirements.lock --of JSON --output-reproducible -o var/sbom.cdx.json
 
 ## make bench: every benchmark (or BENCH_ARGS="webhooks ..."), one table, the run in var/bench/<UTC time>.json.
 ## Needs PostgreSQL, RabbitMQ, Redis and wrk (installed here with apt-get when run as root).

@@ -8,6 +8,8 @@
 - Apply a group with `@rate_limited("checkout")` (plain Django views and DRF view methods) or, for DRF
   class views, set `rate_limit_group = "checkout"`: the default DRF throttle (RateLimitThrottle) limits
   every API view — `api_read` for safe methods, `api_write` otherwise, unless the view names its group.
+- DRF authenticates before it throttles, so a refused credential never reaches the throttle: our DRF
+  exception handler counts every 401 against the caller's IP in the view's group instead.
 - Over the limit: 429 problem+json with Retry-After (errors.RateLimited).
 """
 
@@ -23,16 +25,18 @@ from django.http import HttpRequest, HttpResponse
 from django_ratelimit.core import get_usage
 from django_ratelimit.exceptions import Ratelimited
 from redis.exceptions import RedisError
+from rest_framework import exceptions as drf_exceptions
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from payments_project import errors
 from payments_project.errors import RATELIMITED_RETRY_AFTER_SECONDS, RateLimited, application_error_response
 
 log = structlog.get_logger(__name__)
 
 KeyKind = Literal["auto", "ip", "user_or_ip"]
 # Groups keyed by IP whatever the caller: nobody is "authenticated" on them in our sense.
-IP_KEYED_GROUPS = frozenset({"webhook", "admin_login"})
+IP_KEYED_GROUPS = frozenset({"webhook", "webhook_rejected", "admin_login"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,6 +137,10 @@ def rate_limited(group: str, *, by: KeyKind = "auto") -> Callable[[F], F]:
     return decorator
 
 
+def _method_group(request: HttpRequest | Request) -> str:
+    return "api_read" if request.method in SAFE_METHODS else "api_write"
+
+
 class RateLimitThrottle(BaseThrottle):
     """The default DRF throttle: every API view is limited, by its `rate_limit_group` or by method.
 
@@ -144,10 +152,25 @@ class RateLimitThrottle(BaseThrottle):
         group = getattr(view, "rate_limit_group", "")
         if group is None:
             return True
-        if not group:
-            group = "api_read" if request.method in SAFE_METHODS else "api_write"
-        check_rate_limit(request, group)
+        check_rate_limit(request, group or _method_group(request))
         return True
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:
+    """DRF's EXCEPTION_HANDLER: a 401 counts against the caller's IP, then errors.exception_handler renders.
+
+    Throttles run after authentication, so without this a caller could try tokens (or certificates)
+    forever. The 401 is charged to the view's group keyed by IP — the budget an anonymous caller from
+    that address has — and once it is spent the answer is 429 instead.
+    """
+    if isinstance(exc, drf_exceptions.NotAuthenticated | drf_exceptions.AuthenticationFailed):
+        request = context["request"]
+        group = getattr(context.get("view"), "rate_limit_group", "") or _method_group(request)
+        try:
+            check_rate_limit(request, group, by="ip")
+        except RateLimited as limited:
+            exc = limited
+    return errors.exception_handler(exc, context)
 
 
 def ratelimited_view(request: HttpRequest, exception: Exception) -> HttpResponse:
@@ -161,6 +184,7 @@ __all__ = [
     "Ratelimited",
     "check_rate_limit",
     "client_ip",
+    "exception_handler",
     "rate_for",
     "rate_limit_key",
     "rate_limited",

@@ -17,9 +17,13 @@ another trust domain or not on the endpoint's allow-list; 403 for every request 
 
 The sidecar must sanitise the header (Envoy `forward_client_cert_details: SANITIZE_SET`, with
 `set_current_client_cert_details: {cert: true, chain: true, uri: true}`): when several elements arrive,
-the last — the one our sidecar wrote — is used.
+the last — the one our sidecar wrote — is used. Certificates are public, so the header proves nothing
+by itself: it is believed only from SERVICE_AUTH_TRUSTED_PEERS (REMOTE_ADDR, default loopback: the
+sidecar in our pod), and an element whose `By=` names another SPIFFE ID than SERVICE_SPIFFE_ID was not
+written by our sidecar. Either is a 401, whatever certificate it carries.
 """
 
+import ipaddress
 import os
 import threading
 from collections.abc import Sequence
@@ -202,6 +206,17 @@ def _spiffe_id_of(leaf: x509.Certificate) -> str:
     return str(uris[0])
 
 
+def from_trusted_peer(remote_addr: str) -> bool:
+    """Whether the TCP peer (never X-Forwarded-For) is one whose XFCC header we believe: the sidecar."""
+    try:
+        peer = ipaddress.ip_address(remote_addr.strip())
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped:
+        peer = peer.ipv4_mapped
+    return any(peer in network for network in settings.SERVICE_AUTH_TRUSTED_PEERS)
+
+
 def verify_xfcc(header: str, *, now: datetime | None = None) -> ServicePrincipal:
     """Verify the forwarded client certificate and return who it identifies (raises 401 otherwise)."""
     if len(header) > MAX_XFCC_BYTES:
@@ -210,6 +225,10 @@ def verify_xfcc(header: str, *, now: datetime | None = None) -> ServicePrincipal
         element = parse_xfcc(header)[-1]
     except ValueError:
         raise ServiceAuthenticationFailed("X-Forwarded-Client-Cert is malformed") from None
+    if "by" in element and element["by"] != settings.SERVICE_SPIFFE_ID:
+        # Our sidecar writes our own SPIFFE ID in By=; another one is a header relayed from elsewhere.
+        log.warning("xfcc_not_from_our_sidecar", by=element["by"])
+        raise ServiceAuthenticationFailed("X-Forwarded-Client-Cert was not written by this service's sidecar")
     if not element.get("cert"):
         # A `URI=` alone proves nothing: anyone can write one. Only a verified certificate counts.
         raise ServiceAuthenticationFailed("X-Forwarded-Client-Cert carries no certificate")
@@ -252,6 +271,9 @@ class ServiceAuthentication(BaseAuthentication):
         header = request.META.get(XFCC_META, "")
         if not header:
             return None  # -> 401 through the permission check
+        if not from_trusted_peer(request.META.get("REMOTE_ADDR", "")):
+            log.warning("xfcc_from_untrusted_peer", peer=request.META.get("REMOTE_ADDR", ""))
+            raise ServiceAuthenticationFailed("X-Forwarded-Client-Cert is accepted only from the sidecar")
         principal = verify_xfcc(header)
         return principal, None
 

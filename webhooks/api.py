@@ -8,10 +8,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from payments_project.errors import PayloadTooLarge, UnsupportedMediaType
-from payments_project.ratelimit import rate_limited
+from payments_project.ratelimit import check_rate_limit
 from webhooks import metrics
 from webhooks.errors import WebhookRejected
-from webhooks.services import stripe_event_parse, webhook_event_receive
+from webhooks.services import StripeEnvelope, stripe_event_parse, webhook_event_receive
 from webhooks.signature import stripe_signature_verify
 
 log = structlog.get_logger(__name__)
@@ -19,8 +19,21 @@ log = structlog.get_logger(__name__)
 
 @csrf_exempt  # authenticated by the Stripe signature, not a session
 @require_POST
-@rate_limited("webhook")  # by client IP, generously: Stripe sends bursts
 def stripe_webhook(request: HttpRequest) -> JsonResponse:
+    # Two budgets per client IP: refused deliveries count in `webhook_rejected` and accepted ones in
+    # `webhook`, so unsigned junk (from anyone, even behind the same address) never spends what
+    # Stripe's genuine deliveries need. The signature is checked first: an HMAC is cheap.
+    try:
+        envelope = _verified_envelope(request)
+    except (WebhookRejected, UnsupportedMediaType, PayloadTooLarge):
+        check_rate_limit(request, "webhook_rejected")
+        raise
+    check_rate_limit(request, "webhook")  # generous: Stripe sends bursts
+    _, duplicate = webhook_event_receive(envelope=envelope, raw_body=request.body.decode("utf-8"))
+    return JsonResponse({"received": True, "duplicate": duplicate})
+
+
+def _verified_envelope(request: HttpRequest) -> StripeEnvelope:
     if request.content_type != "application/json":
         raise UnsupportedMediaType("Stripe webhooks are application/json")
     limit = settings.WEBHOOK_MAX_BODY_BYTES
@@ -28,13 +41,11 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
         raise PayloadTooLarge(f"The body is larger than {limit // 1024} KiB")
     try:
         stripe_signature_verify(payload=request.body, header=request.headers.get("Stripe-Signature"))
-        envelope = stripe_event_parse(request.body)
+        return stripe_event_parse(request.body)
     except WebhookRejected as rejected:
         metrics.EVENTS_REJECTED.labels(rejected.reason).inc()
         log.warning("webhook_rejected", reason=rejected.reason, detail=rejected.detail)
         raise
-    _, duplicate = webhook_event_receive(envelope=envelope, raw_body=request.body.decode("utf-8"))
-    return JsonResponse({"received": True, "duplicate": duplicate})
 
 
 urlpatterns = [path("stripe/", stripe_webhook, name="stripe-webhook")]

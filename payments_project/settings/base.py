@@ -16,6 +16,7 @@ from payments_project.settings.parsing import (
     env,
     env_bool,
     export_storage_options,
+    networks_from_env,
     rate_limits_from_env,
     service_allowlist_from_env,
 )
@@ -85,7 +86,15 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
-DATABASES = {"default": database_config(DATABASE_URL)}
+# Connections of each process's psycopg pool (0: no pool, one persistent connection per thread). The
+# chart sets it for web pods, whose threads share it, and counts it in its connection budget.
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0)
+DATABASE_POOL_TIMEOUT_SECONDS = 10.0  # how long a request waits for a pooled connection
+DATABASES = {
+    "default": database_config(
+        DATABASE_URL, pool_max_size=DATABASE_POOL_MAX_SIZE, pool_timeout=DATABASE_POOL_TIMEOUT_SECONDS
+    )
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -113,7 +122,8 @@ STORAGES = {
 # --- HTTP API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "payments_project.errors.exception_handler",
+    # errors.exception_handler renders; the ratelimit wrapper first counts 401s against the caller's IP.
+    "EXCEPTION_HANDLER": "payments_project.ratelimit.exception_handler",
     "DEFAULT_AUTHENTICATION_CLASSES": ["payments_project.auth.JWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["payments_project.ratelimit.RateLimitThrottle"],
@@ -169,6 +179,11 @@ SPIFFE_TRUST_DOMAIN = env.str("SPIFFE_TRUST_DOMAIN", default="")
 # as underscores, e.g. SERVICE_ALLOWLIST_ENTITLEMENTS_READ) is a comma list that replaces one scope.
 SERVICE_SCOPES = ("entitlements.read",)
 SERVICE_ALLOWLIST = service_allowlist_from_env(SERVICE_SCOPES)
+# X-Forwarded-Client-Cert is believed only from these peers (CIDRs, matched against REMOTE_ADDR): the
+# sidecar, which reaches us over loopback. From anyone else the header is refused (401).
+SERVICE_AUTH_TRUSTED_PEERS = networks_from_env("SERVICE_AUTH_TRUSTED_PEERS", default="127.0.0.0/8,::1/128")
+# Our own SPIFFE ID: an XFCC element whose By= names another was not written by our sidecar (refused).
+SERVICE_SPIFFE_ID = env.str("SERVICE_SPIFFE_ID", default="")
 
 # --- Rate limits (payments_project/ratelimit.py) ------------------------------------------------
 # "count/period" per endpoint group; each overridable by RATE_LIMIT_<GROUP>, e.g. RATE_LIMIT_CHECKOUT=5/m.
@@ -178,11 +193,13 @@ RATE_LIMIT_DEFAULTS = {
     "api_write": "60/m",
     "gdpr": "10/h",
     "internal": "6000/m",
-    "webhook": "1200/m",
+    "webhook": "1200/m",  # accepted (correctly signed) deliveries per client IP
+    "webhook_rejected": "120/m",  # refused deliveries per client IP: junk never spends the budget above
     "admin_login": "10/m",  # sign-in attempts per client IP: slows password guessing against staff
 }
 RATE_LIMITS = rate_limits_from_env(RATE_LIMIT_DEFAULTS)
-# How many proxies in front of us append to X-Forwarded-For (0: trust only REMOTE_ADDR).
+# How many proxies in front of us append to X-Forwarded-For (0: trust only REMOTE_ADDR). Production has
+# no default: the chart sets it, and the guard refuses to start without it.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_VIEW = "payments_project.ratelimit.ratelimited_view"

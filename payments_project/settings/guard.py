@@ -90,6 +90,18 @@ RULES: tuple[tuple[Rule, str], ...] = (
         lambda s: _xfcc(s) and not s.get("SPIFFE_TRUST_DOMAIN"),
         "SPIFFE_TRUST_DOMAIN is empty (required when SERVICE_AUTH_MODE=xfcc)",
     ),
+    (
+        lambda s: _xfcc(s) and not s.get("SERVICE_SPIFFE_ID"),
+        "SERVICE_SPIFFE_ID is empty (required when SERVICE_AUTH_MODE=xfcc: the By= our sidecar writes)",
+    ),
+    (
+        lambda s: bool(s.get("SERVICE_SPIFFE_ID")) and not _text(s, "SERVICE_SPIFFE_ID").startswith("spiffe://"),
+        "SERVICE_SPIFFE_ID must be a spiffe:// ID, not {SERVICE_SPIFFE_ID!r}",
+    ),
+    (
+        lambda s: s.get("TRUSTED_PROXY_COUNT") is None,
+        "TRUSTED_PROXY_COUNT is not set (how many proxies in front append to X-Forwarded-For; 0 for none)",
+    ),
     (lambda s: int(s.get("TRUSTED_PROXY_COUNT") or 0) < 0, "TRUSTED_PROXY_COUNT must not be negative"),
     (lambda s: not s.get("STRIPE_API_KEY"), "STRIPE_API_KEY is empty"),
     (lambda s: not any(s.get("STRIPE_WEBHOOK_SECRETS") or []), "STRIPE_WEBHOOK_SECRETS is empty"),

@@ -4,6 +4,7 @@ process at start-up with a message naming the variable, never falls back to a de
 Each secret may instead be given as NAME_FILE, a path to a mounted file (environ.FileAwareEnv).
 """
 
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -42,8 +43,13 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (true/false), not {raw!r}")
 
 
-def database_config(url: str) -> dict[str, Any]:
-    """Parse DATABASE_URL; SQLite gets WAL so web, worker and beat can share it in development."""
+def database_config(url: str, *, pool_max_size: int = 0, pool_timeout: float = 10.0) -> dict[str, Any]:
+    """Parse DATABASE_URL; SQLite gets WAL so web, worker and beat can share it in development.
+
+    PostgreSQL with pool_max_size > 0 (the chart's web pods: DATABASE_POOL_MAX_SIZE): one psycopg pool per
+    process, shared by its threads, so a process never holds more than pool_max_size connections (a
+    thread waits up to pool_timeout seconds for one). Without it each thread keeps its own connection.
+    """
     config: dict[str, Any] = env.db_url_config(url)
     if config["ENGINE"] == "django.db.backends.sqlite3":
         config["OPTIONS"] = {
@@ -52,9 +58,14 @@ def database_config(url: str) -> dict[str, Any]:
             "timeout": 20,
         }
     else:
-        config["CONN_MAX_AGE"] = 60  # seconds a PostgreSQL connection is reused
         config["CONN_HEALTH_CHECKS"] = True
-        config.setdefault("OPTIONS", {})["connect_timeout"] = 5
+        options = config.setdefault("OPTIONS", {})
+        options["connect_timeout"] = 5
+        if pool_max_size > 0:
+            config["CONN_MAX_AGE"] = 0  # a request hands its connection back to the pool (Django requires 0)
+            options["pool"] = {"min_size": 1, "max_size": pool_max_size, "timeout": pool_timeout}
+        else:
+            config["CONN_MAX_AGE"] = 60  # seconds a PostgreSQL connection is reused
     config["ATOMIC_REQUESTS"] = False  # services own their transactions (no Stripe call inside one)
     return config
 
@@ -117,6 +128,19 @@ def service_allowlist_from_env(scopes: tuple[str, ...]) -> dict[str, list[str]]:
             if not spiffe_id.startswith("spiffe://"):
                 raise ImproperlyConfigured(f"SERVICE_ALLOWLIST[{scope!r}] holds {spiffe_id!r}, not a spiffe:// ID")
     return {scope: list(ids) for scope, ids in allowlist.items()}
+
+
+def networks_from_env(name: str, default: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A comma-separated list of CIDRs (a bare address is a /32 or /128); a malformed one is an error."""
+    networks = []
+    for item in env.str(name, default=default).split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must be comma-separated CIDRs, not {item.strip()!r}") from None
+    return tuple(networks)
 
 
 def export_storage_options(backend: str, location: str) -> dict[str, Any]:

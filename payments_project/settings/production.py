@@ -4,7 +4,7 @@ to start on anything insecure. Web, worker, beat and manage.py all load this mod
 from django.core.exceptions import ImproperlyConfigured
 
 from payments_project.settings.base import *  # noqa: F403
-from payments_project.settings.base import VAR_DIR
+from payments_project.settings.base import DATABASE_POOL_MAX_SIZE, DATABASE_POOL_TIMEOUT_SECONDS, VAR_DIR
 from payments_project.settings.guard import production_problems
 from payments_project.settings.parsing import broker_transport_options, cache_config, database_config, env, env_bool
 
@@ -14,12 +14,18 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 DATABASE_URL = env.str("DATABASE_URL", default="")
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 REDIS_URL = env.str("REDIS_URL", default="")
+# How many proxies append to X-Forwarded-For is a fact of the deployment: no default (the guard says so).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=None)
 
 _problems = production_problems(globals())
 if _problems:
     raise ImproperlyConfigured("Refusing to start in production: " + "; ".join(_problems) + ".")
 
-DATABASES = {"default": database_config(DATABASE_URL)}
+DATABASES = {
+    "default": database_config(
+        DATABASE_URL, pool_max_size=DATABASE_POOL_MAX_SIZE, pool_timeout=DATABASE_POOL_TIMEOUT_SECONDS
+    )
+}
 CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, var_dir=VAR_DIR)
 CACHES = cache_config(REDIS_URL)
 

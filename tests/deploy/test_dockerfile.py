@@ -14,7 +14,7 @@ DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 # The pip-installed linters live next to the interpreter running the tests (requirements-deploy.txt).
 BIN = Path(sys.executable).parent
-PINNED_BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?$")
+PINNED_BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}$")
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -55,12 +55,25 @@ def test_hadolint_finds_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_base_image_is_pinned_to_an_exact_python_and_debian_release() -> None:
+def global_args() -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults (what `FROM ${NAME}` expands to)."""
+    found: dict[str, str] = {}
+    for instruction, arguments in instructions():
+        if instruction == "FROM":
+            break
+        if instruction == "ARG":
+            name, _, default = arguments.partition("=")
+            found[name] = default
+    return found
+
+
+def test_every_base_image_is_pinned_to_an_exact_python_and_debian_release_and_its_digest() -> None:
     stages: set[str] = set()
     froms = arguments_of("FROM")
     assert len(froms) >= 2, "a multi-stage build: wheels are built apart from the runtime image"
+    defaults = global_args()
     for arguments in froms:
-        image, *alias = arguments.split()
+        image, *alias = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], arguments).split()
         if image.lower() not in stages:
             assert PINNED_BASE.match(image), f"unpinned base image {image!r}"
             assert "latest" not in image

@@ -2,6 +2,7 @@
 locked-down pods, real probes, graceful shutdowns, secrets only by reference, and values that refuse
 `latest`. Plain pytest: no Django, no database, no cluster."""
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,12 @@ def chart_default_values() -> dict[str, Any]:
 
 def worker_deployments(manifests: list[Manifest]) -> list[Manifest]:
     return [m for m in of_kind(manifests, "Deployment") if component(m) == "worker"]
+
+
+def web_container(web: Manifest) -> dict[str, Any]:
+    """The app's container of the web pod (the Envoy sidecar, when enabled, is the other)."""
+    (container,) = [c for c in pod_spec(web)["containers"] if c["name"] == "web"]
+    return container
 
 
 def selects(selector: dict[str, str], workload: Manifest) -> bool:
@@ -106,6 +113,9 @@ def test_every_container_runs_an_explicitly_tagged_image(values_name: str, tag: 
     for workload in workloads(rendered(values_name)):
         for container in containers(workload):
             image = container["image"]
+            if container["name"] == "envoy":  # the optional sidecar: its own image, pinned by tag and digest
+                assert re.fullmatch(r"envoyproxy/envoy:v[0-9.]+@sha256:[0-9a-f]{64}", image), image
+                continue
             assert image.endswith(f":{tag}"), image
             assert "latest" not in image.lower()
 
@@ -205,7 +215,7 @@ def test_the_service_account_carries_no_token() -> None:
 @pytest.mark.parametrize("values_name", VALUE_SETS)
 def test_web_has_startup_liveness_and_readiness_probes(values_name: str) -> None:
     web = named(rendered(values_name), "Deployment", "-web")
-    (container,) = pod_spec(web)["containers"]
+    container = web_container(web)
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -237,7 +247,7 @@ def test_every_worker_and_beat_is_pinged_on_its_own_node(values_name: str) -> No
 def test_grace_periods_outlast_in_flight_requests_and_tasks(values_name: str) -> None:
     manifests = rendered(values_name)
     web = named(manifests, "Deployment", "-web")
-    (container,) = pod_spec(web)["containers"]
+    container = web_container(web)
     graceful = int(env_value(container, "GUNICORN_GRACEFUL_TIMEOUT"))
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert pod_spec(web)["terminationGracePeriodSeconds"] > pre_stop + graceful
@@ -371,6 +381,9 @@ def test_secrets_come_only_from_the_existing_secret(values_name: str) -> None:
     for workload in workloads(manifests):
         for container in containers(workload):
             where = f"{workload['metadata']['name']}/{container['name']}"
+            if container["name"] == "envoy":  # the sidecar needs no configuration of ours, secrets least of all
+                assert "envFrom" not in container and "env" not in container, where
+                continue
             sources = container.get("envFrom", [])
             assert {"secretRef": {"name": existing}} in sources, where
             for source in sources:

@@ -35,6 +35,8 @@ CONTRACT_NAMES = {
     "SPIFFE_TRUST_BUNDLE",
     "SPIFFE_TRUST_DOMAIN",
     "TRUSTED_PROXY_COUNT",
+    "SERVICE_AUTH_TRUSTED_PEERS",
+    "SERVICE_SPIFFE_ID",
     "GDPR_PSEUDONYM_KEY",
 }
 
@@ -68,6 +70,7 @@ _PRODUCTION_ENV = {
     "JWT_AUDIENCE": "jia-payments",
     "STRIPE_API_KEY": "sk_live_abc",
     "STRIPE_WEBHOOK_SECRETS": "whsec_abc",
+    "TRUSTED_PROXY_COUNT": "1",
 }
 
 

@@ -98,11 +98,73 @@ SPIFFE_TRUST_DOMAIN: {{ . | quote }}
 SPIFFE_TRUST_BUNDLE: {{ printf "/etc/spiffe/%s" .trustBundle.key | quote }}
 {{- end }}
 {{- end }}
+{{- if eq $c.serviceAuthMode "xfcc" }}
+SERVICE_SPIFFE_ID: {{ include "jia-payments.spiffeId" . | quote }}
+{{- end }}
+TRUSTED_PROXY_COUNT: {{ $c.trustedProxyCount | quote }}
 STRIPE_API_BASE: {{ $c.stripeApiBase | quote }}
 CELERY_TASK_TIME_LIMIT: {{ .Values.workers.taskTimeLimitSeconds | quote }}
 {{- range $name, $value := $c.extraEnv }}
 {{ $name }}: {{ $value | toString | quote }}
 {{- end }}
+{{- end }}
+
+{{/* This service's SPIFFE ID: config.spiffe.serviceId, else SPIRE's usual spiffe://<domain>/ns/<namespace>/sa/<account>. */}}
+{{- define "jia-payments.spiffeId" -}}
+{{- $spiffe := .Values.config.spiffe }}
+{{- $spiffe.serviceId | default (printf "spiffe://%s/ns/%s/sa/%s" $spiffe.trustDomain .Release.Namespace (include "jia-payments.serviceAccountName" .)) }}
+{{- end }}
+
+{{/* Percentage of extra web pods a rolling update may start (the Deployment's maxSurge; counted in the connection budget). */}}
+{{- define "jia-payments.webMaxSurgePercent" -}}
+25
+{{- end }}
+
+{{/*
+The worst case of PostgreSQL connections this release opens, as JSON {"total": N, "parts": ["web: ...", ...]}:
+every Deployment at its largest (the HPA's maxReplicas, else replicas) plus the pods a rolling update adds,
+times the connections of each pod's processes:
+- web: gunicorn workers × database.pool.maxSize (one pool per process, shared by its threads);
+- a worker group: concurrency (one persistent connection per prefork child; the parent holds none);
+- beat: 1 (Recreate: never two at once); the migration hook: 1 (it runs while the old release serves).
+*/}}
+{{- define "jia-payments.databaseConnections" -}}
+{{- $v := .Values }}
+{{- $web := $v.web }}
+{{- $webPods := int (ternary $web.autoscaling.maxReplicas $web.replicas $web.autoscaling.enabled) }}
+{{- $webSurge := div (add (mul $webPods (include "jia-payments.webMaxSurgePercent" . | int)) 99) 100 }}
+{{- $perWebPod := mul $web.gunicorn.workers $v.database.pool.maxSize }}
+{{- $total := mul (add $webPods $webSurge) $perWebPod }}
+{{- $parts := list (printf "web %d pods (%d + %d surge) x %d processes x pool %d = %d" (add $webPods $webSurge) $webPods $webSurge (int $web.gunicorn.workers) (int $v.database.pool.maxSize) (mul (add $webPods $webSurge) $perWebPod)) }}
+{{- range $name, $group := $v.workers.groups }}
+{{- $g := deepCopy $v.workers.defaults }}
+{{- $_ := include "jia-payments.mergeInto" (dict "dst" $g "src" $group) }}
+{{- if or (not (hasKey $g "enabled")) $g.enabled }}
+{{- $pods := add (int (ternary $g.autoscaling.maxReplicas $g.replicas $g.autoscaling.enabled)) 1 }}
+{{- $count := mul $pods $g.concurrency }}
+{{- $total = add $total $count }}
+{{- $parts = append $parts (printf "worker-%s %d pods (incl. 1 surge) x concurrency %d = %d" $name $pods (int $g.concurrency) $count) }}
+{{- end }}
+{{- end }}
+{{- if $v.beat.enabled }}
+{{- $total = add $total 1 }}
+{{- $parts = append $parts "beat 1" }}
+{{- end }}
+{{- if $v.migrations.enabled }}
+{{- $total = add $total 1 }}
+{{- $parts = append $parts "migrations 1" }}
+{{- end }}
+{{- dict "total" $total "parts" $parts | toJson }}
+{{- end }}
+
+{{/* Fail rendering when the worst case exceeds database.maxConnections; otherwise the worst case. */}}
+{{- define "jia-payments.checkedDatabaseConnections" -}}
+{{- $worst := include "jia-payments.databaseConnections" . | fromJson }}
+{{- $limit := int .Values.database.maxConnections }}
+{{- if gt (int $worst.total) $limit }}
+{{- fail (printf "the release can open %d PostgreSQL connections, over database.maxConnections (%d): %s. Lower replicas/maxReplicas, gunicorn workers, database.pool.maxSize or worker concurrency, or raise database.maxConnections to what the database (or PgBouncer) grants" (int $worst.total) $limit (join "; " $worst.parts)) }}
+{{- end }}
+{{- int $worst.total }}
 {{- end }}
 
 {{/* Pod-level settings shared by every workload. Takes (dict "root" $ "values" <component values>). */}}
@@ -135,6 +197,15 @@ volumes:
       medium: {{ . }}
       {{- end }}
       sizeLimit: {{ $root.Values.tmpVolume.sizeLimit }}
+  {{- if and (eq .component "web") $root.Values.envoy.enabled }}
+  - name: envoy-config
+    configMap:
+      name: {{ include "jia-payments.fullname" $root }}-envoy
+  - name: spiffe-workload-api
+    csi:
+      driver: {{ $root.Values.envoy.workloadApi.csiDriver }}
+      readOnly: true
+  {{- end }}
   {{- with $root.Values.config.spiffe.trustBundle }}
   {{- if .configMapName }}
   - name: spiffe-bundle
