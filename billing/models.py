@@ -127,6 +127,9 @@ class Order(models.Model):
     # finds it expired (its holder crashed) takes it over and calls again with the same Stripe
     # idempotency key, so Stripe still makes only one session.
     lease_until = models.DateTimeField(null=True, blank=True)
+    # W3C traceparent of the checkout request: sent to Stripe in metadata on every attempt (the same params
+    # under the same idempotency key), so the webhooks the checkout causes continue its trace.
+    traceparent = models.CharField(max_length=55, blank=True, default="")
     stripe_updated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)

@@ -51,6 +51,7 @@ class AuditAction(models.TextChoices):
     CUSTOMER_DELETED = "customer.deleted"
     WEBHOOK_REPLAYED = "webhook.replayed"
     WEBHOOK_IGNORED = "webhook.ignored"
+    OUTBOX_REPLAYED = "outbox.replayed"
     GDPR_EXPORT_REQUESTED = "gdpr.export.requested"
     GDPR_EXPORT_COMPLETED = "gdpr.export.completed"
     GDPR_EXPORT_DOWNLOADED = "gdpr.export.downloaded"

@@ -3,11 +3,11 @@
 import os
 
 from celery import Celery
-from celery.schedules import crontab
+from celery.schedules import crontab, schedule
 from celery.signals import worker_ready
 from django.conf import settings
 from kombu import Exchange, Queue
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from payments_project.env import set_default_settings_module
@@ -26,6 +26,7 @@ app.conf.task_routes = {f"{q.value}.*": {"queue": q.value} for q in TaskQueue}
 # The beat schedule, all of it (seconds unless a crontab).
 app.conf.beat_schedule = {
     "outbox-dispatch": {"task": "outbox.dispatch", "schedule": 10.0},
+    "outbox-measure": {"task": "outbox.measure", "schedule": 30.0},
     "webhooks-sweep": {"task": "webhooks.sweep", "schedule": 30.0},
     "billing-resolve-abandoned-orders": {"task": "billing.resolve_abandoned_orders", "schedule": 300.0},
     "billing-resolve-stuck-refunds": {"task": "billing.resolve_stuck_refunds", "schedule": 300.0},
@@ -40,10 +41,36 @@ app.conf.beat_schedule = {
 
 app.autodiscover_tasks()
 
+BEAT_INTERVAL = Gauge(
+    "payments_beat_schedule_interval_seconds",
+    "How often beat runs each periodic task (the longest gap between two runs)",
+    ["task"],
+    multiprocess_mode="max",
+)
+
+
+def schedule_interval(every: float | schedule) -> float:
+    """Seconds between two runs of a beat entry: its interval, or for a crontab the gap after its next run."""
+    if isinstance(every, int | float):
+        return float(every)
+    if not isinstance(every, crontab):
+        return float(every.seconds)
+    last, delta, _ = every.remaining_delta(every.now())
+    next_run = last + delta
+    last, delta, _ = every.remaining_delta(next_run)
+    return (last + delta - next_run).total_seconds()
+
+
+def beat_schedule_measure() -> None:
+    """Export the schedule, for the alert on periodic tasks that did not succeed on time."""
+    for entry in app.conf.beat_schedule.values():
+        BEAT_INTERVAL.labels(entry["task"]).set(schedule_interval(entry["schedule"]))
+
 
 @worker_ready.connect
 def _serve_worker_metrics(**_: object) -> None:
     """Expose the worker's Prometheus metrics (PROMETHEUS_MULTIPROC_DIR aggregates prefork children)."""
+    beat_schedule_measure()
     port = settings.CELERY_WORKER_METRICS_PORT
     if not port:
         return

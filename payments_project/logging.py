@@ -1,17 +1,31 @@
 """structlog JSON logs for web and workers; stdlib logging (Django, Celery, gunicorn) goes through it.
 
-Context bound with structlog.contextvars (request_id, user_id, task_id) appears on every line.
+Context bound with structlog.contextvars (request_id, user_id, task_id) appears on every line, and the active
+span's trace_id and span_id when tracing is on. A task inherits the request_id of the request that enqueued it.
 """
 
 from typing import Any
 
 import sentry_sdk
 import structlog
+from opentelemetry import trace
 from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.django import DjangoIntegration
 
+
+def add_trace_ids(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The active span's trace and span id, so a log line leads to its trace (none while tracing is off). They
+    win over a trace_id bound earlier (a request's, a task's): a job may run in another trace than its task."""
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        event_dict["trace_id"] = trace.format_trace_id(span.trace_id)
+        event_dict["span_id"] = trace.format_span_id(span.span_id)
+    return event_dict
+
+
 _SHARED_PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
+    add_trace_ids,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -8,6 +8,7 @@ from http import HTTPStatus
 import structlog
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from opentelemetry import trace
 
 from payments_project.errors import PROBLEM_CONTENT_TYPE, ApplicationError, application_error_response, problem_response
 
@@ -18,7 +19,7 @@ _KEPT_HEADERS = ("Retry-After", "Allow", "WWW-Authenticate")
 
 
 class RequestIdMiddleware:
-    """Accept a sane X-Request-ID or make one; bind it to every log line; echo it back."""
+    """Accept a sane X-Request-ID or make one; bind it (and the trace id) to every log line; echo it back."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -29,6 +30,9 @@ class RequestIdMiddleware:
         request.request_id = request_id  # type: ignore[attr-defined]
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # bound, not only read from the span: gunicorn's access line comes after it ended
+            structlog.contextvars.bind_contextvars(trace_id=trace.format_trace_id(span.trace_id))
         response = self.get_response(request)
         response["X-Request-ID"] = request_id
         return response

@@ -3,6 +3,7 @@
 - finance: views everything, takes money actions (refunds, resyncs, ...)
 - support: views, no money actions
 - compliance: the audit trail and GDPR requests
+- ops: operators (on call): the outbox, and replaying what went dead there
 Superusers have every role. Only active staff accounts have any role.
 
 Usage in an app's admin:
@@ -24,6 +25,7 @@ class Role(StrEnum):
     FINANCE = "finance"
     SUPPORT = "support"
     COMPLIANCE = "compliance"
+    OPS = "ops"
 
 
 _CACHE_ATTR = "_jia_role_names"

@@ -34,7 +34,7 @@ web)
     reset_metrics_dir
     # --threads > 1 selects the gthread worker: a slow Stripe call holds one thread, not a process.
     # --keep-alive above the load balancer's idle timeout (60 s is common), so the proxy never reuses
-    # a connection gunicorn is closing.
+    # a connection gunicorn is closing. Its access and error lines are the application's JSON (JsonLogger).
     exec gunicorn payments_project.wsgi:application \
         --bind "0.0.0.0:${PORT:-8000}" \
         --workers "${GUNICORN_WORKERS:-2}" \
@@ -45,6 +45,7 @@ web)
         --max-requests "${GUNICORN_MAX_REQUESTS:-0}" \
         --max-requests-jitter "${GUNICORN_MAX_REQUESTS_JITTER:-0}" \
         --worker-tmp-dir /tmp \
+        --logger-class payments_project.gunicorn_logging.JsonLogger \
         --access-logfile - \
         --error-logfile - \
         "$@"

@@ -1,5 +1,6 @@
 """The base of every Celery task: retries only what can recover, logs and measures every run."""
 
+import contextvars
 import time
 from collections.abc import Callable
 from typing import Any
@@ -8,8 +9,10 @@ import celery
 import sentry_sdk
 import structlog
 from celery.exceptions import Retry
+from celery.signals import before_task_publish
 from django.db import transaction
-from prometheus_client import Counter, Histogram
+from opentelemetry import trace
+from prometheus_client import Counter, Gauge, Histogram
 
 from tasks.errors import is_transient
 from tasks.models import RetryPolicy
@@ -18,6 +21,13 @@ log = structlog.get_logger(__name__)
 
 TASK_RUNS = Counter("payments_task_runs_total", "Celery task runs by outcome", ["task", "outcome"])
 TASK_DURATION = Histogram("payments_task_duration_seconds", "Celery task run time", ["task"])
+# What the "periodic task late" alert compares with the beat schedule (payments_beat_schedule_interval_seconds).
+TASK_LAST_SUCCESS = Gauge(
+    "payments_task_last_success_timestamp_seconds",
+    "When a run of the task last succeeded (Unix time)",
+    ["task"],
+    multiprocess_mode="max",
+)
 
 
 class BaseTask(celery.Task):
@@ -29,6 +39,10 @@ class BaseTask(celery.Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(task_id=self.request.id, task_name=self.name)
+        if request_id := getattr(self.request, "request_id", None):  # the request that caused it
+            structlog.contextvars.bind_contextvars(request_id=request_id)
+        if (span := trace.get_current_span().get_span_context()).is_valid:  # Celery's span; kept for its last lines
+            structlog.contextvars.bind_contextvars(trace_id=trace.format_trace_id(span.trace_id))
         sentry_sdk.set_tag("celery_task", self.name)
         started = time.perf_counter()
         outcome = "success"
@@ -51,6 +65,16 @@ class BaseTask(celery.Task):
         finally:
             TASK_RUNS.labels(self.name, outcome).inc()
             TASK_DURATION.labels(self.name).observe(time.perf_counter() - started)
+            if outcome == "success":
+                TASK_LAST_SUCCESS.labels(self.name).set_to_current_time()
+
+
+@before_task_publish.connect(dispatch_uid="tasks.carry_request_id")
+def _carry_request_id(headers: dict[str, Any], **_: Any) -> None:
+    """A task sent while handling a request (or a task that one caused) carries its request id along."""
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    if request_id:
+        headers.setdefault("request_id", request_id)
 
 
 def enqueue_on_commit(task: celery.Task, *args: Any) -> None:
@@ -63,5 +87,7 @@ def enqueue_on_commit(task: celery.Task, *args: Any) -> None:
     def send() -> None:
         task.apply_async(args=args, retry=True, retry_policy={"max_retries": 1, "interval_start": 0})
 
+    # The sender's context (its trace, its request id) goes with the task, wherever the send runs.
+    context = contextvars.copy_context()
     on_commit: Callable[..., None] = transaction.on_commit
-    on_commit(send, robust=True)
+    on_commit(lambda: context.run(send), robust=True)

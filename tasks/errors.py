@@ -14,6 +14,11 @@ class OutboxError(Exception):
     """emit() was used wrongly (outside a transaction, or with data that is not JSON)."""
 
 
+class OutboxPublishFailed(Exception):
+    """Some messages of a dispatch run were not published. Not transient on purpose: each message keeps its
+    own backoff in the outbox, so the task is reported failed rather than retried."""
+
+
 # Errors a later attempt may not meet: a dependency down, slow or saturated. Anything else is a bug or
 # bad data, and retrying it only delays the failure.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (

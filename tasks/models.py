@@ -74,6 +74,8 @@ class OutboxMessage(DurableJob):
     status = models.CharField(max_length=16, choices=OutboxStatus.choices, default=OutboxStatus.PENDING)
     created_at = models.DateTimeField(default=timezone.now)
     published_at = models.DateTimeField(null=True, blank=True)
+    # W3C traceparent of the span that emitted it ("" when no trace was active): the CloudEvent carries it.
+    traceparent = models.CharField(max_length=55, blank=True, default="")
     lease_until = None  # the dispatcher's claim is the row lock it holds while publishing
 
     class Meta:

@@ -16,15 +16,22 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
+from prometheus_client import Counter
 
+from payments_project.tracing import current_traceparent
 from tasks.base import enqueue_on_commit
-from tasks.errors import OutboxError, TransientError
+from tasks.errors import OutboxError, OutboxPublishFailed, TransientError
 from tasks.jobs import due, outcome_fields, record_failure
 from tasks.models import OutboxMessage
 
 log = structlog.get_logger(__name__)
 
 MAX_BATCHES_PER_RUN = 50
+
+PUBLISHED = Counter("payments_outbox_published_total", "Outbox messages published to the events exchange")
+PUBLISH_FAILURES = Counter(
+    "payments_outbox_publish_failures_total", "Outbox publish attempts that failed (the message backs off or is dead)"
+)
 
 
 def emit(event_type: str, subject: str, data: Mapping[str, Any]) -> OutboxMessage:
@@ -35,7 +42,9 @@ def emit(event_type: str, subject: str, data: Mapping[str, Any]) -> OutboxMessag
         payload = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
     except (TypeError, ValueError) as exc:
         raise OutboxError(f"event data is not JSON-serialisable: {exc}") from exc
-    message = OutboxMessage.objects.create(type=event_type, subject=subject, data=payload)
+    message = OutboxMessage.objects.create(
+        type=event_type, subject=subject, data=payload, traceparent=current_traceparent()
+    )
     from tasks.tasks import outbox_dispatch  # imported here: the task module imports this one
 
     enqueue_on_commit(outbox_dispatch)
@@ -43,7 +52,7 @@ def emit(event_type: str, subject: str, data: Mapping[str, Any]) -> OutboxMessag
 
 
 def cloudevent(message: OutboxMessage) -> dict[str, Any]:
-    return {
+    event = {
         "specversion": "1.0",
         "id": str(message.id),
         "source": settings.OUTBOX_SOURCE,
@@ -53,20 +62,29 @@ def cloudevent(message: OutboxMessage) -> dict[str, Any]:
         "datacontenttype": "application/json",
         "data": message.data,
     }
+    if message.traceparent:  # CloudEvents' distributed-tracing extension: consumers continue our trace
+        event["traceparent"] = message.traceparent
+    return event
 
 
 def events_exchange() -> kombu.Exchange:
     return kombu.Exchange(settings.OUTBOX_EXCHANGE, type="topic", durable=True)
 
 
-def outbox_dispatch_pending(*, broker_url: str | None = None) -> int:
-    """Publish every due message, batch after batch; returns how many went out."""
-    published = 0
+def outbox_dispatch_pending(*, broker_url: str | None = None, raise_on_failure: bool = False) -> int:
+    """Publish every due message, batch after batch; returns how many went out. Messages that did not go
+    out wait for their next attempt (or are dead); `raise_on_failure` then raises OutboxPublishFailed, so
+    the run that met them is reported failed."""
+    published = failed = 0
     for _ in range(MAX_BATCHES_PER_RUN):
         claimed, sent = _dispatch_batch(broker_url or settings.CELERY_BROKER_URL)
-        published += sent
+        published, failed = published + sent, failed + claimed - sent
+        PUBLISHED.inc(sent)
+        PUBLISH_FAILURES.inc(claimed - sent)
         if claimed == 0 or sent == 0:
             break
+    if failed and raise_on_failure:
+        raise OutboxPublishFailed(f"{failed} outbox message(s) not published ({published} were); they back off")
     return published
 
 

@@ -5,7 +5,8 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
-pytest_plugins = ["tests.support.stripe_fake"]  # Stripe for every test: `stripe_fake`, `stripe_sdk`
+# Stripe for every test: `stripe_fake`, `stripe_sdk`; tracing: `traced` (this process), `otlp` (subprocesses)
+pytest_plugins = ["tests.support.stripe_fake", "tests.support.otlp"]
 
 SERVICES = {
     "PostgreSQL": ("DATABASE_URL", 5432, "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"),

@@ -45,6 +45,8 @@ class WebhookEvent(DurableJob):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
     received_at = models.DateTimeField(default=timezone.now)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # W3C traceparent of the request (or gap-filling run) that stored it: its processing span links to it.
+    traceparent = models.CharField(max_length=55, blank=True, default="")
 
     class Meta:
         constraints = [

@@ -16,6 +16,7 @@ from django.utils import timezone
 from billing.models import Customer
 from entitlements.services import entitlements_refresh
 from gdpr import audit
+from payments_project.tracing import current_traceparent, job_span
 from tasks.base import enqueue_on_commit
 from tasks.errors import is_transient
 from tasks.jobs import claim, outcome_fields, record_failure, sweep
@@ -98,6 +99,7 @@ def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEve
         status=Status.RECEIVED if ours_to_process else Status.IGNORED,
         last_error="" if ours_to_process else "livemode differs from this deployment's",
         received_at=now,
+        traceparent=current_traceparent(),
         # The sweeper leaves a fresh event to the worker the commit nudges, for a grace period.
         next_attempt_at=now + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS),
     )
@@ -127,8 +129,8 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
     """
     if not claim(WebhookEvent.objects.filter(id=event_id), reclaim_running=True):
         return None
-    payload = _payload(event_id)  # before the transaction: it may have to ask Stripe
-    with transaction.atomic(durable=True):
+    payload, trace = _payload(event_id)  # before the transaction: it may have to ask Stripe
+    with job_span("webhook.process", **trace) as span, transaction.atomic(durable=True):
         event = (
             WebhookEvent.objects.select_for_update(skip_locked=True)
             .filter(id=event_id, status=Status.PROCESSING)
@@ -136,8 +138,10 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
         )
         if event is None:
             return None
+        span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
         _run_handler(event, payload)
         event.save(update_fields=[*outcome_fields(WebhookEvent), "processed_at"])
+        span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
         status, event_type, received_at = event.status, event.type, event.received_at
         transaction.on_commit(lambda: _count(event_type, status, received_at))
     log.info("webhook_event_processed", event_id=event.event_id, type=event.type, status=event.status)
@@ -145,20 +149,37 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
 
 
 Payload = tuple[Mapping[str, Any], datetime] | Exception
+# Events about an object this young continue the trace of the checkout that made it (see _trace).
+TRACE_CONTINUATION = timedelta(hours=1)
 
 
-def _payload(event_id: uuid.UUID) -> Payload:
+def _payload(event_id: uuid.UUID) -> tuple[Payload, dict[str, Any]]:
     """The object to apply and its version time: the event's own, or — when the event cannot decide
-    (see webhooks.handlers.REFETCHERS) — the object as Stripe has it now. Or the error fetching it."""
-    event_type, raw_body, created = WebhookEvent.objects.values_list("type", "raw_body", "provider_created_at").get(
-        id=event_id
-    )
+    (see webhooks.handlers.REFETCHERS) — the object as Stripe has it now. Or the error fetching it.
+    Also where its processing span belongs (_trace)."""
+    event_type, raw_body, created, traceparent = WebhookEvent.objects.values_list(
+        "type", "raw_body", "provider_created_at", "traceparent"
+    ).get(id=event_id)
     obj = json.loads(raw_body)["data"]["object"]
+    trace = _trace(obj, created, ingestion=traceparent)
     refetch = REFETCHERS.get(event_type)
     try:
-        return (refetch(obj, created) if refetch else None) or (obj, created)
+        return (refetch(obj, created) if refetch else None) or (obj, created), trace
     except Exception as exc:  # recorded with the event, in the processing transaction
-        return exc
+        return exc, trace
+
+
+def _trace(obj: Mapping[str, Any], created: datetime, *, ingestion: str) -> dict[str, Any]:
+    """The processing span links to the request that stored the event, however this run was enqueued.
+    A checkout's trace context travels through Stripe in metadata (billing.gateway): the events of the
+    object's first hour (completion, the new subscription) continue that trace, later ones only link to it."""
+    metadata = obj.get("metadata")
+    checkout = str(metadata.get("traceparent") or "") if isinstance(metadata, dict) else ""
+    born = obj.get("created")
+    young = isinstance(born, int) and created - datetime.fromtimestamp(born, tz=UTC) < TRACE_CONTINUATION
+    if checkout and young:
+        return {"parent": checkout, "links": [ingestion]}
+    return {"links": [ingestion, checkout]}
 
 
 def _run_handler(event: WebhookEvent, payload: Payload) -> None:

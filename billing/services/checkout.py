@@ -36,6 +36,7 @@ from billing.services._shared import (
 )
 from gdpr import audit
 from payments_project.errors import ApplicationError, ValidationFailed
+from payments_project.tracing import current_traceparent
 from tasks.outbox import emit
 
 ORDER_LEASE = Lease(Order, in_flight=Order.Status.PENDING, what="checkout", related=("customer",))
@@ -127,6 +128,7 @@ def _order_record_intent(
             "success_url": success_url,
             "cancel_url": cancel_url,
             "lease_until": lease_expiry(now),
+            "traceparent": current_traceparent(),
         },
     )
     if created:
@@ -156,6 +158,7 @@ def _order_call_stripe(*, order: Order, price: Price, email: str, request: HttpR
             recurring=price.is_recurring,
             success_url=order.success_url,
             cancel_url=order.cancel_url,
+            traceparent=order.traceparent,
         )
         session_id, url = so.stripe_id(session.get("id")), session.get("url")
         if not session_id or not isinstance(url, str) or not url:

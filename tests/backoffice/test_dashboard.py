@@ -102,6 +102,7 @@ def test_what_needs_attention_is_counted_and_links_to_its_filtered_list() -> Non
     }
     assert figures["Dead webhook events"].url == "/admin/webhooks/webhookevent/?status__exact=dead"
     assert figures["Open reconciliation discrepancies"].url == "/admin/webhooks/discrepancy/?state=open"
+    assert figures["Dead outbox messages"].url == "/admin/tasks/outboxmessage/?status__exact=dead"  # #16's admin
     compliance = staff_client("carla", "compliance")
     assert list(compliance.get(figures["GDPR requests open over 20 days"].url).context["cl"].result_list) == [old]
     finance = staff_client("bea", "finance")

@@ -14,7 +14,7 @@ import yaml
 
 from tests.deploy.manifests import CHART_DIR, KUBERNETES_VERSIONS, production_values, render
 
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 def problems(output: Path | None) -> list[str]:

@@ -32,7 +32,7 @@ from tests.deploy.manifests import (
 )
 
 VALUE_SETS = ["default", "production"]
-CRD_KINDS = {"ServiceMonitor"}  # not in Kubernetes' own schemas; checked structurally below
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # not in Kubernetes' own schemas; checked structurally below
 
 
 def chart_default_values() -> dict[str, Any]:

@@ -47,14 +47,17 @@ def _event(**overrides: Any) -> AuditEvent:
 # --- roles -----------------------------------------------------------------------------------------------
 
 
-def test_the_data_migration_creates_the_three_role_groups() -> None:
-    migration = importlib.import_module("gdpr.migrations.0003_staff_role_groups")
+def test_the_data_migrations_create_a_group_for_every_role() -> None:
+    migrations = [
+        importlib.import_module(f"gdpr.migrations.{name}") for name in ("0003_staff_role_groups", "0008_ops_role_group")
+    ]
     Group.objects.filter(name__in=[role.value for role in Role]).delete()
 
-    migration.create_groups(django_apps, None)
+    for migration in migrations:
+        migration.create_groups(django_apps, None)
 
-    assert set(Group.objects.values_list("name", flat=True)) >= {"finance", "support", "compliance"}
-    assert {role.value for role in Role} == set(migration.ROLE_GROUPS)
+    assert set(Group.objects.values_list("name", flat=True)) >= {"finance", "support", "compliance", "ops"}
+    assert {role.value for role in Role} == {name for migration in migrations for name in migration.ROLE_GROUPS}
 
 
 def test_has_role_follows_group_membership_of_active_staff() -> None:

@@ -21,7 +21,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -46,6 +46,7 @@ class StripeRequest:
     path: str
     params: dict[str, str]  # the query, or the form body, as Stripe's flat keys (`metadata[order_id]`)
     idempotency_key: str | None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class StripeFake:
             path=url.path,
             params=dict(parse_qsl(url.query or body)),
             idempotency_key=prepared.headers.get("Idempotency-Key"),
+            headers=dict(prepared.headers),
         )
         with self._lock:
             self.requests.append(request)

@@ -37,8 +37,10 @@ def purge(queues: list[str]) -> None:
 
 
 @contextmanager
-def celery_worker(queues: list[str], *, concurrency: int = 1, include: str = "") -> Iterator[subprocess.Popen[bytes]]:
-    """Start a worker consuming `queues`, wait until it answers a ping, stop it afterwards."""
+def celery_worker(
+    queues: list[str], *, concurrency: int = 1, include: str = "", env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a worker consuming `queues` (with more `env`), wait until it answers a ping, stop it afterwards."""
     purge(queues)
     node = f"test-{uuid.uuid4().hex[:8]}@localhost"
     command = [sys.executable, "-m", "celery", "-A", "payments_project", "worker", "-Q", ",".join(queues)]
@@ -49,7 +51,7 @@ def celery_worker(queues: list[str], *, concurrency: int = 1, include: str = "")
         command,
         name=node.split("@")[0],
         ready=lambda: bool(app.control.ping(destination=[node], timeout=0.5)),
-        env=worker_env(),
+        env={**worker_env(), **(env or {})},
     ) as process:
         yield process
 

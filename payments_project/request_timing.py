@@ -1,0 +1,44 @@
+"""How long we take to answer a request, less the time spent waiting for Stripe: what the latency SLOs
+(README, "Service level objectives") measure, per view."""
+
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import Histogram
+
+OWN_DURATION = Histogram(
+    "payments_http_request_own_duration_seconds",
+    "Time to answer a request, less the time its Stripe calls took, by view",
+    ["view"],
+    # 0.05 and 1: the entitlement-check and checkout objectives
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0),
+)
+
+# Seconds this request has waited for Stripe so far (billing.gateway adds each call's time).
+_stripe_seconds: ContextVar[list[float] | None] = ContextVar("stripe_seconds", default=None)
+
+
+def stripe_time_add(seconds: float) -> None:
+    """Count a Stripe call's time against the request being served (if any)."""
+    spent = _stripe_seconds.get()
+    if spent is not None:
+        spent[0] += seconds
+
+
+class RequestDurationMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        spent = [0.0]
+        token = _stripe_seconds.set(spent)
+        started = time.perf_counter()
+        try:
+            return self.get_response(request)
+        finally:
+            elapsed = time.perf_counter() - started
+            _stripe_seconds.reset(token)
+            match = request.resolver_match  # unresolved paths share one label: their number is unbounded
+            OWN_DURATION.labels(match.view_name if match else "unresolved").observe(max(0.0, elapsed - spent[0]))
