@@ -1,6 +1,7 @@
 """Minor units and ISO-4217 codes, for people: 1299 eur -> "12.99 EUR", 500 jpy -> "500 JPY"."""
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 
 # Stripe's zero-decimal currencies (https://docs.stripe.com/currencies#zero-decimal).
 ZERO_DECIMAL = frozenset(
@@ -26,12 +27,23 @@ def format_money(amount: int, currency: str) -> str:
 
 
 def to_minor_units(value: str, currency: str) -> int:
-    """Parse "12.99" in `currency` into minor units; ValueError on anything that is not exact."""
-    try:
-        decimal = Decimal(value.strip().replace(",", ""))
-    except InvalidOperation as exc:
-        raise ValueError(f"{value!r} is not an amount") from exc
-    minor = decimal.scaleb(exponent(currency))
-    if minor != minor.to_integral_value() or not decimal.is_finite():
-        raise ValueError(f"{value!r} has more decimals than {currency.upper()} allows")
-    return int(minor)
+    """Parse an amount typed in `currency` ("12.99" EUR -> 1299, "500" JPY -> 500); ValueError otherwise.
+
+    Strict on purpose: digits, then a dot and at most the currency's decimals. No comma of any kind, so
+    "12,99" is refused rather than read as 1,299.00 (a 100x refund), and no sign, exponent or spaces inside.
+    """
+    places = exponent(currency)
+    text = value.strip()
+    if "," in text:
+        raise ValueError(f"{value!r}: use a dot for decimals ({_example(currency)}) and no thousands separators")
+    decimals = rf"(\.\d{{1,{places}}})?" if places else ""
+    if not re.fullmatch(rf"\d{{1,15}}{decimals}", text, flags=re.ASCII):
+        if re.fullmatch(r"\d+\.\d+", text, flags=re.ASCII):
+            raise ValueError(f"{value!r} has more decimals than {currency.upper()} allows ({_example(currency)})")
+        raise ValueError(f"{value!r} is not an amount in {currency.upper()}, e.g. {_example(currency)}")
+    return int(Decimal(text).scaleb(places))
+
+
+def _example(currency: str) -> str:
+    places = exponent(currency)
+    return f"{'12.' + '9' * places if places else '1299'} {currency.upper()}"

@@ -2,9 +2,9 @@
 
 import uuid
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, QuerySet, Sum
 
-from billing.models import Feature, Order, Payment, Plan, Price, Subscription
+from billing.models import Feature, Order, Payment, Plan, Price, Refund, Subscription
 from payments_project.errors import NotFound
 
 
@@ -33,3 +33,12 @@ def subscription_list_for_user(*, user_id: uuid.UUID) -> QuerySet[Subscription]:
 
 def payment_list_for_user(*, user_id: uuid.UUID) -> QuerySet[Payment]:
     return Payment.objects.filter(customer__user_id=user_id).order_by("-created_at")
+
+
+def payment_refundable_amount(payment: Payment) -> int:
+    """What can still be refunded: the amount less what is refunded or on its way back (Stripe's total, or
+    our refund rows if they know more, plus refunds reserved while Stripe has not answered)."""
+    reserving = payment.refunds.filter(status__in=Refund.RESERVING)
+    requested = reserving.filter(status=Refund.Status.REQUESTED).aggregate(total=Sum("amount"))["total"] or 0
+    at_stripe = reserving.exclude(status=Refund.Status.REQUESTED).aggregate(total=Sum("amount"))["total"] or 0
+    return payment.amount - (max(payment.refunded_amount, at_stripe) + requested)

@@ -29,6 +29,13 @@ class AuditAction(models.TextChoices):
     ADMIN_LOGIN = "admin.login"
     ADMIN_LOGOUT = "admin.logout"
     ADMIN_LOGIN_FAILED = "admin.login_failed"
+    ADMIN_MFA_ENROLLED = "admin.mfa_enrolled"
+    ADMIN_MFA_VERIFIED = "admin.mfa_verified"  # the second factor: the sign-in is complete
+    ADMIN_MFA_FAILED = "admin.mfa_failed"
+    ADMIN_RECOVERY_CODES_ISSUED = "admin.recovery_codes_issued"
+    ADMIN_LOCKED_OUT = "admin.locked_out"
+    ADMIN_UNLOCKED = "admin.unlocked"
+    ADMIN_EXPORTED = "admin.exported"  # a CSV export of payments, refunds, subscriptions, ...
     AUDIT_EXPORTED = "audit.exported"
     AUDIT_PERSONAL_ERASED = "audit.personal_erased"
     AUDIT_PSEUDONYMISED = "audit.pseudonymised"  # no longer written (rows from before the side table keep it)

@@ -29,6 +29,7 @@ app.conf.beat_schedule = {
     "outbox-measure": {"task": "outbox.measure", "schedule": 30.0},
     "webhooks-sweep": {"task": "webhooks.sweep", "schedule": 30.0},
     "billing-resolve-abandoned-orders": {"task": "billing.resolve_abandoned_orders", "schedule": 300.0},
+    "billing-resolve-stuck-refunds": {"task": "billing.resolve_stuck_refunds", "schedule": 300.0},
     "entitlements-refresh-lapsed": {"task": "entitlements.refresh_lapsed", "schedule": 60.0},
     "reconciliation-events-gap-fill": {"task": "reconciliation.events_gap_fill", "schedule": 300.0},
     "reconciliation-state-compare": {"task": "reconciliation.state_compare", "schedule": crontab(hour=3, minute=17)},

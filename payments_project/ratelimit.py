@@ -36,7 +36,7 @@ log = structlog.get_logger(__name__)
 
 KeyKind = Literal["auto", "ip", "user_or_ip"]
 # Groups keyed by IP whatever the caller: nobody is "authenticated" on them in our sense.
-IP_KEYED_GROUPS = frozenset({"webhook", "webhook_rejected", "admin_login"})
+IP_KEYED_GROUPS = frozenset({"webhook", "webhook_rejected"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 F = TypeVar("F", bound=Callable[..., Any])

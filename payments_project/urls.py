@@ -1,12 +1,8 @@
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from payments_project import health
-from payments_project.ratelimit import check_rate_limit
 from payments_project.service_auth import WhoAmIView
 
 api_v1: list = [  # the apps' client API routes (JWT)
@@ -20,18 +16,12 @@ internal_v1: list = [  # the apps' service-to-service routes (SPIFFE identity)
 ]
 
 
-def admin_login(request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-    """Django admin's login, with sign-in attempts (POSTs) rate limited per client IP."""
-    if request.method == "POST":
-        check_rate_limit(request, "admin_login")
-    return admin.site.login(request, extra_context)
-
-
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("", include("django_prometheus.urls")),  # /metrics
-    path("admin/login/", admin_login, name="admin-login"),
+    # Passkeys (django-otp-webauthn's endpoints, audited); sign-in lockouts are django-axes' (backoffice).
+    path("admin/mfa/passkeys/", include("backoffice.passkeys")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

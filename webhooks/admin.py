@@ -7,7 +7,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
+from billing.stripe_dashboard import stripe_links
 from payments_project.errors import ApplicationError
 from payments_project.roles import Role, RoleRestrictedAdmin, has_role
 from webhooks.models import Discrepancy, WebhookEvent
@@ -18,7 +20,16 @@ from webhooks.services import webhook_event_mark_ignored, webhook_event_replay
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(RoleRestrictedAdmin, admin.ModelAdmin):
     view_roles = (Role.FINANCE, Role.SUPPORT)
-    list_display = ("event_id", "type", "status", "attempts", "livemode", "provider_created_at", "received_at")
+    list_display = (
+        "event_id",
+        "type",
+        "status",
+        "attempts",
+        "livemode",
+        "provider_created_at",
+        "received_at",
+        "open_in_stripe",
+    )
     list_filter = ("status", "type", "livemode", ("received_at", admin.DateFieldListFilter))
     search_fields = ("=event_id", "=object_id", "=customer_id")
     date_hierarchy = "received_at"
@@ -41,7 +52,12 @@ class WebhookEventAdmin(RoleRestrictedAdmin, admin.ModelAdmin):
         "received_at",
         "processed_at",
         "payload",
+        "open_in_stripe",
     )
+
+    @admin.display(description="Stripe")
+    def open_in_stripe(self, event: WebhookEvent) -> SafeString:
+        return stripe_links(event.event_id, event.object_id, event.customer_id)
 
     @admin.display(description="payload")
     def payload(self, event: WebhookEvent) -> str:
@@ -90,12 +106,25 @@ class ResolutionForm(forms.Form):
 @admin.register(Discrepancy)
 class DiscrepancyAdmin(RoleRestrictedAdmin, admin.ModelAdmin):
     view_roles = (Role.FINANCE, Role.SUPPORT)
-    list_display = ("kind", "object_type", "object_id", "our_value", "stripe_value", "first_seen_at", "resolved_at")
+    list_display = (
+        "kind",
+        "object_type",
+        "object_id",
+        "our_value",
+        "stripe_value",
+        "first_seen_at",
+        "resolved_at",
+        "open_in_stripe",
+    )
     list_filter = (OpenFilter, "kind", "object_type", "resolution", ("first_seen_at", admin.DateFieldListFilter))
     search_fields = ("=object_id", "=stripe_id")
     ordering = ("-first_seen_at",)
     actions = ("resync_from_stripe", "mark_resolved")
-    readonly_fields = [f.name for f in Discrepancy._meta.fields]
+    readonly_fields = [*(f.name for f in Discrepancy._meta.fields), "open_in_stripe"]
+
+    @admin.display(description="Stripe")
+    def open_in_stripe(self, discrepancy: Discrepancy) -> SafeString:
+        return stripe_links(discrepancy.stripe_id)
 
     @admin.action(description="Resync the selected objects from Stripe")
     def resync_from_stripe(self, request: HttpRequest, queryset: QuerySet[Discrepancy]) -> None:

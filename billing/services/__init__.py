@@ -27,7 +27,7 @@ from billing.services.from_stripe import (
     refund_record_from_charge,
     subscription_upsert_from_stripe,
 )
-from billing.services.refunds import refund_issue
+from billing.services.refunds import refund_issue, refunds_resolve_stuck
 from billing.services.subscriptions import subscription_cancel
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "payment_record_from_invoice",
     "refund_issue",
     "refund_record_from_charge",
+    "refunds_resolve_stuck",
     "subscription_cancel",
     "subscription_upsert_from_stripe",
 ]

@@ -3,6 +3,7 @@
 `refund_apply_stripe` is where both our own call's answer and the charge.refunded webhook land.
 """
 
+import contextlib
 import uuid
 from datetime import datetime
 from typing import Any
@@ -22,10 +23,11 @@ from billing.errors import (
     StripeRequestFailed,
 )
 from billing.models import Payment, Refund
+from billing.selectors import payment_refundable_amount
 from billing.services._leases import Lease, lease_expiry
 from billing.services._shared import apply_stripe_version, audit_record, update_fields
 from gdpr import audit
-from payments_project.errors import NotFound, ValidationFailed
+from payments_project.errors import ApplicationError, NotFound, ValidationFailed
 from tasks.outbox import emit
 
 REFUND_LEASE = Lease(Refund, in_flight=Refund.Status.REQUESTED, what="refund", related=("payment",))
@@ -64,12 +66,32 @@ def refund_issue(
     )
 
 
-def _refund_committed(payment: Payment) -> int:
-    """What is already refunded or on its way back (Stripe's total, or our rows if they know more)."""
-    reserving = payment.refunds.filter(status__in=Refund.RESERVING)
-    requested = reserving.filter(status=Refund.Status.REQUESTED).aggregate(total=Sum("amount"))["total"] or 0
-    at_stripe = reserving.exclude(status=Refund.Status.REQUESTED).aggregate(total=Sum("amount"))["total"] or 0
-    return max(payment.refunded_amount, at_stripe) + requested
+def refunds_resolve_stuck(*, limit: int = 100, refund_ids: list[uuid.UUID] | None = None) -> int:
+    """Settle refunds left `requested`: Stripe was down (or the request died) after the amount was reserved.
+
+    Once a refund's lease has run out, Stripe is asked again with the refund's own idempotency key (its
+    id), so Stripe refunds at most once however often this runs: the refund ends succeeded or pending
+    with Stripe's id, or failed with its amount released. One still unreachable stays `requested` for the
+    next run. `refund_ids` limits it to those refunds (finance's admin action). Returns how many it settled.
+    """
+    stuck = Refund.objects.filter(status=Refund.Status.REQUESTED, lease_until__lt=timezone.now())
+    if refund_ids is not None:
+        stuck = stuck.filter(pk__in=refund_ids)
+    settled = 0
+    for refund_id in stuck.order_by("created_at").values_list("id", flat=True)[:limit]:
+        refund = _refund_take_over_stuck(refund_id=refund_id)
+        if refund is None:
+            continue  # its form was submitted again, or another sweeper took it first
+        with contextlib.suppress(ApplicationError):  # still down: stays requested; refused: recorded as failed
+            _refund_call_stripe(refund=refund, request=None)
+        settled += Refund.objects.filter(pk=refund_id).exclude(status=Refund.Status.REQUESTED).exists()
+    return settled
+
+
+@transaction.atomic(durable=True)
+def _refund_take_over_stuck(*, refund_id: uuid.UUID) -> Refund | None:
+    refund = Refund.objects.select_for_update(of=("self",)).select_related("payment").get(pk=refund_id)
+    return refund if REFUND_LEASE.take(refund, now=timezone.now()) else None
 
 
 @transaction.atomic(durable=True)
@@ -96,7 +118,7 @@ def _refund_reserve(
         return existing, REFUND_LEASE.take(existing, now=now)
     if payment.status != Payment.Status.SUCCEEDED:
         raise PaymentNotRefundable(f"Only a succeeded payment can be refunded; this one is {payment.status}")
-    left = payment.amount - _refund_committed(payment)
+    left = payment_refundable_amount(payment)
     wanted = left if amount is None else amount
     if wanted <= 0 or wanted > left:
         raise RefundExceedsPayment(

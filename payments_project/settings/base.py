@@ -5,11 +5,13 @@ name, and a test keeps the two in step); everything else is a plain setting that
 settings fixture. Defaults here are the development ones; production.py re-reads the secrets without them.
 """
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from payments_project.logging import logging_config, sentry_init
 from payments_project.settings.parsing import (
+    admin_host,
     broker_transport_options,
     cache_config,
     database_config,
@@ -34,7 +36,7 @@ PORT = env.int("PORT", default=8000)
 
 INSTALLED_APPS = [
     "django_prometheus",
-    "django.contrib.admin",
+    "backoffice.apps.JiaAdminConfig",  # django.contrib.admin with our site: MFA gate, finance dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -43,12 +45,19 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "django_otp_webauthn",
+    "axes",
+    "rangefilter",
     "payments_project",
     "tasks",
     "gdpr",
     "billing",
     "entitlements",
     "webhooks",
+    "backoffice",
 ]
 
 MIDDLEWARE = [
@@ -63,9 +72,11 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # request.user.is_verified(): signed in with a second factor
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: answers a locked-out sign-in
 ]
 
 ROOT_URLCONF = "payments_project.urls"
@@ -100,6 +111,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env.str("REDIS_URL", default="")
 CACHES = cache_config(REDIS_URL)
 
+# django-axes' backend first: a locked-out username or IP is refused before its password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -195,7 +208,6 @@ RATE_LIMIT_DEFAULTS = {
     "internal": "6000/m",
     "webhook": "1200/m",  # accepted (correctly signed) deliveries per client IP
     "webhook_rejected": "120/m",  # refused deliveries per client IP: junk never spends the budget above
-    "admin_login": "10/m",  # sign-in attempts per client IP: slows password guessing against staff
 }
 RATE_LIMITS = rate_limits_from_env(RATE_LIMIT_DEFAULTS)
 # How many proxies in front of us append to X-Forwarded-For (0: trust only REMOTE_ADDR). Production has
@@ -204,10 +216,43 @@ TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_VIEW = "payments_project.ratelimit.ratelimited_view"
 
+# --- Staff sign-in to /admin/ (backoffice/) -------------------------------------------------------
+# Every staff session needs a second factor: TOTP, a passkey or a single-use recovery code; a staff
+# member without one enrols at their first sign-in. Passkeys are bound to the host staff use for the
+# admin, ADMIN_ORIGIN (production: https://<first ALLOWED_HOSTS entry> unless set).
+ADMIN_ORIGIN = env.str("ADMIN_ORIGIN", default=f"http://localhost:{PORT}").rstrip("/")
+OTP_TOTP_ISSUER = "Jia Payments"
+OTP_WEBAUTHN_RP_NAME = "Jia Payments"
+OTP_WEBAUTHN_RP_ID = admin_host(ADMIN_ORIGIN)
+OTP_WEBAUTHN_ALLOWED_ORIGINS = [ADMIN_ORIGIN]
+OTP_WEBAUTHN_ALLOW_PASSWORDLESS_LOGIN = False  # a passkey is the second factor, after the password
+MFA_RECOVERY_CODES = 10  # single-use codes made at enrolment, shown once
+# Lockout (django-axes, backoffice/lockout.py): 5 failed passwords lock a username, 20 lock a client IP
+# (so one guesser does not lock out colleagues behind the same address), for an hour or until a
+# superuser unlocks them in admin. Client IPs follow TRUSTED_PROXY_COUNT, as rate limits do.
+AXES_FAILURE_LIMIT = 5
+AXES_IP_FAILURE_LIMIT = 20
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_HANDLER = "backoffice.lockout.LockoutHandler"
+AXES_CLIENT_IP_CALLABLE = "payments_project.ratelimit.client_ip"
+AXES_COOLOFF_TIME = timedelta(hours=1)
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ADMIN = False  # backoffice registers the attempts with roles and an audited unlock
+AXES_LOCKOUT_TEMPLATE = "backoffice/locked_out.html"
+AXES_VERBOSE = False
+# Sessions end after SESSION_COOKIE_AGE without a request (every request pushes the expiry on), and
+# after ADMIN_SESSION_MAX_SECONDS whatever happens.
+SESSION_SAVE_EVERY_REQUEST = True
+SESSION_COOKIE_AGE = 30 * 60
+ADMIN_SESSION_MAX_SECONDS = 8 * 3600
+# The finance dashboard flags GDPR requests open longer than this (the legal deadline is a month).
+DASHBOARD_GDPR_WARNING_DAYS = 20
+
 # --- Stripe -----------------------------------------------------------------------------------
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 STRIPE_WEBHOOK_SECRETS = env.list("STRIPE_WEBHOOK_SECRETS", default=[])
+STRIPE_DASHBOARD_URL = "https://dashboard.stripe.com"  # admin's "open in Stripe" links
 # Billing's Stripe gateway (billing/gateway.py): timeouts, stripe's own retries, the circuit breaker
 # (its state lives in Redis when REDIS_URL is set, so every process sees the same breaker).
 STRIPE_CONNECT_TIMEOUT_SECONDS = 3.0

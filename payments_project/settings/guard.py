@@ -103,6 +103,11 @@ RULES: tuple[tuple[Rule, str], ...] = (
         "TRUSTED_PROXY_COUNT is not set (how many proxies in front append to X-Forwarded-For; 0 for none)",
     ),
     (lambda s: int(s.get("TRUSTED_PROXY_COUNT") or 0) < 0, "TRUSTED_PROXY_COUNT must not be negative"),
+    (
+        # Unset, production derives it from ALLOWED_HOSTS (always https).
+        lambda s: bool(s.get("ADMIN_ORIGIN")) and not _text(s, "ADMIN_ORIGIN").startswith("https://"),
+        "ADMIN_ORIGIN must be an https:// origin (staff passkeys are bound to it), not {ADMIN_ORIGIN!r}",
+    ),
     (lambda s: not s.get("STRIPE_API_KEY"), "STRIPE_API_KEY is empty"),
     (lambda s: not any(s.get("STRIPE_WEBHOOK_SECRETS") or []), "STRIPE_WEBHOOK_SECRETS is empty"),
 )

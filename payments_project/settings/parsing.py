@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -156,3 +157,11 @@ def export_storage_options(backend: str, location: str) -> dict[str, Any]:
         defaults = {"location": location, "file_permissions_mode": 0o600, "directory_permissions_mode": 0o700}
         options = {**defaults, **options}
     return options
+
+
+def admin_host(origin: str) -> str:
+    """The host of ADMIN_ORIGIN (`https://admin.jia.example` -> `admin.jia.example`): passkeys' relying party."""
+    host = urlsplit(origin).hostname
+    if not host or urlsplit(origin).scheme not in ("http", "https"):
+        raise ImproperlyConfigured(f"ADMIN_ORIGIN must look like https://admin.example.com, not {origin!r}")
+    return host

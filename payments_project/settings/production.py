@@ -6,7 +6,14 @@ from django.core.exceptions import ImproperlyConfigured
 from payments_project.settings.base import *  # noqa: F403
 from payments_project.settings.base import DATABASE_POOL_MAX_SIZE, DATABASE_POOL_TIMEOUT_SECONDS, VAR_DIR
 from payments_project.settings.guard import production_problems
-from payments_project.settings.parsing import broker_transport_options, cache_config, database_config, env, env_bool
+from payments_project.settings.parsing import (
+    admin_host,
+    broker_transport_options,
+    cache_config,
+    database_config,
+    env,
+    env_bool,
+)
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
@@ -16,6 +23,8 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 REDIS_URL = env.str("REDIS_URL", default="")
 # How many proxies append to X-Forwarded-For is a fact of the deployment: no default (the guard says so).
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=None)
+# Staff reach the admin at the service's own host unless told otherwise (passkeys are bound to it).
+ADMIN_ORIGIN = env.str("ADMIN_ORIGIN", default=f"https://{ALLOWED_HOSTS[0]}" if ALLOWED_HOSTS else "").rstrip("/")
 
 _problems = production_problems(globals())
 if _problems:
@@ -28,6 +37,8 @@ DATABASES = {
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, var_dir=VAR_DIR)
 CACHES = cache_config(REDIS_URL)
+OTP_WEBAUTHN_RP_ID = admin_host(ADMIN_ORIGIN)
+OTP_WEBAUTHN_ALLOWED_ORIGINS = [ADMIN_ORIGIN]
 
 # TLS is terminated in front of us; trust its header and make every cookie and redirect secure.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -36,7 +47,6 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]  # probes spe
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_AGE = 8 * 3600  # staff sessions: one working day
 CSRF_COOKIE_HTTPONLY = True
 SECURE_HSTS_SECONDS = 31536000  # a year, as preload lists require
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True

@@ -6,13 +6,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import stripe
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from billing.models import Payment, Refund
-from gdpr.models import AuditEvent
+from billing.models import Payment
 from tests.billing.factories import CustomerFactory, OrderFactory, PaymentFactory, RefundFactory, SubscriptionFactory
 from tests.support.auth import staff_client
 
@@ -117,76 +115,6 @@ def test_staff_without_a_billing_role_see_no_payments() -> None:
     nobody = staff_client("ned", None)
 
     assert nobody.get(CHANGELIST).status_code == 403
-
-
-# --- refunds -------------------------------------------------------------------------------------
-
-
-def refund_action(client: Client, payment: Payment, **form: str) -> Any:
-    return client.post(CHANGELIST, {"action": "refund_payment", "_selected_action": [str(payment.id)], **form})
-
-
-@pytest.mark.django_db(transaction=True)
-def test_finance_refunds_a_payment_through_a_confirmation_page(
-    finance: Client, payment: Payment, stripe_sdk: stripe.StripeClient
-) -> None:
-    page = refund_action(finance, payment)
-    assert page.status_code == 200
-    assert "Left to refund" in page.content.decode() and "50.00 EUR" in page.content.decode()
-    key = page.context["form"].initial["idempotency_key"]
-    assert Refund.objects.count() == 0  # showing the page refunds nothing
-
-    done = refund_action(
-        finance, payment, confirm="yes", amount="12.50", reason="duplicate", note="charged twice", idempotency_key=key
-    )
-
-    assert done.status_code == 302
-    refund = Refund.objects.get()
-    assert (refund.amount, refund.reason, refund.status, refund.requested_by) == (
-        1250,
-        "duplicate",
-        "succeeded",
-        "anna",
-    )
-    charge = stripe_sdk.v1.charges.retrieve(payment.stripe_charge_id or "")
-    assert charge.amount_refunded == 1250
-    assert AuditEvent.objects.filter(action="refund.requested", actor_type="staff", actor_id="anna").exists()
-
-    # The same page submitted twice (a double click, a reload) refunds once.
-    refund_action(finance, payment, confirm="yes", amount="12.50", reason="duplicate", idempotency_key=key)
-    assert Refund.objects.count() == 1
-    assert stripe_sdk.v1.charges.retrieve(payment.stripe_charge_id or "").amount_refunded == 1250
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_refund_above_what_is_left_is_shown_as_an_error_and_refunds_nothing(
-    finance: Client, payment: Payment, stripe_sdk: stripe.StripeClient
-) -> None:
-    response = refund_action(finance, payment, confirm="yes", amount="50.01", reason="other", idempotency_key="k1")
-
-    assert response.status_code == 200
-    assert "left to refund" in response.content.decode()
-    assert Refund.objects.count() == 0
-    assert stripe_sdk.v1.charges.retrieve(payment.stripe_charge_id or "").amount_refunded == 0
-
-
-@pytest.mark.django_db(transaction=True)
-def test_an_amount_with_too_many_decimals_is_refused(finance: Client, payment: Payment) -> None:
-    response = refund_action(finance, payment, confirm="yes", amount="1.234", reason="other", idempotency_key="k1")
-
-    assert response.status_code == 200
-    assert "more decimals than EUR allows" in response.content.decode()
-    assert Refund.objects.count() == 0
-
-
-@pytest.mark.django_db
-def test_support_cannot_refund(support: Client) -> None:
-    payment = PaymentFactory()
-
-    assert "refund_payment" not in support.get(CHANGELIST).content.decode()
-    refund_action(support, payment, confirm="yes", amount="1.00", reason="other", idempotency_key="k")
-
-    assert Refund.objects.count() == 0
 
 
 # --- CSV export ----------------------------------------------------------------------------------

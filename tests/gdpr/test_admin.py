@@ -16,6 +16,7 @@ from django.test import Client, RequestFactory
 from gdpr.audit import ActorType, AuditAction, AuditEvent, AuditEventPersonal, record, verify_chain
 from gdpr.registry import pseudonym_for
 from payments_project.roles import Role, RoleRestrictedAdmin, has_role
+from tests.support.auth import signed_in
 
 pytestmark = pytest.mark.django_db
 
@@ -33,9 +34,7 @@ def _staff(username: str, *roles: Role, superuser: bool = False, staff: bool = T
 
 
 def _logged_in(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
+    return signed_in(user)
 
 
 def _event(**overrides: Any) -> AuditEvent:

@@ -12,6 +12,7 @@ from django.utils import timezone
 from gdpr.models import AuditEvent, DataSubjectRequest, ErasureStep, RequestKind, RequestStatus, StepStatus
 from gdpr.services import data_request_create
 from payments_project.roles import Role
+from tests.support.auth import signed_in
 
 pytestmark = pytest.mark.django_db
 
@@ -23,9 +24,7 @@ def _staff(username: str, *roles: Role) -> Client:
     user = User.objects.create_user(username, password="x" * 20, is_staff=True)
     for role in roles:
         user.groups.add(Group.objects.get_or_create(name=role.value)[0])
-    client = Client()
-    client.force_login(user)
-    return client
+    return signed_in(user)
 
 
 def _failed_erasure(user_id: uuid.UUID = ALICE) -> DataSubjectRequest:

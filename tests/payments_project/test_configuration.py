@@ -118,4 +118,4 @@ def test_the_names_other_systems_rely_on_are_still_read(read: set[str]) -> None:
 
 
 def test_the_check_sees_the_variables_only_a_parser_reads(read: set[str]) -> None:
-    assert {"RATE_LIMIT_ADMIN_LOGIN", "SERVICE_ALLOWLIST_ENTITLEMENTS_READ", "GDPR_EXPORT_STORAGE_OPTIONS"} <= read
+    assert {"RATE_LIMIT_CHECKOUT", "SERVICE_ALLOWLIST_ENTITLEMENTS_READ", "GDPR_EXPORT_STORAGE_OPTIONS"} <= read

@@ -265,14 +265,27 @@ def public_pem(private_key: Any) -> str:
 
 
 def staff_client(username: str, role: str | None) -> "Client":
-    """A logged-in Django admin client for a staff user holding `role` (None: staff with no role)."""
+    """A signed-in Django admin client for a staff user holding `role` (None: staff with no role)."""
     # Imported here: benchmarks import this module before Django is set up.
     from django.contrib.auth.models import Group, User
-    from django.test import Client
 
     user = User.objects.create_user(username=username, password="pw", is_staff=True)
     if role:
         user.groups.add(Group.objects.get_or_create(name=role)[0])
+    return signed_in(user)
+
+
+def signed_in(user: Any) -> "Client":
+    """A client signed in to admin as `user` past both factors, as after a TOTP code: the admin refuses a
+    staff session without a verified second factor."""
+    from django.test import Client
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device, _ = TOTPDevice.objects.get_or_create(user=user, name="test authenticator", defaults={"confirmed": True})
     client = Client()
     client.force_login(user)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
     return client

@@ -35,7 +35,8 @@ class Command(BaseCommand):
             "\n".join(
                 [
                     "",
-                    f"  Admin:      http://127.0.0.1:{port}/admin/  user 'admin'  password '{password}'",
+                    f"  Admin:      {settings.ADMIN_ORIGIN}/admin/  user 'admin'  password '{password}'",
+                    "              (the first sign-in sets up an authenticator app or a passkey)",
                     f"  API docs:   http://127.0.0.1:{port}/api/docs/",
                     f"  Demo user:  {DEMO_USER_ID} <{DEMO_EMAIL}>",
                     f"  Demo token: {token}",
