@@ -21,7 +21,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("", include("django_prometheus.urls")),  # /metrics
     # Passkeys (django-otp-webauthn's endpoints, audited); sign-in lockouts are django-axes' (backoffice).
-    path("admin/mfa/passkeys/", include("backoffice.passkeys")),
+    path("admin/mfa/passkeys/", include("payments_project.backoffice.passkeys")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

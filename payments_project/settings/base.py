@@ -36,7 +36,7 @@ PORT = env.int("PORT", default=8000)
 
 INSTALLED_APPS = [
     "django_prometheus",
-    "backoffice.apps.JiaAdminConfig",  # django.contrib.admin with our site: MFA gate, finance dashboard
+    "payments_project.backoffice.apps.JiaAdminConfig",  # django.contrib.admin with our site: MFA, dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -57,7 +57,7 @@ INSTALLED_APPS = [
     "billing",
     "entitlements",
     "webhooks",
-    "backoffice",
+    "payments_project.backoffice",
 ]
 
 MIDDLEWARE = [
@@ -216,7 +216,7 @@ TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_VIEW = "payments_project.ratelimit.ratelimited_view"
 
-# --- Staff sign-in to /admin/ (backoffice/) -------------------------------------------------------
+# --- Staff sign-in to /admin/ (payments_project/backoffice/) -------------------------------------------------------
 # Every staff session needs a second factor: TOTP, a passkey or a single-use recovery code; a staff
 # member without one enrols at their first sign-in. Passkeys are bound to the host staff use for the
 # admin, ADMIN_ORIGIN (production: https://<first ALLOWED_HOSTS entry> unless set).
@@ -227,13 +227,13 @@ OTP_WEBAUTHN_RP_ID = admin_host(ADMIN_ORIGIN)
 OTP_WEBAUTHN_ALLOWED_ORIGINS = [ADMIN_ORIGIN]
 OTP_WEBAUTHN_ALLOW_PASSWORDLESS_LOGIN = False  # a passkey is the second factor, after the password
 MFA_RECOVERY_CODES = 10  # single-use codes made at enrolment, shown once
-# Lockout (django-axes, backoffice/lockout.py): 5 failed passwords lock a username, 20 lock a client IP
+# Lockout (django-axes, payments_project/backoffice/lockout.py): 5 failed passwords lock a username, 20 lock a client IP
 # (so one guesser does not lock out colleagues behind the same address), for an hour or until a
 # superuser unlocks them in admin. Client IPs follow TRUSTED_PROXY_COUNT, as rate limits do.
 AXES_FAILURE_LIMIT = 5
 AXES_IP_FAILURE_LIMIT = 20
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
-AXES_HANDLER = "backoffice.lockout.LockoutHandler"
+AXES_HANDLER = "payments_project.backoffice.lockout.LockoutHandler"
 AXES_CLIENT_IP_CALLABLE = "payments_project.ratelimit.client_ip"
 AXES_COOLOFF_TIME = timedelta(hours=1)
 AXES_RESET_ON_SUCCESS = True

@@ -23,8 +23,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 from django_otp import user_has_device
 
-from backoffice import dashboard, mfa
-from backoffice.lockout import SIGNED_IN_AT
+from payments_project.backoffice import dashboard, mfa
+from payments_project.backoffice.lockout import SIGNED_IN_AT
 from payments_project.roles import Role, has_role
 
 View = Callable[..., HttpResponse]

@@ -20,7 +20,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from django_otp.qr import write_qrcode_image
 from django_otp_webauthn.models import WebAuthnCredential
 
-from backoffice import services
+from payments_project.backoffice import services
 
 TOTP_KEY_SESSION = "mfa_totp_key"  # the secret being enrolled, until its first code confirms it
 NEW_CODES_SESSION = "mfa_new_recovery_codes"  # codes made by a passkey enrolment, shown once

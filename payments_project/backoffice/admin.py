@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from backoffice.services import lockout_unlock
+from payments_project.backoffice.services import lockout_unlock
 from payments_project.roles import Role, RoleRestrictedAdmin
 
 

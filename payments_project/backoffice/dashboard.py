@@ -1,6 +1,6 @@
 """The finance dashboard: what month-end and on-call look at first, each figure linking to its list.
 
-A fixed number of queries whatever the volume (asserted in tests/backoffice/test_dashboard.py): one
+A fixed number of queries whatever the volume (asserted in tests/payments_project/backoffice/test_dashboard.py): one
 aggregate per panel, each on an index (payments and refunds by creation time, statuses).
 """
 

@@ -9,8 +9,8 @@ from django.urls import path
 from django.views.i18n import JavaScriptCatalog
 from django_otp_webauthn import views
 
-from backoffice import services
-from backoffice.mfa import NEW_CODES_SESSION
+from payments_project.backoffice import services
+from payments_project.backoffice.mfa import NEW_CODES_SESSION
 
 app_name = "otp_webauthn"
 
