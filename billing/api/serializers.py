@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from billing.models import Order, Payment, Plan, Price, Subscription
+from payments_project.inputs import StrictInput
 
 
 class PriceOutput(serializers.ModelSerializer[Price]):
@@ -25,7 +26,7 @@ class PlanOutput(serializers.ModelSerializer[Plan]):
         return [feature.key for feature in plan.features.all()]  # prefetched by the selector
 
 
-class CheckoutInput(serializers.Serializer[Any]):
+class CheckoutInput(StrictInput):
     price_id = serializers.UUIDField()
     success_url = serializers.URLField(max_length=2048)
     cancel_url = serializers.URLField(max_length=2048)

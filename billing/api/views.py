@@ -13,9 +13,21 @@ from rest_framework.views import APIView
 
 from billing import selectors, services
 from billing.api.serializers import CheckoutInput, OrderOutput, PaymentOutput, PlanOutput, SubscriptionOutput
-from billing.errors import IdempotencyKeyMissing
+from billing.errors import (
+    CardDeclined,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    RequestInProgress,
+    StripeNotConfigured,
+    StripeRateLimited,
+    StripeRequestFailed,
+    StripeUnavailable,
+    SubscriptionNotCancelable,
+)
 from payments_project.auth import Principal
-from payments_project.errors import ValidationFailed
+from payments_project.errors import NotFound, ValidationFailed
+from payments_project.inputs import no_body
+from payments_project.openapi import problems, response_headers
 
 # Printable ASCII without spaces at the ends, like Stripe's own keys; at most the column's 255.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
@@ -46,7 +58,19 @@ class CheckoutSessionCreateApi(APIView):
         responses={
             201: OrderOutput,
             200: OpenApiResponse(OrderOutput, description="The same key and body again: the same order"),
+            **problems(
+                ValidationFailed,
+                IdempotencyKeyMissing,
+                CardDeclined,
+                RequestInProgress,
+                IdempotencyKeyReused,
+                StripeRequestFailed,
+                StripeNotConfigured,
+                StripeUnavailable,
+                StripeRateLimited,
+            ),
         },
+        extensions=response_headers({200: ["Location"], 201: ["Location"]}),
     )
     def post(self, request: Request) -> Response:
         key = request.headers.get("Idempotency-Key", "")
@@ -76,7 +100,7 @@ class CheckoutSessionCreateApi(APIView):
 
 
 class OrderDetailApi(APIView):
-    @extend_schema(responses=OrderOutput)
+    @extend_schema(responses={200: OrderOutput, **problems(NotFound)})
     def get(self, request: Request, order_id: uuid.UUID) -> Response:
         order = selectors.order_get_for_user(user_id=_caller(request).id, order_id=order_id)
         return Response(OrderOutput(order).data)
@@ -91,8 +115,22 @@ class SubscriptionListApi(APIView):
 
 
 class SubscriptionCancelApi(APIView):
-    @extend_schema(request=None, responses=SubscriptionOutput)
+    @extend_schema(
+        request=None,
+        responses={
+            200: SubscriptionOutput,
+            **problems(
+                NotFound,
+                SubscriptionNotCancelable,
+                StripeRequestFailed,
+                StripeNotConfigured,
+                StripeUnavailable,
+                StripeRateLimited,
+            ),
+        },
+    )
     def post(self, request: Request, subscription_id: uuid.UUID) -> Response:
+        no_body(request)
         subscription = services.subscription_cancel(
             user_id=_caller(request).id, subscription_id=subscription_id, request=request._request
         )

@@ -9,6 +9,7 @@ from rest_framework import serializers
 
 from entitlements.models import FamilyInvitation, FamilyMembership
 from entitlements.resolution import Entitlements, Source
+from payments_project.inputs import StrictInput
 
 FEATURE_KEY_PATTERN = r"^[-a-zA-Z0-9_]{1,64}$"  # billing's Feature.key: a slug of at most 64
 
@@ -58,7 +59,7 @@ class _BoundedUUIDList(serializers.ListField):
         return super().to_internal_value(data)
 
 
-class BulkCheckInput(serializers.Serializer[Any]):
+class BulkCheckInput(StrictInput):
     user_ids = _BoundedUUIDList(allow_empty=False)
     feature = serializers.RegexField(FEATURE_KEY_PATTERN, max_length=64)
 
@@ -67,7 +68,7 @@ class BulkCheckOutput(serializers.Serializer[Any]):
     results = serializers.DictField(child=serializers.BooleanField(), help_text="user id → entitled")
 
 
-class InvitationInput(serializers.Serializer[Any]):
+class InvitationInput(StrictInput):
     email = serializers.EmailField(max_length=254)
 
 

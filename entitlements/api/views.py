@@ -4,7 +4,7 @@ import re
 import uuid
 from typing import Any, cast
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,9 +21,24 @@ from entitlements.api.serializers import (
     InvitationInput,
     entitlements_body,
 )
-from entitlements.errors import FamilyNotFound
+from entitlements.errors import (
+    AlreadyInFamily,
+    FamilyNotFound,
+    FamilyPlanRequired,
+    FamilySuspended,
+    InvitationEmailMismatch,
+    InvitationExpired,
+    InvitationNotFound,
+    InvitationUsed,
+    MemberNotFound,
+    NoSeatLeft,
+    NotFamilyOwner,
+    OwnerCannotLeave,
+)
 from payments_project.auth import Principal
 from payments_project.errors import ValidationFailed
+from payments_project.inputs import no_body
+from payments_project.openapi import problems
 from payments_project.service_auth import InternalAPIView
 
 _FEATURE_KEY = re.compile(FEATURE_KEY_PATTERN)
@@ -59,7 +74,7 @@ class EntitlementListApi(APIView):
 class EntitlementDetailApi(APIView):
     @extend_schema(
         operation_id="entitlement_check",
-        responses=EntitlementCheckOutput,
+        responses={200: EntitlementCheckOutput, **problems(ValidationFailed)},
         summary="Whether the caller may use one feature",
     )
     def get(self, request: Request, feature_key: str) -> Response:
@@ -77,7 +92,9 @@ def _family_response(user_id: uuid.UUID, *, status: int = 200) -> Response:
 
 class FamilyApi(APIView):
     @extend_schema(
-        operation_id="family_get", responses=FamilyOutput, summary="The family the caller owns or belongs to"
+        operation_id="family_get",
+        responses={200: FamilyOutput, **problems(FamilyNotFound)},
+        summary="The family the caller owns or belongs to",
     )
     def get(self, request: Request) -> Response:
         return _family_response(_caller(request).id)
@@ -85,10 +102,11 @@ class FamilyApi(APIView):
     @extend_schema(
         operation_id="family_create",
         request=None,
-        responses={201: FamilyOutput, 403: OpenApiResponse(description="no active family plan"), 409: None},
+        responses={201: FamilyOutput, **problems(FamilyPlanRequired, AlreadyInFamily)},
         summary="Create the caller's family (needs an active family plan)",
     )
     def post(self, request: Request) -> Response:
+        no_body(request)
         services.family_group_create(
             owner_user_id=_caller(request).id, owner_email=_caller(request).email, request=request._request
         )
@@ -99,7 +117,10 @@ class FamilyInvitationCreateApi(APIView):
     @extend_schema(
         operation_id="family_invitation_create",
         request=InvitationInput,
-        responses={201: InvitationCreatedOutput},
+        responses={
+            201: InvitationCreatedOutput,
+            **problems(FamilyNotFound, NotFamilyOwner, AlreadyInFamily, NoSeatLeft, FamilySuspended),
+        },
         summary="Invite someone by email",
     )
     def post(self, request: Request) -> Response:
@@ -115,10 +136,22 @@ class FamilyInvitationAcceptApi(APIView):
     @extend_schema(
         operation_id="family_invitation_accept",
         request=None,
-        responses={200: FamilyOutput},
+        responses={
+            200: FamilyOutput,
+            **problems(
+                InvitationNotFound,
+                InvitationEmailMismatch,
+                InvitationExpired,
+                InvitationUsed,
+                AlreadyInFamily,
+                NoSeatLeft,
+                FamilySuspended,
+            ),
+        },
         summary="Join the family (the token's email must be yours)",
     )
     def post(self, request: Request, token: str) -> Response:
+        no_body(request)
         services.family_invitation_accept(
             token=token, user_id=_caller(request).id, email=_caller(request).email, request=request._request
         )
@@ -128,10 +161,11 @@ class FamilyInvitationAcceptApi(APIView):
 class FamilyMemberApi(APIView):
     @extend_schema(
         operation_id="family_member_remove",
-        responses={204: None},
+        responses={204: None, **problems(MemberNotFound, OwnerCannotLeave)},
         summary="The owner removes a member, or a member leaves",
     )
     def delete(self, request: Request, user_id: uuid.UUID) -> Response:
+        no_body(request)
         services.family_member_remove(
             member_user_id=user_id, actor_user_id=_caller(request).id, request=request._request
         )

@@ -1,19 +1,6 @@
-from typing import Any
-
 from rest_framework import serializers
 
 from gdpr.models import DataSubjectRequest, RequestStatus
-
-
-class NoInput(serializers.Serializer):
-    """These requests take no fields: an empty body or {}; anything else is refused, nothing is created."""
-
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if not isinstance(data, dict):
-            raise serializers.ValidationError({"non_field_errors": ["The body must be a JSON object (or empty)"]})
-        if data:
-            raise serializers.ValidationError({key: ["This request takes no fields"] for key in sorted(data)})
-        return {}
 
 
 class ErasureOutput(serializers.Serializer):

@@ -12,18 +12,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gdpr import selectors, services
-from gdpr.api.serializers import ErasureOutput, ExportOutput, NoInput
+from gdpr.api.serializers import ErasureOutput, ExportOutput
+from gdpr.errors import ErasureInProgress, ExportExpired, ExportNotReady
 from gdpr.models import DataSubjectRequest, RequestKind
 from payments_project.auth import Principal
+from payments_project.errors import Conflict, NotFound
+from payments_project.inputs import no_body
+from payments_project.openapi import problems, response_headers
 
 
 def _caller(request: Request) -> Principal:
     return cast(Principal, request.user)
-
-
-def _no_input(request: Request) -> None:
-    body = NoInput(data=request.data if request.data is not None else {})
-    body.is_valid(raise_exception=True)
 
 
 def _accepted(body: dict[str, Any], data_request: DataSubjectRequest, path: str) -> Response:
@@ -37,10 +36,14 @@ class ExportCreateApi(APIView):
 
     @extend_schema(
         request=None,
-        responses={202: OpenApiResponse(ExportOutput, description="The new export, or the one already open")},
+        responses={
+            202: OpenApiResponse(ExportOutput, description="The new export, or the one already open"),
+            **problems(ErasureInProgress, Conflict),
+        },
+        extensions=response_headers({202: ["Location"]}),
     )
     def post(self, request: Request) -> Response:
-        _no_input(request)
+        no_body(request)
         data_request, _ = services.data_request_create(
             kind=RequestKind.EXPORT, user_id=_caller(request).id, email=_caller(request).email, request=request._request
         )
@@ -48,7 +51,7 @@ class ExportCreateApi(APIView):
 
 
 class ExportDetailApi(APIView):
-    @extend_schema(responses=ExportOutput)
+    @extend_schema(responses={200: ExportOutput, **problems(NotFound)})
     def get(self, request: Request, request_id: uuid.UUID) -> Response:
         data_request = selectors.data_request_get_for_user(
             user_id=_caller(request).id, request_id=request_id, kind=RequestKind.EXPORT
@@ -75,8 +78,7 @@ class ExportDownloadApi(APIView):
             (200, "application/zip"): OpenApiResponse(
                 OpenApiTypes.BINARY, description="data.json plus csv/<table>.csv per table"
             ),
-            409: OpenApiResponse(description="Not finished yet"),
-            410: OpenApiResponse(description="The download window is over"),
+            **problems(NotFound, ExportNotReady, ExportExpired),
         }
     )
     def get(self, request: Request, request_id: uuid.UUID) -> FileResponse:
@@ -96,10 +98,14 @@ class ErasureCreateApi(APIView):
 
     @extend_schema(
         request=None,
-        responses={202: OpenApiResponse(ErasureOutput, description="The new erasure, or the one already open")},
+        responses={
+            202: OpenApiResponse(ErasureOutput, description="The new erasure, or the one already open"),
+            **problems(Conflict),
+        },
+        extensions=response_headers({202: ["Location"]}),
     )
     def post(self, request: Request) -> Response:
-        _no_input(request)
+        no_body(request)
         data_request, _ = services.data_request_create(
             kind=RequestKind.ERASURE,
             user_id=_caller(request).id,
@@ -110,7 +116,7 @@ class ErasureCreateApi(APIView):
 
 
 class ErasureDetailApi(APIView):
-    @extend_schema(responses=ErasureOutput)
+    @extend_schema(responses={200: ErasureOutput, **problems(NotFound)})
     def get(self, request: Request, request_id: uuid.UUID) -> Response:
         data_request = selectors.data_request_get_for_user(
             user_id=_caller(request).id, request_id=request_id, kind=RequestKind.ERASURE

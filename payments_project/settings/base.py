@@ -153,6 +153,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Every operation documents every response it can give (the Problem schema, 401/429/5xx, headers).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "payments_project.openapi.postprocess"],
 }
 # Paths whose errors are always RFC 9457 problem+json, Django's own 404/500 included.
 PROBLEM_JSON_PATH_PREFIXES = ("/api/", "/internal/", "/webhooks/")

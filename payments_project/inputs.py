@@ -1,0 +1,34 @@
+"""Request bodies are read strictly: a field the endpoint does not know is a 400 naming it, never ignored.
+
+Every write endpoint parses its JSON body with a StrictInput subclass (or `no_body(request)` when it takes
+none); tests/payments_project/test_strict_input.py sends an unknown field to every write operation of the
+schema, so a new endpoint that forgets fails there.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.request import Request
+
+
+class StrictInput(serializers.Serializer[Any]):
+    """The base of every request-body serializer: unknown fields are refused, each named in `errors`."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise serializers.ValidationError({"non_field_errors": ["The body must be a JSON object"]})
+        known = {name for name, field in self.fields.items() if not field.read_only}
+        unknown = sorted(str(key) for key in data if key not in known)
+        if unknown:
+            raise serializers.ValidationError({key: ["Unknown field"] for key in unknown})
+        return super().to_internal_value(data)
+
+
+class NoInput(StrictInput):
+    """An endpoint that takes no fields: an empty body or {}; anything else is refused."""
+
+
+def no_body(request: Request) -> None:
+    """Refuse a body with fields on an endpoint that takes none (before it changes anything)."""
+    NoInput(data=request.data if request.data is not None else {}).is_valid(raise_exception=True)
