@@ -1,0 +1,145 @@
+"""Schemathesis against the committed contract (docs/openapi.yaml): every client and internal operation, called
+through the Django WSGI app on the test database with valid credentials (a client JWT; a SPIFFE certificate in
+XFCC for /internal/), with schema-valid (positive) and schema-invalid (negative) requests. Each response must be
+no 5xx, a documented status, the documented content type, and match the documented schema and headers.
+
+A failure names the operation (the test id) and prints the request that reproduces it (a curl command).
+Stripe is the test fake (tests/support/stripe_fake.py). Bounded: EXAMPLES per operation and mode.
+"""
+
+import uuid
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+import stripe
+import yaml
+from django.core.wsgi import get_wsgi_application
+from django.db import transaction
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from billing import gateway, services
+from billing.models import Customer, Subscription
+from tests.billing.factories import FeatureFactory, OrderFactory, PriceFactory
+from tests.support.contract import COMMITTED_SCHEMA, every_door_open, operations
+from tests.support.stripe_fake import StripeFake
+from tests.support.stripe_setup import customer_with_card, subscription_for
+
+pytestmark = pytest.mark.django_db(transaction=True)  # checkout commits before it calls Stripe, as in production
+
+EXAMPLES = 12  # per operation and mode: ~40 operations x modes, a few seconds each
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+
+
+@cache
+def committed() -> dict[str, Any]:
+    return yaml.safe_load(COMMITTED_SCHEMA.read_text())
+
+
+@cache
+def contract() -> Any:
+    schema = schemathesis.openapi.from_dict(committed())
+    schema.config.generation.update(with_security_parameters=False)  # our credentials, not made-up ones
+    return schema
+
+
+OPERATIONS = [(method.upper(), path) for method, path, _ in operations(committed())]
+
+
+@pytest.fixture
+def world(stripe_fake: StripeFake, stripe_sdk: stripe.StripeClient, settings: Any) -> dict[str, Any]:
+    """The caller's account: a live subscription (in local Stripe too, so it can be cancelled), an order, an
+    active price to buy, a feature."""
+    settings.RATE_LIMITS = dict.fromkeys(settings.RATE_LIMITS, "100000/m")  # a fuzzer is not an abuser
+    user_id = uuid.uuid4()
+    price = PriceFactory(stripe_price_id=f"price_{uuid.uuid4().hex[:10]}")
+    stripe_customer = customer_with_card(stripe_sdk, metadata={"user_id": str(user_id)})
+    fetched = gateway.subscription_retrieve(subscription_for(stripe_sdk, stripe_customer["id"], price))
+    with transaction.atomic():
+        services.subscription_upsert_from_stripe(
+            stripe_subscription={**fetched, "customer": stripe_customer},
+            event_created=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+    FeatureFactory(key="hd")
+    order = OrderFactory(customer=Customer.objects.get(user_id=user_id), price=price)
+    return {
+        "user_id": user_id,
+        "price_id": str(price.id),
+        "known": {
+            "order_id": str(order.id),
+            "subscription_id": str(Subscription.objects.get().id),
+            "user_id": str(user_id),
+            "feature_key": "hd",
+        },
+    }
+
+
+def _cases(operation: Any, mode: GenerationMode, world: dict[str, Any]) -> Any:
+    """Generated cases; half of them, where the path names one of the caller's objects, name a real one,
+    and a positive checkout buys the real price (random ids would only ever find 404s)."""
+    generated = operation.as_strategy(generation_mode=mode)
+    names = {p.name for p in operation.path_parameters}
+    known = {name: value for name, value in world["known"].items() if name in names}
+    variants = [generated]
+    if known and mode == GenerationMode.POSITIVE:
+        variants.append(operation.as_strategy(generation_mode=mode, path_parameters=known))
+    if mode == GenerationMode.POSITIVE and operation.path.endswith("/checkout/sessions"):
+
+        def buying(case: Any) -> Any:
+            if isinstance(case.body, dict):
+                case.body["price_id"] = world["price_id"]
+            return case
+
+        variants.append(generated.map(buying))
+    return st.one_of(variants)
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_every_operation_keeps_its_contract(
+    method: str, path: str, mode: GenerationMode, world: dict[str, Any], tmp_path: Path
+) -> None:
+    operation = contract()[path][method]
+    app = get_wsgi_application()
+
+    with every_door_open(tmp_path, world["user_id"]) as credentials:
+        headers = credentials(path)
+
+        @given(case=_cases(operation, mode, world))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,  # the same requests every run: a failure reproduces
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def keeps_its_contract(case: Any) -> None:
+            # From loopback, where the mTLS sidecar is (SERVICE_AUTH_TRUSTED_PEERS)
+            response = case.call(app=app, headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+            case.validate_response(response, checks=CHECKS, headers=headers)
+
+        try:
+            keeps_its_contract()
+        except Unsatisfiable:
+            if mode != GenerationMode.NEGATIVE:
+                raise
+            pytest.skip("no input of this operation can be made invalid (no parameters, or free-form ones)")
