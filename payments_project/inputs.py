@@ -12,9 +12,9 @@ from rest_framework import serializers
 from rest_framework.request import Request
 
 
+# The base of every request-body serializer: unknown fields are refused, each named in `errors`. (A comment,
+# not a docstring: drf-spectacular would describe every subclass without one of its own with it.)
 class StrictInput(serializers.Serializer[Any]):
-    """The base of every request-body serializer: unknown fields are refused, each named in `errors`."""
-
     def to_internal_value(self, data: Any) -> Any:
         if not isinstance(data, Mapping):
             raise serializers.ValidationError({"non_field_errors": ["The body must be a JSON object"]})

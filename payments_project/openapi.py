@@ -148,7 +148,9 @@ def _document_operation(path: str, method: str, operation: dict[str, Any]) -> No
         _add(operation, 401, codes, ["WWW-Authenticate"])
     if path.startswith("/internal/"):
         _add(operation, 403, {"service_forbidden", "permission_denied"})
-    if has_body or parameters or method in _WRITE_METHODS:
+    # A UUID in the path is matched by the URL itself (anything else is a 404); other parameters are validated.
+    validated = [p for p in parameters if p["in"] != "path" or p.get("schema", {}).get("format") != "uuid"]
+    if has_body or validated or method in _WRITE_METHODS:
         _add(operation, 400, {"validation_error", "parse_error"} if has_body or method in _WRITE_METHODS else set())
     if any(parameter["in"] == "path" for parameter in parameters):
         _add(operation, 404, {"not_found"})

@@ -342,7 +342,9 @@ class WhoAmIView(InternalAPIView):
 
     required_service_scope = ANY_SERVICE
 
-    @extend_schema(responses=WhoAmISerializer, summary="The calling service's verified SPIFFE ID")
+    @extend_schema(
+        operation_id="internal_whoami", responses=WhoAmISerializer, summary="The calling service's verified SPIFFE ID"
+    )
     def get(self, request: Request) -> Response:
         principal: ServicePrincipal = request.user  # type: ignore[assignment]
         return Response({"spiffe_id": principal.spiffe_id, "trust_domain": principal.trust_domain})

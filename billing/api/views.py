@@ -44,7 +44,7 @@ class PlanListApi(APIView):
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
 
-    @extend_schema(responses=PlanOutput(many=True), auth=[])
+    @extend_schema(operation_id="plans_list", responses=PlanOutput(many=True), auth=[])
     def get(self, request: Request) -> Response:
         return Response(PlanOutput(selectors.plan_list_active(), many=True).data)
 
@@ -53,6 +53,7 @@ class CheckoutSessionCreateApi(APIView):
     rate_limit_group = "checkout"
 
     @extend_schema(
+        operation_id="checkout_session_create",
         request=CheckoutInput,
         parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True)],
         responses={
@@ -100,14 +101,14 @@ class CheckoutSessionCreateApi(APIView):
 
 
 class OrderDetailApi(APIView):
-    @extend_schema(responses={200: OrderOutput, **problems(NotFound)})
+    @extend_schema(operation_id="order_get", responses={200: OrderOutput, **problems(NotFound)})
     def get(self, request: Request, order_id: uuid.UUID) -> Response:
         order = selectors.order_get_for_user(user_id=_caller(request).id, order_id=order_id)
         return Response(OrderOutput(order).data)
 
 
 class SubscriptionListApi(APIView):
-    @extend_schema(responses=SubscriptionOutput(many=True))
+    @extend_schema(operation_id="subscriptions_list", responses=SubscriptionOutput(many=True))
     def get(self, request: Request) -> Response:
         return Response(
             SubscriptionOutput(selectors.subscription_list_for_user(user_id=_caller(request).id), many=True).data
@@ -116,6 +117,7 @@ class SubscriptionListApi(APIView):
 
 class SubscriptionCancelApi(APIView):
     @extend_schema(
+        operation_id="subscription_cancel",
         request=None,
         responses={
             200: SubscriptionOutput,
@@ -138,6 +140,6 @@ class SubscriptionCancelApi(APIView):
 
 
 class PaymentListApi(APIView):
-    @extend_schema(responses=PaymentOutput(many=True))
+    @extend_schema(operation_id="payments_list", responses=PaymentOutput(many=True))
     def get(self, request: Request) -> Response:
         return Response(PaymentOutput(selectors.payment_list_for_user(user_id=_caller(request).id), many=True).data)

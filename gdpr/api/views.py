@@ -35,6 +35,7 @@ class ExportCreateApi(APIView):
     rate_limit_group = "gdpr"
 
     @extend_schema(
+        operation_id="gdpr_export_create",
         request=None,
         responses={
             202: OpenApiResponse(ExportOutput, description="The new export, or the one already open"),
@@ -51,7 +52,7 @@ class ExportCreateApi(APIView):
 
 
 class ExportDetailApi(APIView):
-    @extend_schema(responses={200: ExportOutput, **problems(NotFound)})
+    @extend_schema(operation_id="gdpr_export_get", responses={200: ExportOutput, **problems(NotFound)})
     def get(self, request: Request, request_id: uuid.UUID) -> Response:
         data_request = selectors.data_request_get_for_user(
             user_id=_caller(request).id, request_id=request_id, kind=RequestKind.EXPORT
@@ -74,12 +75,13 @@ class ExportDownloadApi(APIView):
     content_negotiation_class = _AnyAccept
 
     @extend_schema(
+        operation_id="gdpr_export_download",
         responses={
             (200, "application/zip"): OpenApiResponse(
                 OpenApiTypes.BINARY, description="data.json plus csv/<table>.csv per table"
             ),
             **problems(NotFound, ExportNotReady, ExportExpired),
-        }
+        },
     )
     def get(self, request: Request, request_id: uuid.UUID) -> FileResponse:
         data_request, archive = services.export_download(
@@ -97,6 +99,7 @@ class ErasureCreateApi(APIView):
     rate_limit_group = "gdpr"
 
     @extend_schema(
+        operation_id="gdpr_erasure_create",
         request=None,
         responses={
             202: OpenApiResponse(ErasureOutput, description="The new erasure, or the one already open"),
@@ -116,7 +119,7 @@ class ErasureCreateApi(APIView):
 
 
 class ErasureDetailApi(APIView):
-    @extend_schema(responses={200: ErasureOutput, **problems(NotFound)})
+    @extend_schema(operation_id="gdpr_erasure_get", responses={200: ErasureOutput, **problems(NotFound)})
     def get(self, request: Request, request_id: uuid.UUID) -> Response:
         data_request = selectors.data_request_get_for_user(
             user_id=_caller(request).id, request_id=request_id, kind=RequestKind.ERASURE
