@@ -23,6 +23,7 @@ from payments_project.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX, A
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 RESPONSE_HEADERS = "x-jia-response-headers"  # a view's extension, turned into response headers by the hook
+RESPONSE_LINKS = "x-jia-response-links"  # a view's extension, turned into OpenAPI links by the hook
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -114,6 +115,17 @@ def response_headers(headers: Mapping[int, list[str]]) -> dict[str, Any]:
     return {RESPONSE_HEADERS: {str(status): list(names) for status, names in headers.items()}}
 
 
+def response_links(links: Mapping[int, Mapping[str, Mapping[str, str]]]) -> dict[str, Any]:
+    """extend_schema(extensions=...) for OpenAPI links from a response to the operations it leads to:
+    `{201: {"order_get": {"order_id": "$response.body#/order_id"}}}` (operation id: its parameters)."""
+    return {
+        RESPONSE_LINKS: {
+            str(status): {operation_id: dict(parameters) for operation_id, parameters in targets.items()}
+            for status, targets in links.items()
+        }
+    }
+
+
 # --- the hook ------------------------------------------------------------------------------------
 
 _WRITE_METHODS = {"post", "put", "patch", "delete"}
@@ -171,6 +183,11 @@ def _document_operation(path: str, method: str, operation: dict[str, Any]) -> No
     for status, names in declared.items():
         for name in names:
             operation["responses"][status].setdefault("headers", {})[name] = HEADERS[name]
+    for status, targets in operation.pop(RESPONSE_LINKS, {}).items():
+        operation["responses"][status]["links"] = {
+            operation_id: {"operationId": operation_id, "parameters": parameters}
+            for operation_id, parameters in targets.items()
+        }
 
 
 def _strict_request_bodies(result: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from billing.errors import (
 from payments_project.auth import Principal
 from payments_project.errors import NotFound, ValidationFailed
 from payments_project.inputs import no_body
-from payments_project.openapi import problems, response_headers
+from payments_project.openapi import problems, response_headers, response_links
 
 # Printable ASCII without spaces at the ends, like Stripe's own keys; at most the column's 255.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
@@ -71,7 +71,10 @@ class CheckoutSessionCreateApi(APIView):
                 StripeRateLimited,
             ),
         },
-        extensions=response_headers({200: ["Location"], 201: ["Location"]}),
+        extensions={
+            **response_headers({200: ["Location"], 201: ["Location"]}),
+            **response_links({201: {"order_get": {"order_id": "$response.body#/order_id"}}}),
+        },
     )
     def post(self, request: Request) -> Response:
         key = request.headers.get("Idempotency-Key", "")

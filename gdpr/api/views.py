@@ -18,7 +18,7 @@ from gdpr.models import DataSubjectRequest, RequestKind
 from payments_project.auth import Principal
 from payments_project.errors import Conflict, NotFound
 from payments_project.inputs import no_body
-from payments_project.openapi import problems, response_headers
+from payments_project.openapi import problems, response_headers, response_links
 
 
 def _caller(request: Request) -> Principal:
@@ -41,7 +41,10 @@ class ExportCreateApi(APIView):
             202: OpenApiResponse(ExportOutput, description="The new export, or the one already open"),
             **problems(ErasureInProgress, Conflict),
         },
-        extensions=response_headers({202: ["Location"]}),
+        extensions={
+            **response_headers({202: ["Location"]}),
+            **response_links({202: {"gdpr_export_get": {"request_id": "$response.body#/id"}}}),
+        },
     )
     def post(self, request: Request) -> Response:
         no_body(request)
@@ -105,7 +108,10 @@ class ErasureCreateApi(APIView):
             202: OpenApiResponse(ErasureOutput, description="The new erasure, or the one already open"),
             **problems(Conflict),
         },
-        extensions=response_headers({202: ["Location"]}),
+        extensions={
+            **response_headers({202: ["Location"]}),
+            **response_links({202: {"gdpr_erasure_get": {"request_id": "$response.body#/id"}}}),
+        },
     )
     def post(self, request: Request) -> Response:
         no_body(request)
