@@ -10,6 +10,7 @@ from kombu import Exchange, Queue
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from payments_project import heartbeat
 from payments_project.env import set_default_settings_module
 from tasks.queues import TaskQueue
 
@@ -22,6 +23,9 @@ app.conf.task_queues = [Queue(q.value, Exchange(q.value, type="direct"), routing
 app.conf.task_default_queue = TaskQueue.DEFAULT.value
 # Tasks name their queue; the prefix route catches a task that forgot to.
 app.conf.task_routes = {f"{q.value}.*": {"queue": q.value} for q in TaskQueue}
+# `worker --heartbeat-file PATH`: the liveness probe's signal, which does not depend on the broker.
+app.user_options["worker"].add(heartbeat.OPTION)
+app.steps["worker"].add(heartbeat.Heartbeat)
 
 # The beat schedule, all of it (seconds unless a crontab).
 app.conf.beat_schedule = {

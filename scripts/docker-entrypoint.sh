@@ -52,7 +52,8 @@ web)
     ;;
 worker)
     reset_metrics_dir
-    # The node name is what the liveness probe pings: celery@$HOSTNAME, unique per pod.
+    # celery@$HOSTNAME: unique per pod. The liveness probe checks the heartbeat file's age, which the
+    # worker keeps fresh while its event loop turns and while it waits for the broker.
     # Task time limits come from settings (CELERY_TASK_TIME_LIMIT); a SIGTERM waits for running tasks.
     exec celery -A payments_project worker \
         --hostname "celery@${HOSTNAME}" \
@@ -61,6 +62,7 @@ worker)
         --max-tasks-per-child "${WORKER_MAX_TASKS_PER_CHILD:-1000}" \
         --without-gossip \
         --without-mingle \
+        --heartbeat-file /tmp/worker-heartbeat \
         --loglevel "${LOG_LEVEL:-INFO}" \
         "$@"
     ;;
