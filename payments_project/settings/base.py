@@ -352,8 +352,9 @@ READINESS_TIMEOUT_SECONDS = 2.0  # each /readyz check (the chart's readiness pro
 LOGGING = logging_config(LOG_LEVEL)
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
 SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
+APP_VERSION = env.str("APP_VERSION", default="")  # the release; the image bakes it in (Dockerfile)
 if SENTRY_DSN:
-    sentry_init(SENTRY_DSN, environment=DJANGO_ENV, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)
+    sentry_init(SENTRY_DSN, environment=DJANGO_ENV, release=APP_VERSION, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)
 # OpenTelemetry traces over OTLP/HTTP (payments_project/tracing.py), on when set; the SDK reads the rest of its
 # OTEL_* variables (service name, sampler, resource) itself.
 OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
