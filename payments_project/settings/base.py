@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "django_otp_webauthn",
     "axes",
     "rangefilter",
+    "django_celery_beat",  # before payments_project, whose admin.py restricts its pages
     "payments_project",
     "tasks",
     "gdpr",
@@ -335,6 +336,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
+# Beat's state (each job's last run) in the database, the code's schedule synced in at start (beat.py); each
+# run is recorded as soon as it is sent, so a restart neither repeats nor skips one.
+CELERY_BEAT_SCHEDULER = "payments_project.beat:Scheduler"
+CELERY_BEAT_SYNC_EVERY = 1
 # Set by the Helm chart: the workers' grace period follows the time limit; the metrics port is the pod's.
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30

@@ -85,10 +85,11 @@ def test_a_worker_consumes_its_queues_as_celery_at_its_pod(fake_bin: Path) -> No
     assert option(argv, "--heartbeat-file") == "/tmp/worker-heartbeat"  # what the chart's probes check
 
 
-def test_beat_keeps_its_schedule_in_tmp_and_answers_pings(fake_bin: Path) -> None:
+def test_beat_keeps_its_schedule_in_the_database_and_answers_pings(fake_bin: Path) -> None:
     argv = entrypoint(fake_bin, "beat", BEAT_MAX_INTERVAL="45")["argv"]
     assert argv[:4] == ["celery", "-A", "payments_project", "beat"]
-    assert option(argv, "--schedule") == "/tmp/celerybeat-schedule"
+    assert option(argv, "--scheduler") == "payments_project.beat:Scheduler"
+    assert "--schedule" not in argv  # no state file in the pod
     assert option(argv, "--max-interval") == "45"
     assert "--enable-remote-control" in argv
     assert option(argv, "--hostname") == f"celerybeat@{POD}"
