@@ -28,6 +28,7 @@ from payments_project.auth import Principal
 from payments_project.errors import NotFound, ValidationFailed
 from payments_project.inputs import no_body
 from payments_project.openapi import problems, response_headers, response_links
+from payments_project.pagination import PAGINATION_PARAMETERS, NewestFirstPagination
 
 # Printable ASCII without spaces at the ends, like Stripe's own keys; at most the column's 255.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
@@ -111,11 +112,13 @@ class OrderDetailApi(APIView):
 
 
 class SubscriptionListApi(APIView):
-    @extend_schema(operation_id="subscriptions_list", responses=SubscriptionOutput(many=True))
+    @extend_schema(
+        operation_id="subscriptions_list", parameters=PAGINATION_PARAMETERS, responses=SubscriptionOutput(many=True)
+    )
     def get(self, request: Request) -> Response:
-        return Response(
-            SubscriptionOutput(selectors.subscription_list_for_user(user_id=_caller(request).id), many=True).data
-        )
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(selectors.subscription_list_for_user(user_id=_caller(request).id), request)
+        return paginator.get_paginated_response(SubscriptionOutput(page, many=True).data)
 
 
 class SubscriptionCancelApi(APIView):
@@ -143,6 +146,8 @@ class SubscriptionCancelApi(APIView):
 
 
 class PaymentListApi(APIView):
-    @extend_schema(operation_id="payments_list", responses=PaymentOutput(many=True))
+    @extend_schema(operation_id="payments_list", parameters=PAGINATION_PARAMETERS, responses=PaymentOutput(many=True))
     def get(self, request: Request) -> Response:
-        return Response(PaymentOutput(selectors.payment_list_for_user(user_id=_caller(request).id), many=True).data)
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(selectors.payment_list_for_user(user_id=_caller(request).id), request)
+        return paginator.get_paginated_response(PaymentOutput(page, many=True).data)
