@@ -67,10 +67,8 @@ NOT_BUILT_YET = {
     ("get", "/api/v1/invoices"),
 }
 NOT_DOCUMENTED_YET = {
-    "APP_VERSION",
     "AWS_S3_ENDPOINT_URL",
     "AWS_S3_REGION_NAME",
-    "CHECKOUT_RETURN_URL_ORIGINS",
     "GDPR_EXPORT_BUCKET",
     "GDPR_EXPORT_STORAGE",
 }
