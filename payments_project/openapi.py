@@ -13,6 +13,7 @@ has parameters; 413 and 415 where it takes a body; `Link` on a 200 of a list tha
 request bodies `additionalProperties: false` (payments_project.inputs.StrictInput refuses unknown fields).
 """
 
+import copy
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -200,13 +201,29 @@ def _strict_request_bodies(result: dict[str, Any]) -> None:
                     schemas[ref.rsplit("/", 1)[1]]["additionalProperties"] = False
 
 
+def _every_type(result: dict[str, Any]) -> list[str]:
+    return sorted(
+        {
+            code
+            for item in result["paths"].values()
+            for operation in item.values()
+            for response in operation.get("responses", {}).values()
+            for code in _codes_in(str(response.get("description", "")))
+        }
+    )
+
+
 def postprocess(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"]: every operation documents every response it can give."""
-    result.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    problem = copy.deepcopy(PROBLEM_SCHEMA)
+    result.setdefault("components", {}).setdefault("schemas", {})["Problem"] = problem
     for path, item in result["paths"].items():
         for method, operation in item.items():
             if path.startswith(("/api/", "/internal/")):
                 _document_operation(path, method, operation)
+    problem["properties"]["type"]["description"] += ". Every type the API gives: " + ", ".join(
+        f"`{code}`" for code in _every_type(result)
+    )
     _strict_request_bodies(result)
     result["components"]["schemas"] = dict(sorted(result["components"]["schemas"].items()))
     return result

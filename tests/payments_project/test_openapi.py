@@ -110,3 +110,77 @@ def test_every_configuration_name_of_api_md_is_in_the_readme() -> None:
     assert len(names) >= 25
     assert sorted(names - readme - NOT_DOCUMENTED_YET) == []
     assert sorted(NOT_DOCUMENTED_YET & readme) == [], "documented now: take these out of NOT_DOCUMENTED_YET"
+
+
+# --- Every operation documents every response it can give ----------------------------------------------------
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def _committed_operations() -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
+    schema = yaml.safe_load(COMMITTED_SCHEMA.read_text())
+    return [
+        (method, path, operation)
+        for path, item in schema["paths"].items()
+        if path.startswith(("/api/", "/internal/"))
+        for method, operation in item.items()
+    ]
+
+
+def test_every_error_response_is_a_problem_with_its_types() -> None:
+    wrong = [
+        (method, path, status)
+        for method, path, operation in _committed_operations()
+        for status, response in operation["responses"].items()
+        if int(status) >= 400
+        and (
+            response.get("content") != {"application/problem+json": {"schema": PROBLEM_REF}}
+            or "urn:jia:payments:problem:" not in response["description"]
+        )
+    ]
+    problem = yaml.safe_load(COMMITTED_SCHEMA.read_text())["components"]["schemas"]["Problem"]
+
+    assert wrong == []
+    assert set(problem["required"]) == {"type", "title", "status", "detail", "request_id"}
+    assert "not_found" in problem["properties"]["type"]["description"]  # every type, listed once
+
+
+def test_every_operation_documents_what_any_route_can_answer() -> None:
+    missing = []
+    for method, path, operation in _committed_operations():
+        responses = operation["responses"]
+        expected = {"429": "Retry-After", "500": None, "503": "Retry-After"}
+        if operation.get("security") and any(operation["security"]):
+            expected["401"] = "WWW-Authenticate"
+        if path.startswith("/internal/"):
+            expected["403"] = None
+        for status, header in expected.items():
+            if status not in responses or (header and header not in responses[status].get("headers", {})):
+                missing.append((method, path, status, header))
+
+    assert missing == []
+
+
+def test_each_route_names_its_security_scheme_and_its_headers() -> None:
+    schema = yaml.safe_load(COMMITTED_SCHEMA.read_text())
+    operations = {operation["operationId"]: operation for _, _, operation in _committed_operations()}
+    schemes = {operation_id: operation.get("security") for operation_id, operation in operations.items()}
+
+    assert schema["components"]["securitySchemes"]["jwtAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": schema["components"]["securitySchemes"]["jwtAuth"]["description"],
+    }
+    assert schema["components"]["securitySchemes"]["spiffeMutualTLS"]["type"] == "mutualTLS"
+    assert "X-Forwarded-Client-Cert" in schema["components"]["securitySchemes"]["spiffeMutualTLS"]["description"]
+    assert {key for key, value in schemes.items() if value == [{"spiffeMutualTLS": []}]} == {
+        key for key in operations if key.startswith("internal_")
+    }
+    assert schemes["order_get"] == [{"jwtAuth": []}]
+    assert "Location" in operations["checkout_session_create"]["responses"]["201"]["headers"]
+    assert "Location" in operations["gdpr_export_create"]["responses"]["202"]["headers"]
+    assert "Link" in operations["payments_list"]["responses"]["200"]["headers"]
+    assert operations["checkout_session_create"]["responses"]["201"]["links"]["order_get"]["parameters"] == {
+        "order_id": "$response.body#/order_id"
+    }
