@@ -25,6 +25,16 @@ class StrictInput(serializers.Serializer[Any]):
         return super().to_internal_value(data)
 
 
+class StrictUUIDField(serializers.UUIDField):
+    """A UUID given as a string: DRF's UUIDField also takes an integer (`500` as UUID(int=500)), which the
+    contract (`format: uuid`, a string) does not allow."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
 class NoInput(StrictInput):
     """An endpoint that takes no fields: an empty body or {}; anything else is refused."""
 

@@ -5,7 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from billing.models import Order, Payment, Plan, Price, Subscription
-from payments_project.inputs import StrictInput
+from payments_project.inputs import StrictInput, StrictUUIDField
 from payments_project.return_urls import ReturnURLField
 
 
@@ -28,7 +28,7 @@ class PlanOutput(serializers.ModelSerializer[Plan]):
 
 
 class CheckoutInput(StrictInput):
-    price_id = serializers.UUIDField()
+    price_id = StrictUUIDField()
     success_url = ReturnURLField()
     cancel_url = ReturnURLField()
 

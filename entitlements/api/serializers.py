@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from entitlements.models import FamilyInvitation, FamilyMembership
 from entitlements.resolution import Entitlements, Source
-from payments_project.inputs import StrictInput
+from payments_project.inputs import StrictInput, StrictUUIDField
 
 FEATURE_KEY_PATTERN = r"^[-a-zA-Z0-9_]{1,64}$"  # billing's Feature.key: a slug of at most 64
 
@@ -50,7 +50,7 @@ class EntitlementCheckOutput(serializers.Serializer[Any]):
 class _BoundedUUIDList(serializers.ListField):
     """A list of UUIDs whose length is checked before any item is parsed."""
 
-    child = serializers.UUIDField()
+    child = StrictUUIDField()
 
     def to_internal_value(self, data: Any) -> Any:
         limit = settings.ENTITLEMENTS_BULK_MAX_IDS

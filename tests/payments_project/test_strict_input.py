@@ -88,3 +88,18 @@ def test_every_request_body_is_documented_as_closed() -> None:
     assert {
         name: schema["components"]["schemas"][name].get("additionalProperties") for name in bodies
     } == dict.fromkeys(bodies, False)
+
+
+@pytest.mark.django_db
+def test_an_id_is_a_uuid_string_never_a_number(client: Client, tmp_path: Path) -> None:
+    """Found by Schemathesis: DRF's UUIDField took `500` as UUID(int=500) and answered 200."""
+    with every_door_open(tmp_path, uuid.uuid4()) as credentials:
+        response = client.post(
+            "/internal/v1/entitlements/check",
+            {"user_ids": [500], "feature": "hd"},
+            content_type="application/json",
+            headers=credentials("/internal/"),
+        )
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "user_ids[0]", "message": "Must be a valid UUID."}]
