@@ -12,7 +12,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import selectors, services
-from billing.api.serializers import CheckoutInput, OrderOutput, PaymentOutput, PlanOutput, SubscriptionOutput
+from billing.api.serializers import (
+    CheckoutInput,
+    InvoiceOutput,
+    OrderOutput,
+    PaymentOutput,
+    PlanOutput,
+    SubscriptionOutput,
+)
 from billing.errors import IdempotencyKeyMissing
 from payments_project.auth import Principal
 from payments_project.errors import ValidationFailed
@@ -103,3 +110,9 @@ class PaymentListApi(APIView):
     @extend_schema(responses=PaymentOutput(many=True))
     def get(self, request: Request) -> Response:
         return Response(PaymentOutput(selectors.payment_list_for_user(user_id=_caller(request).id), many=True).data)
+
+
+class InvoiceListApi(APIView):
+    @extend_schema(responses=InvoiceOutput(many=True))
+    def get(self, request: Request) -> Response:
+        return Response(InvoiceOutput(selectors.invoice_list_for_user(user_id=_caller(request).id), many=True).data)
