@@ -283,8 +283,9 @@ RECONCILIATION_COMPARE_WINDOW_HOURS = 48
 # --- Entitlements and family plans (entitlements/) --------------------------------------------
 # How long a user's resolved features are cached (never past the first grant that ends by itself).
 ENTITLEMENTS_CACHE_TTL_SECONDS = 3600
-# A past_due subscription keeps granting for this long after its unpaid period began.
-ENTITLEMENTS_PAST_DUE_GRACE_DAYS = 7
+# A past_due subscription keeps granting for this long after its unpaid period began (Stripe retries the
+# payment meanwhile); `unpaid` (Stripe gave up) ends access at once.
+ENTITLEMENTS_PAST_DUE_GRACE_DAYS = env.int("ENTITLEMENTS_PAST_DUE_GRACE_DAYS", default=7)
 FAMILY_INVITATION_TTL_HOURS = 72
 ENTITLEMENTS_BULK_MAX_IDS = 1000  # most user ids per POST /internal/v1/entitlements/check
 # After this many cache errors in a row a process answers from the database without trying Redis
