@@ -109,6 +109,8 @@ class Order(models.Model):
     so there is never a Stripe session without an order; failed if the call fails."""
 
     Status = OrderStatus
+    # failure_code of an order whose checkout went through but whose bank debit was refused afterwards.
+    ASYNC_PAYMENT_FAILED = "async_payment_failed"
 
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="orders")

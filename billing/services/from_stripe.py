@@ -137,7 +137,7 @@ def order_fail_from_stripe(*, session: so.StripeObject, event_created: datetime)
         return set()
     values = {
         "status": Order.Status.FAILED,
-        "failure_code": "async_payment_failed",
+        "failure_code": Order.ASYNC_PAYMENT_FAILED,
         "failure_message": "The bank debit failed after checkout",
         "lease_until": None,
     }
@@ -148,7 +148,7 @@ def order_fail_from_stripe(*, session: so.StripeObject, event_created: datetime)
             audit.AuditAction.ORDER_FAILED,
             target_type="order",
             target_id=order.id,
-            metadata={"failure_code": "async_payment_failed"},
+            metadata={"failure_code": Order.ASYNC_PAYMENT_FAILED},
         )
     return {order.customer.user_id} if changed else set()
 
@@ -172,7 +172,7 @@ def _payment_from_session(order: Order, session: so.StripeObject, *, event_creat
         "currency": so.currency(session),
         "status": status,
         "order": order,
-        "failure_code": "async_payment_failed" if status == Payment.Status.FAILED else "",
+        "failure_code": Order.ASYNC_PAYMENT_FAILED if status == Payment.Status.FAILED else "",
     }
     subscription = Subscription.objects.filter(stripe_subscription_id=order.stripe_subscription_id or None).first()
     if subscription is not None:
