@@ -177,3 +177,5 @@ def test_finance_sees_disputes_with_what_a_lost_one_reversed_and_support_cannot_
     assert (row["stripe_dispute_id"], row["status"], row["reversed_amount"]) == ("dp_lost_1", "lost", "50.00")
     assert refused.status_code == 403
     assert finance.get(f"/admin/billing/dispute/{lost.id}/change/").status_code == 200
+    payment_page = finance.get(f"{CHANGELIST}{lost.payment_id}/change/").content.decode()
+    assert "dp_lost_1" in payment_page and "50.00 EUR" in payment_page  # the dispute inline
