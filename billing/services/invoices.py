@@ -20,6 +20,15 @@ from billing.services.subscriptions import subscription_event_data
 from tasks.errors import TransientError
 from tasks.outbox import emit
 
+# How far along its lifecycle an invoice is: draft → open → uncollectible → paid | void.
+_STAGE = {
+    Invoice.Status.DRAFT: 0,
+    Invoice.Status.OPEN: 1,
+    Invoice.Status.UNCOLLECTIBLE: 2,
+    Invoice.Status.PAID: 3,
+    Invoice.Status.VOID: 3,
+}
+
 
 @transaction.atomic
 def invoice_upsert_from_stripe(
@@ -66,6 +75,10 @@ def invoice_upsert_from_stripe(
     )
     if created:
         changed = True
+    elif _STAGE[status] < _STAGE[Invoice.Status(found.status)]:
+        # Stripe never moves an invoice back (a paid one does not reopen). Its events' one-second times
+        # cannot order invoice.finalized and invoice.paid sent in the same second; this can.
+        return set()
     else:
         was_waiting = found.requires_action
         if action_required:

@@ -396,3 +396,15 @@ def test_past_due_beyond_the_grace_period_the_setting_decides_grants_nothing(str
     stripe.send("customer.subscription.updated", stripe.subscription("past_due"))
 
     assert not stripe.entitled()
+
+
+def test_invoice_events_of_the_same_second_processed_in_any_order_leave_it_paid(stripe: Stripe) -> None:
+    stripe.send("customer.subscription.created", stripe.subscription("active"))
+    second = stripe.clock + 1
+
+    stripe.send("invoice.paid", stripe.invoice("paid"), created=second)
+    stripe.send("invoice.finalized", stripe.invoice("open"), created=second)
+    stripe.send("invoice.created", stripe.invoice("draft"), created=second)
+
+    [invoice] = stripe.get("/api/v1/invoices")
+    assert (invoice["status"], invoice["amount_paid"]) == ("paid", 1299)
