@@ -1,0 +1,65 @@
+"""A token that is sent is verified everywhere, public routes included: a bad one is a 401, never ignored."""
+
+import re
+import uuid
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from tests.support.auth import bearer, token
+
+PROBLEM = "application/problem+json"
+BAD_TOKENS = {
+    "garbage": "Bearer garbage",
+    "expired": bearer(uuid.uuid4(), exp=1_000_000_000),
+    "foreign key": f"Bearer {token(uuid.uuid4(), key='another-signing-key-of-at-least-32-bytes-xx')}",
+    "not a uuid sub": f"Bearer {token('alice')}",
+}
+
+
+def _routes(patterns: list[Any] | None = None, prefix: str = "") -> list[str]:
+    """Every routed path, with a UUID (or a word) in place of each converter."""
+    found: list[str] = []
+    for entry in patterns if patterns is not None else get_resolver().url_patterns:
+        pattern = prefix + str(entry.pattern)
+        if isinstance(entry, URLResolver):
+            found += _routes(entry.url_patterns, pattern)
+        elif isinstance(entry, URLPattern):
+            path = re.sub(r"<uuid:\w+>", str(uuid.uuid4()), pattern)
+            path = re.sub(r"<(?:\w+:)?\w+>", "word", path)
+            found.append("/" + path.lstrip("^").rstrip("$"))
+    return found
+
+
+API_ROUTES = [path for path in _routes() if path.startswith("/api/")]
+
+
+def test_the_walk_finds_the_public_catalog_and_the_schema() -> None:
+    assert {"/api/v1/plans", "/api/schema/", "/api/v1/checkout/sessions"} <= set(API_ROUTES)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", BAD_TOKENS)
+def test_the_public_plan_list_refuses_a_bad_token_with_a_401(kind: str) -> None:
+    response = Client().get("/api/v1/plans", HTTP_AUTHORIZATION=BAD_TOKENS[kind])
+
+    assert response.status_code == 401
+    assert response["Content-Type"] == PROBLEM
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.django_db
+def test_the_public_plan_list_answers_without_a_token_and_with_a_good_one() -> None:
+    assert Client().get("/api/v1/plans").status_code == 200
+    assert Client().get("/api/v1/plans", HTTP_AUTHORIZATION=bearer(uuid.uuid4())).status_code == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", API_ROUTES)
+def test_every_api_route_refuses_a_bad_token_with_a_401(path: str) -> None:
+    response = Client().get(path, HTTP_AUTHORIZATION=BAD_TOKENS["expired"])
+
+    assert response.status_code == 401, response.content[:300]
+    assert response["Content-Type"] == PROBLEM
