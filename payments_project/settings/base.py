@@ -243,6 +243,9 @@ AXES_VERBOSE = False
 # Sessions end after SESSION_COOKIE_AGE without a request (every request pushes the expiry on), and
 # after ADMIN_SESSION_MAX_SECONDS whatever happens.
 SESSION_SAVE_EVERY_REQUEST = True
+# Staff sessions live in the database as JSON: never in the cache, never pickled (Redis holds JSON only).
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+SESSION_SERIALIZER = "django.core.signing.JSONSerializer"
 SESSION_COOKIE_AGE = 30 * 60
 ADMIN_SESSION_MAX_SECONDS = 8 * 3600
 # The finance dashboard flags GDPR requests open longer than this (the legal deadline is a month).
