@@ -172,8 +172,10 @@ JWT_JWKS_URL = env.str("JWT_JWKS_URL", default="")  # RS*/ES*/EdDSA: the identit
 JWT_ISSUER = env.str("JWT_ISSUER", default="")
 JWT_AUDIENCE = env.str("JWT_AUDIENCE", default="")
 JWT_JWKS_CACHE_SECONDS = 300
-JWT_JWKS_REFRESH_COOLDOWN_SECONDS = 30  # an unknown kid refetches the key set at most this often
-JWT_JWKS_TIMEOUT_SECONDS = 3.0
+JWT_JWKS_REFRESH_COOLDOWN_SECONDS = 30  # the key set is fetched at most this often (after failures too)
+JWT_JWKS_TIMEOUT_SECONDS = 3.0  # one fetch, in total; only one request per process ever waits for it
+# While the key endpoint fails, the last good set keeps verifying tokens until it is this old (then 503).
+JWT_JWKS_MAX_STALE_SECONDS = 6 * 3600
 JWT_LEEWAY_SECONDS = 30  # clock skew allowed on exp and nbf
 SIMPLE_JWT = {
     # Only the header parsing and the user class are simplejwt's: verification is ClientTokenBackend's,
