@@ -107,6 +107,25 @@ class _Config:
         )
 
 
+_REFUSALS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
+    (jwt.InvalidSignatureError, "The token's signature is invalid"),
+    (jwt.InvalidAudienceError, "The token is for another audience"),
+    (jwt.InvalidIssuerError, "The token is from another issuer"),
+    (jwt.ImmatureSignatureError, "The token is not valid yet"),
+    (jwt.InvalidIssuedAtError, "The token's issue time is invalid"),
+    (jwt.DecodeError, "The token is malformed"),
+)
+
+
+def _refusal(exc: jwt.InvalidTokenError) -> str:
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"The token lacks the required '{exc.claim}' claim"  # one of our required names
+    for kind, message in _REFUSALS:
+        if isinstance(exc, kind):
+            return message
+    return "The token is invalid"
+
+
 class ClientTokenBackend:
     """Verifies client JWTs; built once from settings (rebuilt when tests override them)."""
 
@@ -192,7 +211,9 @@ class ClientTokenBackend:
         except jwt.ExpiredSignatureError as exc:
             raise TokenExpired("Token is expired") from exc
         except jwt.InvalidTokenError as exc:
-            raise TokenBackendError(f"Token is invalid: {exc}") from exc
+            # PyJWT's own words stay in the log; the client reads ours (chosen by the error's type).
+            log.info("jwt_refused", reason=type(exc).__name__, error=str(exc))
+            raise TokenBackendError(_refusal(exc)) from exc
 
     def encode(self, payload: dict[str, Any]) -> NoReturn:
         raise TokenBackendError("This service verifies tokens; it does not issue them")
