@@ -50,6 +50,16 @@ class JwksPolicy:
     timeout_seconds: float
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """The key set is read from JWT_JWKS_URL itself: a redirect (to http://, to another host) is a failure."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
 class JwksKeys:
     """The key set of one URL, for one process (one per ClientTokenBackend)."""
 
@@ -124,7 +134,7 @@ class JwksKeys:
         headers = {"User-Agent": "jia-payments", "Accept": "application/json"}
         request = urllib.request.Request(self.policy.url, headers=headers)  # noqa: S310 - the operator's https URL
         body = b""
-        with urllib.request.urlopen(request, timeout=self.policy.timeout_seconds) as response:  # noqa: S310
+        with _opener.open(request, timeout=self.policy.timeout_seconds) as response:
             while chunk := response.read(16 * 1024):
                 body += chunk
                 if len(body) > MAX_JWKS_BYTES:

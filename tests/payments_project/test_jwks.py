@@ -151,3 +151,12 @@ def test_an_unknown_kid_still_fetches_the_rotated_set_once(idp: JwksServer) -> N
         assert timed_get()[0] == 200
 
     assert idp.fetches == 2
+
+
+def test_a_redirect_of_the_key_endpoint_is_not_followed(idp: JwksServer) -> None:
+    with JwksServer([public_jwk(KEY, kid="k1")]) as elsewhere, jwks(idp):
+        idp.status, idp.location = 302, elsewhere.url
+
+        assert timed_get()[0] == 503
+
+    assert (idp.fetches, elsewhere.fetches) == (1, 0)

@@ -208,7 +208,8 @@ class JwksServer:
     """Serves `keys` (a list of public JWK dicts) at http://127.0.0.1:<port>/jwks.json and counts fetches.
 
     A test makes it misbehave: `delay` seconds before answering (a hanging identity provider), `status`
-    other than 200 (a failing one, answering `{"error": ...}`); `fetches` counts requests received.
+    other than 200 (a failing one, answering `{"error": ...}`; with `location`, a redirect); `fetches`
+    counts requests received.
     """
 
     def __init__(self, keys: list[dict[str, Any]] | None = None) -> None:
@@ -216,6 +217,7 @@ class JwksServer:
         self.fetches = 0
         self.delay = 0.0
         self.status = 200
+        self.location = ""  # with a 3xx status: where it redirects
         self._count = threading.Lock()
         server = self
 
@@ -231,6 +233,8 @@ class JwksServer:
                     self.send_response(server.status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
+                    if server.location:
+                        self.send_header("Location", server.location)
                     self.end_headers()
                     self.wfile.write(body)
                 except OSError:  # the client gave up waiting
