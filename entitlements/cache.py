@@ -51,7 +51,7 @@ from payments_project.cache_serializer import UnreadableCacheValue
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX = "entitlements:1"  # bump the digit when the entry format changes
+KEY_PREFIX = "entitlements:2"  # bump the digit when the entry format changes (2: JSON, not pickles)
 # Versions outlive entries; one that expires costs a single miss (a fresh token is drawn).
 VERSION_TTL_SECONDS = 7 * 24 * 3600
 
