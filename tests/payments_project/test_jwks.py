@@ -61,7 +61,7 @@ def timed_get() -> tuple[int, float]:
 def test_while_the_key_endpoint_fails_the_last_good_set_keeps_verifying_and_the_cooldown_starts(
     idp: JwksServer,
 ) -> None:
-    with jwks(idp, JWT_JWKS_REFRESH_COOLDOWN_SECONDS=1):
+    with jwks(idp, JWT_JWKS_REFRESH_COOLDOWN_SECONDS=2):
         assert timed_get()[0] == 200
         idp.status = 500
         time.sleep(0.4)  # the set is older than the cache time now
@@ -70,23 +70,23 @@ def test_while_the_key_endpoint_fails_the_last_good_set_keeps_verifying_and_the_
         assert timed_get()[0] == 200  # within the cooldown of that failure: not tried again
         assert idp.fetches == 2
 
-        time.sleep(1.1)
+        time.sleep(2.1)
         assert timed_get()[0] == 200
         assert idp.fetches == 3  # one attempt per cooldown, failures included
 
         idp.status = 200
-        time.sleep(1.1)
+        time.sleep(2.1)
         assert timed_get()[0] == 200
         assert idp.fetches == 4
 
 
 def test_past_the_maximum_staleness_tokens_get_a_503_to_retry(idp: JwksServer) -> None:
-    with jwks(idp, JWT_JWKS_CACHE_SECONDS=0.2, JWT_JWKS_MAX_STALE_SECONDS=0.6, JWT_JWKS_REFRESH_COOLDOWN_SECONDS=0):
+    with jwks(idp, JWT_JWKS_CACHE_SECONDS=0.2, JWT_JWKS_MAX_STALE_SECONDS=1.5, JWT_JWKS_REFRESH_COOLDOWN_SECONDS=0):
         assert timed_get()[0] == 200
         idp.status = 503
         time.sleep(0.3)
         assert timed_get()[0] == 200  # stale, within bounds
-        time.sleep(0.5)
+        time.sleep(1.3)
 
         response = Client().get(ME, HTTP_AUTHORIZATION=BEARER)
 
