@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from billing.models import Order, Price, Refund
+from billing.models import Order, Price, Refund, Subscription
 from tests.billing.checkout.support import SESSIONS, checkout
+from tests.billing.test_api import ALICE, cancel, live_subscription  # noqa: F401 - a fixture
 from tests.billing.test_refund_admin import confirm, review
 from tests.support.auth import staff_client
 from tests.support.stripe_fake import StripeFake
@@ -89,3 +90,24 @@ def test_a_refund_stripe_refuses_shows_staff_our_words(
     refund = Refund.objects.get()
     assert refund.failure_reason == "The payment is already fully refunded at Stripe"
     assert "Charge ch_9 was refunded." in _logged(caplog)
+
+
+def test_a_cancel_stripe_refuses_answers_in_our_words(
+    api: Client,
+    live_subscription: Subscription,  # noqa: F811 - tests.billing.test_api's fixture
+    stripe_fake: StripeFake,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stripe_fake.fail_next(
+        "POST /v1/subscriptions/",
+        400,
+        {"type": "invalid_request_error", "code": "resource_missing", "message": "No such subscription: 'sub_x9'"},
+    )
+
+    with caplog.at_level(logging.WARNING):
+        response = cancel(api, live_subscription.id, ALICE)
+
+    assert response.status_code == 502
+    assert response.json()["detail"] == "Stripe does not know an object this request refers to"
+    assert "sub_x9" not in response.content.decode()
+    assert "No such subscription: 'sub_x9'" in _logged(caplog)
