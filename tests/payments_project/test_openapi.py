@@ -64,7 +64,6 @@ NOT_BUILT_YET = {
     ("get", "/api/v1/subscriptions/{}/change-preview"),
     ("post", "/api/v1/subscriptions/{}/change"),
     ("post", "/api/v1/billing-portal/sessions"),
-    ("get", "/api/v1/invoices"),
 }
 NOT_DOCUMENTED_YET = {
     "AWS_S3_ENDPOINT_URL",
