@@ -4,7 +4,7 @@ import re
 import uuid
 from typing import Any, cast
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -74,6 +74,7 @@ class EntitlementListApi(APIView):
 class EntitlementDetailApi(APIView):
     @extend_schema(
         operation_id="entitlement_check",
+        parameters=[OpenApiParameter("feature_key", str, OpenApiParameter.PATH, pattern=FEATURE_KEY_PATTERN)],
         responses={200: EntitlementCheckOutput, **problems(ValidationFailed)},
         summary="Whether the caller may use one feature",
     )
