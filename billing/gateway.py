@@ -322,6 +322,18 @@ def subscription_cancel_at_period_end(*, stripe_subscription_id: str, idempotenc
     )
 
 
+def subscription_resume(*, stripe_subscription_id: str, idempotency_key: str) -> StripeDict:
+    """Undo a cancel at period end."""
+    return _call(
+        "subscription_resume",
+        lambda c: c.v1.subscriptions.update(
+            stripe_subscription_id,
+            params={"cancel_at_period_end": False},
+            options=_post_options(idempotency_key),
+        ),
+    )
+
+
 def subscription_retrieve(stripe_subscription_id: str) -> StripeDict:
     return _call("subscription_retrieve", lambda c: c.v1.subscriptions.retrieve(stripe_subscription_id))
 

@@ -12,5 +12,10 @@ urlpatterns = [
         views.SubscriptionCancelApi.as_view(),
         name="billing-subscription-cancel",
     ),
+    path(
+        "subscriptions/<uuid:subscription_id>/resume",
+        views.SubscriptionResumeApi.as_view(),
+        name="billing-subscription-resume",
+    ),
     path("payments", views.PaymentListApi.as_view(), name="billing-payments"),
 ]

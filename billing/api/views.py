@@ -100,6 +100,15 @@ class SubscriptionCancelApi(APIView):
         return Response(SubscriptionOutput(subscription).data)
 
 
+class SubscriptionResumeApi(APIView):
+    @extend_schema(request=None, responses=SubscriptionOutput)
+    def post(self, request: Request, subscription_id: uuid.UUID) -> Response:
+        subscription = services.subscription_resume(
+            user_id=_caller(request).id, subscription_id=subscription_id, request=request._request
+        )
+        return Response(SubscriptionOutput(subscription).data)
+
+
 class PaymentListApi(APIView):
     @extend_schema(parameters=PAGINATION_PARAMETERS, responses=PaymentOutput(many=True))
     def get(self, request: Request) -> Response:

@@ -28,7 +28,7 @@ from billing.services.from_stripe import (
     subscription_upsert_from_stripe,
 )
 from billing.services.refunds import refund_issue, refunds_resolve_stuck
-from billing.services.subscriptions import subscription_cancel
+from billing.services.subscriptions import subscription_cancel, subscription_resume
 
 __all__ = [
     "CheckoutResult",
@@ -46,5 +46,6 @@ __all__ = [
     "refund_record_from_charge",
     "refunds_resolve_stuck",
     "subscription_cancel",
+    "subscription_resume",
     "subscription_upsert_from_stripe",
 ]
