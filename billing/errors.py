@@ -92,6 +92,11 @@ class SubscriptionNotChangeable(Conflict):
     title = "This subscription cannot change plan"
 
 
+class NoBillingAccount(Conflict):
+    code = "no_billing_account"
+    title = "There is no billing account yet"
+
+
 class StripeObjectInvalid(Exception):
     """A Stripe object lacks what a service needs: bad data, a permanent error (never retried)."""
 

@@ -334,6 +334,17 @@ def subscription_resume(*, stripe_subscription_id: str, idempotency_key: str) ->
     )
 
 
+def billing_portal_session_create(*, stripe_customer_id: str, return_url: str, idempotency_key: str) -> StripeDict:
+    """A Stripe customer portal session (payment methods, invoices): {"id", "url", ...}."""
+    return _call(
+        "billing_portal_session_create",
+        lambda c: c.v1.billing_portal.sessions.create(
+            params={"customer": stripe_customer_id, "return_url": return_url},
+            options=_post_options(idempotency_key),
+        ),
+    )
+
+
 def subscription_retrieve(stripe_subscription_id: str) -> StripeDict:
     return _call("subscription_retrieve", lambda c: c.v1.subscriptions.retrieve(stripe_subscription_id))
 

@@ -66,3 +66,11 @@ class PaymentOutput(serializers.ModelSerializer[Payment]):
     class Meta:
         model = Payment
         fields = ["id", "amount", "currency", "status", "created_at", "refunded_amount"]
+
+
+class BillingPortalInput(serializers.Serializer[Any]):
+    return_url = serializers.URLField(max_length=2048)
+
+
+class BillingPortalOutput(serializers.Serializer[Any]):
+    url = serializers.URLField()

@@ -17,5 +17,6 @@ urlpatterns = [
         views.SubscriptionResumeApi.as_view(),
         name="billing-subscription-resume",
     ),
+    path("billing-portal/sessions", views.BillingPortalSessionCreateApi.as_view(), name="billing-portal-session"),
     path("payments", views.PaymentListApi.as_view(), name="billing-payments"),
 ]

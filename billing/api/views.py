@@ -12,7 +12,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import selectors, services
-from billing.api.serializers import CheckoutInput, OrderOutput, PaymentOutput, PlanOutput, SubscriptionOutput
+from billing.api.serializers import (
+    BillingPortalInput,
+    BillingPortalOutput,
+    CheckoutInput,
+    OrderOutput,
+    PaymentOutput,
+    PlanOutput,
+    SubscriptionOutput,
+)
 from billing.errors import IdempotencyKeyMissing
 from payments_project.auth import Principal
 from payments_project.errors import ValidationFailed
@@ -115,3 +123,16 @@ class PaymentListApi(APIView):
         paginator = NewestFirstPagination()
         page = paginator.paginate_queryset(selectors.payment_list_for_user(user_id=_caller(request).id), request)
         return paginator.get_paginated_response(PaymentOutput(page, many=True).data)
+
+
+class BillingPortalSessionCreateApi(APIView):
+    """Stripe's customer portal: payment methods and invoices."""
+
+    @extend_schema(request=BillingPortalInput, responses={201: BillingPortalOutput})
+    def post(self, request: Request) -> Response:
+        body = BillingPortalInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        url = services.billing_portal_session_create(
+            user_id=_caller(request).id, return_url=body.validated_data["return_url"], request=request._request
+        )
+        return Response(BillingPortalOutput({"url": url}).data, status=201)

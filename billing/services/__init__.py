@@ -27,11 +27,13 @@ from billing.services.from_stripe import (
     refund_record_from_charge,
     subscription_upsert_from_stripe,
 )
+from billing.services.portal import billing_portal_session_create
 from billing.services.refunds import refund_issue, refunds_resolve_stuck
 from billing.services.subscriptions import subscription_cancel, subscription_resume
 
 __all__ = [
     "CheckoutResult",
+    "billing_portal_session_create",
     "checkout_fingerprint",
     "customer_delete_from_stripe",
     "customer_upsert_from_stripe",
