@@ -74,3 +74,26 @@ class BillingPortalInput(serializers.Serializer[Any]):
 
 class BillingPortalOutput(serializers.Serializer[Any]):
     url = serializers.URLField()
+
+
+class ChangePreviewQuery(serializers.Serializer[Any]):
+    price_id = serializers.UUIDField()
+
+
+class ChangePreviewLineOutput(serializers.Serializer[Any]):
+    description = serializers.CharField()
+    amount = serializers.IntegerField()
+
+
+class ChangePreviewOutput(serializers.Serializer[Any]):
+    amount_due = serializers.IntegerField()
+    currency = serializers.CharField()
+    proration_date = serializers.IntegerField(help_text="Send it back with the change to be charged this amount")
+    lines = ChangePreviewLineOutput(many=True)
+    kind = serializers.ChoiceField(choices=["upgrade", "downgrade"])
+    effective_at = serializers.DateTimeField(allow_null=True, help_text="When the new plan takes effect")
+
+
+class ChangeInput(serializers.Serializer[Any]):
+    price_id = serializers.UUIDField()
+    proration_date = serializers.IntegerField(required=False, min_value=0, max_value=2**40)

@@ -17,6 +17,16 @@ urlpatterns = [
         views.SubscriptionResumeApi.as_view(),
         name="billing-subscription-resume",
     ),
+    path(
+        "subscriptions/<uuid:subscription_id>/change-preview",
+        views.SubscriptionChangePreviewApi.as_view(),
+        name="billing-subscription-change-preview",
+    ),
+    path(
+        "subscriptions/<uuid:subscription_id>/change",
+        views.SubscriptionChangeApi.as_view(),
+        name="billing-subscription-change",
+    ),
     path("billing-portal/sessions", views.BillingPortalSessionCreateApi.as_view(), name="billing-portal-session"),
     path("payments", views.PaymentListApi.as_view(), name="billing-payments"),
 ]

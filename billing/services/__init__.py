@@ -10,6 +10,7 @@
 Lock order, everywhere: customer, then order or subscription, then payment, then refund.
 """
 
+from billing.services.changes import subscription_change, subscription_change_preview
 from billing.services.checkout import (
     CheckoutResult,
     checkout_fingerprint,
@@ -48,6 +49,8 @@ __all__ = [
     "refund_record_from_charge",
     "refunds_resolve_stuck",
     "subscription_cancel",
+    "subscription_change",
+    "subscription_change_preview",
     "subscription_resume",
     "subscription_upsert_from_stripe",
 ]

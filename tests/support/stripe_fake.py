@@ -138,9 +138,12 @@ class StripeFake:
         return answer is not None, "" if answer else "localstripe answers"
 
     def _respond(self, prepared: requests.PreparedRequest) -> Answer:
-        return prepared.fake_answer  # type: ignore[attr-defined, no-any-return]
+        answer = prepared.fake_answer  # type: ignore[attr-defined]
+        return answer() if callable(answer) else answer  # type: ignore[no-any-return]
 
-    def _answer(self, request: StripeRequest) -> Answer | None:
+    def _answer(self, request: StripeRequest) -> Answer | Callable[[], Answer | None] | None:
+        """The answer, or a function making it: the stand-in may itself call localstripe, which must happen in
+        `_respond` (responses holds its lock while matchers such as `_answers` run)."""
         with self._lock:
             failure = next((f for f in self.failures if _on_route(f.route, request)), None)
             if failure is not None and failure.after > 0:
@@ -152,7 +155,9 @@ class StripeFake:
             return self._event_list(request.params)
         if request.method == "GET" and (object_id := request.path.rsplit("/", 1)[-1]) in self.objects:
             return _json(200, self.objects[object_id])
-        return self.standin.answer(request.method, request.path, request.params)
+        if self.standin.handles(request.method, request.path, request.params):
+            return lambda: self.standin.answer(request.method, request.path, request.params)
+        return None
 
     def _event_list(self, params: dict[str, str]) -> Answer:
         """Stripe's list semantics: newest first, `limit`, `created[gte]`, and the two cursors."""

@@ -38,6 +38,19 @@ class StripeStandIn:
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
 
+    def handles(self, method: str, path: str, params: dict[str, str]) -> bool:
+        """Whether `answer` answers this request (cheap: no network, no state)."""
+        return (
+            (method == "POST" and path in ("/v1/checkout/sessions", "/v1/billing_portal/sessions"))
+            or (method == "POST" and path == "/v1/invoices/create_preview")
+            or (
+                method == "POST"
+                and path.startswith("/v1/subscriptions/")
+                and any(k.startswith("items[") for k in params)
+            )
+            or path.startswith("/v1/subscription_schedules")
+        )
+
     def answer(self, method: str, path: str, params: dict[str, str]) -> Answer | None:
         if method == "POST" and path == "/v1/checkout/sessions":
             return _json(200, self.checkout_session(params))
@@ -45,7 +58,7 @@ class StripeStandIn:
             return _json(200, self.portal_session(params))
         if method == "POST" and path == "/v1/invoices/create_preview":
             return self._to_localstripe(method, path, _legacy_items(params, prefix="subscription_details[items]"))
-        if method == "POST" and path.startswith("/v1/subscriptions/") and any(k.startswith("items[") for k in params):
+        if method == "POST" and path.startswith("/v1/subscriptions/") and _has_items(params):
             return self._to_localstripe(method, path, _legacy_items(params, prefix="items"))
         if path.startswith("/v1/subscription_schedules"):
             return self._schedule(method, path, params)
@@ -125,6 +138,10 @@ class StripeStandIn:
         )
         headers = {"Request-Id": "req_localstripe", "Content-Type": "application/json"}
         return response.status_code, headers, response.text
+
+
+def _has_items(params: dict[str, str]) -> bool:
+    return any(key.startswith("items[") for key in params)
 
 
 def _legacy_items(params: dict[str, str], *, prefix: str) -> dict[str, str]:
