@@ -3,7 +3,7 @@
 
 - An upgrade (a price at least as high per month) switches the price now and invoices the proration at
   once, with the proration date the preview showed: the price shown is the price charged. Entitlements
-  follow at once.
+  follow at once (`billing.signals`, in the same transaction).
 - A downgrade keeps the paid-for plan to the end of the period: a Stripe subscription schedule switches
   the price then. Our subscription row and the entitlements follow when Stripe switches
   (`customer.subscription.updated`, `subscription_upsert_from_stripe`), not on the request.
@@ -39,7 +39,7 @@ from billing.errors import (
 from billing.models import Price, Subscription, SubscriptionChange
 from billing.services._shared import audit_record, create_or_lock, update_fields
 from billing.services.subscriptions import subscription_event_data, subscription_get_owned
-from entitlements.services import entitlements_refresh
+from billing.signals import billing_changed_by_client
 from gdpr import audit
 from payments_project.errors import ApplicationError, ValidationFailed
 from tasks.outbox import emit
@@ -344,7 +344,7 @@ def _change_record_applied(*, change_id: uuid.UUID, request: HttpRequest | None)
     update_fields(subscription, {"price": change.price, "plan": change.price.plan, "stripe_updated_at": version})
     update_fields(change, {"status": SubscriptionChange.Status.APPLIED, "effective_at": now})
     _change_announce(change, subscription, request)
-    entitlements_refresh(user_ids={subscription.customer.user_id})
+    billing_changed_by_client.send(Subscription, user_ids={subscription.customer.user_id})  # entitlements follow now
 
 
 @transaction.atomic(durable=True)

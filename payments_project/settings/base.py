@@ -109,7 +109,7 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
-CACHES = cache_config(REDIS_URL)
+CACHES = cache_config(REDIS_URL, var_dir=VAR_DIR)
 
 # django-axes' backend first: a locked-out username or IP is refused before its password is checked.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]

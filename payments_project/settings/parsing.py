@@ -71,8 +71,17 @@ def database_config(url: str, *, pool_max_size: int = 0, pool_timeout: float = 1
     return config
 
 
-def cache_config(redis_url: str) -> dict[str, Any]:
-    """Redis when REDIS_URL is set (shared by every process), else a per-process local cache."""
+def cache_config(redis_url: str, *, var_dir: Path | None = None) -> dict[str, Any]:
+    """Redis when REDIS_URL is set (shared by every process); else files under `var_dir`, shared by the
+    processes of one machine (`make run`'s web and worker: a change the worker makes, such as entitlements a
+    webhook ended, must not stay hidden behind the web's cache), or a per-process cache without one."""
+    if not redis_url and var_dir is not None:
+        return {
+            "default": {
+                "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                "LOCATION": str(var_dir / "cache"),
+            }
+        }
     if not redis_url:
         return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     return {

@@ -7,7 +7,8 @@ in-process) and `make demo` (through `scripts/demo_stripe.py`, an HTTP front of 
   `proration_behavior` are dropped, and the request is sent to localstripe itself.
 - Subscription schedules (the downgrade at period end): kept here, as Stripe would keep them, listed by id.
 
-`answer(method, path, params)` returns (status, headers, body) or None when localstripe answers as is.
+`answer(method, path, params)` returns (status, headers, body) or None when localstripe answers as is;
+`serve(localstripe, port)` puts it in front of localstripe as an HTTP server (`make demo`).
 """
 
 import itertools
@@ -15,7 +16,9 @@ import json
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
@@ -35,6 +38,7 @@ class StripeStandIn:
     def __init__(self, localstripe: str) -> None:
         self.localstripe = localstripe  # its own address (not through a proxy or a fake)
         self.schedules: dict[str, dict[str, Any]] = {}
+        self.checkout_prices: dict[str, str] = {}  # checkout session id → the price it sells (the demo pays it)
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -71,6 +75,7 @@ class StripeStandIn:
 
     def checkout_session(self, params: dict[str, str]) -> dict[str, Any]:
         session_id = self._id("cs")
+        self.checkout_prices[session_id] = params.get("line_items[0][price]", "")
         return {
             "id": session_id,
             "object": "checkout.session",
@@ -157,3 +162,39 @@ def _legacy_items(params: dict[str, str], *, prefix: str) -> dict[str, str]:
             continue
         translated[key] = value
     return translated
+
+
+def serve(localstripe: str, port: int) -> tuple[ThreadingHTTPServer, StripeStandIn]:
+    """An HTTP server on 127.0.0.1:`port` answering as Stripe: the stand-in first, else localstripe. The caller
+    runs `server.serve_forever()` (in a thread) and `server.shutdown()`."""
+    standin = StripeStandIn(localstripe)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _handle(self) -> None:
+            url = urlsplit(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            params = dict(parse_qsl(url.query or body.decode()))
+            answer = standin.answer(self.command, url.path, params)
+            if answer is None:
+                upstream = requests.request(
+                    self.command,
+                    f"{localstripe}{self.path}",
+                    data=body,
+                    headers={k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")},
+                    timeout=30,
+                )
+                answer = upstream.status_code, {"Content-Type": "application/json"}, upstream.text
+            status, headers, text = answer
+            payload = text.encode()
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(payload))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_DELETE = _handle
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return ThreadingHTTPServer(("127.0.0.1", port), Handler), standin
