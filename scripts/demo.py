@@ -113,7 +113,7 @@ def django_env(*, web_port: int, stripe_port: int) -> dict[str, str]:
         "STRIPE_API_KEY": STRIPE_KEY,
         "STRIPE_API_BASE": f"http://127.0.0.1:{stripe_port}",
         "STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRET,
-        "CHECKOUT_RETURN_URL_ORIGINS": "https://app.jia.example",
+        "CHECKOUT_RETURN_URL_ORIGINS": "https://app.jia.example",  # the success and cancel URLs below
         "LOG_LEVEL": "WARNING",
         "OTEL_SDK_DISABLED": "true",
     }

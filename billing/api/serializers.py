@@ -70,7 +70,7 @@ class PaymentOutput(serializers.ModelSerializer[Payment]):
 
 
 class BillingPortalInput(serializers.Serializer[Any]):
-    return_url = serializers.URLField(max_length=2048)
+    return_url = ReturnURLField()  # on CHECKOUT_RETURN_URL_ORIGINS
 
 
 class BillingPortalOutput(serializers.Serializer[Any]):

@@ -13,7 +13,7 @@ from tests.support.stripe_fake import StripeFake
 
 PROBLEM = "application/problem+json"
 ALICE = uuid.uuid4()
-RETURN = "https://app.example/account"
+RETURN = "https://app.example/account"  # the test settings' CHECKOUT_RETURN_URL_ORIGINS: https://app.example
 
 
 def portal(api: Client, body: Any, user_id: uuid.UUID | None = ALICE) -> Any:
@@ -49,7 +49,17 @@ def test_without_a_stripe_customer_there_is_nothing_to_manage_409(api: Client, s
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("body", [{}, {"return_url": "not a url"}, {"return_url": "javascript:alert(1)"}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"return_url": "not a url"},
+        {"return_url": "javascript:alert(1)"},
+        {"return_url": "https://evil.example/account"},  # an unlisted origin
+        {"return_url": "https://app.example.evil.example/account"},
+        {"return_url": "https://app.example@evil.example/account"},
+    ],
+)
 def test_a_bad_return_url_is_a_400_and_no_session(api: Client, stripe_fake: StripeFake, body: Any) -> None:
     CustomerFactory(user_id=ALICE, stripe_customer_id="cus_alice")
 
