@@ -326,6 +326,7 @@ class SubscriptionChange(models.Model):
     stripe_schedule_id = models.CharField(max_length=255, blank=True)
     failure_code = models.CharField(max_length=64, blank=True)
     failure_message = models.TextField(blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)  # as on orders: who is calling Stripe for it
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 

@@ -9,8 +9,9 @@
   (`customer.subscription.updated`, `subscription_upsert_from_stripe`), not on the request.
 
 Stripe is called between durable transactions: the change is committed `pending` first, its outcome after.
-Every Stripe write carries a key derived from the change's id, so a retry (the same Idempotency-Key and body,
-or two such requests at once) makes Stripe act once. One change may be scheduled at a time.
+Concurrent requests with one key find one change: only the holder of its lease calls Stripe, the others wait
+for its outcome (`_leases`); every Stripe write carries a key derived from the change's id, so a holder that
+died and the request taking over make Stripe act once. One change may be scheduled at a time.
 """
 
 import hashlib
@@ -37,6 +38,7 @@ from billing.errors import (
     SubscriptionNotChangeable,
 )
 from billing.models import Price, Subscription, SubscriptionChange
+from billing.services._leases import Lease, lease_expiry
 from billing.services._shared import audit_record, create_or_lock, update_fields
 from billing.services.subscriptions import subscription_event_data, subscription_get_owned
 from billing.signals import billing_changed_by_client
@@ -44,6 +46,7 @@ from gdpr import audit
 from payments_project.errors import ApplicationError, ValidationFailed
 from tasks.outbox import emit
 
+CHANGE_LEASE = Lease(SubscriptionChange, in_flight=SubscriptionChange.Status.PENDING, what="plan change")
 _MONTHS = {Price.Interval.MONTH: 1, Price.Interval.YEAR: 12}
 _RETRYABLE_FAILURES = {StripeUnavailable.code, StripeRateLimited.code, StripeNotConfigured.code}
 _REPLAYED_FAILURES: dict[str, type[ApplicationError]] = {
@@ -173,11 +176,10 @@ def subscription_change(
         .filter(customer__user_id=user_id, idempotency_key=idempotency_key)
         .first()
     )
-    created = change is None
     if change is None:
         subscription, price, kind = _plan_change(user_id=user_id, subscription_id=subscription_id, price_id=price_id)
         when = _proration_moment(subscription, proration_date) if kind == SubscriptionChange.Kind.UPGRADE else None
-        change, created = _change_record_intent(
+        change, created, holds = _change_record_intent(
             subscription=subscription,
             price=price,
             kind=kind,
@@ -185,17 +187,13 @@ def subscription_change(
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
         )
-    if change.request_fingerprint != fingerprint:
-        raise IdempotencyKeyReused(
-            "This Idempotency-Key was already used with another request body; use a new key for a new change"
-        )
+    else:
+        change, created, holds = _change_take(change_id=change.id, fingerprint=fingerprint)
+    change = CHANGE_LEASE.outcome(
+        change, holds=holds, call=lambda held: _change_call_stripe(change_id=held.id, request=request)
+    )
     if change.status == SubscriptionChange.Status.FAILED:
-        if change.failure_code not in _RETRYABLE_FAILURES:
-            raise _REPLAYED_FAILURES.get(change.failure_code, StripeRequestFailed)(change.failure_message or None)
-        _change_retry(change_id=change.id)
-        change.status = SubscriptionChange.Status.PENDING
-    if change.status == SubscriptionChange.Status.PENDING:
-        _change_call_stripe(change_id=change.id, request=request)
+        raise _REPLAYED_FAILURES.get(change.failure_code, StripeRequestFailed)(change.failure_message or None)
     return Subscription.objects.select_related("plan").get(pk=change.subscription_id), created
 
 
@@ -224,8 +222,11 @@ def _change_record_intent(
     proration_date: datetime | None,
     idempotency_key: str,
     fingerprint: str,
-) -> tuple[SubscriptionChange, bool]:
-    return create_or_lock(
+) -> tuple[SubscriptionChange, bool, bool]:
+    """Insert the change with a lease, or find the one a concurrent request with this key made; returns
+    (change, created, holds_lease)."""
+    now = timezone.now()
+    change, created = create_or_lock(
         SubscriptionChange,
         {"customer": subscription.customer, "idempotency_key": idempotency_key},
         {
@@ -235,18 +236,39 @@ def _change_record_intent(
             "kind": kind,
             "request_fingerprint": fingerprint,
             "proration_date": proration_date,
+            "lease_until": lease_expiry(now),
         },
     )
+    if created:
+        return change, True, True
+    return _change_take_locked(change, fingerprint=fingerprint, now=now)
 
 
 @transaction.atomic(durable=True)
-def _change_retry(*, change_id: uuid.UUID) -> None:
-    change = SubscriptionChange.objects.select_for_update(of=("self",)).get(pk=change_id)
-    if change.status == SubscriptionChange.Status.FAILED:
-        update_fields(change, {"status": SubscriptionChange.Status.PENDING, "failure_code": "", "failure_message": ""})
+def _change_take(*, change_id: uuid.UUID, fingerprint: str) -> tuple[SubscriptionChange, bool, bool]:
+    change = SubscriptionChange.objects.select_for_update().get(pk=change_id)
+    return _change_take_locked(change, fingerprint=fingerprint, now=timezone.now())
 
 
-def _change_call_stripe(*, change_id: uuid.UUID, request: HttpRequest | None) -> None:
+def _change_take_locked(
+    change: SubscriptionChange, *, fingerprint: str, now: datetime
+) -> tuple[SubscriptionChange, bool, bool]:
+    """The same key again: 422 with another body; else this request takes the lease when its holder died, or
+    when it failed for a reason that may have passed."""
+    if change.request_fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used with another request body; use a new key for a new change"
+        )
+    holds = CHANGE_LEASE.take(
+        change,
+        now=now,
+        retry=change.status == SubscriptionChange.Status.FAILED and change.failure_code in _RETRYABLE_FAILURES,
+        reset={"failure_code": "", "failure_message": ""},
+    )
+    return change, False, holds
+
+
+def _change_call_stripe(*, change_id: uuid.UUID, request: HttpRequest | None) -> SubscriptionChange:
     change = SubscriptionChange.objects.select_related("subscription__customer", "price", "from_price").get(
         pk=change_id
     )
@@ -264,7 +286,7 @@ def _change_call_stripe(*, change_id: uuid.UUID, request: HttpRequest | None) ->
                 idempotency_key=key,
             )
             _change_record_applied(change_id=change.id, request=request)
-            return
+            return SubscriptionChange.objects.get(pk=change.id)
         period_start, period_end = so.subscription_period(stripe_subscription)
         period_end = period_end or subscription.current_period_end
         if period_end is None:
@@ -293,6 +315,7 @@ def _change_call_stripe(*, change_id: uuid.UUID, request: HttpRequest | None) ->
         _change_record_failure(change_id=change.id, code="internal_error", message="The plan change failed")
         raise
     _change_record_scheduled(change_id=change.id, schedule_id=schedule_id, effective_at=period_end, request=request)
+    return SubscriptionChange.objects.get(pk=change.id)
 
 
 def _change_announce(change: SubscriptionChange, subscription: Subscription, request: HttpRequest | None) -> None:
@@ -342,7 +365,7 @@ def _change_record_applied(*, change_id: uuid.UUID, request: HttpRequest | None)
     # Stripe's own event for this change (created this second or later) still applies; older ones do not.
     version = max(subscription.stripe_updated_at, now.replace(microsecond=0))
     update_fields(subscription, {"price": change.price, "plan": change.price.plan, "stripe_updated_at": version})
-    update_fields(change, {"status": SubscriptionChange.Status.APPLIED, "effective_at": now})
+    update_fields(change, {"status": SubscriptionChange.Status.APPLIED, "effective_at": now, "lease_until": None})
     _change_announce(change, subscription, request)
     billing_changed_by_client.send(Subscription, user_ids={subscription.customer.user_id})  # entitlements follow now
 
@@ -375,7 +398,13 @@ def _change_record_failure(*, change_id: uuid.UUID, code: str, message: str) -> 
     change = SubscriptionChange.objects.select_for_update(of=("self",)).get(pk=change_id)
     if change.status == SubscriptionChange.Status.PENDING:
         update_fields(
-            change, {"status": SubscriptionChange.Status.FAILED, "failure_code": code, "failure_message": message}
+            change,
+            {
+                "status": SubscriptionChange.Status.FAILED,
+                "failure_code": code,
+                "failure_message": message,
+                "lease_until": None,
+            },
         )
 
 

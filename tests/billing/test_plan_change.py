@@ -20,6 +20,7 @@ from tasks.models import OutboxMessage
 from tests.billing.factories import PriceFactory
 from tests.entitlements.factories import plan_with
 from tests.support.auth import bearer
+from tests.support.races import race, raised
 from tests.support.stripe_events import delivery, stripe_event
 from tests.support.stripe_fake import StripeFake
 from tests.support.stripe_setup import customer_with_card, price_in_stripe
@@ -301,3 +302,20 @@ def test_previews_refuse_others_subscriptions_and_unknown_prices(
     assert preview(api, subscription, uuid.uuid4()).status_code == 400
     assert preview(api, subscription, "nope").status_code == 400
     assert stripe_fake.sent("POST /v1/invoices/create_preview") == []
+
+
+def test_two_identical_changes_at_once_make_one_change_at_stripe(
+    api: Client, prices: dict[str, Price], stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake
+) -> None:
+    subscription = subscribed(stripe_sdk, prices["premium"])
+    body = {"price_id": str(prices["basic"].id)}
+    stripe_fake.on("POST /v1/subscription_schedules", lambda _: time.sleep(0.5))  # Stripe is slow: they overlap
+
+    outcomes = race(*[lambda: change(Client(), subscription, body, "twice") for _ in range(2)])
+
+    assert raised(outcomes) == []
+    assert [response.status_code for response in outcomes] == [200, 200]
+    assert outcomes[0].json() == outcomes[1].json()
+    assert len(stripe_fake.sent("POST /v1/subscription_schedules")) == 1
+    assert SubscriptionChange.objects.get().status == "scheduled"
+    assert OutboxMessage.objects.filter(type="subscription.changed").count() == 1
