@@ -87,7 +87,10 @@ class ChangePreviewLineOutput(serializers.Serializer[Any]):
 
 
 class ChangePreviewOutput(serializers.Serializer[Any]):
-    amount_due = serializers.IntegerField()
+    amount_due = serializers.IntegerField(
+        help_text="An upgrade: charged now (the proration). A downgrade: nothing now; the first invoice at the new "
+        "price, due at effective_at"
+    )
     currency = serializers.CharField()
     proration_date = serializers.IntegerField(help_text="Send it back with the change to be charged this amount")
     lines = ChangePreviewLineOutput(many=True)

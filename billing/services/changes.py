@@ -278,14 +278,15 @@ def _change_call_stripe(*, change_id: uuid.UUID, request: HttpRequest | None) ->
         stripe_subscription, item_id = _stripe_item(subscription)
         if change.kind == SubscriptionChange.Kind.UPGRADE:
             proration = change.proration_date or change.created_at  # set for every upgrade
-            gateway.subscription_change_price_now(
+            called_at = timezone.now()
+            updated = gateway.subscription_change_price_now(
                 stripe_subscription_id=subscription.stripe_subscription_id,
                 item_id=item_id,
                 stripe_price_id=change.price.stripe_price_id,
                 proration_date=int(proration.timestamp()),
                 idempotency_key=key,
             )
-            _change_record_applied(change_id=change.id, request=request)
+            _change_record_applied(change_id=change.id, updated=updated, called_at=called_at, request=request)
             return SubscriptionChange.objects.get(pk=change.id)
         period_start, period_end = so.subscription_period(stripe_subscription)
         period_end = period_end or subscription.current_period_end
@@ -348,7 +349,9 @@ def subscription_changed_emit(change: SubscriptionChange, subscription: Subscrip
 
 
 @transaction.atomic(durable=True)
-def _change_record_applied(*, change_id: uuid.UUID, request: HttpRequest | None) -> None:
+def _change_record_applied(
+    *, change_id: uuid.UUID, updated: so.StripeObject, called_at: datetime, request: HttpRequest | None
+) -> None:
     change = (
         SubscriptionChange.objects.select_for_update(of=("self",))
         .select_related("price__plan", "from_price__plan")
@@ -362,9 +365,16 @@ def _change_record_applied(*, change_id: uuid.UUID, request: HttpRequest | None)
     if change.status != SubscriptionChange.Status.PENDING:
         return
     now = timezone.now()
-    # Stripe's own event for this change (created this second or later) still applies; older ones do not.
-    version = max(subscription.stripe_updated_at, now.replace(microsecond=0))
-    update_fields(subscription, {"price": change.price, "plan": change.price.plan, "stripe_updated_at": version})
+    # Stripe's answer is the subscription's new state (a new interval moves the period). Its version is when we
+    # called: Stripe's own events for this change (created that second or later) still apply, older ones not.
+    values: dict[str, Any] = {"price": change.price, "plan": change.price.plan}
+    period_start, period_end = so.subscription_period(updated)
+    if period_start and period_end:
+        values.update(current_period_start=period_start, current_period_end=period_end)
+    if updated.get("status") in Subscription.Status.values:
+        values["status"] = updated["status"]
+    values["stripe_updated_at"] = max(subscription.stripe_updated_at, called_at.replace(microsecond=0))
+    update_fields(subscription, values)
     update_fields(change, {"status": SubscriptionChange.Status.APPLIED, "effective_at": now, "lease_until": None})
     _change_announce(change, subscription, request)
     billing_changed_by_client.send(Subscription, user_ids={subscription.customer.user_id})  # entitlements follow now
