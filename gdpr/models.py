@@ -47,6 +47,7 @@ class AuditAction(models.TextChoices):
     SUBSCRIPTION_CHANGE_REQUESTED = "subscription.change_requested"
     BILLING_PORTAL_OPENED = "billing_portal.opened"
     PAYMENT_RECORDED = "payment.recorded"
+    DISPUTE_RECORDED = "dispute.recorded"
     REFUND_REQUESTED = "refund.requested"
     REFUND_SUCCEEDED = "refund.succeeded"
     REFUND_FAILED = "refund.failed"

@@ -29,4 +29,5 @@ urlpatterns = [
     ),
     path("billing-portal/sessions", views.BillingPortalSessionCreateApi.as_view(), name="billing-portal-session"),
     path("payments", views.PaymentListApi.as_view(), name="billing-payments"),
+    path("invoices", views.InvoiceListApi.as_view(), name="billing-invoices"),
 ]

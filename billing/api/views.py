@@ -19,6 +19,7 @@ from billing.api.serializers import (
     ChangePreviewOutput,
     ChangePreviewQuery,
     CheckoutInput,
+    InvoiceOutput,
     OrderOutput,
     PaymentOutput,
     PlanOutput,
@@ -187,3 +188,11 @@ class BillingPortalSessionCreateApi(APIView):
             user_id=_caller(request).id, return_url=body.validated_data["return_url"], request=request._request
         )
         return Response(BillingPortalOutput({"url": url}).data, status=201)
+
+
+class InvoiceListApi(APIView):
+    @extend_schema(parameters=PAGINATION_PARAMETERS, responses=InvoiceOutput(many=True))
+    def get(self, request: Request) -> Response:
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(selectors.invoice_list_for_user(user_id=_caller(request).id), request)
+        return paginator.get_paginated_response(InvoiceOutput(page, many=True).data)
