@@ -18,7 +18,7 @@ from billing.models import Price, Subscription, SubscriptionChange
 from entitlements.services import entitlements_refresh
 from tasks.models import OutboxMessage
 from tests.billing.factories import PriceFactory
-from tests.entitlements.factories import plan_with
+from tests.entitlements.factories import family_of, plan_with
 from tests.support.auth import bearer
 from tests.support.races import race, raised
 from tests.support.stripe_events import delivery, stripe_event
@@ -95,6 +95,18 @@ def stripe_updates(fake: StripeFake, subscription: Subscription) -> list[Any]:
         for r in fake.sent(f"POST /v1/subscriptions/{subscription.stripe_subscription_id}")
         if "items[0][price]" in r.params
     ]
+
+
+def stripe_switches_price(api: Client, sdk: stripe.StripeClient, subscription: Subscription, price: Price) -> None:
+    """The period rolls: Stripe's schedule switches the price and says so (a signed webhook, processed)."""
+    rolled = sdk.v1.subscriptions.retrieve(subscription.stripe_subscription_id).to_dict()
+    rolled["items"]["data"][0]["price"] = {"id": price.stripe_price_id}
+    rolled["items"]["data"][0].pop("plan", None)
+    rolled.pop("plan", None)
+    event = stripe_event("customer.subscription.updated", rolled, created=int(time.time()) + 5)
+    assert api.post("/webhooks/stripe/", **delivery(event)).status_code == 200
+    row = WebhookEvent.objects.get(event_id=event["id"])
+    assert webhook_event_process(event_id=row.id) == WebhookEvent.Status.PROCESSED, row.last_error
 
 
 # --- upgrade ---------------------------------------------------------------------------------------
@@ -201,15 +213,7 @@ def test_a_downgrade_waits_for_the_period_end_and_entitlements_follow_stripes_sw
     assert SubscriptionChange.objects.get().status == "scheduled"
     assert OutboxMessage.objects.get(type="subscription.changed").data["change"]["status"] == "scheduled"
 
-    # The period rolls: Stripe's schedule switches the price and says so.
-    rolled = stripe_sdk.v1.subscriptions.retrieve(subscription.stripe_subscription_id).to_dict()
-    rolled["items"]["data"][0]["price"] = {"id": prices["basic"].stripe_price_id}
-    rolled["items"]["data"][0].pop("plan", None)
-    rolled.pop("plan", None)
-    event = stripe_event("customer.subscription.updated", rolled, created=int(time.time()) + 5)
-    assert api.post("/webhooks/stripe/", **delivery(event)).status_code == 200
-    row = WebhookEvent.objects.get(event_id=event["id"])
-    assert webhook_event_process(event_id=row.id) == WebhookEvent.Status.PROCESSED, row.last_error
+    stripe_switches_price(api, stripe_sdk, subscription, prices["basic"])
 
     assert Subscription.objects.get().plan.code == "basic"
     assert not entitled(api, "hd")
@@ -319,3 +323,32 @@ def test_two_identical_changes_at_once_make_one_change_at_stripe(
     assert len(stripe_fake.sent("POST /v1/subscription_schedules")) == 1
     assert SubscriptionChange.objects.get().status == "scheduled"
     assert OutboxMessage.objects.filter(type="subscription.changed").count() == 1
+
+
+def test_a_family_downgrade_keeps_members_entitled_until_stripe_switches_the_price(
+    api: Client, stripe_sdk: stripe.StripeClient, stripe_fake: StripeFake
+) -> None:
+    family = PriceFactory(
+        plan=plan_with(["hd", "offline"], family_seats=5, code="family"), unit_amount=1299, stripe_price_id=_pid()
+    )
+    solo = PriceFactory(plan=plan_with(["hd"], code="solo"), unit_amount=499, stripe_price_id=_pid())
+    for price in (family, solo):
+        price_in_stripe(stripe_sdk, price)
+    subscription = subscribed(stripe_sdk, family)
+    family_of(ALICE, BOB)
+    entitlements_refresh(user_ids={ALICE})
+
+    def bob_has(feature: str) -> bool:
+        answer = api.get(f"/api/v1/entitlements/{feature}", HTTP_AUTHORIZATION=bearer(BOB)).json()
+        return bool(answer["entitled"])
+
+    assert bob_has("offline")
+
+    assert change(api, subscription, {"price_id": str(solo.id)}, "to-solo").status_code == 200
+
+    assert bob_has("offline")  # the family is paid for until the period ends
+    stripe_switches_price(api, stripe_sdk, subscription, solo)
+
+    assert not bob_has("offline")
+    assert not bob_has("hd")
+    assert entitled(api, "hd")  # alice keeps what the smaller plan grants
