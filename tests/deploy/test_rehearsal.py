@@ -198,14 +198,22 @@ def substituted(env: dict[str, str], *, port: int, stripe_base: str, s3: S3Serve
     return env
 
 
-def database_url(name: str) -> str:
-    """A database of the rehearsal's own, next to the test database, made afresh."""
+def _server_url(database: str) -> str:
     parts = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/jia_payments"))
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def database_create(name: str) -> str:
+    """A database of the rehearsal's own on the test server, made afresh; its URL."""
+    database_drop(name)
+    with psycopg.connect(_server_url("postgres"), autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
-    return urlunsplit(parts._replace(path=f"/{name}"))
+    return _server_url(name)
+
+
+def database_drop(name: str) -> None:
+    with psycopg.connect(_server_url("postgres"), autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --- processes ----------------------------------------------------------------------------------------
@@ -258,6 +266,22 @@ def alive(process: subprocess.Popen[bytes], name: str) -> None:
 
 @pytest.fixture(scope="module")
 def rehearsal(localstripe: str) -> Iterator[Rehearsal]:
+    tmp = Path(tempfile.mkdtemp(prefix="jia-rehearsal-", dir="/tmp"))  # each process's /tmp folder is in here
+    tmp.chmod(0o755)
+    database = f"{settings.DATABASES['default']['NAME']}_rehearsal"[-60:]
+    try:
+        with rehearsed(localstripe, tmp, database) as walked:
+            yield walked
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in Path("/tmp").glob("celerybeat-schedule*"):  # beat's state file (the entrypoint's path)
+            if leftover.owner() == "nobody":
+                leftover.unlink(missing_ok=True)
+        database_drop(database)
+
+
+@contextlib.contextmanager
+def rehearsed(localstripe: str, tmp: Path, database: str) -> Iterator[Rehearsal]:
     began = time.monotonic()
     signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = signing_key.public_key().public_bytes(
@@ -267,12 +291,10 @@ def rehearsal(localstripe: str) -> Iterator[Rehearsal]:
         STRIPE_KEY, base_addresses={"api": localstripe}, http_client=stripe.RequestsClient(timeout=5)
     )
     redis = urlsplit(settings.REDIS_URL)
-    tmp = Path(tempfile.mkdtemp(prefix="jia-rehearsal-", dir="/tmp"))
-    tmp.chmod(0o755)
     with s3_server() as s3, TcpProxy(redis.port or 6379, redis.hostname or "127.0.0.1") as redis_proxy:
         secret = {
             "SECRET_KEY": secrets.token_urlsafe(64),
-            "DATABASE_URL": database_url(f"{settings.DATABASES['default']['NAME']}_rehearsal"[-60:]),
+            "DATABASE_URL": database_create(database),
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             "REDIS_URL": urlunsplit(redis._replace(netloc=f"127.0.0.1:{redis_proxy.port}")),
             "JWT_VERIFYING_KEY": public_pem.decode(),
@@ -370,7 +392,6 @@ def rehearsal(localstripe: str) -> Iterator[Rehearsal]:
             )
             for process, name in ((web, "web"), (worker, "worker"), (beat, "beat")):
                 alive(process, name)  # nothing fell over during the walk
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_the_processes_run_unprivileged_in_production_and_are_ready(rehearsal: Rehearsal) -> None:
