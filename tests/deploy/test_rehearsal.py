@@ -232,28 +232,37 @@ def run_as_nobody(args: list[str], env: dict[str, str], *, timeout: float = 120)
 
 
 @contextlib.contextmanager
-def started(name: str, args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """The entrypoint as nobody in its own process group, which is ended (and then killed) afterwards."""
-    log = open(f"/tmp/rehearsal-{name}.log", "wb")  # noqa: SIM115 - open for the process's life
-    process = subprocess.Popen(
-        [*USER, "/bin/sh", str(ENTRYPOINT), *args],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+def started(commands: dict[str, dict[str, str]]) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Each entrypoint command (name: env) as nobody in its own process group; afterwards every group gets
+    SIGTERM at once (graceful shutdowns overlap, as in a cluster), and whatever is left of it SIGKILL."""
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    logs = []
     try:
-        yield process
+        for name, env in commands.items():
+            log = open(f"/tmp/rehearsal-{name}.log", "wb")  # noqa: SIM115 - open for the process's life
+            logs.append(log)
+            processes[name] = subprocess.Popen(
+                [*USER, "/bin/sh", str(ENTRYPOINT), name],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        yield processes
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left (prefork children)
-        process.wait()
-        log.close()
+        for process in processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for process in processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left (prefork children)
+            process.wait()
+        for log in logs:
+            log.close()
 
 
 def alive(process: subprocess.Popen[bytes], name: str) -> None:
@@ -364,15 +373,11 @@ def rehearsed(localstripe: str, tmp: Path, database: str) -> Iterator[Rehearsal]
         sdk.v1.plans.create(params=plan)
 
         purge(["webhooks", "outbox", "default", "gdpr", "reconciliation"])  # nothing of earlier tests
-        with (
-            started("web", ["web"], env["web"]) as web,
-            started("worker", ["worker"], env["worker"]) as worker,
-            started("beat", ["beat"], env["beat"]) as beat,
-        ):
+        with started({name: env[name] for name in ("web", "worker", "beat")}) as processes:
             base = f"http://127.0.0.1:{port}"
 
             def up() -> bool:
-                for process, name in ((web, "web"), (worker, "worker"), (beat, "beat")):
+                for name, process in processes.items():
                     alive(process, name)
                 ready = requests.get(f"{base}/readyz", headers={"Host": HOST}, timeout=2).status_code == 200
                 from payments_project.celery import app
@@ -390,7 +395,7 @@ def rehearsed(localstripe: str, tmp: Path, database: str) -> Iterator[Rehearsal]
                 price_id=price_id,
                 started_seconds=time.monotonic() - began,
             )
-            for process, name in ((web, "web"), (worker, "worker"), (beat, "beat")):
+            for name, process in processes.items():
                 alive(process, name)  # nothing fell over during the walk
 
 
