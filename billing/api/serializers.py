@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from billing.models import Order, Payment, Plan, Price, Subscription
+from payments_project.return_urls import ReturnURLField
 
 
 class PriceOutput(serializers.ModelSerializer[Price]):
@@ -27,8 +28,8 @@ class PlanOutput(serializers.ModelSerializer[Plan]):
 
 class CheckoutInput(serializers.Serializer[Any]):
     price_id = serializers.UUIDField()
-    success_url = serializers.URLField(max_length=2048)
-    cancel_url = serializers.URLField(max_length=2048)
+    success_url = ReturnURLField()
+    cancel_url = ReturnURLField()
 
 
 class OrderOutput(serializers.ModelSerializer[Order]):

@@ -19,6 +19,7 @@ from payments_project.settings.parsing import (
     export_storage,
     networks_from_env,
     rate_limits_from_env,
+    return_url_origins,
     service_allowlist_from_env,
 )
 
@@ -214,6 +215,14 @@ RATE_LIMITS = rate_limits_from_env(RATE_LIMIT_DEFAULTS)
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_VIEW = "payments_project.ratelimit.ratelimited_view"
+
+# --- Return URLs (payments_project/return_urls.py) ---------------------------------------------
+# Origins where checkout's success_url/cancel_url and every other return URL may send a payer back to:
+# https, or http://localhost in development. Production has no default (the guard says so).
+CHECKOUT_RETURN_URL_ORIGINS = return_url_origins(
+    "CHECKOUT_RETURN_URL_ORIGINS",
+    env.str("CHECKOUT_RETURN_URL_ORIGINS", default="" if DJANGO_ENV == "production" else f"http://localhost:{PORT}"),
+)
 
 # --- Staff sign-in to /admin/ (payments_project/backoffice/) -------------------------------------------------------
 # Every staff session needs a second factor: TOTP, a passkey or a single-use recovery code; a staff

@@ -43,6 +43,7 @@ CONTRACT_NAMES = {
     "AWS_S3_ENDPOINT_URL",
     "AWS_S3_REGION_NAME",
     "GDPR_EXPORT_URL_TTL_SECONDS",
+    "CHECKOUT_RETURN_URL_ORIGINS",
 }
 
 # Loads every settings module with the environment mapping replaced by one that notes each name asked for.
@@ -79,6 +80,7 @@ _PRODUCTION_ENV = {
     "GDPR_PSEUDONYM_KEY": "a-long-random-pseudonym-key-from-the-secret-store",
     "GDPR_EXPORT_STORAGE": "s3",
     "GDPR_EXPORT_BUCKET": "jia-gdpr-exports",
+    "CHECKOUT_RETURN_URL_ORIGINS": "https://app.jia.example",
 }
 
 

@@ -26,6 +26,7 @@ SECURE = {
     "STRIPE_API_KEY": "sk_live_abc",
     "STRIPE_WEBHOOK_SECRETS": ["whsec_abc"],
     "TRUSTED_PROXY_COUNT": 1,
+    "CHECKOUT_RETURN_URL_ORIGINS": ("https://app.jia.example",),
     "SERVICE_SPIFFE_ID": "spiffe://jia.example/ns/payments/sa/jia-payments",
     "GDPR_PSEUDONYM_KEY": "a-long-random-pseudonym-key-from-the-secret-store",
     "GDPR_EXPORT_STORAGE": "s3",
@@ -94,6 +95,7 @@ def test_unset_settings_are_named_like_empty_ones() -> None:
         "JWT_ISSUER is empty",
         "JWT_AUDIENCE is empty",
         "TRUSTED_PROXY_COUNT is not set (how many proxies in front append to X-Forwarded-For; 0 for none)",
+        "CHECKOUT_RETURN_URL_ORIGINS is empty (the origins checkout and portal return URLs may point at)",
         "STRIPE_API_KEY is empty",
         "STRIPE_WEBHOOK_SECRETS is empty",
         "GDPR_PSEUDONYM_KEY is empty (erased users' pseudonyms must not change when SECRET_KEY is rotated)",
@@ -150,6 +152,7 @@ def test_production_starts_with_secrets_from_mounted_files_and_passes_the_deploy
     env = {"DJANGO_ENV": "production", **{k: v for k, v in SECURE.items() if isinstance(v, str) and k not in secrets}}
     env["ALLOWED_HOSTS"] = "payments.jia.example"
     env["TRUSTED_PROXY_COUNT"] = "1"
+    env["CHECKOUT_RETURN_URL_ORIGINS"] = "https://app.jia.example"
     for name, value in secrets.items():
         (tmp_path / name).write_text(value + "\n")
         env[f"{name}_FILE"] = str(tmp_path / name)

@@ -102,6 +102,9 @@ SPIFFE_TRUST_BUNDLE: {{ printf "/etc/spiffe/%s" .trustBundle.key | quote }}
 SERVICE_SPIFFE_ID: {{ include "jia-payments.spiffeId" . | quote }}
 {{- end }}
 TRUSTED_PROXY_COUNT: {{ $c.trustedProxyCount | quote }}
+{{- with $c.checkoutReturnUrlOrigins }}
+CHECKOUT_RETURN_URL_ORIGINS: {{ join "," . | quote }}
+{{- end }}
 STRIPE_API_BASE: {{ $c.stripeApiBase | quote }}
 CELERY_TASK_TIME_LIMIT: {{ .Values.workers.taskTimeLimitSeconds | quote }}
 {{- with .Values.gdprExports }}
