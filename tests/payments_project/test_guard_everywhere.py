@@ -81,3 +81,12 @@ def test_production_refuses_without_a_pseudonym_key_and_starts_with_one() -> Non
     assert refused.returncode != 0
     assert "GDPR_PSEUDONYM_KEY is empty" in refused.stderr
     assert started.returncode == 0, started.stderr
+
+
+def test_make_run_keeps_exports_in_local_files() -> None:
+    probe = "from django.conf import settings as s; print(s.STORAGES['gdpr_exports']['BACKEND'])"
+
+    result = _run([sys.executable, "manage.py", "shell", "-c", probe], {"DJANGO_ENV": "development"})
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "django.core.files.storage.FileSystemStorage"
