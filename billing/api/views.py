@@ -12,7 +12,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import selectors, services
-from billing.api.serializers import CheckoutInput, OrderOutput, PaymentOutput, PlanOutput, SubscriptionOutput
+from billing.api.serializers import (
+    CheckoutInput,
+    InvoiceOutput,
+    OrderOutput,
+    PaymentOutput,
+    PlanOutput,
+    SubscriptionOutput,
+)
 from billing.errors import IdempotencyKeyMissing
 from payments_project.auth import Principal
 from payments_project.errors import ValidationFailed
@@ -106,3 +113,11 @@ class PaymentListApi(APIView):
         paginator = NewestFirstPagination()
         page = paginator.paginate_queryset(selectors.payment_list_for_user(user_id=_caller(request).id), request)
         return paginator.get_paginated_response(PaymentOutput(page, many=True).data)
+
+
+class InvoiceListApi(APIView):
+    @extend_schema(parameters=PAGINATION_PARAMETERS, responses=InvoiceOutput(many=True))
+    def get(self, request: Request) -> Response:
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(selectors.invoice_list_for_user(user_id=_caller(request).id), request)
+        return paginator.get_paginated_response(InvoiceOutput(page, many=True).data)
