@@ -4,6 +4,7 @@ The service reaches it exactly as it reaches a cloud bucket (django-storages and
 URLs a plain HTTP client fetches); credentials come from the standard AWS chain (here the environment).
 """
 
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +55,7 @@ def s3_server() -> Iterator[S3Server]:
     moto keeps its buckets per process, not per server: each server gets a fresh bucket name."""
     bucket = f"jia-gdpr-exports-{uuid.uuid4().hex[:12]}"
     port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per S3 request in the test's output
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
