@@ -117,7 +117,7 @@ class PaymentOutput(serializers.ModelSerializer[Payment]):
         fields = ["id", "amount", "currency", "status", "created_at", "refunded_amount"]
 
 
-class BillingPortalInput(serializers.Serializer[Any]):
+class BillingPortalInput(StrictInput):
     return_url = ReturnURLField()  # on CHECKOUT_RETURN_URL_ORIGINS
 
 
@@ -146,6 +146,6 @@ class ChangePreviewOutput(serializers.Serializer[Any]):
     effective_at = serializers.DateTimeField(allow_null=True, help_text="When the new plan takes effect")
 
 
-class ChangeInput(serializers.Serializer[Any]):
-    price_id = serializers.UUIDField()
+class ChangeInput(StrictInput):
+    price_id = StrictUUIDField()
     proration_date = serializers.IntegerField(required=False, min_value=0, max_value=2**40)

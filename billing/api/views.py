@@ -29,12 +29,15 @@ from billing.errors import (
     CardDeclined,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
+    NoBillingAccount,
     RequestInProgress,
     StripeNotConfigured,
     StripeRateLimited,
     StripeRequestFailed,
     StripeUnavailable,
     SubscriptionNotCancelable,
+    SubscriptionNotChangeable,
+    SubscriptionNotResumable,
 )
 from payments_project.auth import Principal
 from payments_project.errors import NotFound, ValidationFailed
@@ -60,6 +63,10 @@ def _idempotency_key(request: Request, why: str) -> str:
             errors=[{"field": "Idempotency-Key", "message": "1 to 255 printable ASCII characters"}],
         )
     return key
+
+
+# What any call to Stripe can answer (billing.gateway maps Stripe's errors to these).
+_STRIPE_ERRORS = (StripeRequestFailed, StripeNotConfigured, StripeUnavailable, StripeRateLimited)
 
 
 def _caller(request: Request) -> Principal:
@@ -165,8 +172,13 @@ class SubscriptionCancelApi(APIView):
 
 
 class SubscriptionResumeApi(APIView):
-    @extend_schema(request=None, responses=SubscriptionOutput)
+    @extend_schema(
+        operation_id="subscription_resume",
+        request=None,
+        responses={200: SubscriptionOutput, **problems(NotFound, SubscriptionNotResumable, *_STRIPE_ERRORS)},
+    )
     def post(self, request: Request, subscription_id: uuid.UUID) -> Response:
+        no_body(request)
         subscription = services.subscription_resume(
             user_id=_caller(request).id, subscription_id=subscription_id, request=request._request
         )
@@ -175,8 +187,12 @@ class SubscriptionResumeApi(APIView):
 
 class SubscriptionChangePreviewApi(APIView):
     @extend_schema(
+        operation_id="subscription_change_preview",
         parameters=[OpenApiParameter("price_id", OpenApiTypes.UUID, OpenApiParameter.QUERY, required=True)],
-        responses=ChangePreviewOutput,
+        responses={
+            200: ChangePreviewOutput,
+            **problems(ValidationFailed, NotFound, SubscriptionNotChangeable, *_STRIPE_ERRORS),
+        },
     )
     def get(self, request: Request, subscription_id: uuid.UUID) -> Response:
         query = ChangePreviewQuery(data=request.query_params)
@@ -191,12 +207,23 @@ class SubscriptionChangeApi(APIView):
     rate_limit_group = "checkout"
 
     @extend_schema(
+        operation_id="subscription_change",
         request=ChangeInput,
         parameters=_IDEMPOTENCY_HEADER,
         responses={
             200: OpenApiResponse(
                 SubscriptionOutput, description="The subscription: on the new plan (an upgrade), or until period end"
-            )
+            ),
+            **problems(
+                ValidationFailed,
+                IdempotencyKeyMissing,
+                NotFound,
+                SubscriptionNotChangeable,
+                RequestInProgress,
+                IdempotencyKeyReused,
+                CardDeclined,
+                *_STRIPE_ERRORS,
+            ),
         },
     )
     def post(self, request: Request, subscription_id: uuid.UUID) -> Response:
@@ -225,7 +252,11 @@ class PaymentListApi(APIView):
 class BillingPortalSessionCreateApi(APIView):
     """Stripe's customer portal: payment methods and invoices."""
 
-    @extend_schema(request=BillingPortalInput, responses={201: BillingPortalOutput})
+    @extend_schema(
+        operation_id="billing_portal_session_create",
+        request=BillingPortalInput,
+        responses={201: BillingPortalOutput, **problems(ValidationFailed, NoBillingAccount, *_STRIPE_ERRORS)},
+    )
     def post(self, request: Request) -> Response:
         body = BillingPortalInput(data=request.data)
         body.is_valid(raise_exception=True)
