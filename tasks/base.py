@@ -4,6 +4,7 @@ import atexit
 import contextvars
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -12,8 +13,9 @@ from typing import Any
 import celery
 import sentry_sdk
 import structlog
-from celery.exceptions import Retry
-from celery.signals import before_task_publish
+from billiard.pool import SIG_SOFT_TIMEOUT
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.signals import before_task_publish, task_prerun
 from django.db import transaction
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
@@ -71,6 +73,24 @@ class BaseTask(celery.Task):
             TASK_DURATION.labels(self.name).observe(time.perf_counter() - started)
             if outcome == "success":
                 TASK_LAST_SUCCESS.labels(self.name).set_to_current_time()
+
+
+@task_prerun.connect(dispatch_uid="tasks.one_soft_limit_notice")
+def _one_soft_limit_notice(**_: Any) -> None:
+    """A run past its soft time limit gets SoftTimeLimitExceeded once. Celery's prefork pool can signal
+    it twice in a row; the second would land in the code recording the first (a durable job's failure,
+    mid-query) and break its database connection, so the failure would not be recorded."""
+    if SIG_SOFT_TIMEOUT is None or threading.current_thread() is not threading.main_thread():
+        return  # only prefork children (and the solo pool) get the signal, in their main thread
+    noticed = False
+
+    def notice(signum: int, frame: object) -> None:
+        nonlocal noticed
+        if not noticed:
+            noticed = True
+            raise SoftTimeLimitExceeded()
+
+    signal.signal(SIG_SOFT_TIMEOUT, notice)
 
 
 @before_task_publish.connect(dispatch_uid="tasks.carry_request_id")
