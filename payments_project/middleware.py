@@ -10,7 +10,13 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from opentelemetry import trace
 
-from payments_project.errors import PROBLEM_CONTENT_TYPE, ApplicationError, application_error_response, problem_response
+from payments_project.errors import (
+    PROBLEM_CONTENT_TYPE,
+    ApplicationError,
+    application_error_response,
+    database_busy,
+    problem_response,
+)
 
 # An incoming id is echoed only when it cannot smuggle anything into logs or headers.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
@@ -66,4 +72,6 @@ class ProblemJsonMiddleware:
         # Plain Django views (the webhook endpoint) raise the same errors as DRF views.
         if isinstance(exception, ApplicationError):
             return application_error_response(request, exception)
+        if busy := database_busy(exception):
+            return application_error_response(request, busy)
         return None

@@ -9,6 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
+
 from payments_project.logging import logging_config, sentry_init
 from payments_project.settings.parsing import (
     admin_host,
@@ -100,10 +102,23 @@ DATABASE_URL = env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite
 # Connections of each process's psycopg pool (0: no pool, one persistent connection per thread). The
 # chart sets it for web pods, whose threads share it, and counts it in its connection budget.
 DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0)
-DATABASE_POOL_TIMEOUT_SECONDS = 10.0  # how long a request waits for a pooled connection
+DATABASE_POOL_TIMEOUT_SECONDS = 3.0  # how long a request waits for a pooled connection (then 503)
+# What this process is decides how long PostgreSQL lets it run a statement, wait for a lock, or sit idle
+# inside a transaction: payments_project/wsgi.py says `web`, the image's entrypoint says `migrate`, and
+# everything else (workers, beat, manage.py) is a `worker`. Seconds of (statement_timeout, lock_timeout,
+# idle_in_transaction_session_timeout); past one, PostgreSQL cancels it and a request answers 503.
+PROCESS_KIND = env.str("PROCESS_KIND", default="worker")
+DATABASE_SESSION_TIMEOUTS = {"web": (10, 3, 10), "worker": (120, 30, 120), "migrate": (1800, 60, 600)}
+if PROCESS_KIND not in DATABASE_SESSION_TIMEOUTS:
+    raise ImproperlyConfigured(
+        f"PROCESS_KIND must be one of {', '.join(DATABASE_SESSION_TIMEOUTS)}, not {PROCESS_KIND!r}"
+    )
 DATABASES = {
     "default": database_config(
-        DATABASE_URL, pool_max_size=DATABASE_POOL_MAX_SIZE, pool_timeout=DATABASE_POOL_TIMEOUT_SECONDS
+        DATABASE_URL,
+        pool_max_size=DATABASE_POOL_MAX_SIZE,
+        pool_timeout=DATABASE_POOL_TIMEOUT_SECONDS,
+        session_timeouts=DATABASE_SESSION_TIMEOUTS[PROCESS_KIND],
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
