@@ -275,6 +275,12 @@ STRIPE_READ_TIMEOUT_SECONDS = 15.0
 STRIPE_MAX_NETWORK_RETRIES = 2  # connection errors, 409 and 5xx, with the same idempotency key
 STRIPE_BREAKER_FAIL_MAX = 5  # consecutive outages that open the breaker
 STRIPE_BREAKER_RESET_SECONDS = 30  # then one probe call after this long
+# A web request's Stripe calls, retries included, end this long after the request began: then 503 with
+# Retry-After (an order is left to its sweep, which asks Stripe again with the same idempotency key).
+STRIPE_REQUEST_BUDGET_SECONDS = 5.0
+# Stripe calls at once per web process (a bulkhead: half the chart's 4 threads); one more answers 503 at once,
+# so a slow Stripe never takes the threads that serve entitlement checks and webhooks.
+STRIPE_WEB_CONCURRENCY = 2
 # How long a duplicate checkout/refund request waits for the one already talking to Stripe.
 BILLING_IN_FLIGHT_WAIT_SECONDS = 10.0
 
