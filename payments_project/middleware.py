@@ -13,6 +13,7 @@ from opentelemetry import trace
 from payments_project.errors import (
     PROBLEM_CONTENT_TYPE,
     ApplicationError,
+    PayloadTooLarge,
     application_error_response,
     database_busy,
     problem_response,
@@ -75,3 +76,27 @@ class ProblemJsonMiddleware:
         if busy := database_busy(exception):
             return application_error_response(request, busy)
         return None
+
+
+class BodySizeLimitMiddleware:
+    """413 problem+json for an API request whose Content-Length is over the limit, before any view runs,
+    whether or not the view reads its body: API_MAX_BODY_BYTES under /api/ and /internal/ (JSONBodyParser
+    also counts what it reads), WEBHOOK_MAX_BODY_BYTES under /webhooks/. A body without Content-Length
+    (chunked) reads as empty in Django, so it cannot get past this either."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith(settings.PROBLEM_JSON_PATH_PREFIXES):
+            webhook = request.path.startswith("/webhooks/")
+            limit = settings.WEBHOOK_MAX_BODY_BYTES if webhook else settings.API_MAX_BODY_BYTES
+            try:
+                declared = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                declared = 0
+            if declared > limit:
+                return application_error_response(
+                    request, PayloadTooLarge(f"The body is larger than {limit // 1024} KiB")
+                )
+        return self.get_response(request)

@@ -22,6 +22,7 @@ from payments_project.settings.parsing import (
     export_storage_options,
     networks_from_env,
     rate_limits_from_env,
+    return_url_origins,
     service_allowlist_from_env,
 )
 
@@ -53,6 +54,7 @@ INSTALLED_APPS = [
     "django_otp_webauthn",
     "axes",
     "rangefilter",
+    "django_celery_beat",  # before payments_project, whose admin.py restricts its pages
     "payments_project",
     "tasks",
     "gdpr",
@@ -69,6 +71,7 @@ MIDDLEWARE = [
     "payments_project.request_timing.RequestDurationMiddleware",
     "payments_project.middleware.RequestIdMiddleware",
     "payments_project.middleware.ProblemJsonMiddleware",
+    "payments_project.middleware.BodySizeLimitMiddleware",  # 413 before any view: API_MAX_BODY_BYTES
     "django_ratelimit.middleware.RatelimitMiddleware",  # django-ratelimit's own decorator -> 429 problem
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -156,7 +159,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["payments_project.ratelimit.RateLimitThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["payments_project.json_body.JSONBodyParser"],  # size and depth bounded
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -169,6 +172,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+# The largest JSON body an API endpoint reads (413 above it); the bulk check's 1000 ids take ~45 KiB.
+# The webhook endpoint has its own limit, WEBHOOK_MAX_BODY_BYTES.
+API_MAX_BODY_BYTES = 128 * 1024
 # Paths whose errors are always RFC 9457 problem+json, Django's own 404/500 included.
 PROBLEM_JSON_PATH_PREFIXES = ("/api/", "/internal/", "/webhooks/")
 
@@ -183,8 +189,10 @@ JWT_JWKS_URL = env.str("JWT_JWKS_URL", default="")  # RS*/ES*/EdDSA: the identit
 JWT_ISSUER = env.str("JWT_ISSUER", default="")
 JWT_AUDIENCE = env.str("JWT_AUDIENCE", default="")
 JWT_JWKS_CACHE_SECONDS = 300
-JWT_JWKS_REFRESH_COOLDOWN_SECONDS = 30  # an unknown kid refetches the key set at most this often
-JWT_JWKS_TIMEOUT_SECONDS = 3.0
+JWT_JWKS_REFRESH_COOLDOWN_SECONDS = 30  # the key set is fetched at most this often (after failures too)
+JWT_JWKS_TIMEOUT_SECONDS = 3.0  # one fetch, in total; only one request per process ever waits for it
+# While the key endpoint fails, the last good set keeps verifying tokens until it is this old (then 503).
+JWT_JWKS_MAX_STALE_SECONDS = 6 * 3600
 JWT_LEEWAY_SECONDS = 30  # clock skew allowed on exp and nbf
 SIMPLE_JWT = {
     # Only the header parsing and the user class are simplejwt's: verification is ClientTokenBackend's,
@@ -231,6 +239,14 @@ TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_VIEW = "payments_project.ratelimit.ratelimited_view"
 
+# --- Return URLs (payments_project/return_urls.py) ---------------------------------------------
+# Origins where checkout's success_url/cancel_url and every other return URL may send a payer back to:
+# https, or http://localhost in development. Production has no default (the guard says so).
+CHECKOUT_RETURN_URL_ORIGINS = return_url_origins(
+    "CHECKOUT_RETURN_URL_ORIGINS",
+    env.str("CHECKOUT_RETURN_URL_ORIGINS", default="" if DJANGO_ENV == "production" else f"http://localhost:{PORT}"),
+)
+
 # --- Staff sign-in to /admin/ (payments_project/backoffice/) -------------------------------------------------------
 # Every staff session needs a second factor: TOTP, a passkey or a single-use recovery code; a staff
 # member without one enrols at their first sign-in. Passkeys are bound to the host staff use for the
@@ -258,6 +274,9 @@ AXES_VERBOSE = False
 # Sessions end after SESSION_COOKIE_AGE without a request (every request pushes the expiry on), and
 # after ADMIN_SESSION_MAX_SECONDS whatever happens.
 SESSION_SAVE_EVERY_REQUEST = True
+# Staff sessions live in the database as JSON: never in the cache, never pickled (Redis holds JSON only).
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+SESSION_SERIALIZER = "django.core.signing.JSONSerializer"
 SESSION_COOKIE_AGE = 30 * 60
 ADMIN_SESSION_MAX_SECONDS = 8 * 3600
 # The finance dashboard flags GDPR requests open longer than this (the legal deadline is a month).
@@ -304,8 +323,9 @@ RECONCILIATION_COMPARE_WINDOW_HOURS = 48
 # --- Entitlements and family plans (entitlements/) --------------------------------------------
 # How long a user's resolved features are cached (never past the first grant that ends by itself).
 ENTITLEMENTS_CACHE_TTL_SECONDS = 3600
-# A past_due subscription keeps granting for this long after its unpaid period began.
-ENTITLEMENTS_PAST_DUE_GRACE_DAYS = 7
+# A past_due subscription keeps granting for this long after its unpaid period began (Stripe retries the
+# payment meanwhile); `unpaid` (Stripe gave up) ends access at once.
+ENTITLEMENTS_PAST_DUE_GRACE_DAYS = env.int("ENTITLEMENTS_PAST_DUE_GRACE_DAYS", default=7)
 FAMILY_INVITATION_TTL_HOURS = 72
 ENTITLEMENTS_BULK_MAX_IDS = 1000  # most user ids per POST /internal/v1/entitlements/check
 # After this many cache errors in a row a process answers from the database without trying Redis
@@ -346,6 +366,7 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, var_dir=VAR_DIR)
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None  # a worker waits out a broker outage of any length (README)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -358,6 +379,10 @@ CELERY_TASK_ACKS_ON_TIMEOUT = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
+# Beat's state (each job's last run) in the database, the code's schedule synced in at start (beat.py); each
+# run is recorded as soon as it is sent, so a restart neither repeats nor skips one.
+CELERY_BEAT_SCHEDULER = "payments_project.beat:Scheduler"
+CELERY_BEAT_SYNC_EVERY = 1
 # Set by the Helm chart: the workers' grace period follows the time limit; the metrics port is the pod's.
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 # A run past the soft limit fails as transient (retried); the hard limit kills it (its message is requeued).
@@ -376,8 +401,9 @@ READINESS_TIMEOUT_SECONDS = 2.0  # each /readyz check (the chart's readiness pro
 LOGGING = logging_config(LOG_LEVEL)
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
 SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
+APP_VERSION = env.str("APP_VERSION", default="")  # the release; the image bakes it in (Dockerfile)
 if SENTRY_DSN:
-    sentry_init(SENTRY_DSN, environment=DJANGO_ENV, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)
+    sentry_init(SENTRY_DSN, environment=DJANGO_ENV, release=APP_VERSION, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)
 # OpenTelemetry traces over OTLP/HTTP (payments_project/tracing.py), on when set; the SDK reads the rest of its
 # OTEL_* variables (service name, sampler, resource) itself.
 OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")

@@ -104,9 +104,21 @@ RULES: tuple[tuple[Rule, str], ...] = (
     ),
     (lambda s: int(s.get("TRUSTED_PROXY_COUNT") or 0) < 0, "TRUSTED_PROXY_COUNT must not be negative"),
     (
+        lambda s: int(s.get("ENTITLEMENTS_PAST_DUE_GRACE_DAYS") or 0) < 0,
+        "ENTITLEMENTS_PAST_DUE_GRACE_DAYS must not be negative",
+    ),
+    (
         # Unset, production derives it from ALLOWED_HOSTS (always https).
         lambda s: bool(s.get("ADMIN_ORIGIN")) and not _text(s, "ADMIN_ORIGIN").startswith("https://"),
         "ADMIN_ORIGIN must be an https:// origin (staff passkeys are bound to it), not {ADMIN_ORIGIN!r}",
+    ),
+    (
+        lambda s: not s.get("CHECKOUT_RETURN_URL_ORIGINS"),
+        "CHECKOUT_RETURN_URL_ORIGINS is empty (the origins checkout and portal return URLs may point at)",
+    ),
+    (
+        lambda s: any(not str(o).startswith("https://") for o in s.get("CHECKOUT_RETURN_URL_ORIGINS") or ()),
+        "CHECKOUT_RETURN_URL_ORIGINS must hold https:// origins only",
     ),
     (lambda s: not s.get("STRIPE_API_KEY"), "STRIPE_API_KEY is empty"),
     (lambda s: not any(s.get("STRIPE_WEBHOOK_SECRETS") or []), "STRIPE_WEBHOOK_SECRETS is empty"),

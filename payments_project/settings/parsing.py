@@ -93,7 +93,12 @@ def cache_config(redis_url: str) -> dict[str, Any]:
             "LOCATION": redis_url,
             "KEY_PREFIX": "jia-payments",
             # Short timeouts: a slow Redis must not stall requests (callers fall back to the database).
-            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+            # JSON, never pickles: whoever can write to Redis must not be able to run code in ours.
+            "OPTIONS": {
+                "socket_connect_timeout": 1,
+                "socket_timeout": 1,
+                "serializer": "payments_project.cache_serializer.JsonSerializer",
+            },
         }
     }
 
@@ -177,3 +182,25 @@ def admin_host(origin: str) -> str:
     if not host or urlsplit(origin).scheme not in ("http", "https"):
         raise ImproperlyConfigured(f"ADMIN_ORIGIN must look like https://admin.example.com, not {origin!r}")
     return host
+
+
+def return_url_origins(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated origins (`https://app.jia.example`) that return URLs may point at, normalised.
+
+    https only; http only for localhost (development). Production's guard refuses http altogether.
+    """
+    from payments_project.return_urls import LOCALHOSTS, url_origin
+
+    origins = []
+    for item in raw.split(","):
+        item = item.strip().rstrip("/")
+        if not item:
+            continue
+        origin = url_origin(item)
+        parts = urlsplit(item)
+        if origin is None or parts.path or parts.query or parts.fragment:
+            raise ImproperlyConfigured(f"{name} must be comma-separated origins like https://app.example, not {item!r}")
+        if parts.scheme.lower() == "http" and parts.hostname not in LOCALHOSTS:
+            raise ImproperlyConfigured(f"{name}: http is allowed for localhost only, not {item!r}")
+        origins.append(origin)
+    return tuple(origins)

@@ -8,7 +8,13 @@ from payments_project.settings.base import (
     PROCESS_KIND,
     VAR_DIR,
 )
-from payments_project.settings.parsing import broker_transport_options, cache_config, database_config, env
+from payments_project.settings.parsing import (
+    broker_transport_options,
+    cache_config,
+    database_config,
+    env,
+    return_url_origins,
+)
 
 DATABASE_URL = env.str("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/jia_payments")
 DATABASES = {
@@ -32,3 +38,7 @@ JWT_SIGNING_KEY = env.str("JWT_SIGNING_KEY", default="test-only-jwt-signing-key-
 STRIPE_WEBHOOK_SECRETS = env.list("STRIPE_WEBHOOK_SECRETS", default=["whsec_test_secret"])
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast users in tests
 WHITENOISE_USE_FINDERS = True
+# The front end the tests' checkouts come back to.
+CHECKOUT_RETURN_URL_ORIGINS = return_url_origins(
+    "CHECKOUT_RETURN_URL_ORIGINS", env.str("CHECKOUT_RETURN_URL_ORIGINS", default="https://app.example")
+)

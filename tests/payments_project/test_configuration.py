@@ -38,6 +38,7 @@ CONTRACT_NAMES = {
     "SERVICE_AUTH_TRUSTED_PEERS",
     "SERVICE_SPIFFE_ID",
     "GDPR_PSEUDONYM_KEY",
+    "CHECKOUT_RETURN_URL_ORIGINS",
 }
 
 # Loads every settings module with the environment mapping replaced by one that notes each name asked for.
@@ -71,6 +72,7 @@ _PRODUCTION_ENV = {
     "STRIPE_API_KEY": "sk_live_abc",
     "STRIPE_WEBHOOK_SECRETS": "whsec_abc",
     "TRUSTED_PROXY_COUNT": "1",
+    "CHECKOUT_RETURN_URL_ORIGINS": "https://app.jia.example",
 }
 
 

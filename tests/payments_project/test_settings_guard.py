@@ -26,6 +26,7 @@ SECURE = {
     "STRIPE_API_KEY": "sk_live_abc",
     "STRIPE_WEBHOOK_SECRETS": ["whsec_abc"],
     "TRUSTED_PROXY_COUNT": 1,
+    "CHECKOUT_RETURN_URL_ORIGINS": ("https://app.jia.example",),
     "SERVICE_SPIFFE_ID": "spiffe://jia.example/ns/payments/sa/jia-payments",
 }
 
@@ -62,6 +63,7 @@ def test_it_accepts_secure_production_settings() -> None:
         ({"SERVICE_AUTH_MODE": "xfcc", "SPIFFE_TRUST_DOMAIN": "jia.example"}, "SPIFFE_TRUST_BUNDLE is empty"),
         ({"SERVICE_AUTH_MODE": "xfcc", "SPIFFE_TRUST_BUNDLE": "/etc/spiffe/b.crt"}, "SPIFFE_TRUST_DOMAIN is empty"),
         ({"TRUSTED_PROXY_COUNT": -1}, "TRUSTED_PROXY_COUNT must not be negative"),
+        ({"ENTITLEMENTS_PAST_DUE_GRACE_DAYS": -1}, "ENTITLEMENTS_PAST_DUE_GRACE_DAYS must not be negative"),
     ],
 )
 def test_it_names_each_insecure_production_setting(change: dict[str, object], named: str) -> None:
@@ -88,6 +90,7 @@ def test_unset_settings_are_named_like_empty_ones() -> None:
         "JWT_ISSUER is empty",
         "JWT_AUDIENCE is empty",
         "TRUSTED_PROXY_COUNT is not set (how many proxies in front append to X-Forwarded-For; 0 for none)",
+        "CHECKOUT_RETURN_URL_ORIGINS is empty (the origins checkout and portal return URLs may point at)",
         "STRIPE_API_KEY is empty",
         "STRIPE_WEBHOOK_SECRETS is empty",
     ]
@@ -141,6 +144,7 @@ def test_production_starts_with_secrets_from_mounted_files_and_passes_the_deploy
     env = {"DJANGO_ENV": "production", **{k: v for k, v in SECURE.items() if isinstance(v, str) and k not in secrets}}
     env["ALLOWED_HOSTS"] = "payments.jia.example"
     env["TRUSTED_PROXY_COUNT"] = "1"
+    env["CHECKOUT_RETURN_URL_ORIGINS"] = "https://app.jia.example"
     for name, value in secrets.items():
         (tmp_path / name).write_text(value + "\n")
         env[f"{name}_FILE"] = str(tmp_path / name)
@@ -173,3 +177,21 @@ def test_a_boolean_that_is_neither_true_nor_false_is_a_configuration_error(monke
 
     with pytest.raises(ImproperlyConfigured, match="SOME_FLAG"):
         env_bool("SOME_FLAG", False)
+
+
+def test_the_past_due_grace_period_is_read_from_the_environment() -> None:
+    env = {**os.environ, "DJANGO_ENV": "test", "ENTITLEMENTS_PAST_DUE_GRACE_DAYS": "3"}
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings; "
+            "print(settings.ENTITLEMENTS_PAST_DUE_GRACE_DAYS)",
+        ],
+        env={**env, "DJANGO_SETTINGS_MODULE": "payments_project.settings.test"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert shown.stdout.strip() == "3"

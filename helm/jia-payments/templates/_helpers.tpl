@@ -102,6 +102,9 @@ SPIFFE_TRUST_BUNDLE: {{ printf "/etc/spiffe/%s" .trustBundle.key | quote }}
 SERVICE_SPIFFE_ID: {{ include "jia-payments.spiffeId" . | quote }}
 {{- end }}
 TRUSTED_PROXY_COUNT: {{ $c.trustedProxyCount | quote }}
+{{- with $c.checkoutReturnUrlOrigins }}
+CHECKOUT_RETURN_URL_ORIGINS: {{ join "," . | quote }}
+{{- end }}
 STRIPE_API_BASE: {{ $c.stripeApiBase | quote }}
 CELERY_TASK_TIME_LIMIT: {{ .Values.workers.taskTimeLimitSeconds | quote }}
 {{- range $name, $value := $c.extraEnv }}
@@ -275,6 +278,19 @@ exec:
     - /bin/sh
     - -c
     - unset PROMETHEUS_MULTIPROC_DIR; exec celery -A payments_project inspect ping --destination "{{ .node }}@${HOSTNAME}" --timeout 10
+{{- end }}
+
+{{/*
+A worker's liveness: its heartbeat file (scripts/docker-entrypoint.sh passes --heartbeat-file) was touched in
+the last 30 s. The worker touches it every 5 s while its event loop turns, and all along a broker outage
+(payments_project/heartbeat.py), so a RabbitMQ outage of any length restarts no worker; a wedged loop does.
+*/}}
+{{- define "jia-payments.workerHeartbeat" -}}
+exec:
+  command:
+    - /bin/sh
+    - -c
+    - test $(( $(date +%s) - $(stat -c %Y /tmp/worker-heartbeat 2>/dev/null || echo 0) )) -lt 30
 {{- end }}
 
 {{- define "jia-payments.probeTimings" -}}
