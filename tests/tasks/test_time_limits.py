@@ -8,7 +8,6 @@ from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
-from payments_project.celery import app
 from tests.support.stripe_events import delivery, stripe_event
 from tests.support.worker import celery_worker, wait_until
 from tests.tasks.sample_tasks import slow, stubborn
@@ -25,13 +24,9 @@ INCLUDE = "tests.tasks.sample_tasks,tests.webhooks.handlers_for_tests"
 TIME_LIMITS = {"CELERY_TASK_TIME_LIMIT": "4"}  # the soft limit follows: 2 s
 
 
-@pytest.fixture(autouse=True)
-def _tiny_time_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The worker's settings, and this process's too: a message carries the limits its sender's tasks
-    took from the settings."""
-    for task in (slow, stubborn, webhook_event_process_task):
-        monkeypatch.setattr(app.tasks[task.name], "time_limit", 4)
-        monkeypatch.setattr(app.tasks[task.name], "soft_time_limit", 2)
+# A message carries its time limits (its sender's settings, unless the call names them): these are the
+# worker's settings too.
+LIMITS = {"soft_time_limit": 2, "time_limit": 4}
 
 
 def receive(client: Client, event_type: str) -> WebhookEvent:
@@ -43,15 +38,16 @@ def receive(client: Client, event_type: str) -> WebhookEvent:
 
 
 def test_a_run_past_its_soft_time_limit_is_a_transient_failure_and_runs_again(client: Client) -> None:
+    event = receive(client, "test.slow")  # its nudge is purged as the worker starts: the test sends its own
     with celery_worker(QUEUES, include=INCLUDE, env=TIME_LIMITS):
         # a plain task: Celery retries it
         key = uuid.uuid4().hex
-        slow.delay(key, 20)
+        slow.apply_async((key, 20), **LIMITS)
         assert wait_until(lambda: cache.get(f"{key}:done") == 1, timeout=30)
         assert cache.get(f"{key}:runs") == 2
 
         # a durable job: the failure is recorded as transient (retrying, not dead), and the sweeper reruns it
-        event = receive(client, "test.slow")
+        webhook_event_process_task.apply_async((str(event.id),), **LIMITS)
         assert wait_until(
             lambda: WebhookEvent.objects.get(id=event.id).status not in (Status.RECEIVED, Status.PROCESSING), timeout=30
         )
@@ -66,10 +62,11 @@ def test_a_run_past_its_soft_time_limit_is_a_transient_failure_and_runs_again(cl
 
 
 def test_a_run_killed_at_its_hard_time_limit_is_redelivered_and_done_exactly_once(client: Client) -> None:
+    event = receive(client, "test.stubborn")
     with celery_worker(QUEUES, include=INCLUDE, env=TIME_LIMITS):
         key = uuid.uuid4().hex
-        stubborn.delay(key)
-        event = receive(client, "test.stubborn")
+        stubborn.apply_async((key,), **LIMITS)
+        webhook_event_process_task.apply_async((str(event.id),), **LIMITS)
 
         assert wait_until(lambda: cache.get(f"{key}:done") == 1, timeout=30)
         assert wait_until(lambda: WebhookEvent.objects.get(id=event.id).status == Status.PROCESSED, timeout=30)
