@@ -14,6 +14,7 @@ import celery
 import sentry_sdk
 import structlog
 from billiard.pool import SIG_SOFT_TIMEOUT
+from billiard.process import current_process
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import before_task_publish, task_prerun
 from django.db import transaction
@@ -80,8 +81,10 @@ def _one_soft_limit_notice(**_: Any) -> None:
     """A run past its soft time limit gets SoftTimeLimitExceeded once. Celery's prefork pool can signal
     it twice in a row; the second would land in the code recording the first (a durable job's failure,
     mid-query) and break its database connection, so the failure would not be recorded."""
-    if SIG_SOFT_TIMEOUT is None or threading.current_thread() is not threading.main_thread():
-        return  # only prefork children (and the solo pool) get the signal, in their main thread
+    if SIG_SOFT_TIMEOUT is None or current_process().name == "MainProcess":
+        return  # only a prefork child gets the signal (the main process uses SIGUSR1 for its traceback dump)
+    if threading.current_thread() is not threading.main_thread():
+        return
     noticed = False
 
     def notice(signum: int, frame: object) -> None:
