@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import psycopg
 import pytest
@@ -23,17 +23,20 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 @contextmanager
-def row_locked(table: str, pk: object) -> Iterator[None]:
-    """Another session holds the row's lock (SELECT … FOR UPDATE in an open transaction) until the block ends."""
+def row_locked(table: str, pk: object, *, at_most: int = 20) -> Iterator[None]:
+    """Another session holds the row's lock (SELECT … FOR UPDATE in an open transaction) until the block ends,
+    or PostgreSQL ends that session after `at_most` seconds (so code that waits forever cannot hang the test)."""
     db = connection.settings_dict
     with psycopg.connect(
         host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"] or "postgres", dbname=db["NAME"]
     ) as holder:
         try:
+            holder.execute(f"SET idle_in_transaction_session_timeout = '{at_most}s'")
             holder.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE", [pk])  # noqa: S608 - our table name
             yield
         finally:
-            holder.rollback()
+            with suppress(psycopg.Error):  # ended by the server already
+                holder.rollback()
 
 
 def post_checkout(base: str, user_id: uuid.UUID, body: dict[str, str], key: str) -> tuple[int, dict[str, str], dict]:
