@@ -108,18 +108,21 @@ def test_with_stripe_hung_checkouts_answer_503_in_budget_while_reads_and_webhook
                 thread.join()
         finally:
             stripe_fake.proxy.resume()
+        # normal again: the baseline brackets the outage (other work on a shared machine comes and goes)
+        after_reads, after_deliveries = traffic(base, 6)
     purge(["webhooks"])
 
     # reads and webhook deliveries kept their latency
+    ms = lambda seconds: f"{p99(seconds) * 1000:.1f} ms"  # noqa: E731
     print(
-        f"p99 normal: entitlements {p99(normal_reads) * 1000:.1f} ms, webhooks {p99(normal_deliveries) * 1000:.1f} ms;"
-        f" Stripe hung: entitlements {p99(slow_reads) * 1000:.1f} ms, webhooks {p99(slow_deliveries) * 1000:.1f} ms"
-        f" ({len(slow_reads)} + {len(slow_deliveries)} requests, {len(answers)} checkouts,"
+        f"p99 entitlements: {ms(normal_reads)} before, {ms(slow_reads)} with Stripe hung, {ms(after_reads)} after;"
+        f" webhooks: {ms(normal_deliveries)}, {ms(slow_deliveries)}, {ms(after_deliveries)}"
+        f" ({len(slow_reads)} + {len(slow_deliveries)} requests and {len(answers)} checkouts while hung,"
         f" slowest checkout {max(a[3] for a in answers):.2f} s)"
     )
     floor = 0.05  # on a shared 2-core machine a few ms of noise is not a regression
-    assert p99(slow_reads) <= 2 * max(p99(normal_reads), floor)
-    assert p99(slow_deliveries) <= 2 * max(p99(normal_deliveries), floor)
+    assert p99(slow_reads) <= 2 * max(p99(normal_reads), p99(after_reads), floor)
+    assert p99(slow_deliveries) <= 2 * max(p99(normal_deliveries), p99(after_deliveries), floor)
 
     # every checkout answered 503 problem+json with Retry-After, within the budget
     assert {status for status, *_ in answers} == {503}
