@@ -15,6 +15,7 @@ from payments_project.errors import (
     ApplicationError,
     PayloadTooLarge,
     application_error_response,
+    database_busy,
     problem_response,
 )
 
@@ -72,6 +73,8 @@ class ProblemJsonMiddleware:
         # Plain Django views (the webhook endpoint) raise the same errors as DRF views.
         if isinstance(exception, ApplicationError):
             return application_error_response(request, exception)
+        if busy := database_busy(exception):
+            return application_error_response(request, busy)
         return None
 
 
