@@ -11,10 +11,21 @@ Everything about verification comes from settings, nothing from the token:
 - `exp` and `sub` are required, `nbf`/`iat` honoured, `iss`/`aud` required and checked when configured
   (the production guard makes them mandatory), with JWT_LEEWAY_SECONDS of clock skew;
 - `sub` must be a UUID: it is the user's id everywhere.
+
+A verified token's claims are remembered by the token's sha256 (`_VerifiedTokens`, an LRU of
+JWT_VERIFIED_TOKENS_CACHED per process) until its `exp` (plus the leeway, exactly when PyJWT would start
+refusing it) and, with a JWKS, for at most JWT_JWKS_CACHE_SECONDS (the time a key withdrawn from the set
+could be used anyway): a repeated token skips the signature check and nothing else changes. Only
+tokens that passed every rule are remembered; the cache belongs to the backend, so a settings change
+forgets it.
 """
 
+import hashlib
 import json
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NoReturn
@@ -103,6 +114,38 @@ class _Config:
         )
 
 
+class _VerifiedTokens:
+    """sha256(token) -> (claims, deadline in epoch seconds): a bounded LRU, safe across threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[bytes, tuple[dict[str, Any], float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: bytes) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if time.time() >= entry[1]:
+                del self._entries[digest]
+                return None
+            self._entries.move_to_end(digest)
+        return dict(entry[0])  # a copy: callers never change what the next request sees
+
+    def put(self, digest: bytes, claims: dict[str, Any], deadline: float) -> None:
+        if self.size <= 0 or time.time() >= deadline:
+            return
+        with self._lock:
+            self._entries[digest] = (dict(claims), deadline)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class ClientTokenBackend:
     """Verifies client JWTs; built once from settings (rebuilt when tests override them)."""
 
@@ -115,6 +158,7 @@ class ClientTokenBackend:
             )
         self.jwks_client: jwt.PyJWKClient | None = None
         self.static_key: Any = None
+        self.verified = _VerifiedTokens(settings.JWT_VERIFIED_TOKENS_CACHED)
         if algorithm in HMAC_ALGORITHMS:
             if len(config.signing_key.encode()) < MIN_HMAC_KEY_BYTES:
                 raise ImproperlyConfigured(
@@ -165,6 +209,21 @@ class ClientTokenBackend:
             raise TokenBackendError("The token is malformed") from exc
         if len(raw) > MAX_TOKEN_LENGTH:
             raise TokenBackendError("The token is too long")
+        digest = hashlib.sha256(raw.encode("ascii")).digest()
+        claims = self.verified.get(digest)
+        if claims is None:
+            claims = self._verify(raw)
+            self.verified.put(digest, claims, self._deadline(claims))
+        return claims
+
+    def _deadline(self, claims: dict[str, Any]) -> float:
+        """Until when (epoch seconds) a verified token may be answered from memory."""
+        deadline = float(claims["exp"]) + self.config.leeway  # PyJWT: expired once now > exp + leeway
+        if self.jwks_client is not None:
+            deadline = min(deadline, time.time() + max(1, self.config.jwks_cache_seconds))
+        return deadline
+
+    def _verify(self, raw: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(raw)
         except jwt.InvalidTokenError as exc:

@@ -173,6 +173,8 @@ JWT_JWKS_CACHE_SECONDS = 300
 JWT_JWKS_REFRESH_COOLDOWN_SECONDS = 30  # an unknown kid refetches the key set at most this often
 JWT_JWKS_TIMEOUT_SECONDS = 3.0
 JWT_LEEWAY_SECONDS = 30  # clock skew allowed on exp and nbf
+# Verified tokens each process remembers (by sha256, until exp; with a JWKS, JWT_JWKS_CACHE_SECONDS at most).
+JWT_VERIFIED_TOKENS_CACHED = 10_000
 SIMPLE_JWT = {
     # Only the header parsing and the user class are simplejwt's: verification is ClientTokenBackend's,
     # built from the JWT_* settings above (see payments_project/auth.py).
