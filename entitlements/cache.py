@@ -1,7 +1,7 @@
 """The entitlement cache: per-user entries keyed by (user, version), in Django's cache (Redis).
 
 Keys
-- `ver:<user>` holds the user's current version, a random token. Every change that affects the user
+- `ver:<user>` holds the user's current version, a random integer token. Every change that affects the user
   replaces it after commit (`versions_bump`), so entries written under older tokens are never read
   again (they expire by their TTL).
 - `val:<user>:<token>` holds the user's resolved entitlements — denials included (an empty set).
@@ -10,17 +10,17 @@ Why this never serves a stale answer, grant or denial
 - A reader reads the version *before* it reads the database. If a change commits and bumps after
   that, the reader's entry lands under the old token, which nobody reads any more.
 - A user without a version (never changed, expired, evicted, flushed) gets a fresh random token
-  with SET NX before the database is read; if another process set one first, this reader's result
-  is not cached at all. Tokens are random, so a lost version can never resurrect an old entry, and
+  before the database is read, in the same atomic script that found no version; a bump that lands
+  after it replaces it. Tokens are random, so a lost version can never resurrect an old entry, and
   a bump racing a first read can never be overwritten.
 - An entry's timeout is the TTL, or less: it ends before the first grant in it ends by itself
   (`Entitlements.valid_until`), and a hit past that moment is treated as a miss anyway.
 - After a bump fails (Redis unreachable at commit), a Celery task retries it; the TTL is the last
   backstop.
 
-Round trips, whatever the number of users: one MGET of versions; one SET NX pipeline for users
-without a version; one MGET of entries; one pipeline writing the missed entries. The database is
-asked once, for all misses together (two queries).
+Round trips, whatever the number of users: one script (EVALSHA) reading every version and the entry
+under it, and setting a version where there is none; one pipeline writing the missed entries. The
+database is asked once, for all misses together (two queries).
 
 Any cache failure answers from the database, is logged and counted
 (`payments_entitlements_cache_unavailable_total`); it never fails the request. After a few failures
@@ -29,6 +29,7 @@ one socket timeout now and then instead of one per check.
 """
 
 import contextlib
+import secrets
 import threading
 import time
 import uuid
@@ -50,7 +51,7 @@ from entitlements.resolution import Entitlements, GrantedFeature, Source
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX = "entitlements:1"  # bump the digit when the entry format changes
+KEY_PREFIX = "entitlements:2"  # bump the digit when the entry format changes
 # Versions outlive entries; one that expires costs a single miss (a fresh token is drawn).
 VERSION_TTL_SECONDS = 7 * 24 * 3600
 
@@ -72,12 +73,14 @@ def version_key(user_id: uuid.UUID) -> str:
     return f"{KEY_PREFIX}:ver:{user_id}"
 
 
-def entry_key(user_id: uuid.UUID, version: str) -> str:
+def entry_key(user_id: uuid.UUID, version: int | str) -> str:
     return f"{KEY_PREFIX}:val:{user_id}:{version}"
 
 
-def _new_version() -> str:
-    return uuid.uuid4().hex
+def _new_version() -> int:
+    """A random positive integer: Django's Redis serializer stores an int as its digits, unpickled, so
+    the read script can build the entry key from it inside Redis."""
+    return secrets.randbits(62) + 1
 
 
 # --- Entry format: plain tuples (no classes pickled), times as integer microseconds -------------
@@ -162,6 +165,41 @@ class _Store:
             return {key for key, done in zip(values, pipeline.execute(), strict=True) if done}
         return {key for key, value in values.items() if self.backend.add(key, value, timeout)}
 
+    def read(self, user_ids: list[uuid.UUID]) -> tuple[dict[uuid.UUID, int], dict[uuid.UUID, Any], set[uuid.UUID]]:
+        """Each user's version and entry under it, a fresh version SET for users without one, in one
+        round trip with Redis (`_READ_SCRIPT`, atomic). Returns (versions, entries found, users whose
+        version this call set)."""
+        token = _new_version()
+        if isinstance(self.backend, RedisCache):
+            client = self.backend._cache.get_client(write=True)
+            loads = self.backend._cache._serializer.loads  # type: ignore[attr-defined]
+            make_key = self.backend.make_key
+            reply = _read_script(client)(
+                keys=[make_key(version_key(user_id)) for user_id in user_ids],
+                args=[token, VERSION_TTL_SECONDS, *(make_key(entry_key(user_id, "")) for user_id in user_ids)],
+                client=client,
+            )
+            versions, entries, fresh = {}, {}, set()
+            for n, user_id in enumerate(user_ids):
+                version, entry = reply[2 * n], reply[2 * n + 1]
+                if version is None:
+                    versions[user_id] = token
+                    fresh.add(user_id)
+                    continue
+                versions[user_id] = int(version)
+                if entry is not None:
+                    entries[user_id] = loads(entry)
+            return versions, entries, fresh
+        found = self.backend.get_many([version_key(user_id) for user_id in user_ids])
+        versions = {u: found[version_key(u)] for u in user_ids if isinstance(found.get(version_key(u)), int)}
+        unversioned = {version_key(u): u for u in user_ids if u not in versions}
+        added = self.add_many(dict.fromkeys(unversioned, token), VERSION_TTL_SECONDS)
+        fresh = {unversioned[key] for key in added}
+        versions.update(dict.fromkeys(fresh, token))
+        stored = self.backend.get_many([entry_key(u, versions[u]) for u in versions if u not in fresh])
+        entries = {u: stored[entry_key(u, versions[u])] for u in versions if entry_key(u, versions[u]) in stored}
+        return versions, entries, fresh
+
     def set_each(self, values: Mapping[str, tuple[Any, int]]) -> None:
         """SET each key with its own timeout (seconds, > 0)."""
         if not values:
@@ -179,6 +217,35 @@ class _Store:
 
     def set_many(self, values: Mapping[str, Any], timeout: int) -> None:
         self.backend.set_many(dict(values), timeout)
+
+
+# KEYS: the users' version keys. ARGV: a fresh version, its TTL, then each user's entry key less its
+# version. Returns version, entry for each user in turn (nil entry: none; nil version: ARGV[1] was set).
+# It reads entry keys it builds itself (not in KEYS): fine on one Redis (ours), not on Redis Cluster.
+_READ_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local version = redis.call('GET', key)
+  if version then
+    out[2 * i - 1] = version
+    out[2 * i] = redis.call('GET', ARGV[i + 2] .. version)
+  else
+    redis.call('SET', key, ARGV[1], 'EX', ARGV[2])
+    out[2 * i - 1] = false
+    out[2 * i] = false
+  end
+end
+return out
+"""
+_scripts: dict[int, Any] = {}
+
+
+def _read_script(client: Any) -> Any:
+    """The registered read script (EVALSHA; loaded by redis-py on its first NOSCRIPT)."""
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts.setdefault(id(client), client.register_script(_READ_LUA))
+    return script
 
 
 def _store() -> _Store:
@@ -257,36 +324,17 @@ def _guarded(operation: str, func: Callable[[], Any]) -> Any:
 
 def _read(
     store: _Store, user_ids: list[uuid.UUID], now: datetime
-) -> tuple[dict[uuid.UUID, Entitlements], dict[uuid.UUID, str]]:
+) -> tuple[dict[uuid.UUID, Entitlements], dict[uuid.UUID, int]]:
     """The cached entitlements found, and the version under which each missing user may be cached."""
-    versions_found = store.get_many([version_key(user_id) for user_id in user_ids])
-    versions: dict[uuid.UUID, str] = {}
-    unversioned: dict[str, tuple[uuid.UUID, str]] = {}
-    for user_id in user_ids:
-        version = versions_found.get(version_key(user_id))
-        if isinstance(version, str):
-            versions[user_id] = version
-        else:
-            unversioned[version_key(user_id)] = (user_id, _new_version())
-    if unversioned:
-        # SET NX before the database is read: a bump that lands first wins, and then this reader
-        # does not cache (it does not know the token the bump wrote).
-        added = store.add_many({key: token for key, (_, token) in unversioned.items()}, VERSION_TTL_SECONDS)
-        versions.update({user_id: token for key, (user_id, token) in unversioned.items() if key in added})
+    versions, entries, _ = store.read(user_ids)
     found: dict[uuid.UUID, Entitlements] = {}
-    readable = [user_id for user_id in user_ids if version_key(user_id) not in unversioned]
-    if readable:
-        entries = store.get_many([entry_key(user_id, versions[user_id]) for user_id in readable])
-        for user_id in readable:
-            entry = entries.get(entry_key(user_id, versions[user_id]))
-            if entry is None:
-                continue
-            try:
-                entitlements = decode(user_id, entry)
-            except (TypeError, ValueError, KeyError):  # an entry of another shape: a miss, rewritten below
-                continue
-            if entitlements.valid_until is None or now < entitlements.valid_until:
-                found[user_id] = entitlements
+    for user_id, entry in entries.items():
+        try:
+            entitlements = decode(user_id, entry)
+        except (TypeError, ValueError, KeyError):  # an entry of another shape: a miss, rewritten below
+            continue
+        if entitlements.valid_until is None or now < entitlements.valid_until:
+            found[user_id] = entitlements
     return found, versions
 
 
