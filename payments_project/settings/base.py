@@ -69,6 +69,7 @@ MIDDLEWARE = [
     "payments_project.request_timing.RequestDurationMiddleware",
     "payments_project.middleware.RequestIdMiddleware",
     "payments_project.middleware.ProblemJsonMiddleware",
+    "payments_project.middleware.HotPathMiddleware",  # the entitlement checks skip the rest (issue 18)
     "django_ratelimit.middleware.RatelimitMiddleware",  # django-ratelimit's own decorator -> 429 problem
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
