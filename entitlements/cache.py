@@ -69,11 +69,11 @@ class Loader(Protocol):
     def __call__(self, *, user_ids: Collection[uuid.UUID], now: datetime) -> dict[uuid.UUID, Entitlements]: ...
 
 
-def version_key(user_id: uuid.UUID) -> str:
+def version_key(user_id: uuid.UUID | str) -> str:
     return f"{KEY_PREFIX}:ver:{user_id}"
 
 
-def entry_key(user_id: uuid.UUID, version: int | str) -> str:
+def entry_key(user_id: uuid.UUID | str, version: int | str) -> str:
     return f"{KEY_PREFIX}:val:{user_id}:{version}"
 
 
@@ -174,10 +174,9 @@ class _Store:
             client = self.backend._cache.get_client(write=True)
             loads = self.backend._cache._serializer.loads  # type: ignore[attr-defined]
             make_key = self.backend.make_key
+            prefixes = [make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":")]
             reply = _read_script(client)(
-                keys=[make_key(version_key(user_id)) for user_id in user_ids],
-                args=[token, VERSION_TTL_SECONDS, *(make_key(entry_key(user_id, "")) for user_id in user_ids)],
-                client=client,
+                keys=[], args=[token, VERSION_TTL_SECONDS, *prefixes, *map(str, user_ids)], client=client
             )
             versions, entries, fresh = {}, {}, set()
             for n, user_id in enumerate(user_ids):
@@ -219,20 +218,23 @@ class _Store:
         self.backend.set_many(dict(values), timeout)
 
 
-# KEYS: the users' version keys. ARGV: a fresh version, its TTL, then each user's entry key less its
-# version. Returns version, entry for each user in turn (nil entry: none; nil version: ARGV[1] was set).
-# It reads entry keys it builds itself (not in KEYS): fine on one Redis (ours), not on Redis Cluster.
+# ARGV: a fresh version, its TTL, the version and entry key prefixes, then the user ids. For each user
+# in turn, returns its version and the entry under it (nil entry: none; nil version: ARGV[1] was set).
+# It builds its keys itself (none in KEYS): fine on one Redis (ours), not on Redis Cluster.
 _READ_LUA = """
 local out = {}
-for i, key in ipairs(KEYS) do
+local token, ttl, ver, val = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+for i = 5, #ARGV do
+  local user = ARGV[i]
+  local key = ver .. user
   local version = redis.call('GET', key)
   if version then
-    out[2 * i - 1] = version
-    out[2 * i] = redis.call('GET', ARGV[i + 2] .. version)
+    out[2 * i - 9] = version
+    out[2 * i - 8] = redis.call('GET', val .. user .. ':' .. version)
   else
-    redis.call('SET', key, ARGV[1], 'EX', ARGV[2])
-    out[2 * i - 1] = false
-    out[2 * i] = false
+    redis.call('SET', key, token, 'EX', ttl)
+    out[2 * i - 9] = false
+    out[2 * i - 8] = false
   end
 end
 return out
