@@ -36,6 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -65,6 +66,15 @@ UNAVAILABLE = Counter(
     "Entitlement cache operations that failed or were skipped; reads were answered from the database",
     ["operation", "reason"],
 )
+
+
+@dataclass
+class HitCounter:
+    """A rate limit's counter to INCR in the same round trip as a read; `count` is its value after."""
+
+    name: str  # its cache key, before the cache's own prefix
+    ttl: int
+    count: int | None = None
 
 
 class Loader(Protocol):
@@ -171,18 +181,24 @@ class _Store:
             return {key for key, done in zip(values, pipeline.execute(), strict=True) if done}
         return {key for key, value in values.items() if self.backend.add(key, value, timeout)}
 
-    def read(self, user_ids: list[uuid.UUID]) -> tuple[dict[uuid.UUID, int], dict[uuid.UUID, Any], set[uuid.UUID]]:
+    def read(
+        self, user_ids: list[uuid.UUID], counter: HitCounter | None = None
+    ) -> tuple[dict[uuid.UUID, int], dict[uuid.UUID, Any], set[uuid.UUID]]:
         """Each user's version and entry under it, a fresh version SET for users without one, in one
-        round trip with Redis (`_READ_SCRIPT`, atomic). Returns (versions, entries found, users whose
-        version this call set)."""
+        round trip with Redis (`_READ_LUA`, atomic), which also counts a rate limit's hit when given
+        one (`counter.count` is set). Returns (versions, entries found, users whose version this call
+        set)."""
         token = _new_version()
         if isinstance(self.backend, RedisCache):
             client = self.backend._cache.get_client(write=True)
             make_key = self.backend.make_key
             prefixes = [make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":")]
+            counted = [make_key(counter.name), counter.ttl] if counter else ["", 0]
             reply = _script(client, _READ_LUA)(
-                keys=[], args=[token, VERSION_TTL_SECONDS, *prefixes, *map(str, user_ids)], client=client
+                keys=[], args=[token, VERSION_TTL_SECONDS, *prefixes, *counted, *map(str, user_ids)], client=client
             )
+            if counter is not None:
+                counter.count = int(reply[-1])
             versions, entries, fresh = {}, {}, set()
             for n, user_id in enumerate(user_ids):
                 version, entry = reply[2 * n], reply[2 * n + 1]
@@ -194,6 +210,9 @@ class _Store:
                 if entry is not None:
                     entries[user_id] = entry
             return versions, entries, fresh
+        if counter is not None:
+            self.backend.add(counter.name, 0, counter.ttl)
+            counter.count = int(self.backend.incr(counter.name))
         found = self.backend.get_many([version_key(user_id) for user_id in user_ids])
         versions = {u: found[version_key(u)] for u in user_ids if isinstance(found.get(version_key(u)), int)}
         unversioned = {version_key(u): u for u in user_ids if u not in versions}
@@ -252,24 +271,30 @@ class _Store:
         self.backend.set_many(dict(values), timeout)
 
 
-# ARGV: a fresh version, its TTL, the version and entry key prefixes, then the user ids. For each user
-# in turn, returns its version and the entry under it (nil entry: none; nil version: ARGV[1] was set).
+# ARGV: a fresh version, its TTL, the version and entry key prefixes, a rate-limit counter's key ("":
+# none) and TTL, then the user ids. For each user in turn, returns its version and the entry under it
+# (nil entry: none; nil version: ARGV[1] was set), then the counter's value after INCR (nil: none).
 # It builds its keys itself (none in KEYS): fine on one Redis (ours), not on Redis Cluster.
 _READ_LUA = """
 local out = {}
 local token, ttl, ver, val = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-for i = 5, #ARGV do
+for i = 7, #ARGV do
   local user = ARGV[i]
   local key = ver .. user
   local version = redis.call('GET', key)
   if version then
-    out[2 * i - 9] = version
-    out[2 * i - 8] = redis.call('GET', val .. user .. ':' .. version)
+    out[2 * i - 13] = version
+    out[2 * i - 12] = redis.call('GET', val .. user .. ':' .. version)
   else
     redis.call('SET', key, token, 'EX', ttl)
-    out[2 * i - 9] = false
-    out[2 * i - 8] = false
+    out[2 * i - 13] = false
+    out[2 * i - 12] = false
   end
+end
+out[2 * (#ARGV - 6) + 1] = false
+if ARGV[5] ~= '' then
+  out[2 * (#ARGV - 6) + 1] = redis.call('INCR', ARGV[5])
+  redis.call('EXPIRE', ARGV[5], ARGV[6])
 end
 return out
 """
@@ -388,10 +413,10 @@ def _guarded(operation: str, func: Callable[[], Any]) -> Any:
 
 
 def _read(
-    store: _Store, user_ids: list[uuid.UUID], now: datetime
+    store: _Store, user_ids: list[uuid.UUID], now: datetime, counter: HitCounter | None = None
 ) -> tuple[dict[uuid.UUID, Entitlements], dict[uuid.UUID, int]]:
     """The cached entitlements found, and the version under which each missing user may be cached."""
-    versions, entries, _ = store.read(user_ids)
+    versions, entries, _ = store.read(user_ids, counter)
     found: dict[uuid.UUID, Entitlements] = {}
     for user_id, entry in entries.items():
         try:
@@ -403,16 +428,19 @@ def _read(
     return found, versions
 
 
-def entitlements_get_many(*, user_ids: Collection[uuid.UUID], load: Loader) -> dict[uuid.UUID, Entitlements]:
+def entitlements_get_many(
+    *, user_ids: Collection[uuid.UUID], load: Loader, counter: HitCounter | None = None
+) -> dict[uuid.UUID, Entitlements]:
     """Every user's entitlements: from the cache where it has them, the rest from `load` in one go
-    (then cached). A cache failure or outage answers everything from `load`."""
+    (then cached). A cache failure or outage answers everything from `load` (and leaves `counter`
+    uncounted). `counter`, when given, is counted in the same round trip as the read."""
     ids = list(dict.fromkeys(user_ids))
     if not ids:
         return {}
     now = timezone.now()
     store = _store()
     try:
-        found, versions = _guarded("read", lambda: _read(store, ids, now))
+        found, versions = _guarded("read", lambda: _read(store, ids, now, counter))
     except Exception:
         return load(user_ids=ids, now=now)
     missing = [user_id for user_id in ids if user_id not in found]

@@ -16,6 +16,7 @@
 import ipaddress
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Literal, TypeVar, cast
 
@@ -108,41 +109,64 @@ def _split_rate(rate: str) -> tuple[int, int]:
     return int(count), int(period[:-1] or 1) * _PERIOD_SECONDS[period[-1]]
 
 
-def _hit(group: str, key: str, limit: int, period: int) -> tuple[int, int]:
-    """Count one hit in the current fixed window: (hits so far in it, seconds until it ends).
+@dataclass(frozen=True)
+class Window:
+    """One caller's counter in `group` for the current fixed window (the window is in the key's name,
+    so refreshing its expiry on each hit never stretches a window)."""
 
-    With Redis: INCR and EXPIRE in one pipeline, one round trip (the window is in the key's name, so
-    refreshing its expiry on each hit never stretches a window). Other caches: add, then incr.
-    """
+    group: str
+    key: str  # user:<id> or ip:<address>
+    limit: int
+    name: str  # the counter's cache key (before the cache's own prefix)
+    ttl: int  # seconds the counter is kept
+    left: int  # seconds until the window ends: the Retry-After
+
+
+def window_for(request: HttpRequest | Request, group: str, *, by: KeyKind = "auto") -> Window:
+    key = rate_limit_key(request, by=_key_kind(group, by))
+    limit, period = _split_rate(rate_for(group))
     now = time.time()
     window = int(now // period)
     left = max(1, int((window + 1) * period - now))
+    return Window(group, key, limit, f"rl:{group}:{period}:{key}:{window}", period + 1, left)
+
+
+def _hit(window: Window) -> int:
+    """Count one hit; the hits so far in the window. With Redis: INCR and EXPIRE in one pipeline, one
+    round trip. Other caches: add, then incr."""
     cache = caches["default"]
-    name = f"rl:{group}:{period}:{key}:{window}"
     if isinstance(cache, RedisCache):
-        cache_key = cache.make_key(name)
+        cache_key = cache.make_key(window.name)
         pipeline = cache._cache.get_client(write=True).pipeline(transaction=False)
         pipeline.incr(cache_key)
-        pipeline.expire(cache_key, period + 1)
+        pipeline.expire(cache_key, window.ttl)
         count, _ = pipeline.execute()
-        return int(count), left
-    cache.add(name, 0, period + 1)
-    return int(cache.incr(name)), left
+        return int(count)
+    cache.add(window.name, 0, window.ttl)
+    return int(cache.incr(window.name))
+
+
+def enforce(window: Window, count: int | None) -> None:
+    """Raise RateLimited (429, Retry-After) when `count` hits are over the window's limit; None (the
+    counter could not be reached) fails open, loudly."""
+    if count is None:
+        log.warning("rate_limit_cache_unavailable", group=window.group)
+        return
+    if count <= window.limit:
+        return
+    log.info("rate_limited", group=window.group, key_kind=window.key.split(":", 1)[0], retry_after=window.left)
+    raise RateLimited(f"Rate limit '{window.group}' exceeded; retry in {window.left} s", retry_after=window.left)
 
 
 def check_rate_limit(request: HttpRequest | Request, group: str, *, by: KeyKind = "auto") -> None:
     """Count this request against `group`; raise RateLimited (429, Retry-After) once over the rate."""
-    key = rate_limit_key(request, by=_key_kind(group, by))
-    limit, period = _split_rate(rate_for(group))
+    window = window_for(request, group, by=by)
     try:
-        count, left = _hit(group, key, limit, period)
+        count: int | None = _hit(window)
     except (RedisError, OSError, ValueError) as exc:  # the cache is down: fail open (availability first), loudly
         log.warning("rate_limit_cache_unavailable", group=group, error=repr(exc))
         return
-    if count <= limit:
-        return
-    log.info("rate_limited", group=group, key_kind=key.split(":", 1)[0], retry_after=left)
-    raise RateLimited(f"Rate limit '{group}' exceeded; retry in {left} s", retry_after=left)
+    enforce(window, count)
 
 
 def rate_limited(group: str, *, by: KeyKind = "auto") -> Callable[[F], F]:
