@@ -51,10 +51,11 @@ from django.utils import timezone
 from prometheus_client import Counter
 
 from entitlements.resolution import Entitlements, GrantedFeature, Source
+from payments_project.cache_serializer import UnreadableCacheValue
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX = "entitlements:3"  # bump the digit when the entry format changes
+KEY_PREFIX = "entitlements:3"  # bump the digit when the entry format changes (3: text entries)
 # Versions outlive entries; one that expires costs a single miss (a fresh token is drawn).
 VERSION_TTL_SECONDS = 7 * 24 * 3600
 
@@ -165,7 +166,15 @@ class _Store:
             client = self.backend._cache.get_client()
             loads = self.backend._cache._serializer.loads  # type: ignore[attr-defined]
             values = client.mget([self.backend.make_key(key) for key in keys])
-            return {key: loads(value) for key, value in zip(keys, values, strict=True) if value is not None}
+            found = {}
+            for key, value in zip(keys, values, strict=True):
+                if value is None:
+                    continue
+                try:
+                    found[key] = loads(value)
+                except UnreadableCacheValue:  # not JSON (a planted pickle?): a miss, never unpickled
+                    log.warning("entitlements_cache_value_unreadable", key=key)
+            return found
         return self.backend.get_many(keys)
 
     def add_many(self, values: Mapping[str, Any], timeout: int) -> set[str]:
