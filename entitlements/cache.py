@@ -98,7 +98,8 @@ def _new_version() -> int:
 
 # --- Entry format: one short text, so the bulk check's script can read it inside Redis ---------------
 # "<valid_until>|;<key>:<source>:<expires_at>;..." with times as integer microseconds since the epoch
-# ("" for none). Feature keys are slugs and sources are words: no separator can occur inside them.
+# ("" for none). Feature keys are slugs and sources are words: no separator can occur inside them, nor
+# anything JSON escapes, so Redis holds it as a JSON string (quoted), like every other cache value.
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -127,6 +128,8 @@ _SOURCES = {source.value: source for source in Source}  # a dict lookup: Source(
 
 def decode(user_id: uuid.UUID, entry: Entry | bytes) -> Entitlements:
     text = entry.decode() if isinstance(entry, bytes) else entry
+    if len(text) > 1 and text[0] == text[-1] == '"':  # as Redis holds it: a JSON string
+        text = text[1:-1]
     valid_until, features = text.split("|")
     granted = []
     for feature in features.split(";")[1:]:
@@ -215,6 +218,8 @@ class _Store:
                     versions[user_id] = token
                     fresh.add(user_id)
                     continue
+                if not version.isdigit():  # not a version we wrote (planted?): a miss, not cached
+                    continue
                 versions[user_id] = int(version)
                 if entry is not None:
                     entries[user_id] = entry
@@ -259,7 +264,8 @@ class _Store:
             elif isinstance(answer, int):
                 answers[user_id] = answer == 1
             else:
-                versions[user_id] = int(answer)
+                if answer.isdigit():  # else not a version we wrote (planted?): a miss, not cached
+                    versions[user_id] = int(answer)
         return answers, versions
 
     def set_each(self, values: Mapping[str, tuple[Entry, int]]) -> None:
@@ -270,7 +276,7 @@ class _Store:
         if isinstance(self.backend, RedisCache):
             pipeline = self.backend._cache.get_client(write=True).pipeline(transaction=False)
             for key, (value, timeout) in values.items():
-                pipeline.set(self.backend.make_key(key), value.encode(), ex=timeout)
+                pipeline.set(self.backend.make_key(key), f'"{value}"'.encode(), ex=timeout)  # a JSON string
             pipeline.execute()
             return
         for key, (value, timeout) in values.items():
@@ -322,8 +328,8 @@ for i = 7, #ARGV do
     local entry = redis.call('GET', val .. user .. ':' .. version)
     if entry then
       local bar = string.find(entry, '|', 1, true)
-      if bar then
-        local valid_until = tonumber(string.sub(entry, 1, bar - 1))
+      if bar and string.sub(entry, 1, 1) == '"' then
+        local valid_until = tonumber(string.sub(entry, 2, bar - 1))
         if valid_until == nil or now < valid_until then
           out[i - 6] = string.find(entry, wanted, bar, true) and 1 or 0
         end
