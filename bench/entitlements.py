@@ -85,6 +85,24 @@ def _server_time_row(figure: str, bulk: Measurement, percentile: str, limit: flo
     return row("entitlements", figure, bulk, f"{percentile}_ms", "ms", target=target, note=note)
 
 
+def _rss_growth_row(first: Measurement, second: Measurement) -> Row:
+    """How much the workers' RSS grew over a second identical run on the same server (#18.4: none)."""
+    before, after = first.worker_rss_mb or [], second.worker_rss_mb or []
+    growth = max((b - a for a, b in zip(before, after, strict=False)), default=0.0)
+    target = Target("<=", 1.0, on="value", unit="MB")
+    note = f"worker RSS after run 1: {before}, after run 2: {after}"
+    return row(
+        "entitlements",
+        "worker RSS growth, 2nd cached-check run",
+        second,
+        "",
+        "MB",
+        target=target,
+        note=note,
+        value=growth,
+    )
+
+
 @benchmark("entitlements")
 def run(ctx: Context) -> list[Row]:
     from payments_project.management.commands.mint_token import mint_token
@@ -127,6 +145,9 @@ def run(ctx: Context) -> list[Row]:
         checks = ctx.report(
             measure("GET /api/v1/entitlements/{key}", project, single, count=USERS, seconds=c.seconds, **runs)
         )
+        again = ctx.report(
+            measure("GET /api/v1/entitlements/{key}, again", project, single, count=USERS, seconds=c.seconds, **runs)
+        )
         bulks = ctx.report(
             measure(f"POST check, {BULK} ids", project, bulk, count=len(bulk_bodies), seconds=c.seconds, **runs)
         )
@@ -147,4 +168,5 @@ def run(ctx: Context) -> list[Row]:
         _server_time_row(f"bulk {BULK} ids p99 server time", bulks, "p99", 50),
     ]
     rows.append(row("entitlements", "bulk user checks", bulks, "", "checks/s", value=bulks.rps * BULK))
+    rows.append(_rss_growth_row(checks, again))
     return rows
