@@ -12,7 +12,7 @@ Everything about verification comes from settings, nothing from the token:
   (the production guard makes them mandatory), with JWT_LEEWAY_SECONDS of clock skew;
 - `sub` must be a UUID: it is the user's id everywhere.
 
-A verified token's claims are remembered by the token's sha256 (`_VerifiedTokens`, an LRU of
+A verified token's claims are remembered by the token's sha256 (an ExpiringLRU of
 JWT_VERIFIED_TOKENS_CACHED per process) until its `exp` (plus the leeway, exactly when PyJWT would start
 refusing it) and, with a JWKS, for at most JWT_JWKS_CACHE_SECONDS (the time a key withdrawn from the set
 could be used anyway): a repeated token skips the signature check and nothing else changes. Only
@@ -22,10 +22,8 @@ forgets it.
 
 import hashlib
 import json
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NoReturn
@@ -47,6 +45,7 @@ from rest_framework_simplejwt.models import TokenUser
 from rest_framework_simplejwt.tokens import Token
 
 from payments_project.jwks import JwksKeys, JwksPolicy, UnknownKey
+from payments_project.lru import ExpiringLRU
 
 log = structlog.get_logger(__name__)
 
@@ -118,38 +117,6 @@ class _Config:
         )
 
 
-class _VerifiedTokens:
-    """sha256(token) -> (claims, deadline in epoch seconds): a bounded LRU, safe across threads."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: OrderedDict[bytes, tuple[dict[str, Any], float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, digest: bytes) -> dict[str, Any] | None:
-        with self._lock:
-            entry = self._entries.get(digest)
-            if entry is None:
-                return None
-            if time.time() >= entry[1]:
-                del self._entries[digest]
-                return None
-            self._entries.move_to_end(digest)
-        return dict(entry[0])  # a copy: callers never change what the next request sees
-
-    def put(self, digest: bytes, claims: dict[str, Any], deadline: float) -> None:
-        if self.size <= 0 or time.time() >= deadline:
-            return
-        with self._lock:
-            self._entries[digest] = (dict(claims), deadline)
-            self._entries.move_to_end(digest)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 _REFUSALS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
     (jwt.InvalidSignatureError, "The token's signature is invalid"),
     (jwt.InvalidAudienceError, "The token is for another audience"),
@@ -181,7 +148,7 @@ class ClientTokenBackend:
             )
         self.jwks: JwksKeys | None = None
         self.static_key: Any = None
-        self.verified = _VerifiedTokens(settings.JWT_VERIFIED_TOKENS_CACHED)
+        self.verified: ExpiringLRU[dict[str, Any]] = ExpiringLRU(settings.JWT_VERIFIED_TOKENS_CACHED)
         if algorithm in HMAC_ALGORITHMS:
             if len(config.signing_key.encode()) < MIN_HMAC_KEY_BYTES:
                 raise ImproperlyConfigured(
@@ -235,8 +202,8 @@ class ClientTokenBackend:
         claims = self.verified.get(digest)
         if claims is None:
             claims = self._verify(raw)
-            self.verified.put(digest, claims, self._deadline(claims))
-        return claims
+            self.verified.put(digest, dict(claims), self._deadline(claims))
+        return dict(claims)  # a copy: callers never change what the next request sees
 
     def _deadline(self, claims: dict[str, Any]) -> float:
         """Until when (epoch seconds) a verified token may be answered from memory."""
