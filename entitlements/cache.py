@@ -237,36 +237,34 @@ class _Store:
         entries = {u: stored[entry_key(u, versions[u])] for u in versions if entry_key(u, versions[u]) in stored}
         return versions, entries, fresh
 
-    def check(
-        self, user_ids: list[uuid.UUID], feature: str, now: datetime
-    ) -> tuple[dict[uuid.UUID, bool], dict[uuid.UUID, int]]:
-        """Whether each cached user has `feature`, decided inside Redis (`_CHECK_LUA`, one round trip);
-        for the others, the version under which they may be cached."""
+    def check(self, user_ids: list[str], feature: str, now: datetime) -> tuple[dict[str, bool], dict[str, int]]:
+        """Whether each cached user (a canonical UUID string) has `feature`, decided inside Redis
+        (`_CHECK_LUA`, one round trip); for the others, the version under which they may be cached."""
         if not isinstance(self.backend, RedisCache):
-            versions, entries, _ = self.read(user_ids)
+            read_versions, entries, _ = self.read([uuid.UUID(user_id) for user_id in user_ids])
             answers = {}
             for user_id, entry in entries.items():
                 with contextlib.suppress(TypeError, ValueError, KeyError):
                     entitlements = decode(user_id, entry)
                     if entitlements.valid_until is None or now < entitlements.valid_until:
-                        answers[user_id] = entitlements.has(feature)
-            return answers, {u: v for u, v in versions.items() if u not in answers}
+                        answers[str(user_id)] = entitlements.has(feature)
+            return answers, {str(u): v for u, v in read_versions.items() if str(u) not in answers}
         token = _new_version()
         client = self.backend._cache.get_client(write=True)
         make_key = self.backend.make_key
         prefixes = [make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":")]
-        args = [token, VERSION_TTL_SECONDS, *prefixes, _micros(now), f";{feature}:", *map(str, user_ids)]
+        args = [token, VERSION_TTL_SECONDS, *prefixes, _micros(now), f";{feature}:", *user_ids]
         reply = _script(client, _CHECK_LUA)(keys=[], args=args, client=client)
-        answers, versions = {}, {}
-        for user_id, answer in zip(user_ids, reply, strict=True):
+        found: dict[str, bool] = {}
+        versions: dict[str, int] = {}
+        for text, answer in zip(user_ids, reply, strict=True):
             if answer is None:
-                versions[user_id] = token
+                versions[text] = token
             elif isinstance(answer, int):
-                answers[user_id] = answer == 1
-            else:
-                if answer.isdigit():  # else not a version we wrote (planted?): a miss, not cached
-                    versions[user_id] = int(answer)
-        return answers, versions
+                found[text] = answer == 1
+            elif answer.isdigit():  # else not a version we wrote (planted?): a miss, not cached
+                versions[text] = int(answer)
+        return found, versions
 
     def set_each(self, values: Mapping[str, tuple[Entry, int]]) -> None:
         """SET each entry with its own timeout (seconds, > 0); with Redis, as the text itself (unpickled:
@@ -465,9 +463,10 @@ def entitlements_get_many(
     return found
 
 
-def entitled_many(*, user_ids: Collection[uuid.UUID], feature: str, load: Loader) -> dict[uuid.UUID, bool]:
-    """Whether each user has `feature`: decided inside Redis for the cached users (no entry crosses
-    the wire), the rest from `load` in one go (then cached). Same guarantees as entitlements_get_many."""
+def entitled_many(*, user_ids: Collection[str], feature: str, load: Loader) -> dict[str, bool]:
+    """Whether each user (a canonical UUID string: lower case, hyphens) has `feature`: decided inside
+    Redis for the cached users (no entry crosses the wire, no UUID object is made), the rest from `load`
+    in one go (then cached). Same guarantees as entitlements_get_many."""
     ids = list(dict.fromkeys(user_ids))
     if not ids:
         return {}
@@ -476,12 +475,14 @@ def entitled_many(*, user_ids: Collection[uuid.UUID], feature: str, load: Loader
     try:
         answers, versions = _guarded("read", lambda: store.check(ids, feature, now))
     except Exception:
-        return {user_id: found.has(feature) for user_id, found in load(user_ids=ids, now=now).items()}
-    missing = [user_id for user_id in ids if user_id not in answers]
+        loaded = load(user_ids=[uuid.UUID(user_id) for user_id in ids], now=now)
+        return {str(user_id): found.has(feature) for user_id, found in loaded.items()}
     LOOKUPS.labels("hit").inc(len(answers))
-    if missing:
-        loaded = _load_and_cache(store, missing, versions, load, now)
-        answers.update({user_id: loaded[user_id].has(feature) for user_id in missing})
+    if len(answers) < len(ids):
+        missing = {uuid.UUID(user_id): user_id for user_id in ids if user_id not in answers}
+        known = {user: versions[text] for user, text in missing.items() if text in versions}
+        loaded = _load_and_cache(store, list(missing), known, load, now)
+        answers.update({text: loaded[user].has(feature) for user, text in missing.items()})
     return answers
 
 

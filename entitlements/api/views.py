@@ -174,5 +174,4 @@ class InternalEntitlementCheckApi(InternalAPIView):
         body = BulkCheckInput(data=request.data)
         body.is_valid(raise_exception=True)
         data: dict[str, Any] = body.validated_data
-        results = selectors.users_entitled(user_ids=data["user_ids"], feature=data["feature"])
-        return Response({"results": {str(user_id): entitled for user_id, entitled in results.items()}})
+        return Response({"results": selectors.users_entitled_by_id(user_ids=data["user_ids"], feature=data["feature"])})
