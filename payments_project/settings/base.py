@@ -71,6 +71,7 @@ MIDDLEWARE = [
     "payments_project.middleware.RequestIdMiddleware",
     "payments_project.middleware.ProblemJsonMiddleware",
     "payments_project.middleware.BodySizeLimitMiddleware",  # 413 before any view: API_MAX_BODY_BYTES
+    "payments_project.middleware.HotPathMiddleware",  # the entitlement checks skip the rest (issue 18)
     "django_ratelimit.middleware.RatelimitMiddleware",  # django-ratelimit's own decorator -> 429 problem
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -193,6 +194,8 @@ JWT_JWKS_TIMEOUT_SECONDS = 3.0  # one fetch, in total; only one request per proc
 # While the key endpoint fails, the last good set keeps verifying tokens until it is this old (then 503).
 JWT_JWKS_MAX_STALE_SECONDS = 6 * 3600
 JWT_LEEWAY_SECONDS = 30  # clock skew allowed on exp and nbf
+# Verified tokens each process remembers (by sha256, until exp; with a JWKS, JWT_JWKS_CACHE_SECONDS at most).
+JWT_VERIFIED_TOKENS_CACHED = 10_000
 SIMPLE_JWT = {
     # Only the header parsing and the user class are simplejwt's: verification is ClientTokenBackend's,
     # built from the JWT_* settings above (see payments_project/auth.py).

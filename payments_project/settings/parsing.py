@@ -98,7 +98,7 @@ def cache_config(redis_url: str, *, var_dir: Path | None = None) -> dict[str, An
         return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     return {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "payments_project.redis_cache.RedisCache",  # Django's, one client per pool
             "LOCATION": redis_url,
             "KEY_PREFIX": "jia-payments",
             # Short timeouts: a slow Redis must not stall requests (callers fall back to the database).
