@@ -20,7 +20,13 @@ from typing import Any
 
 from drf_spectacular.utils import OpenApiResponse
 
-from payments_project.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX, ApplicationError
+from payments_project.errors import (
+    PROBLEM_CONTENT_TYPE,
+    PROBLEM_TYPE_PREFIX,
+    ApplicationError,
+    DatabaseBusy,
+    DependencyUnavailable,
+)
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 RESPONSE_HEADERS = "x-jia-response-headers"  # a view's extension, turned into response headers by the hook
@@ -172,7 +178,7 @@ def _document_operation(path: str, method: str, operation: dict[str, Any]) -> No
         _add(operation, 415, {"unsupported_media_type"})
     _add(operation, 429, {"rate_limited"}, ["Retry-After"])
     _add(operation, 500, {"internal_server_error"})
-    _add(operation, 503, {"dependency_unavailable"}, ["Retry-After"])
+    _add(operation, 503, {DependencyUnavailable.code, DatabaseBusy.code}, ["Retry-After"])
     for status, response in operation["responses"].items():
         # An empty 400 line (a GET whose parameters are validated by its own code) gets the generic type.
         if PROBLEM_CONTENT_TYPE in response.get("content", {}) and not _codes_in(response["description"]):

@@ -34,6 +34,7 @@ from billing.errors import (
     StripeNotConfigured,
     StripeRateLimited,
     StripeRequestFailed,
+    StripeTimedOut,
     StripeUnavailable,
     SubscriptionNotCancelable,
     SubscriptionNotChangeable,
@@ -66,7 +67,7 @@ def _idempotency_key(request: Request, why: str) -> str:
 
 
 # What any call to Stripe can answer (billing.gateway maps Stripe's errors to these).
-_STRIPE_ERRORS = (StripeRequestFailed, StripeNotConfigured, StripeUnavailable, StripeRateLimited)
+_STRIPE_ERRORS = (StripeRequestFailed, StripeNotConfigured, StripeUnavailable, StripeTimedOut, StripeRateLimited)
 
 
 def _caller(request: Request) -> Principal:
@@ -101,10 +102,7 @@ class CheckoutSessionCreateApi(APIView):
                 CardDeclined,
                 RequestInProgress,
                 IdempotencyKeyReused,
-                StripeRequestFailed,
-                StripeNotConfigured,
-                StripeUnavailable,
-                StripeRateLimited,
+                *_STRIPE_ERRORS,
             ),
         },
         extensions={
@@ -156,10 +154,7 @@ class SubscriptionCancelApi(APIView):
             **problems(
                 NotFound,
                 SubscriptionNotCancelable,
-                StripeRequestFailed,
-                StripeNotConfigured,
-                StripeUnavailable,
-                StripeRateLimited,
+                *_STRIPE_ERRORS,
             ),
         },
     )
