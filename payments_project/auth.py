@@ -209,7 +209,7 @@ class ClientTokenBackend:
         """Until when (epoch seconds) a verified token may be answered from memory."""
         deadline = float(claims["exp"]) + self.config.leeway  # PyJWT: expired once now > exp + leeway
         if self.jwks is not None:
-            deadline = min(deadline, time.time() + max(1, self.config.jwks_cache_seconds))
+            deadline = min(deadline, time.time() + self.config.jwks_cache_seconds)
         return deadline
 
     def _verify(self, raw: str) -> dict[str, Any]:
