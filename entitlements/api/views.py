@@ -90,7 +90,7 @@ class FamilyApi(APIView):
     )
     def post(self, request: Request) -> Response:
         services.family_group_create(
-            owner_user_id=_caller(request).id, owner_email=_caller(request).email, request=request._request
+            owner_user_id=_caller(request).id, owner_email=_caller(request).verified_email, request=request._request
         )
         return _family_response(_caller(request).id, status=201)
 
