@@ -12,6 +12,8 @@ from opentelemetry import trace
 from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.django import DjangoIntegration
 
+from payments_project.url_secrets import redact_paths, redact_sentry_breadcrumb, redact_sentry_event
+
 
 def add_trace_ids(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """The active span's trace and span id, so a log line leads to its trace (none while tracing is off). They
@@ -30,6 +32,7 @@ _SHARED_PROCESSORS: list[Any] = [
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.processors.StackInfoRenderer(),
+    redact_paths,  # last: whatever the line carries (a path, Django's "Not Found: /…"), no secret in a URL
 ]
 
 
@@ -76,4 +79,6 @@ def sentry_init(dsn: str, *, environment: str, traces_sample_rate: float) -> Non
         integrations=[DjangoIntegration(), CeleryIntegration()],
         send_default_pii=False,
         traces_sample_rate=traces_sample_rate,
+        before_send=redact_sentry_event,
+        before_breadcrumb=redact_sentry_breadcrumb,
     )

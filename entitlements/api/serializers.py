@@ -71,6 +71,10 @@ class InvitationInput(serializers.Serializer[Any]):
     email = serializers.EmailField(max_length=254)
 
 
+class InvitationAcceptInput(serializers.Serializer[Any]):
+    token = serializers.CharField(max_length=128, trim_whitespace=True)
+
+
 class InvitationCreatedOutput(serializers.ModelSerializer[FamilyInvitation]):
     token = serializers.SerializerMethodField(help_text="shown once; the invited user accepts with it")
 

@@ -56,7 +56,12 @@ class Family:
         return str(response.json()["token"])
 
     def accept(self, token: str, user_id: uuid.UUID, email: str) -> Any:
-        return self.client.post(f"/api/v1/family/invitations/{token}/accept", **as_user(user_id, email))
+        return self.client.post(
+            "/api/v1/family/invitations/accept",
+            data={"token": token},
+            content_type="application/json",
+            **as_user(user_id, email),
+        )
 
     def join(self, email: str) -> uuid.UUID:
         user_id = uuid.uuid4()
