@@ -38,6 +38,8 @@ ARG APP_VERSION=0.1.0
 LABEL org.opencontainers.image.title="jia-payments" \
       org.opencontainers.image.description="Jia Payments: web (gunicorn), Celery worker and beat" \
       org.opencontainers.image.version="${APP_VERSION}"
+# The release Sentry reports (settings: APP_VERSION).
+ENV APP_VERSION=${APP_VERSION}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -10,7 +10,9 @@ from kombu import Exchange, Queue
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from payments_project import heartbeat
 from payments_project.env import set_default_settings_module
+from payments_project.schedule import BEAT_SCHEDULE
 from tasks.queues import TaskQueue
 
 set_default_settings_module()
@@ -22,23 +24,11 @@ app.conf.task_queues = [Queue(q.value, Exchange(q.value, type="direct"), routing
 app.conf.task_default_queue = TaskQueue.DEFAULT.value
 # Tasks name their queue; the prefix route catches a task that forgot to.
 app.conf.task_routes = {f"{q.value}.*": {"queue": q.value} for q in TaskQueue}
+# `worker --heartbeat-file PATH`: the liveness probe's signal, which does not depend on the broker.
+app.user_options["worker"].add(heartbeat.OPTION)
+app.steps["worker"].add(heartbeat.Heartbeat)
 
-# The beat schedule, all of it (seconds unless a crontab).
-app.conf.beat_schedule = {
-    "outbox-dispatch": {"task": "outbox.dispatch", "schedule": 10.0},
-    "outbox-measure": {"task": "outbox.measure", "schedule": 30.0},
-    "outbox-prune": {"task": "outbox.prune", "schedule": crontab(minute=41)},
-    "webhooks-sweep": {"task": "webhooks.sweep", "schedule": 30.0},
-    "billing-resolve-abandoned-orders": {"task": "billing.resolve_abandoned_orders", "schedule": 300.0},
-    "billing-resolve-stuck-refunds": {"task": "billing.resolve_stuck_refunds", "schedule": 300.0},
-    "entitlements-refresh-lapsed": {"task": "entitlements.refresh_lapsed", "schedule": 60.0},
-    "reconciliation-events-gap-fill": {"task": "reconciliation.events_gap_fill", "schedule": 300.0},
-    "reconciliation-state-compare": {"task": "reconciliation.state_compare", "schedule": crontab(hour=3, minute=17)},
-    "gdpr-sweep": {"task": "gdpr.sweep", "schedule": 60.0},
-    "gdpr-purge-exports": {"task": "gdpr.purge_exports", "schedule": 900.0},
-    "gdpr-alert-overdue": {"task": "gdpr.alert_overdue", "schedule": crontab(minute=7)},
-    "webhooks-purge-raw-payloads": {"task": "webhooks.purge_raw_payloads", "schedule": crontab(hour=4, minute=23)},
-}
+app.conf.beat_schedule = BEAT_SCHEDULE
 
 app.autodiscover_tasks()
 

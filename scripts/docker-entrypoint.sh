@@ -11,7 +11,7 @@
 # Extra arguments after web/worker/beat are passed on to gunicorn/celery. Every server is exec'd,
 # so it receives SIGTERM itself (tini, PID 1, forwards it) and shuts down gracefully:
 # gunicorn finishes in-flight requests within --graceful-timeout, a Celery worker finishes its running
-# tasks (warm shutdown), beat saves its schedule.
+# tasks (warm shutdown), beat writes its jobs' last runs.
 set -eu
 
 : "${HOSTNAME:=$(hostname)}"
@@ -52,7 +52,8 @@ web)
     ;;
 worker)
     reset_metrics_dir
-    # The node name is what the liveness probe pings: celery@$HOSTNAME, unique per pod.
+    # celery@$HOSTNAME: unique per pod. The liveness probe checks the heartbeat file's age, which the
+    # worker keeps fresh while its event loop turns and while it waits for the broker.
     # Task time limits come from settings (CELERY_TASK_TIME_LIMIT); a SIGTERM waits for running tasks.
     exec celery -A payments_project worker \
         --hostname "celery@${HOSTNAME}" \
@@ -61,16 +62,18 @@ worker)
         --max-tasks-per-child "${WORKER_MAX_TASKS_PER_CHILD:-1000}" \
         --without-gossip \
         --without-mingle \
+        --heartbeat-file /tmp/worker-heartbeat \
         --loglevel "${LOG_LEVEL:-INFO}" \
         "$@"
     ;;
 beat)
     unset PROMETHEUS_MULTIPROC_DIR
-    # The schedule lives in /tmp (the only writable path). With remote control on, beat answers
-    # `celery inspect ping` as celerybeat@$HOSTNAME, and stops answering once its scheduler has not
+    # The schedule and each job's last run live in the database (payments_project.beat.Scheduler, which
+    # syncs the code's schedule in first), so a recreated pod keeps them. With remote control on, beat
+    # answers `celery inspect ping` as celerybeat@$HOSTNAME, and stops answering once its scheduler has not
     # ticked for twice --max-interval: the liveness probe's signal.
     exec celery -A payments_project beat \
-        --schedule /tmp/celerybeat-schedule \
+        --scheduler payments_project.beat:Scheduler \
         --max-interval "${BEAT_MAX_INTERVAL:-60}" \
         --enable-remote-control \
         --hostname "celerybeat@${HOSTNAME}" \

@@ -12,10 +12,18 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import selectors, services
-from billing.api.serializers import CheckoutInput, OrderOutput, PaymentOutput, PlanOutput, SubscriptionOutput
+from billing.api.serializers import (
+    CheckoutInput,
+    InvoiceOutput,
+    OrderOutput,
+    PaymentOutput,
+    PlanOutput,
+    SubscriptionOutput,
+)
 from billing.errors import IdempotencyKeyMissing
 from payments_project.auth import Principal
 from payments_project.errors import ValidationFailed
+from payments_project.pagination import PAGINATION_PARAMETERS, NewestFirstPagination
 
 # Printable ASCII without spaces at the ends, like Stripe's own keys; at most the column's 255.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
@@ -83,11 +91,11 @@ class OrderDetailApi(APIView):
 
 
 class SubscriptionListApi(APIView):
-    @extend_schema(responses=SubscriptionOutput(many=True))
+    @extend_schema(parameters=PAGINATION_PARAMETERS, responses=SubscriptionOutput(many=True))
     def get(self, request: Request) -> Response:
-        return Response(
-            SubscriptionOutput(selectors.subscription_list_for_user(user_id=_caller(request).id), many=True).data
-        )
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(selectors.subscription_list_for_user(user_id=_caller(request).id), request)
+        return paginator.get_paginated_response(SubscriptionOutput(page, many=True).data)
 
 
 class SubscriptionCancelApi(APIView):
@@ -100,6 +108,16 @@ class SubscriptionCancelApi(APIView):
 
 
 class PaymentListApi(APIView):
-    @extend_schema(responses=PaymentOutput(many=True))
+    @extend_schema(parameters=PAGINATION_PARAMETERS, responses=PaymentOutput(many=True))
     def get(self, request: Request) -> Response:
-        return Response(PaymentOutput(selectors.payment_list_for_user(user_id=_caller(request).id), many=True).data)
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(selectors.payment_list_for_user(user_id=_caller(request).id), request)
+        return paginator.get_paginated_response(PaymentOutput(page, many=True).data)
+
+
+class InvoiceListApi(APIView):
+    @extend_schema(parameters=PAGINATION_PARAMETERS, responses=InvoiceOutput(many=True))
+    def get(self, request: Request) -> Response:
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(selectors.invoice_list_for_user(user_id=_caller(request).id), request)
+        return paginator.get_paginated_response(InvoiceOutput(page, many=True).data)

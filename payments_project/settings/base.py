@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "django_otp_webauthn",
     "axes",
     "rangefilter",
+    "django_celery_beat",  # before payments_project, whose admin.py restricts its pages
     "payments_project",
     "tasks",
     "gdpr",
@@ -292,8 +293,9 @@ RECONCILIATION_COMPARE_WINDOW_HOURS = 48
 # --- Entitlements and family plans (entitlements/) --------------------------------------------
 # How long a user's resolved features are cached (never past the first grant that ends by itself).
 ENTITLEMENTS_CACHE_TTL_SECONDS = 3600
-# A past_due subscription keeps granting for this long after its unpaid period began.
-ENTITLEMENTS_PAST_DUE_GRACE_DAYS = 7
+# A past_due subscription keeps granting for this long after its unpaid period began (Stripe retries the
+# payment meanwhile); `unpaid` (Stripe gave up) ends access at once.
+ENTITLEMENTS_PAST_DUE_GRACE_DAYS = env.int("ENTITLEMENTS_PAST_DUE_GRACE_DAYS", default=7)
 FAMILY_INVITATION_TTL_HOURS = 72
 ENTITLEMENTS_BULK_MAX_IDS = 1000  # most user ids per POST /internal/v1/entitlements/check
 # After this many cache errors in a row a process answers from the database without trying Redis
@@ -336,6 +338,7 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, var_dir=VAR_DIR)
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None  # a worker waits out a broker outage of any length (README)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -345,6 +348,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
+# Beat's state (each job's last run) in the database, the code's schedule synced in at start (beat.py); each
+# run is recorded as soon as it is sent, so a restart neither repeats nor skips one.
+CELERY_BEAT_SCHEDULER = "payments_project.beat:Scheduler"
+CELERY_BEAT_SYNC_EVERY = 1
 # Set by the Helm chart: the workers' grace period follows the time limit; the metrics port is the pod's.
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
@@ -362,8 +369,9 @@ READINESS_TIMEOUT_SECONDS = 2.0  # each /readyz check (the chart's readiness pro
 LOGGING = logging_config(LOG_LEVEL)
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
 SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
+APP_VERSION = env.str("APP_VERSION", default="")  # the release; the image bakes it in (Dockerfile)
 if SENTRY_DSN:
-    sentry_init(SENTRY_DSN, environment=DJANGO_ENV, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)
+    sentry_init(SENTRY_DSN, environment=DJANGO_ENV, release=APP_VERSION, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)
 # OpenTelemetry traces over OTLP/HTTP (payments_project/tracing.py), on when set; the SDK reads the rest of its
 # OTEL_* variables (service name, sampler, resource) itself.
 OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")

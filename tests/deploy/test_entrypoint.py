@@ -82,18 +82,20 @@ def test_a_worker_consumes_its_queues_as_celery_at_its_pod(fake_bin: Path) -> No
     assert option(argv, "--queues") == "default,gdpr"
     assert option(argv, "--concurrency") == "3"
     assert option(argv, "--hostname") == f"celery@{POD}"
+    assert option(argv, "--heartbeat-file") == "/tmp/worker-heartbeat"  # what the chart's probes check
 
 
-def test_beat_keeps_its_schedule_in_tmp_and_answers_pings(fake_bin: Path) -> None:
+def test_beat_keeps_its_schedule_in_the_database_and_answers_pings(fake_bin: Path) -> None:
     argv = entrypoint(fake_bin, "beat", BEAT_MAX_INTERVAL="45")["argv"]
     assert argv[:4] == ["celery", "-A", "payments_project", "beat"]
-    assert option(argv, "--schedule") == "/tmp/celerybeat-schedule"
+    assert option(argv, "--scheduler") == "payments_project.beat:Scheduler"
+    assert "--schedule" not in argv  # no state file in the pod
     assert option(argv, "--max-interval") == "45"
     assert "--enable-remote-control" in argv
     assert option(argv, "--hostname") == f"celerybeat@{POD}"
 
 
-@pytest.mark.parametrize(("component", "suffix"), [("worker", "-worker-webhooks"), ("beat", "-beat")])
+@pytest.mark.parametrize(("component", "suffix"), [("beat", "-beat")])
 def test_the_liveness_probe_pings_the_node_the_entrypoint_started(fake_bin: Path, component: str, suffix: str) -> None:
     # given the node name the entrypoint gives this process
     started = option(entrypoint(fake_bin, component)["argv"], "--hostname")

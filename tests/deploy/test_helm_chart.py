@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from payments_project import heartbeat
 from tasks.queues import TaskQueue
 from tests.deploy.manifests import (
     CHART_DIR,
@@ -224,19 +225,32 @@ def test_web_has_startup_liveness_and_readiness_probes(values_name: str) -> None
 
 
 @pytest.mark.parametrize("values_name", VALUE_SETS)
-def test_every_worker_and_beat_is_pinged_on_its_own_node(values_name: str) -> None:
-    manifests = rendered(values_name)
-    nodes = {"worker": "celery", "beat": "celerybeat"}
-    pinged = [*worker_deployments(manifests), named(manifests, "Deployment", "-beat")]
-    for workload in pinged:
-        (container,) = pod_spec(workload)["containers"]
-        node = nodes[component(workload)]
+def test_beat_is_pinged_on_its_own_node(values_name: str) -> None:
+    (container,) = pod_spec(named(rendered(values_name), "Deployment", "-beat"))["containers"]
+    for probe in ("startupProbe", "livenessProbe"):
+        command = " ".join(container[probe]["exec"]["command"])
+        assert "celery -A payments_project inspect ping" in command
+        assert '--destination "celerybeat@${HOSTNAME}"' in command
+        # the probe's own process loads the app: Python start-up plus the ping's 10 s
+        assert container[probe]["timeoutSeconds"] >= 20
+    assert "readinessProbe" not in container  # no Service routes to it
+
+
+@pytest.mark.parametrize("values_name", VALUE_SETS)
+def test_a_worker_is_live_by_its_heartbeat_which_a_broker_outage_does_not_stop(values_name: str) -> None:
+    for worker in worker_deployments(rendered(values_name)):
+        (container,) = pod_spec(worker)["containers"]
         for probe in ("startupProbe", "livenessProbe"):
             command = " ".join(container[probe]["exec"]["command"])
-            assert "celery -A payments_project inspect ping" in command
-            assert f'--destination "{node}@${{HOSTNAME}}"' in command
-            # the probe's own process loads the app: Python start-up plus the ping's 10 s
-            assert container[probe]["timeoutSeconds"] >= 20
+            # the file the worker touches (the entrypoint's --heartbeat-file), not the broker
+            assert "/tmp/worker-heartbeat" in command
+            assert "celery" not in command
+            max_age = int(re.search(r"-lt (\d+)$", command).group(1))  # type: ignore[union-attr]
+            assert max_age >= 3 * heartbeat.HEARTBEAT_SECONDS  # two missed touches are not yet a restart
+        liveness = container["livenessProbe"]
+        # a wedged event loop is restarted within about 3 minutes
+        failing = liveness["failureThreshold"] * liveness["periodSeconds"]
+        assert heartbeat.LOOP_STALE_SECONDS + max_age + failing <= 180
         assert "readinessProbe" not in container  # no Service routes to them
 
 

@@ -12,7 +12,7 @@ import stripe
 from django.core.management import call_command
 from django.test import Client
 
-from billing.models import Customer, Order, Payment, Refund, Subscription
+from billing.models import Customer, Dispute, Invoice, Order, Payment, Refund, Subscription
 from entitlements.models import FamilyGroup, FamilyMembership
 from gdpr.audit import verify_chain
 from gdpr.models import AuditEvent, AuditEventPersonal, DataSubjectRequest, ErasureStep, RequestKind, RequestStatus
@@ -76,6 +76,9 @@ def assert_erased(seeded: Seeded, stripe_sdk: stripe.StripeClient) -> None:
     refund = Refund.objects.get(id=seeded.refund.id)
     assert (refund.amount, refund.stripe_refund_id) == (seeded.refund.amount, seeded.refund.stripe_refund_id)
     assert refund.note == "Goodwill, asked by [erased] on the phone"
+    invoice = Invoice.objects.get(id=seeded.invoice.id)
+    assert (invoice.number, invoice.amount_due, invoice.hosted_invoice_url) == ("JIA-0042", 1299, "")
+    assert Dispute.objects.get(id=seeded.dispute.id).amount == seeded.dispute.amount
     order = Order.objects.get(id=seeded.order.id)
     assert (order.amount, order.stripe_session_id, order.success_url) == (
         seeded.order.amount,

@@ -4,11 +4,9 @@ import uuid
 import pytest
 import structlog
 from django.db import connection
-from django.test import Client, override_settings
+from django.test import Client
 
-from payments_project.settings.base import cache_config
 from tests.support.auth import bearer
-from tests.support.proxy import closed_port
 
 pytestmark = pytest.mark.django_db
 
@@ -20,33 +18,6 @@ def test_healthz_answers_without_touching_dependencies(client: Client) -> None:
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
-
-
-def test_readyz_is_ready_when_database_cache_and_broker_answer(client: Client) -> None:
-    response = client.get("/readyz")
-
-    assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok", "cache": "ok", "broker": "ok"}
-
-
-def test_readyz_is_503_naming_the_broker_when_it_is_unreachable(client: Client) -> None:
-    with override_settings(CELERY_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{closed_port()}//"):
-        response = client.get("/readyz")
-
-    assert response.status_code == 503
-    assert response["Content-Type"] == PROBLEM
-    assert response.json()["checks"] == {"database": "ok", "cache": "ok", "broker": "unavailable"}
-    assert "broker" in response.json()["detail"]
-    assert response["Retry-After"]
-
-
-def test_readyz_is_503_naming_the_cache_when_redis_is_unreachable(client: Client) -> None:
-    with override_settings(CACHES=cache_config(f"redis://127.0.0.1:{closed_port()}/0")):
-        response = client.get("/readyz")
-
-    assert response.status_code == 503
-    assert response.json()["checks"]["cache"] == "unavailable"
-    assert response.json()["checks"]["database"] == "ok"
 
 
 def test_a_sane_request_id_is_echoed_and_put_into_problems(client: Client) -> None:

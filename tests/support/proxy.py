@@ -4,6 +4,7 @@ real service that CI needs next."""
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 from types import TracebackType
 
 
@@ -83,3 +84,29 @@ def free_port() -> int:
 def closed_port() -> int:
     """A loopback port nothing listens on."""
     return free_port()
+
+
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers: a hung Redis or RabbitMQ."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+
+    def hold() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=hold, daemon=True).start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        for conn in held:
+            conn.close()

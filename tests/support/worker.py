@@ -38,15 +38,22 @@ def purge(queues: list[str]) -> None:
 
 @contextmanager
 def celery_worker(
-    queues: list[str], *, concurrency: int = 1, include: str = "", env: dict[str, str] | None = None
+    queues: list[str],
+    *,
+    concurrency: int = 1,
+    include: str = "",
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a worker consuming `queues` (with more `env`), wait until it answers a ping, stop it afterwards."""
+    """Start a worker consuming `queues` (with more `env` and `args`), wait until it answers a ping, stop it
+    afterwards."""
     purge(queues)
     node = f"test-{uuid.uuid4().hex[:8]}@localhost"
     command = [sys.executable, "-m", "celery", "-A", "payments_project", "worker", "-Q", ",".join(queues)]
     command += ["-c", str(concurrency), "-n", node, "--without-gossip", "--without-mingle", "-l", "INFO"]
     if include:
         command += ["--include", include]
+    command += args
     with background_process(
         command,
         name=node.split("@")[0],

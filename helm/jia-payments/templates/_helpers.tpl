@@ -280,6 +280,19 @@ exec:
     - unset PROMETHEUS_MULTIPROC_DIR; exec celery -A payments_project inspect ping --destination "{{ .node }}@${HOSTNAME}" --timeout 10
 {{- end }}
 
+{{/*
+A worker's liveness: its heartbeat file (scripts/docker-entrypoint.sh passes --heartbeat-file) was touched in
+the last 30 s. The worker touches it every 5 s while its event loop turns, and all along a broker outage
+(payments_project/heartbeat.py), so a RabbitMQ outage of any length restarts no worker; a wedged loop does.
+*/}}
+{{- define "jia-payments.workerHeartbeat" -}}
+exec:
+  command:
+    - /bin/sh
+    - -c
+    - test $(( $(date +%s) - $(stat -c %Y /tmp/worker-heartbeat 2>/dev/null || echo 0) )) -lt 30
+{{- end }}
+
 {{- define "jia-payments.probeTimings" -}}
 periodSeconds: {{ .periodSeconds }}
 timeoutSeconds: {{ .timeoutSeconds }}
