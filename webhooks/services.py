@@ -17,6 +17,7 @@ from billing.models import Customer
 from entitlements.services import entitlements_refresh
 from gdpr import audit
 from gdpr.selectors import erased_user_ids
+from payments_project.json_body import json_loads
 from payments_project.tracing import current_traceparent, job_span
 from tasks.base import enqueue_on_commit
 from tasks.errors import is_transient
@@ -47,7 +48,7 @@ class StripeEnvelope:
 def stripe_event_parse(raw_body: bytes) -> StripeEnvelope:
     """Read the envelope of a Stripe event; anything we could not process later is rejected now."""
     try:
-        event = json.loads(raw_body)
+        event = json_loads(raw_body)  # bounded depth: a deeply nested body is malformed, never a 500
         obj = event["data"]["object"]
         if not isinstance(obj, dict):
             raise TypeError("data.object is not an object")
@@ -135,7 +136,7 @@ def _about_an_erased_subject(envelope: StripeEnvelope, raw_body: str) -> bool:
 def _metadata_user_ids(raw_body: str) -> list[str]:
     """metadata.user_id of the event's object and of its (expanded) customer."""
     try:
-        obj = json.loads(raw_body)["data"]["object"]
+        obj = json_loads(raw_body)["data"]["object"]
     except (ValueError, KeyError, TypeError):
         return []
     found = []
