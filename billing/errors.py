@@ -82,6 +82,21 @@ class SubscriptionNotCancelable(Conflict):
     title = "This subscription cannot be canceled"
 
 
+class SubscriptionNotResumable(Conflict):
+    code = "subscription_not_resumable"
+    title = "This subscription is not set to cancel"
+
+
+class SubscriptionNotChangeable(Conflict):
+    code = "subscription_not_changeable"
+    title = "This subscription cannot change plan"
+
+
+class NoBillingAccount(Conflict):
+    code = "no_billing_account"
+    title = "There is no billing account yet"
+
+
 class StripeObjectInvalid(Exception):
     """A Stripe object lacks what a service needs: bad data, a permanent error (never retried)."""
 

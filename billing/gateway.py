@@ -368,6 +368,116 @@ def subscription_cancel_at_period_end(*, stripe_subscription_id: str, idempotenc
     )
 
 
+def subscription_resume(*, stripe_subscription_id: str, idempotency_key: str) -> StripeDict:
+    """Undo a cancel at period end."""
+    return _call(
+        "subscription_resume",
+        lambda c: c.v1.subscriptions.update(
+            stripe_subscription_id,
+            params={"cancel_at_period_end": False},
+            options=_post_options(idempotency_key),
+        ),
+    )
+
+
+def billing_portal_session_create(*, stripe_customer_id: str, return_url: str, idempotency_key: str) -> StripeDict:
+    """A Stripe customer portal session (payment methods, invoices): {"id", "url", ...}."""
+    return _call(
+        "billing_portal_session_create",
+        lambda c: c.v1.billing_portal.sessions.create(
+            params={"customer": stripe_customer_id, "return_url": return_url},
+            options=_post_options(idempotency_key),
+        ),
+    )
+
+
+def invoice_preview_change(
+    *,
+    stripe_customer_id: str,
+    stripe_subscription_id: str,
+    item_id: str,
+    stripe_price_id: str,
+    proration_date: int,
+    proration_behavior: str,
+) -> StripeDict:
+    """The invoice a price change would make (Stripe's create_preview: nothing is created)."""
+    params: dict[str, Any] = {
+        "customer": stripe_customer_id,
+        "subscription": stripe_subscription_id,
+        "subscription_details": {
+            "items": [{"id": item_id, "price": stripe_price_id}],
+            "proration_date": proration_date,
+            "proration_behavior": proration_behavior,
+        },
+    }
+    key = f"preview:{stripe_subscription_id}:{stripe_price_id}:{proration_date}:{proration_behavior}"
+    return _call(
+        "invoice_preview_change",
+        lambda c: c.v1.invoices.create_preview(params=params, options=_post_options(key)),  # type: ignore[arg-type]
+    )
+
+
+def subscription_change_price_now(
+    *, stripe_subscription_id: str, item_id: str, stripe_price_id: str, proration_date: int, idempotency_key: str
+) -> StripeDict:
+    """Switch the subscription's price now, invoicing the proration at once (an upgrade)."""
+    params: dict[str, Any] = {
+        "items": [{"id": item_id, "price": stripe_price_id}],
+        "proration_behavior": "always_invoice",
+        "proration_date": proration_date,
+    }
+    return _call(
+        "subscription_change_price_now",
+        lambda c: c.v1.subscriptions.update(
+            stripe_subscription_id,
+            params=params,  # type: ignore[arg-type]
+            options=_post_options(idempotency_key),
+        ),
+    )
+
+
+def subscription_schedule_from(*, stripe_subscription_id: str, idempotency_key: str) -> StripeDict:
+    """A schedule taking over an existing subscription (its current phase as the first)."""
+    return _call(
+        "subscription_schedule_from",
+        lambda c: c.v1.subscription_schedules.create(
+            params={"from_subscription": stripe_subscription_id}, options=_post_options(idempotency_key)
+        ),
+    )
+
+
+def subscription_schedule_price_at(
+    *,
+    schedule_id: str,
+    current_price_id: str,
+    phase_start: int,
+    phase_end: int,
+    next_price_id: str,
+    idempotency_key: str,
+) -> StripeDict:
+    """Keep the current price until `phase_end`, then the next one; released afterwards (a downgrade)."""
+    params: dict[str, Any] = {
+        "end_behavior": "release",
+        "phases": [
+            {
+                "items": [{"price": current_price_id, "quantity": 1}],
+                "start_date": phase_start,
+                "end_date": phase_end,
+                "proration_behavior": "none",
+            },
+            {"items": [{"price": next_price_id, "quantity": 1}], "proration_behavior": "none"},
+        ],
+    }
+    return _call(
+        "subscription_schedule_price_at",
+        lambda c: c.v1.subscription_schedules.update(
+            schedule_id,
+            params=params,  # type: ignore[arg-type]
+            options=_post_options(idempotency_key),
+        ),
+    )
+
+
 def subscription_retrieve(stripe_subscription_id: str) -> StripeDict:
     return _call("subscription_retrieve", lambda c: c.v1.subscriptions.retrieve(stripe_subscription_id))
 

@@ -7,7 +7,6 @@ settings fixture. Defaults here are the development ones; production.py re-reads
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from payments_project.logging import logging_config, sentry_init
 from payments_project.settings.parsing import (
@@ -17,7 +16,7 @@ from payments_project.settings.parsing import (
     database_config,
     env,
     env_bool,
-    export_storage_options,
+    export_storage,
     networks_from_env,
     rate_limits_from_env,
     return_url_origins,
@@ -112,7 +111,7 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
-CACHES = cache_config(REDIS_URL)
+CACHES = cache_config(REDIS_URL, var_dir=VAR_DIR)
 
 # django-axes' backend first: a locked-out username or IP is refused before its password is checked.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
@@ -314,20 +313,26 @@ ENTITLEMENTS_CACHE_BREAKER_FAIL_MAX = 3
 ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS = 10
 
 # --- GDPR: data export and erasure (gdpr/) ------------------------------------------------------
-# Export archives get a storage of their own (STORAGES["gdpr_exports"]): local files by default. The
-# image's root filesystem is read-only and pods share no disk, so production points it at an object
-# store that web and workers share, e.g. GDPR_EXPORT_STORAGE_BACKEND=storages.backends.s3.S3Storage
-# (django-storages, installed with it) and GDPR_EXPORT_STORAGE_OPTIONS='{"bucket_name": "…"}'.
-GDPR_EXPORT_STORAGE_BACKEND = env.str(
-    "GDPR_EXPORT_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
-)
+# Export archives get a storage of their own (STORAGES["gdpr_exports"]). `local`: files under
+# GDPR_EXPORT_STORAGE_LOCATION (make run, tests). `s3`: an S3-compatible object store that web and workers
+# share (the image's root filesystem is read-only and pods share no disk; the guard requires it in
+# production), through django-storages; credentials from the standard AWS chain (workload identity, else
+# AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment), never from these settings. Downloads answer
+# 302 to a presigned URL that lives GDPR_EXPORT_URL_TTL_SECONDS.
+GDPR_EXPORT_STORAGE = env.str("GDPR_EXPORT_STORAGE", default="local")
+GDPR_EXPORT_BUCKET = env.str("GDPR_EXPORT_BUCKET", default="")
+AWS_S3_ENDPOINT_URL = env.str("AWS_S3_ENDPOINT_URL", default="")  # empty: AWS S3 itself
+AWS_S3_REGION_NAME = env.str("AWS_S3_REGION_NAME", default="")
+GDPR_EXPORT_URL_TTL_SECONDS = env.int("GDPR_EXPORT_URL_TTL_SECONDS", default=300)
 GDPR_EXPORT_STORAGE_LOCATION = env.str("GDPR_EXPORT_STORAGE_LOCATION", default=str(VAR_DIR / "exports"))
-
-_gdpr_export_storage: Any = {
-    "BACKEND": GDPR_EXPORT_STORAGE_BACKEND,
-    "OPTIONS": export_storage_options(GDPR_EXPORT_STORAGE_BACKEND, GDPR_EXPORT_STORAGE_LOCATION),
-}
-STORAGES["gdpr_exports"] = _gdpr_export_storage
+STORAGES["gdpr_exports"] = export_storage(
+    GDPR_EXPORT_STORAGE,
+    bucket=GDPR_EXPORT_BUCKET,
+    endpoint_url=AWS_S3_ENDPOINT_URL,
+    region=AWS_S3_REGION_NAME,
+    url_ttl_seconds=GDPR_EXPORT_URL_TTL_SECONDS,
+    location=GDPR_EXPORT_STORAGE_LOCATION,
+)
 # How long a finished export can be downloaded; a beat job deletes the file afterwards.
 GDPR_EXPORT_TTL_HOURS = env.int("GDPR_EXPORT_TTL_HOURS", default=72)
 # The key of the stable pseudonyms that replace an erased user's id (secret). Empty: derived from

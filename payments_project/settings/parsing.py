@@ -71,8 +71,17 @@ def database_config(url: str, *, pool_max_size: int = 0, pool_timeout: float = 1
     return config
 
 
-def cache_config(redis_url: str) -> dict[str, Any]:
-    """Redis when REDIS_URL is set (shared by every process), else a per-process local cache."""
+def cache_config(redis_url: str, *, var_dir: Path | None = None) -> dict[str, Any]:
+    """Redis when REDIS_URL is set (shared by every process); else files under `var_dir`, shared by the
+    processes of one machine (`make run`'s web and worker: a change the worker makes, such as entitlements a
+    webhook ended, must not stay hidden behind the web's cache), or a per-process cache without one."""
+    if not redis_url and var_dir is not None:
+        return {
+            "default": {
+                "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                "LOCATION": str(var_dir / "cache"),
+            }
+        }
     if not redis_url:
         return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     return {
@@ -149,19 +158,38 @@ def networks_from_env(name: str, default: str) -> tuple[ipaddress.IPv4Network | 
     return tuple(networks)
 
 
-def export_storage_options(backend: str, location: str) -> dict[str, Any]:
-    """GDPR_EXPORT_STORAGE_OPTIONS (a JSON object) for any backend; a file system gets owner-only files."""
-    raw = env.str("GDPR_EXPORT_STORAGE_OPTIONS", default="").strip()
-    try:
-        options = json.loads(raw) if raw else {}
-    except json.JSONDecodeError as exc:
-        raise ImproperlyConfigured(f"GDPR_EXPORT_STORAGE_OPTIONS is not JSON: {exc}") from exc
-    if not isinstance(options, dict):
-        raise ImproperlyConfigured("GDPR_EXPORT_STORAGE_OPTIONS must be a JSON object")
-    if backend == "django.core.files.storage.FileSystemStorage":
-        defaults = {"location": location, "file_permissions_mode": 0o600, "directory_permissions_mode": 0o700}
-        options = {**defaults, **options}
-    return options
+EXPORT_STORAGE_KINDS = ("local", "s3")
+
+
+def export_storage(
+    kind: str, *, bucket: str, endpoint_url: str, region: str, url_ttl_seconds: int, location: str
+) -> dict[str, Any]:
+    """STORAGES["gdpr_exports"] for GDPR_EXPORT_STORAGE: owner-only local files, or an S3 bucket whose
+    URLs are presigned for url_ttl_seconds (the production guard names a missing bucket)."""
+    if kind not in EXPORT_STORAGE_KINDS:
+        raise ImproperlyConfigured(
+            f"GDPR_EXPORT_STORAGE must be one of {', '.join(EXPORT_STORAGE_KINDS)}, not {kind!r}"
+        )
+    if url_ttl_seconds <= 0:
+        raise ImproperlyConfigured(f"GDPR_EXPORT_URL_TTL_SECONDS must be positive, not {url_ttl_seconds}")
+    if kind == "local":
+        options = {"location": location, "file_permissions_mode": 0o600, "directory_permissions_mode": 0o700}
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": options}
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "endpoint_url": endpoint_url or None,
+            "region_name": region or None,
+            # S3-compatible stores (MinIO, Ceph, ...) at their own endpoint want path-style addressing.
+            "addressing_style": "path" if endpoint_url else None,
+            "signature_version": "s3v4",
+            "querystring_auth": True,  # url() is a presigned GET ...
+            "querystring_expire": url_ttl_seconds,  # ... that lives this long
+            "default_acl": None,  # the bucket's own policy: private
+            "file_overwrite": True,  # a rerun replaces its own archive under the same name
+        },
+    }
 
 
 def admin_host(origin: str) -> str:

@@ -15,6 +15,7 @@ from payments_project.settings.parsing import (
     env_bool,
 )
 
+DJANGO_ENV = "production"  # also when chosen by DJANGO_SETTINGS_MODULE alone
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
