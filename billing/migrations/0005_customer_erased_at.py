@@ -24,7 +24,7 @@ def mark_erased_customers(apps, schema_editor):  # type: ignore[no-untyped-def]
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0003_invoices_disputes_trials_order_processing"),
+        ("billing", "0004_subscription_change"),
         ("gdpr", "0008_ops_role_group"),
     ]
 
