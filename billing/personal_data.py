@@ -23,7 +23,17 @@ from django.utils import timezone
 
 from billing import gateway
 from billing.errors import StripeRequestFailed
-from billing.models import Customer, Dispute, Invoice, Order, Payment, Refund, Subscription, SubscriptionStatus
+from billing.models import (
+    Customer,
+    Dispute,
+    Invoice,
+    Order,
+    Payment,
+    Refund,
+    Subscription,
+    SubscriptionChange,
+    SubscriptionStatus,
+)
 from billing.services import subscription_upsert_from_stripe
 from gdpr import audit
 from gdpr.registry import DataSubject, PersonalDataProvider, Tables, redact_text, replacements_for, rows
@@ -45,6 +55,9 @@ def billing_export(*, subject: DataSubject) -> Tables:
         "refunds": rows(Refund.objects.filter(payment__customer__in=customers)),
         "invoices": rows(Invoice.objects.filter(customer__in=customers)),
         "disputes": rows(Dispute.objects.filter(payment__customer__in=customers)),
+        "subscription_changes": rows(
+            SubscriptionChange.objects.filter(customer__in=customers), exclude=("lease_until", "request_fingerprint")
+        ),
     }
 
 
@@ -111,6 +124,9 @@ def _customer_pseudonymise(*, customer_id: uuid.UUID, subject: DataSubject, stri
         refund.note = redact_text(refund.note, replacements)
         refund.failure_reason = redact_text(refund.failure_reason, replacements)
         refund.save(update_fields=["note", "failure_reason"])
+    for change in SubscriptionChange.objects.select_for_update().filter(customer=customer):
+        change.failure_message = redact_text(change.failure_message, replacements)
+        change.save(update_fields=["failure_message"])
     # As for the customer: a late invoice event older than the erasure must not bring the URL back.
     Invoice.objects.filter(customer=customer).update(
         hosted_invoice_url="", stripe_updated_at=Greatest(F("stripe_updated_at"), Value(now)), updated_at=now
@@ -127,7 +143,7 @@ def _customer_pseudonymise(*, customer_id: uuid.UUID, subject: DataSubject, stri
 PROVIDER = PersonalDataProvider(
     name="billing",
     order=10,
-    models=(Customer, Order, Subscription, Payment, Refund, Invoice, Dispute),
+    models=(Customer, Order, Subscription, Payment, Refund, Invoice, Dispute, SubscriptionChange),
     export=billing_export,
     erase=billing_erase,
     emails=billing_emails,
