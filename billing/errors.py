@@ -27,6 +27,14 @@ class StripeUnavailable(DependencyUnavailable):
     title = "Stripe is unavailable"
 
 
+class StripeTimedOut(StripeUnavailable):
+    """The request's Stripe budget ran out before Stripe answered: what it asked may or may not be done, and
+    asking again with the same idempotency key (the client's replay, or a sweep) finds out."""
+
+    code = "stripe_timeout"
+    title = "Stripe did not answer in time"
+
+
 class StripeRateLimited(DependencyUnavailable):
     """Stripe throttled us (its 429): our dependency is saturated, so the client sees a 503."""
 

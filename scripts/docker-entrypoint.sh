@@ -86,6 +86,8 @@ beat)
     ;;
 migrate)
     unset PROMETHEUS_MULTIPROC_DIR
+    # The longest PostgreSQL timeouts (settings: DATABASE_SESSION_TIMEOUTS).
+    export PROCESS_KIND=migrate
     exec python manage.py migrate --noinput "$@"
     ;;
 manage)

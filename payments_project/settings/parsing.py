@@ -44,12 +44,20 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (true/false), not {raw!r}")
 
 
-def database_config(url: str, *, pool_max_size: int = 0, pool_timeout: float = 10.0) -> dict[str, Any]:
+def database_config(
+    url: str,
+    *,
+    pool_max_size: int = 0,
+    pool_timeout: float = 10.0,
+    session_timeouts: tuple[int, int, int] | None = None,
+) -> dict[str, Any]:
     """Parse DATABASE_URL; SQLite gets WAL so web, worker and beat can share it in development.
 
     PostgreSQL with pool_max_size > 0 (the chart's web pods: DATABASE_POOL_MAX_SIZE): one psycopg pool per
     process, shared by its threads, so a process never holds more than pool_max_size connections (a
     thread waits up to pool_timeout seconds for one). Without it each thread keeps its own connection.
+    `session_timeouts`: seconds of statement_timeout, lock_timeout and idle_in_transaction_session_timeout,
+    set on each PostgreSQL session at connect.
     """
     config: dict[str, Any] = env.db_url_config(url)
     if config["ENGINE"] == "django.db.backends.sqlite3":
@@ -62,6 +70,10 @@ def database_config(url: str, *, pool_max_size: int = 0, pool_timeout: float = 1
         config["CONN_HEALTH_CHECKS"] = True
         options = config.setdefault("OPTIONS", {})
         options["connect_timeout"] = 5
+        if session_timeouts:
+            names = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+            pairs = zip(names, session_timeouts, strict=True)
+            options["options"] = " ".join(f"-c {name}={seconds}s" for name, seconds in pairs)
         if pool_max_size > 0:
             config["CONN_MAX_AGE"] = 0  # a request hands its connection back to the pool (Django requires 0)
             options["pool"] = {"min_size": 1, "max_size": pool_max_size, "timeout": pool_timeout}
@@ -86,7 +98,7 @@ def cache_config(redis_url: str, *, var_dir: Path | None = None) -> dict[str, An
         return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     return {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "payments_project.redis_cache.RedisCache",  # Django's, one client per pool
             "LOCATION": redis_url,
             "KEY_PREFIX": "jia-payments",
             # Short timeouts: a slow Redis must not stall requests (callers fall back to the database).
