@@ -19,6 +19,7 @@ CONTRACT = [
     ("get", "/api/v1/family"),
     ("post", "/api/v1/family"),
     ("post", "/api/v1/family/invitations"),
+    ("post", "/api/v1/family/invitations/accept"),
     ("post", "/api/v1/family/invitations/{}/accept"),
     ("delete", "/api/v1/family/members/{}"),
     ("post", "/api/v1/gdpr/exports"),
