@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 from django.db import transaction
+from django.dispatch import Signal
 
 from billing.errors import CatalogInvalid
 from billing.models import Feature, Plan, Price
@@ -73,6 +74,11 @@ def _referenced(data: dict[str, Any]) -> set[str]:
     return {key for plan in data["plans"] for key in plan.get("features", [])}
 
 
+# Sent in the import's transaction with the ids of existing plans whose family seats or features changed:
+# entitlements (an app above billing) refreshes their subscribers and families after commit.
+plans_entitlements_changed = Signal()  # kwargs: plan_ids
+
+
 @transaction.atomic(durable=True)
 def catalog_import(*, data: Any) -> CatalogImportResult:
     """Validate the whole catalog, then upsert it in this one transaction (idempotent)."""
@@ -85,6 +91,11 @@ def catalog_import(*, data: Any) -> CatalogImportResult:
         result.created["features"] += created
         result.updated["features"] += not created
     features = {feature.key: feature for feature in Feature.objects.filter(key__in=_referenced(data))}
+    before = {
+        plan.code: (plan.family_seats, frozenset(plan.features.values_list("key", flat=True)))
+        for plan in Plan.objects.filter(code__in=[item["code"] for item in data["plans"]])
+    }
+    changed = []
     for item in data["plans"]:
         plan, created = Plan.objects.update_or_create(
             code=item["code"],
@@ -97,6 +108,8 @@ def catalog_import(*, data: Any) -> CatalogImportResult:
         result.created["plans"] += created
         result.updated["plans"] += not created
         plan.features.set([features[key] for key in item.get("features", [])])
+        if not created and before[plan.code] != (plan.family_seats, frozenset(item.get("features", []))):
+            changed.append(plan.id)
         listed = []
         for price_item in item["prices"]:
             _, created = Price.objects.update_or_create(
@@ -115,4 +128,6 @@ def catalog_import(*, data: Any) -> CatalogImportResult:
         result.deactivated_prices += (
             Price.objects.filter(plan=plan, active=True).exclude(stripe_price_id__in=listed).update(active=False)
         )
+    if changed:
+        plans_entitlements_changed.send(sender=Plan, plan_ids=changed)
     return result

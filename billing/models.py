@@ -32,6 +32,9 @@ class Customer(models.Model):
     stripe_customer_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
     stripe_deleted_at = models.DateTimeField(null=True, blank=True)
     stripe_updated_at = models.DateTimeField(null=True, blank=True)
+    # Set when a GDPR erasure pseudonymised the row: Stripe events about this customer that arrive later
+    # are stored redacted (webhooks.services.inbox_insert).
+    erased_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 

@@ -103,11 +103,14 @@ def _customer_pseudonymise(*, customer_id: uuid.UUID, subject: DataSubject, stri
     now = timezone.now()
     replacements = replacements_for(subject)
     customer.user_id, customer.email, customer.updated_at = subject.pseudonymous_uuid, "", now
+    customer.erased_at = customer.erased_at or now  # later Stripe events about it are stored redacted
     if stripe_deleted:
         customer.stripe_deleted_at = customer.stripe_deleted_at or now
     # Stripe events older than this erasure (a late customer.updated with the email) are stale from now on.
     customer.stripe_updated_at = max(now, customer.stripe_updated_at or now)
-    customer.save(update_fields=["user_id", "email", "updated_at", "stripe_deleted_at", "stripe_updated_at"])
+    customer.save(
+        update_fields=["user_id", "email", "updated_at", "stripe_deleted_at", "stripe_updated_at", "erased_at"]
+    )
     for order in Order.objects.select_for_update().filter(customer=customer):
         order.success_url, order.cancel_url = "", ""
         order.failure_message = redact_text(order.failure_message, replacements)
@@ -119,6 +122,9 @@ def _customer_pseudonymise(*, customer_id: uuid.UUID, subject: DataSubject, stri
         refund.note = redact_text(refund.note, replacements)
         refund.failure_reason = redact_text(refund.failure_reason, replacements)
         refund.save(update_fields=["note", "failure_reason"])
+    for change in SubscriptionChange.objects.select_for_update().filter(customer=customer):
+        change.failure_message = redact_text(change.failure_message, replacements)
+        change.save(update_fields=["failure_message"])
     # As for the customer: a late invoice event older than the erasure must not bring the URL back.
     Invoice.objects.filter(customer=customer).update(
         hosted_invoice_url="", stripe_updated_at=Greatest(F("stripe_updated_at"), Value(now)), updated_at=now

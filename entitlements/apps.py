@@ -11,3 +11,8 @@ class EntitlementsConfig(AppConfig):
         from gdpr.registry import register
 
         register(PROVIDER)  # GDPR export and erasure of family membership, invitations, entitlement snapshots
+
+        from billing.catalog import plans_entitlements_changed
+        from entitlements.services import entitlements_refresh_plans_on_commit
+
+        plans_entitlements_changed.connect(entitlements_refresh_plans_on_commit, dispatch_uid="entitlements-plans")

@@ -55,7 +55,8 @@ def entitlements_export(*, subject: DataSubject) -> Tables:
 def entitlements_erase(*, subject: DataSubject) -> None:
     user_id = subject.user_id
     affected = {user_id}
-    # Lock order of entitlements: family group rows → invitation → snapshot rows.
+    # Lock order of entitlements: audit chain → family group rows → invitation → snapshot rows.
+    audit.chain_lock()
     owned = FamilyGroup.objects.select_for_update().filter(owner_user_id=user_id).first()
     if owned is not None:
         members = set(owned.memberships.filter(role=MembershipRole.MEMBER).values_list("user_id", flat=True))
@@ -70,8 +71,10 @@ def entitlements_erase(*, subject: DataSubject) -> None:
         owned.delete()  # its memberships and invitations go with it
     membership = FamilyMembership.objects.filter(user_id=user_id).select_related("group").first()
     if membership is not None:
-        FamilyGroup.objects.select_for_update().filter(id=membership.group_id).first()
+        group = FamilyGroup.objects.select_for_update().filter(id=membership.group_id).first()
         membership.delete()
+        if group is not None:
+            affected.add(group.owner_user_id)  # the seat they held goes to the next member in line
         audit.record(
             action=audit.AuditAction.FAMILY_MEMBER_REMOVED,
             actor_type=audit.ActorType.SYSTEM,

@@ -47,10 +47,20 @@ class SubscriptionFacts:
 
 @dataclass(frozen=True)
 class MembershipFacts:
-    """`user_id` is a member (not the owner) of the family owned by `owner_user_id`."""
+    """`user_id` is a member (not the owner) of the family owned by `owner_user_id`, the `seat`-th to have
+    joined it (1: the longest-standing member; by joined_at, then id)."""
 
     user_id: uuid.UUID
     owner_user_id: uuid.UUID
+    seat: int = 1
+
+
+def holds_seat(subscription: SubscriptionFacts, seat: int) -> bool:
+    """The seat rule: a family plan of N seats shares its features with the N longest-standing members; the
+    others are suspended (no family features) until a seat frees up (the owner removes someone, someone
+    leaves) or the plan grows again. Nothing is stored: the order of joining decides, so a downgrade, an
+    upgrade, a removal or a catalog change takes effect wherever entitlements are resolved."""
+    return 0 < seat <= subscription.family_seats
 
 
 @dataclass(frozen=True)
@@ -172,10 +182,10 @@ def resolve(
         active, until = access_until(subscription, now=now, past_due_grace=past_due_grace)
         if active:
             granting.setdefault(subscription.user_id, []).append((subscription, until))
-    owners: dict[uuid.UUID, set[uuid.UUID]] = {}
+    owners: dict[uuid.UUID, dict[uuid.UUID, int]] = {}  # member -> {owner: their seat}
     for membership in memberships:
         if membership.user_id in wanted and membership.owner_user_id != membership.user_id:
-            owners.setdefault(membership.user_id, set()).add(membership.owner_user_id)
+            owners.setdefault(membership.user_id, {})[membership.owner_user_id] = membership.seat
 
     result = {}
     for user_id in wanted:
@@ -183,9 +193,9 @@ def resolve(
         for subscription, until in granting.get(user_id, ()):
             _add(grants.own, subscription.features, until)
             grants.valid_until = _earlier(grants.valid_until, until)
-        for owner_id in owners.get(user_id, ()):
+        for owner_id, seat in owners.get(user_id, {}).items():
             for subscription, until in granting.get(owner_id, ()):
-                if subscription.family_seats > 0:
+                if holds_seat(subscription, seat):
                     _add(grants.family, subscription.features, until)
                     grants.valid_until = _earlier(grants.valid_until, until)
         result[user_id] = _entitlements(user_id, grants)
@@ -233,7 +243,8 @@ def explain(
 
     Uses exactly the rules of `resolve` (access_until, family seats), so the verdicts agree with it.
     """
-    owners = {m.owner_user_id for m in memberships if m.user_id == user_id and m.owner_user_id != user_id}
+    seats = {m.owner_user_id: m.seat for m in memberships if m.user_id == user_id and m.owner_user_id != user_id}
+    owners = set(seats)
     reasons = []
     for subscription in sorted(subscriptions, key=lambda s: (s.user_id != user_id, s.subscription_id)):
         if subscription.user_id == user_id:
@@ -243,7 +254,8 @@ def explain(
         else:
             continue
         active, until = access_until(subscription, now=now, past_due_grace=past_due_grace)
-        shared = source is Source.OWN or subscription.family_seats > 0
+        seat = seats.get(subscription.user_id, 0)
+        shared = source is Source.OWN or holds_seat(subscription, seat)
         reasons.append(
             Reason(
                 source=source,
@@ -252,18 +264,25 @@ def explain(
                 status=subscription.status,
                 grants=active and shared and feature_key in subscription.features,
                 until=until if active else None,
-                detail=_verdict(subscription, source, feature_key, active, until),
+                detail=_verdict(subscription, source, feature_key, active, until, seat=seat),
             )
         )
     return reasons
 
 
-def _verdict(subscription: SubscriptionFacts, source: Source, key: str, grants: bool, until: datetime | None) -> str:
+def _verdict(
+    subscription: SubscriptionFacts, source: Source, key: str, grants: bool, until: datetime | None, *, seat: int = 0
+) -> str:
     whose = "their own subscription" if source is Source.OWN else "their family owner's subscription"
     if key not in subscription.features:
         return f"{whose}: plan {subscription.plan_code!r} does not include {key!r}"
     if source is Source.FAMILY and subscription.family_seats <= 0:
         return f"{whose}: plan {subscription.plan_code!r} is not a family plan"
+    if source is Source.FAMILY and not holds_seat(subscription, seat):
+        return (
+            f"{whose}: member {seat} of a plan with {subscription.family_seats} seat(s): suspended until a seat "
+            "frees up or the plan grows"
+        )
     if not grants:
         if subscription.status == PAST_DUE:
             return f"{whose}: past_due beyond the grace period"

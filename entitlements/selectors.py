@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.models import Subscription
@@ -85,15 +86,38 @@ def _subscriptions_of(user_ids: Collection[uuid.UUID], *, entitling_only: bool =
     return subscriptions
 
 
+def _with_seat(memberships: QuerySet[FamilyMembership]) -> Any:
+    """Each membership's `seat`: its place among its family's members by (joined_at, id), 1 for the
+    longest-standing (resolution.holds_seat), counted over the whole family, not only the rows selected."""
+    earlier = (
+        FamilyMembership.objects.filter(group=OuterRef("group"), role=MembershipRole.MEMBER)
+        .filter(Q(joined_at__lt=OuterRef("joined_at")) | Q(joined_at=OuterRef("joined_at"), id__lt=OuterRef("id")))
+        .order_by()
+        .values("group")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return memberships.annotate(seat=Coalesce(Subquery(earlier, output_field=IntegerField()), 0) + 1)
+
+
+def plan_subscriber_ids(*, plan_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+    """Users with an access-granting subscription to one of these plans."""
+    return set(
+        Subscription.objects.filter(plan_id__in=plan_ids, status__in=ENTITLING_STATUSES).values_list(
+            "customer__user_id", flat=True
+        )
+    )
+
+
 def resolver_inputs(*, user_ids: Collection[uuid.UUID]) -> ResolverInputs:
     """Everything `resolve` needs for these users, in two queries whatever their number:
     their memberships (with each family's owner), then the access-granting subscriptions of the
     users and of those owners, joined to plan and features."""
     memberships = [
-        MembershipFacts(user_id=user_id, owner_user_id=owner_user_id)
-        for user_id, owner_user_id in FamilyMembership.objects.filter(
-            user_id__in=user_ids, role=MembershipRole.MEMBER
-        ).values_list("user_id", "group__owner_user_id")
+        MembershipFacts(user_id=user_id, owner_user_id=owner_user_id, seat=seat)
+        for user_id, owner_user_id, seat in _with_seat(
+            FamilyMembership.objects.filter(user_id__in=user_ids, role=MembershipRole.MEMBER)
+        ).values_list("user_id", "group__owner_user_id", "seat")
     ]
     owners = {membership.owner_user_id for membership in memberships}
     rows = _subscriptions_of({*user_ids, *owners}).values_list(*_SUBSCRIPTION_COLUMNS)
@@ -163,10 +187,10 @@ def entitlement_explain(*, user_id: uuid.UUID, feature_key: str) -> list[Reason]
     """Support's "why does this user have (or not have) this feature": every subscription of the user
     and of their family owner, whatever its status, with the rule's verdict on each."""
     memberships = [
-        MembershipFacts(user_id=user_id, owner_user_id=owner)
-        for owner in FamilyMembership.objects.filter(user_id=user_id, role=MembershipRole.MEMBER).values_list(
-            "group__owner_user_id", flat=True
-        )
+        MembershipFacts(user_id=user_id, owner_user_id=owner, seat=seat)
+        for owner, seat in _with_seat(
+            FamilyMembership.objects.filter(user_id=user_id, role=MembershipRole.MEMBER)
+        ).values_list("group__owner_user_id", "seat")
     ]
     owners = {membership.owner_user_id for membership in memberships}
     rows = _subscriptions_of({user_id, *owners}, entitling_only=False).values_list(*_SUBSCRIPTION_COLUMNS)
@@ -190,6 +214,7 @@ class FamilyDetail:
     status: str
     seats: int
     members: list[FamilyMembership]
+    suspended: list[uuid.UUID]  # members beyond the seats (resolution.holds_seat)
     invitations: list[FamilyInvitation]  # pending ones, for the owner; empty for members
     created_at: datetime
 
@@ -209,12 +234,16 @@ def family_detail(*, user_id: uuid.UUID) -> FamilyDetail | None:
         if is_owner
         else []
     )
+    seats = family_seats_of(owner_user_id=group.owner_user_id)
+    members = list(group.memberships.order_by("joined_at", "id"))
+    in_line = [member.user_id for member in members if member.role == MembershipRole.MEMBER]
     return FamilyDetail(
         id=group.id,
         owner_user_id=group.owner_user_id,
         status=group.status,
-        seats=family_seats_of(owner_user_id=group.owner_user_id),
-        members=list(group.memberships.order_by("joined_at", "id")),
+        seats=seats,
+        members=members,
+        suspended=in_line[seats:],
         invitations=invitations,
         created_at=group.created_at,
     )

@@ -1,7 +1,8 @@
 """Writes: refreshing entitlements after any change that may affect them, and the family lifecycle.
 
 Lock order (every writer here follows it, so two of them never wait on each other in a cycle):
-family group rows (by id) → invitation row → entitlement snapshot rows (by user id).
+the audit chain (gdpr.audit.chain_lock: a webhook holds it from billing's audit row on) → family group rows
+(by id) → invitation row → entitlement snapshot rows (by user id).
 """
 
 import hashlib
@@ -70,7 +71,10 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
     if not user_ids:
         return
     now = timezone.now()
-    groups = list(FamilyGroup.objects.select_for_update().filter(owner_user_id__in=user_ids).order_by("id"))
+    owned = FamilyGroup.objects.filter(owner_user_id__in=user_ids)
+    if owned.exists():
+        audit.chain_lock()  # before the group rows (the lock order above)
+    groups = list(owned.select_for_update().order_by("id"))
     members = set(
         FamilyMembership.objects.filter(group__in=groups, role=MembershipRole.MEMBER).values_list("user_id", flat=True)
     )
@@ -136,6 +140,27 @@ def entitlements_refresh_lapsed(*, now: datetime | None = None) -> int:
     since, grace = now - LAPSE_LOOKBACK, selectors.past_due_grace()
     user_ids = set(selectors.users_with_grants_ended(since=since, until=now, past_due_grace=grace))
     entitlements_refresh(user_ids=user_ids)
+    return len(user_ids)
+
+
+PLAN_REFRESH_BATCH = 200  # users per transaction when a catalog change refreshes a plan's subscribers
+
+
+def entitlements_refresh_plans_on_commit(*, plan_ids: list[uuid.UUID], **_: object) -> None:
+    """billing.catalog.plans_entitlements_changed: refresh those plans' subscribers once the import commits."""
+    from entitlements.tasks import entitlements_refresh_plan_subscribers_task  # the task module imports this one
+
+    enqueue_on_commit(entitlements_refresh_plan_subscribers_task, sorted(str(plan_id) for plan_id in plan_ids))
+
+
+def entitlements_refresh_plan_subscribers(*, plan_ids: Collection[uuid.UUID]) -> int:
+    """Refresh every user with an access-granting subscription to these plans (and so their families: a
+    plan that lost seats suspends the members beyond them), PLAN_REFRESH_BATCH users per transaction.
+    Returns how many users were refreshed."""
+    user_ids = sorted(selectors.plan_subscriber_ids(plan_ids=plan_ids))
+    for start in range(0, len(user_ids), PLAN_REFRESH_BATCH):
+        with transaction.atomic(durable=True):
+            entitlements_refresh(user_ids=set(user_ids[start : start + PLAN_REFRESH_BATCH]))
     return len(user_ids)
 
 
@@ -236,6 +261,7 @@ def family_group_create(
 
 
 def _owned_group_locked(owner_user_id: uuid.UUID) -> FamilyGroup:
+    audit.chain_lock()  # before the group row (the lock order above)
     group = FamilyGroup.objects.select_for_update().filter(owner_user_id=owner_user_id).first()
     if group is not None:
         return group
@@ -293,6 +319,7 @@ def family_invitation_accept(
     if found is None:
         raise InvitationNotFound("No invitation has this token")
     invitation_id, group_id = found
+    audit.chain_lock()  # before the group row (the lock order above)
     group = FamilyGroup.objects.select_for_update().get(id=group_id)
     invitation = FamilyInvitation.objects.select_for_update().get(id=invitation_id)
     if not email or _normalise_email(email) != invitation.email:
@@ -342,6 +369,7 @@ def family_member_remove(
     group_id = FamilyMembership.objects.filter(user_id=member_user_id).values_list("group_id", flat=True).first()
     if group_id is None:
         raise MemberNotFound("No such family member")
+    audit.chain_lock()  # before the group row (the lock order above)
     group = FamilyGroup.objects.select_for_update().get(id=group_id)
     membership = FamilyMembership.objects.filter(group=group, user_id=member_user_id).first()
     allowed = bool(staff_id) or actor_user_id in (group.owner_user_id, member_user_id)
@@ -360,4 +388,5 @@ def family_member_remove(
         metadata={"user_id": str(member_user_id), "reason": reason},
         request=request,
     )
-    entitlements_refresh(user_ids={member_user_id})
+    # The owner too (and through them every member): a freed seat goes to the next member in line.
+    entitlements_refresh(user_ids={member_user_id, group.owner_user_id})

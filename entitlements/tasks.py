@@ -2,7 +2,11 @@ import uuid
 
 from celery import shared_task
 
-from entitlements.services import entitlements_cache_versions_bump, entitlements_refresh_lapsed
+from entitlements.services import (
+    entitlements_cache_versions_bump,
+    entitlements_refresh_lapsed,
+    entitlements_refresh_plan_subscribers,
+)
 from tasks.base import BaseTask
 from tasks.queues import TaskQueue
 
@@ -17,3 +21,9 @@ def entitlements_cache_bump_task(user_ids: list[str]) -> None:
 def entitlements_refresh_lapsed_task() -> int:
     """Beat, every minute: refresh users whose grant ended by time (no webhook says so)."""
     return entitlements_refresh_lapsed()
+
+
+@shared_task(base=BaseTask, name="entitlements.refresh_plan_subscribers", queue=TaskQueue.DEFAULT)
+def entitlements_refresh_plan_subscribers_task(plan_ids: list[str]) -> int:
+    """After a catalog import changed these plans' seats or features: refresh their subscribers' families."""
+    return entitlements_refresh_plan_subscribers(plan_ids=[uuid.UUID(plan_id) for plan_id in plan_ids])

@@ -139,6 +139,14 @@ def _lock_chain() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_CHAIN_LOCK_KEY])
 
 
+def chain_lock() -> None:
+    """Take the audit chain's lock now (held until commit; taking it again is free). A transaction that
+    locks rows and audits afterwards, while others audit first and then lock the same rows (a webhook:
+    billing's audit row, then the owner's family), takes it first, so the two never wait on each other
+    in a cycle."""
+    _lock_chain()
+
+
 def record(
     *,
     action: AuditAction,

@@ -14,8 +14,7 @@ from typing import Any
 
 from django.core.files.storage import storages
 from django.db import transaction
-from django.db.models import Q, QuerySet, TextField
-from django.db.models.functions import Cast
+from django.db.models import Q, QuerySet
 
 from gdpr.audit import PERSONAL_METADATA_KEYS, PERSONAL_REFERENCE_KEYS, PERSONAL_TARGET_TYPES, ActorType
 from gdpr.models import (
@@ -29,6 +28,7 @@ from gdpr.models import (
 )
 from gdpr.registry import (
     DataSubject,
+    JSONStringsAny,
     PersonalDataProvider,
     ProviderNotReady,
     Tables,
@@ -61,10 +61,11 @@ def _events_about(subject: DataSubject) -> Q:
 
 
 def _outbox_naming(subject: DataSubject) -> QuerySet[OutboxMessage]:
-    naming = Q()
-    for identifier in subject.identifiers:
-        naming |= Q(subject__icontains=identifier) | Q(data_text__icontains=identifier)
-    return OutboxMessage.objects.annotate(data_text=Cast("data", output_field=TextField())).filter(naming)
+    """Events whose subject is the user (`user:<id>`) or some string of whose data is exactly one of
+    their identifiers (never a substring: `jimbob@x.com` is not `bob@x.com`)."""
+    return OutboxMessage.objects.filter(
+        Q(subject=f"user:{subject.user_id}") | Q(JSONStringsAny("data", subject.identifiers))
+    )
 
 
 def gdpr_export(*, subject: DataSubject) -> Tables:

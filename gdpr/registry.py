@@ -33,8 +33,12 @@ from hashlib import sha256
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.validators import validate_email
 from django.db import models
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.expressions import Combinable, Value
+from django.db.models.sql.compiler import SQLCompiler
 from django.utils.encoding import force_bytes
 
 from tasks.errors import TransientError
@@ -44,6 +48,22 @@ Tables = dict[str, list[dict[str, Any]]]
 PSEUDONYM_NAMESPACE = uuid.UUID("5f0c8a3e-6b1d-4f7e-9a52-3d0b7c1e4a96")
 PSEUDONYM_PREFIX = "pseudo_"
 ERASED = "[erased]"
+
+
+MAX_EMAIL_LENGTH = 254
+
+
+def normalised_email(email: str | None) -> str:
+    """An address as personal data is matched by (API.md, "Personal data"): stripped, lower case, and
+    only if it is an address at all; "" otherwise (a claim of `@`, `%`, `_` or nothing matches nobody)."""
+    email = (email or "").strip().lower()
+    if not email or len(email) > MAX_EMAIL_LENGTH:
+        return ""
+    try:
+        validate_email(email)
+    except ValidationError:
+        return ""
+    return email
 
 
 @dataclass(frozen=True)
@@ -58,10 +78,14 @@ class DataSubject:
     def pseudonymous_uuid(self) -> uuid.UUID:
         return uuid.uuid5(PSEUDONYM_NAMESPACE, self.pseudonym)
 
+    def __post_init__(self) -> None:
+        # Matching is exact equality of normalised addresses: anything that is not one is dropped here.
+        object.__setattr__(self, "emails", frozenset(filter(None, map(normalised_email, self.emails))))
+
     @property
     def identifiers(self) -> frozenset[str]:
         """Every text by which the person can be found in free text: the user id and the addresses."""
-        return frozenset({str(self.user_id), *(email for email in self.emails if email)})
+        return frozenset({str(self.user_id), *self.emails})
 
 
 class ExportFunction(Protocol):
@@ -133,11 +157,35 @@ def rows(queryset: models.QuerySet[Any], *, exclude: Iterable[str] = ()) -> list
     return list(queryset.order_by("pk").values(*names))
 
 
+class JSONStringsAny(models.Func):
+    """True when some string value anywhere in a JSON column (jsonb, or text holding JSON) equals one of
+    `values`, case-insensitively. Exact equality, never a substring: `bob@x.com` does not find
+    `jimbob@x.com`, and `%`, `_` or `@` find only a string that is exactly that."""
+
+    output_field = models.BooleanField()
+
+    def __init__(self, expression: Combinable | str, values: Iterable[str]) -> None:
+        super().__init__(expression, Value(sorted({value.lower() for value in values if value})))
+
+    def as_sql(  # type: ignore[override]
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra_context: Any
+    ) -> tuple[str, list[Any]]:
+        column, column_params = compiler.compile(self.source_expressions[0])
+        values, values_params = compiler.compile(self.source_expressions[1])
+        sql = (
+            f"(jsonb_path_query_array(lower(({column})::text)::jsonb, "
+            f"'strict $.** ? (@.type() == \"string\")') ?| ({values})::text[])"
+        )
+        return sql, [*column_params, *values_params]
+
+
 def redact_text(text: str, replacements: Mapping[str, str]) -> str:
-    """Replace every occurrence of each key (case-insensitively) by its value."""
+    """Replace every occurrence of each key (case-insensitively) by its value, as a whole token: the
+    address `bob@x.com` inside `jimbob@x.com` or `bob@x.com.au` is someone else's and stays."""
     for needle, replacement in replacements.items():
         if needle:
-            text = re.sub(re.escape(needle), replacement, text, flags=re.IGNORECASE)
+            pattern = rf"(?<![\w.%+-]){re.escape(needle)}(?![\w-]|\.\w)"
+            text = re.sub(pattern, replacement, text, flags=re.IGNORECASE)
     return text
 
 
@@ -155,4 +203,4 @@ def redact_json(value: Any, replacements: Mapping[str, str]) -> Any:
 def replacements_for(subject: DataSubject) -> dict[str, str]:
     """What erasure writes instead of the person's identifiers in free text: the pseudonym for the id,
     a marker for an address."""
-    return {str(subject.user_id): subject.pseudonym, **{email: ERASED for email in subject.emails if email}}
+    return {str(subject.user_id): subject.pseudonym, **dict.fromkeys(subject.emails, ERASED)}

@@ -28,3 +28,20 @@ def data_requests_overdue(*, created_before: datetime) -> QuerySet[DataSubjectRe
     return DataSubjectRequest.objects.filter(status__in=UNFINISHED, created_at__lte=created_before).order_by(
         "created_at"
     )
+
+
+def erased_user_ids(user_ids: list[str]) -> set[str]:
+    """Which of these user ids belong to someone whose erasure completed (found by their pseudonym, which
+    stays on the request after the id was removed). Ids that are not UUIDs are nobody's."""
+    by_pseudonym = {}
+    for user_id in user_ids:
+        try:
+            by_pseudonym[pseudonym_for(user_id)] = user_id
+        except ValueError:
+            continue
+    if not by_pseudonym:
+        return set()
+    erased = DataSubjectRequest.objects.filter(
+        kind=RequestKind.ERASURE, status=RequestStatus.COMPLETED, subject__in=list(by_pseudonym)
+    ).values_list("subject", flat=True)
+    return {by_pseudonym[subject] for subject in erased}

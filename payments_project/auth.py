@@ -209,7 +209,7 @@ class ClientTokenBackend:
         """Until when (epoch seconds) a verified token may be answered from memory."""
         deadline = float(claims["exp"]) + self.config.leeway  # PyJWT: expired once now > exp + leeway
         if self.jwks is not None:
-            deadline = min(deadline, time.time() + max(1, self.config.jwks_cache_seconds))
+            deadline = min(deadline, time.time() + self.config.jwks_cache_seconds)
         return deadline
 
     def _verify(self, raw: str) -> dict[str, Any]:
@@ -305,7 +305,14 @@ class Principal(TokenUser):
 
     @cached_property
     def email(self) -> str:
+        """The `email` claim as the token says it: unverified, so never a key to anyone's personal data."""
         return str(self.token.get("email", ""))
+
+    @cached_property
+    def verified_email(self) -> str:
+        """The `email` claim when the identity provider vouches for it (`email_verified` is JSON true), else "".
+        Only this may match personal data (API.md, "Personal data")."""
+        return self.email if self.token.get("email_verified") is True else ""
 
     @cached_property
     def scopes(self) -> frozenset[str]:

@@ -14,6 +14,7 @@ from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.django import DjangoIntegration
 
 from payments_project.schedule import sub_minute_entries
+from payments_project.url_secrets import redact_path, redact_paths
 
 
 def add_trace_ids(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -33,6 +34,7 @@ _SHARED_PROCESSORS: list[Any] = [
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.processors.StackInfoRenderer(),
+    redact_paths,  # last: whatever the line carries (a path, Django's "Not Found: /…"), no secret in a URL
 ]
 
 
@@ -103,6 +105,7 @@ _SDK_CONTEXTS = frozenset({"runtime", "os", "device", "app"})
 
 
 def _scrub_text(text: str, *, quoted: bool = False) -> str:
+    text = redact_path(text)  # an invitation token in a URL (the request's, a transaction's, a breadcrumb's)
     for pattern in _SECRET_TEXT:
         text = pattern.sub(FILTERED, text)
     return _QUOTED.sub(FILTERED, text) if quoted else text

@@ -8,6 +8,7 @@ from celery.schedules import crontab
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "outbox-dispatch": {"task": "outbox.dispatch", "schedule": 10.0},
     "outbox-measure": {"task": "outbox.measure", "schedule": 30.0},
+    "outbox-prune": {"task": "outbox.prune", "schedule": crontab(minute=41)},
     "webhooks-sweep": {"task": "webhooks.sweep", "schedule": 30.0},
     "billing-resolve-abandoned-orders": {"task": "billing.resolve_abandoned_orders", "schedule": 300.0},
     "billing-resolve-stuck-refunds": {"task": "billing.resolve_stuck_refunds", "schedule": 300.0},

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from payments_project.url_secrets import redact_path
+
 if TYPE_CHECKING:  # the SDK is loaded only by processes that trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -163,7 +165,7 @@ def scrub_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     for key, value in (attributes or {}).items():
         if key in _URL_KEYS:
-            kept[key] = _IDS_IN_URLS.sub("{id}", str(value).split("?", 1)[0])
+            kept[key] = _IDS_IN_URLS.sub("{id}", redact_path(str(value).split("?", 1)[0]))
         elif _allowed(key):
             kept[key] = value
     return kept
@@ -176,7 +178,7 @@ def _scrubbing(exporter: "SpanExporter") -> "SpanExporter":
 
     def scrubbed(span: ReadableSpan) -> ReadableSpan:
         return ReadableSpan(
-            name=span.name,
+            name=redact_path(span.name),
             context=span.context,
             parent=span.parent,
             resource=span.resource,

@@ -2,8 +2,11 @@
 of a dead message. The dispatcher itself is tasks.outbox."""
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Min
 from django.dispatch import Signal
@@ -15,6 +18,7 @@ from tasks.base import enqueue_on_commit
 from tasks.models import OutboxMessage
 
 Status = OutboxMessage.Status
+log = structlog.get_logger(__name__)
 
 # "mostrecent": with several processes (PROMETHEUS_MULTIPROC_DIR) the last measurement wins, whoever made it.
 BACKLOG = Gauge(
@@ -66,3 +70,23 @@ def outbox_message_replay(*, message_id: uuid.UUID, staff_id: str, request: Http
 
     enqueue_on_commit(outbox_dispatch)
     return True
+
+
+def outbox_published_prune(*, now: datetime | None = None, batch_size: int = 1000) -> int:
+    """Delete messages published more than OUTBOX_RETENTION_DAYS ago (they carry user ids; the broker
+    has delivered them), in batches of `batch_size`, each its own short transaction, so the dispatcher and
+    other writers never wait behind one long delete. Pending and dead messages stay. Returns how many."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.OUTBOX_RETENTION_DAYS)
+    due = OutboxMessage.objects.filter(status=Status.PUBLISHED, published_at__lt=cutoff)
+    pruned = 0
+    while True:
+        with transaction.atomic():
+            locked = due.select_for_update(skip_locked=True).order_by("id")
+            batch = list(locked.values_list("id", flat=True)[:batch_size])
+            OutboxMessage.objects.filter(id__in=batch).delete()
+        pruned += len(batch)
+        if len(batch) < batch_size:
+            break
+    if pruned:
+        log.info("outbox_published_pruned", count=pruned, retention_days=settings.OUTBOX_RETENTION_DAYS)
+    return pruned

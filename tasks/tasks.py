@@ -2,7 +2,7 @@ from celery import shared_task
 
 from tasks.base import BaseTask
 from tasks.outbox import outbox_dispatch_pending
-from tasks.outbox_ops import outbox_health_measure
+from tasks.outbox_ops import outbox_health_measure, outbox_published_prune
 from tasks.queues import TaskQueue
 
 
@@ -17,3 +17,9 @@ def outbox_dispatch() -> int:
 def outbox_measure() -> dict[str, float]:
     """Beat: the outbox's backlog, oldest waiting message and dead messages, as metrics."""
     return outbox_health_measure()
+
+
+@shared_task(base=BaseTask, name="outbox.prune", queue=TaskQueue.OUTBOX)
+def outbox_prune() -> int:
+    """Beat, hourly: delete messages published more than OUTBOX_RETENTION_DAYS ago, in batches."""
+    return outbox_published_prune()

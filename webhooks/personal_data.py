@@ -1,7 +1,9 @@
 """The webhook inbox's personal data for GDPR export and erasure (registered in apps.ready()).
 
-An event is the user's when it is about their Stripe customer (`customer_id`) or its raw body names
-their user id or one of their addresses. Erasure keeps every row (the unique event id is what
+An event is the user's when it is about their Stripe customer (`customer_id`) or some string of its raw
+body equals (exactly, case-insensitively) their user id, one of their Stripe customer ids or one of
+their addresses (API.md, "Personal data"): never a substring, so `jimbob@x.com`'s events are not
+`bob@x.com`'s. Erasure keeps every row (the unique event id is what
 deduplicates redeliveries) but redacts the raw body to its envelope and blanks the customer id. It waits
 (a retry) while such an event is still to be processed: processing needs the body.
 """
@@ -13,7 +15,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 
 from billing.models import Customer
-from gdpr.registry import DataSubject, PersonalDataProvider, ProviderNotReady, Tables, rows
+from gdpr.registry import DataSubject, JSONStringsAny, PersonalDataProvider, ProviderNotReady, Tables, rows
 from webhooks.models import EventStatus, WebhookEvent
 from webhooks.services import webhook_event_is_redacted, webhook_event_redacted_body
 
@@ -29,9 +31,7 @@ def _events_of(subject: DataSubject) -> QuerySet[WebhookEvent]:
         )
         if stripe_id
     ]
-    about = Q(customer_id__in=stripe_ids)
-    for identifier in subject.identifiers:
-        about |= Q(raw_body__icontains=identifier)
+    about = Q(customer_id__in=stripe_ids) | Q(JSONStringsAny("raw_body", [*subject.identifiers, *stripe_ids]))
     return WebhookEvent.objects.filter(about)
 
 

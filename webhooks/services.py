@@ -16,6 +16,7 @@ from django.utils import timezone
 from billing.models import Customer
 from entitlements.services import entitlements_refresh
 from gdpr import audit
+from gdpr.selectors import erased_user_ids
 from payments_project.json_body import json_loads
 from payments_project.tracing import current_traceparent, job_span
 from tasks.base import enqueue_on_commit
@@ -104,6 +105,13 @@ def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEve
         # The sweeper leaves a fresh event to the worker the commit nudges, for a grace period.
         next_attempt_at=now + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS),
     )
+    if _about_an_erased_subject(envelope, raw_body):
+        # Stripe still writes about a customer we erased (customer.deleted, customer.subscription.deleted
+        # after erasure deleted them): nothing left to apply, and its personal data is not kept.
+        candidate.raw_body = webhook_event_redacted_body(candidate, reason="erased_subject")
+        candidate.customer_id = ""
+        candidate.status, candidate.last_error = Status.IGNORED, "about an erased data subject"
+        ours_to_process = False
     WebhookEvent.objects.bulk_create([candidate], ignore_conflicts=True)
     stored = WebhookEvent.objects.get(provider=WebhookEvent.Provider.STRIPE, event_id=envelope.event_id)
     duplicate = stored.id != candidate.id
@@ -111,6 +119,32 @@ def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEve
     if not duplicate and ours_to_process:
         _enqueue_processing(stored.id)
     return stored, duplicate
+
+
+def _about_an_erased_subject(envelope: StripeEnvelope, raw_body: str) -> bool:
+    """An event about a customer an erasure pseudonymised, or naming (metadata.user_id) a user whose erasure
+    completed."""
+    if (
+        envelope.customer_id
+        and Customer.objects.filter(stripe_customer_id=envelope.customer_id, erased_at__isnull=False).exists()
+    ):
+        return True
+    user_ids = _metadata_user_ids(raw_body)
+    return bool(user_ids) and bool(erased_user_ids(user_ids))
+
+
+def _metadata_user_ids(raw_body: str) -> list[str]:
+    """metadata.user_id of the event's object and of its (expanded) customer."""
+    try:
+        obj = json_loads(raw_body)["data"]["object"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    found = []
+    for holder in (obj, obj.get("customer") if isinstance(obj, dict) else None):
+        metadata = holder.get("metadata") if isinstance(holder, dict) else None
+        if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+            found.append(metadata["user_id"])
+    return found
 
 
 def _enqueue_processing(event_id: uuid.UUID) -> None:

@@ -116,7 +116,9 @@ class CheckoutSessionCreateApi(APIView):
         body.is_valid(raise_exception=True)
         result = services.order_start_checkout(
             user_id=_caller(request).id,
-            email=_caller(request).email,
+            # Only an address the identity provider vouches for goes on the customer: the user's own rows
+            # are what GDPR matches them by (API.md, "Personal data"). Otherwise Stripe Checkout asks for it.
+            email=_caller(request).verified_email,
             price_id=body.validated_data["price_id"],
             success_url=body.validated_data["success_url"],
             cancel_url=body.validated_data["cancel_url"],

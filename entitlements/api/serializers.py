@@ -86,6 +86,10 @@ class InvitationInput(StrictInput):
     email = serializers.EmailField(max_length=254)
 
 
+class InvitationAcceptInput(StrictInput):
+    token = serializers.CharField(max_length=128, trim_whitespace=True)
+
+
 class InvitationCreatedOutput(serializers.ModelSerializer[FamilyInvitation]):
     token = serializers.SerializerMethodField(help_text="shown once; the invited user accepts with it")
 
@@ -117,5 +121,10 @@ class FamilyOutput(serializers.Serializer[Any]):
     status = serializers.CharField()
     seats = serializers.IntegerField(help_text="members the owner's family plan allows besides the owner (0: none)")
     members = MemberOutput(many=True)
+    suspended = serializers.ListField(
+        child=serializers.UUIDField(),
+        help_text="members beyond the plan's seats (the most recent to join): no family features until a seat "
+        "frees up (the owner removes someone, someone leaves) or the plan grows",
+    )
     invitations = PendingInvitationOutput(many=True, help_text="pending invitations; listed to the owner only")
     created_at = serializers.DateTimeField()

@@ -9,10 +9,11 @@ urlpatterns = [
     path("entitlements/<str:feature_key>", views.EntitlementDetailApi.as_view(), name="entitlement-check"),
     path("family", views.FamilyApi.as_view(), name="family"),
     path("family/invitations", views.FamilyInvitationCreateApi.as_view(), name="family-invitations"),
+    path("family/invitations/accept", views.FamilyInvitationAcceptApi.as_view(), name="family-invitation-accept"),
     path(
-        "family/invitations/<str:token>/accept",
-        views.FamilyInvitationAcceptApi.as_view(),
-        name="family-invitation-accept",
+        "family/invitations/<str:token>/accept",  # deprecated: the token belongs in the body
+        views.FamilyInvitationAcceptByPathApi.as_view(),
+        name="family-invitation-accept-by-path",
     ),
     path("family/members/<uuid:user_id>", views.FamilyMemberApi.as_view(), name="family-member"),
 ]

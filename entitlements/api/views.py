@@ -17,6 +17,7 @@ from entitlements.api.serializers import (
     EntitlementCheckOutput,
     EntitlementsOutput,
     FamilyOutput,
+    InvitationAcceptInput,
     InvitationCreatedOutput,
     InvitationInput,
     entitlements_body,
@@ -117,7 +118,7 @@ class FamilyApi(APIView):
     def post(self, request: Request) -> Response:
         no_body(request)
         services.family_group_create(
-            owner_user_id=_caller(request).id, owner_email=_caller(request).email, request=request._request
+            owner_user_id=_caller(request).id, owner_email=_caller(request).verified_email, request=request._request
         )
         return _family_response(_caller(request).id, status=201)
 
@@ -141,30 +142,61 @@ class FamilyInvitationCreateApi(APIView):
         return Response(InvitationCreatedOutput(invitation, context={"token": token}).data, status=201)
 
 
+_ACCEPT_ERRORS = (
+    InvitationNotFound,
+    InvitationEmailMismatch,
+    InvitationExpired,
+    InvitationUsed,
+    AlreadyInFamily,
+    NoSeatLeft,
+    FamilySuspended,
+)
+
+
 class FamilyInvitationAcceptApi(APIView):
+    """`POST /family/invitations/accept {"token"}`: the token travels in the body, never in a URL (which
+    access logs, proxies and browser histories keep)."""
+
     @extend_schema(
         operation_id="family_invitation_accept",
-        request=None,
-        responses={
-            200: FamilyOutput,
-            **problems(
-                InvitationNotFound,
-                InvitationEmailMismatch,
-                InvitationExpired,
-                InvitationUsed,
-                AlreadyInFamily,
-                NoSeatLeft,
-                FamilySuspended,
-            ),
-        },
+        request=InvitationAcceptInput,
+        responses={200: FamilyOutput, **problems(*_ACCEPT_ERRORS)},
         summary="Join the family (the token's email must be yours)",
+    )
+    def post(self, request: Request) -> Response:
+        body = InvitationAcceptInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        return _invitation_accept(request, body.validated_data["token"])
+
+
+# RFC 9745: deprecated since this date; clients move to the body form (the Link names it).
+INVITATION_PATH_DEPRECATED_SINCE = "@1796083200"  # 2026-12-01T00:00:00Z
+
+
+class FamilyInvitationAcceptByPathApi(APIView):
+    """The older form, `POST /family/invitations/{token}/accept`, kept for a deprecation period. Every log,
+    trace and Sentry event writes its path with the token redacted (payments_project.url_secrets)."""
+
+    @extend_schema(
+        operation_id="family_invitation_accept_by_path",
+        request=None,
+        responses={200: FamilyOutput, **problems(*_ACCEPT_ERRORS)},
+        summary="Join the family (deprecated: send the token in the body to …/invitations/accept)",
+        deprecated=True,
     )
     def post(self, request: Request, token: str) -> Response:
         no_body(request)
-        services.family_invitation_accept(
-            token=token, user_id=_caller(request).id, email=_caller(request).email, request=request._request
-        )
-        return _family_response(_caller(request).id)
+        response = _invitation_accept(request, token)
+        response["Deprecation"] = INVITATION_PATH_DEPRECATED_SINCE
+        response["Link"] = '</api/v1/family/invitations/accept>; rel="successor-version"'
+        return response
+
+
+def _invitation_accept(request: Request, token: str) -> Response:
+    services.family_invitation_accept(
+        token=token, user_id=_caller(request).id, email=_caller(request).email, request=request._request
+    )
+    return _family_response(_caller(request).id)
 
 
 class FamilyMemberApi(APIView):

@@ -49,7 +49,10 @@ class ExportCreateApi(APIView):
     def post(self, request: Request) -> Response:
         no_body(request)
         data_request, _ = services.data_request_create(
-            kind=RequestKind.EXPORT, user_id=_caller(request).id, email=_caller(request).email, request=request._request
+            kind=RequestKind.EXPORT,
+            user_id=_caller(request).id,
+            email=_caller(request).verified_email,
+            request=request._request,
         )
         return _accepted(ExportOutput(data_request).data, data_request, "exports")
 
@@ -125,7 +128,7 @@ class ErasureCreateApi(APIView):
         data_request, _ = services.data_request_create(
             kind=RequestKind.ERASURE,
             user_id=_caller(request).id,
-            email=_caller(request).email,
+            email=_caller(request).verified_email,
             request=request._request,
         )
         return _accepted(ErasureOutput(data_request).data, data_request, "erasure")

@@ -82,9 +82,11 @@ def data_subject_of(data_request: DataSubjectRequest) -> DataSubject:
     """The person a request is about, with every address any provider knows for them."""
     if data_request.user_id is None:
         raise RuntimeError(f"request {data_request.id} has no user id any more")
-    emails = {data_request.email, *data_request.known_emails} - {""}
+    # The request's address (a verified claim) and those on the user's own rows; DataSubject keeps only
+    # real addresses, normalised for exact matching.
+    emails = {data_request.email, *data_request.known_emails}
     for provider in providers():
-        emails |= {email for email in provider.emails(user_id=data_request.user_id) if email}
+        emails |= set(provider.emails(user_id=data_request.user_id))
     return DataSubject(user_id=data_request.user_id, pseudonym=data_request.subject, emails=frozenset(emails))
 
 

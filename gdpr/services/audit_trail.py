@@ -3,13 +3,12 @@
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q, TextField
-from django.db.models.functions import Cast
+from django.db.models import Q
 from django.http import HttpRequest
 
 from gdpr.audit import ActorType, AuditAction, record
 from gdpr.models import AuditEventPersonal
-from gdpr.registry import DataSubject
+from gdpr.registry import DataSubject, JSONStringsAny
 
 
 def audit_staff_session(
@@ -36,11 +35,10 @@ def audit_personal_erase(*, subject: DataSubject) -> int:
     sent to their address). The chain holds only the subject's pseudonym and is not touched: it still
     verifies, and their events stay findable by the pseudonym.
     """
-    naming = Q(event__actor_type=ActorType.USER, event__actor_id=subject.pseudonym)
-    for identifier in subject.identifiers:
-        naming |= Q(metadata_text__icontains=identifier)
-    side = AuditEventPersonal.objects.annotate(metadata_text=Cast("metadata", output_field=TextField()))
-    erased, _ = AuditEventPersonal.objects.filter(pk__in=side.filter(naming).values("pk")).delete()
+    naming = Q(event__actor_type=ActorType.USER, event__actor_id=subject.pseudonym) | Q(
+        JSONStringsAny("metadata", subject.identifiers)
+    )
+    erased, _ = AuditEventPersonal.objects.filter(naming).delete()
     record(
         action=AuditAction.AUDIT_PERSONAL_ERASED,
         actor_type=ActorType.SYSTEM,

@@ -13,7 +13,7 @@ from prometheus_client import Gauge
 from gdpr.audit import ActorType, AuditAction
 from gdpr.errors import ErasureInProgress
 from gdpr.models import OPEN_REQUEST, DataSubjectRequest, RequestKind, RequestStatus, StepStatus
-from gdpr.registry import pseudonym_for
+from gdpr.registry import normalised_email, pseudonym_for
 from gdpr.selectors import data_requests_overdue
 from gdpr.services._shared import REQUESTS_TOTAL, pickup_grace, request_audit, request_enqueue
 from payments_project.errors import Conflict
@@ -26,7 +26,6 @@ log = structlog.get_logger(__name__)
 REQUESTS_OVERDUE = Gauge(
     "payments_gdpr_requests_overdue", "GDPR requests still open past the alert age", ["kind"], multiprocess_mode="max"
 )
-MAX_EMAIL_LENGTH = 254
 _REQUESTED = {
     RequestKind.EXPORT: AuditAction.GDPR_EXPORT_REQUESTED,
     RequestKind.ERASURE: AuditAction.GDPR_ERASURE_REQUESTED,
@@ -44,7 +43,7 @@ def data_request_create(
     hold data that is being erased. The job is enqueued on commit; the sweeper catches a lost message.
     """
     subject = pseudonym_for(user_id)
-    email = email if len(email) <= MAX_EMAIL_LENGTH else ""  # the token's claim, unchecked: never a 500
+    email = normalised_email(email)  # a verified claim (the view's job), an address at all, or nothing
     if (
         kind == RequestKind.EXPORT
         and DataSubjectRequest.objects.filter(OPEN_REQUEST, subject=subject, kind=RequestKind.ERASURE).exists()

@@ -370,6 +370,8 @@ GDPR_PICKUP_GRACE_SECONDS = 120
 GDPR_OVERDUE_ALERT_DAYS = 25
 # Raw webhook bodies are redacted this long after they were received, once processed or ignored.
 WEBHOOK_PAYLOAD_RETENTION_DAYS = env.int("WEBHOOK_PAYLOAD_RETENTION_DAYS", default=90)
+# Published outbox messages (they carry user ids) are deleted this long after publishing (beat's outbox.prune).
+OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
 
 # --- Celery (read by payments_project/celery.py through the CELERY_ namespace) -----------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")

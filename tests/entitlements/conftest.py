@@ -64,5 +64,7 @@ def service(pki: SpiffePki, tmp_path: Path) -> Iterator[dict[str, str]]:
         yield {"HTTP_X_FORWARDED_CLIENT_CERT": pki.xfcc(pki.leaf(CALLER))}
 
 
-def as_user(user_id: uuid.UUID, email: str = "") -> dict[str, str]:
-    return {"HTTP_AUTHORIZATION": bearer(user_id, email=email)}
+def as_user(user_id: uuid.UUID, email: str = "", *, email_verified: bool = True) -> dict[str, str]:
+    """A signed-in user whose identity provider vouches for their address (as most do)."""
+    claims = {"email_verified": True} if email and email_verified else {}
+    return {"HTTP_AUTHORIZATION": bearer(user_id, email=email, **claims)}

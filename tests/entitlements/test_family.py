@@ -56,7 +56,12 @@ class Family:
         return str(response.json()["token"])
 
     def accept(self, token: str, user_id: uuid.UUID, email: str) -> Any:
-        return self.client.post(f"/api/v1/family/invitations/{token}/accept", **as_user(user_id, email))
+        return self.client.post(
+            "/api/v1/family/invitations/accept",
+            data={"token": token},
+            content_type="application/json",
+            **as_user(user_id, email),
+        )
 
     def join(self, email: str) -> uuid.UUID:
         user_id = uuid.uuid4()
@@ -82,6 +87,17 @@ def family(client: Client) -> Family:
 
 
 # --- create ---------------------------------------------------------------------------------------
+
+
+def test_an_owner_row_keeps_only_a_verified_address(client: Client) -> None:
+    """The owner's membership row is one of "the user's own rows" whose address GDPR matches by: an
+    unverified claim must not put someone else's address there."""
+    family = Family(client, seats=3)
+
+    response = client.post("/api/v1/family", **as_user(family.owner, "victim@example.com", email_verified=False))
+
+    assert response.status_code == 201
+    assert [m["email"] for m in response.json()["members"]] == [""]
 
 
 def test_an_owner_with_an_active_family_plan_creates_their_family(client: Client) -> None:

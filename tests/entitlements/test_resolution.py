@@ -249,3 +249,38 @@ def test_the_answer_holds_until_valid_until_so_a_cached_copy_never_outlives_a_gr
                 or feature.expires_at is None
                 or (entitlements.valid_until <= feature.expires_at)
             )
+
+
+# --- family seats (issue #14, point 10) -----------------------------------------------------------------
+
+
+def test_members_beyond_the_plans_seats_get_no_family_features() -> None:
+    owner_plan = sub(ALICE, "hd", seats=2)
+    families = [MembershipFacts(user_id=u, owner_user_id=ALICE, seat=n) for n, u in enumerate((BOB, CHARLIE, DANA), 1)]
+
+    result = run([owner_plan], families)
+
+    assert [result[u].has("hd") for u in (BOB, CHARLIE, DANA)] == [True, True, False]
+    [reason] = explain(
+        user_id=DANA, feature_key="hd", subscriptions=[owner_plan], memberships=families, now=NOW, past_due_grace=GRACE
+    )
+    assert not reason.grants and "member 3 of a plan with 2 seat(s)" in reason.detail
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["active", "trialing", "past_due", "canceled"]), st.integers(0, 6)), max_size=3),
+    st.integers(min_value=0, max_value=10),
+)
+def test_never_more_members_with_family_features_than_the_owners_seats(
+    owner_plans: list[tuple[str, int]], members: int
+) -> None:
+    owner = uuid.UUID(int=100)
+    users = tuple(uuid.UUID(int=200 + n) for n in range(members))
+    subs = [sub(owner, "hd", status=status, seats=seats) for status, seats in owner_plans]
+    families = [MembershipFacts(user_id=u, owner_user_id=owner, seat=n) for n, u in enumerate(users, 1)]
+
+    result = run(subs, families, users=(owner, *users))
+
+    granted = [u for u in users if result[u].has("hd")]
+    seats = family_seats(subs, owner_user_id=owner, now=NOW, past_due_grace=GRACE)
+    assert granted == list(users[:seats])  # the longest-standing ones, and no more than the seats

@@ -23,6 +23,7 @@ CONTRACT = [
     ("get", "/api/v1/family"),
     ("post", "/api/v1/family"),
     ("post", "/api/v1/family/invitations"),
+    ("post", "/api/v1/family/invitations/accept"),
     ("post", "/api/v1/family/invitations/{}/accept"),
     ("delete", "/api/v1/family/members/{}"),
     ("post", "/api/v1/gdpr/exports"),
@@ -58,7 +59,7 @@ API_MD = next(
 )
 # Promised by API.md and being built on other branches right now (#14, #19, #13): each leaves this list when it
 # lands (the test below fails while a listed route is served, or a listed name documented, so nothing lingers).
-NOT_BUILT_YET = {("post", "/api/v1/family/invitations/accept")}
+NOT_BUILT_YET: set[tuple[str, str]] = set()
 NOT_DOCUMENTED_YET: set[str] = set()
 
 

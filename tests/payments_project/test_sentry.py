@@ -132,7 +132,7 @@ def test_a_checkout_that_stripe_fails_reaches_sentry_without_the_buyers_token_or
     settings.STRIPE_MAX_NETWORK_RETRIES = 0
     price = cast(Price, PriceFactory(stripe_price_id="price_family_month", plan__code="family", unit_amount=1299))
     stripe_fake.fail_next(SESSIONS, 500, {"type": "api_error", "message": "Something went wrong"})
-    jwt = token(uuid.uuid4(), email=EMAIL, name=NAME)
+    jwt = token(uuid.uuid4(), email=EMAIL, email_verified=True, name=NAME)  # verified: it goes to Stripe
     body = {"price_id": str(price.id), "success_url": "https://app.example/ok", "cancel_url": "https://app.example/no"}
 
     # when the buyer checks out
