@@ -70,19 +70,20 @@ def _non_empty_str(value: Any) -> str:
     return value
 
 
-@transaction.atomic(durable=True)
-def webhook_event_receive(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEvent, bool]:
-    """Store a delivered event once and enqueue its processing on commit; see inbox_insert."""
+def webhook_event_receive(*, envelope: StripeEnvelope, raw_body: str) -> bool:
+    """Store a delivered event once and enqueue its processing once it is committed; returns whether it
+    was a duplicate. One autocommit statement (see inbox_insert): no BEGIN/COMMIT round trips around it.
+    In a caller's transaction (none in production: no ATOMIC_REQUESTS), it is part of that one."""
     return inbox_insert(envelope=envelope, raw_body=raw_body)
 
 
-def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEvent, bool]:
-    """Insert an event into the inbox unless it is there (unique on provider + event id), inside the
-    caller's transaction, and enqueue its processing on commit. Webhook deliveries and the
+def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> bool:
+    """Insert an event into the inbox unless it is there (unique on provider + event id), in the caller's
+    transaction if there is one, and enqueue its processing on commit. Webhook deliveries and the
     reconciliation's gap-filling both come in here, so an event is processed once whichever way it came.
 
-    Returns the stored row and whether it was already there. The insert is
-    `INSERT … ON CONFLICT DO NOTHING`: our row exists afterwards only if this insert won.
+    Returns whether it was already there. One statement, `INSERT … ON CONFLICT DO NOTHING RETURNING id`:
+    a row comes back only if this insert won.
     """
     now = timezone.now()
     ours_to_process = envelope.livemode == settings.STRIPE_LIVEMODE
@@ -103,13 +104,28 @@ def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEve
         # The sweeper leaves a fresh event to the worker the commit nudges, for a grace period.
         next_attempt_at=now + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS),
     )
-    WebhookEvent.objects.bulk_create([candidate], ignore_conflicts=True)
-    stored = WebhookEvent.objects.get(provider=WebhookEvent.Provider.STRIPE, event_id=envelope.event_id)
-    duplicate = stored.id != candidate.id
+    duplicate = not _insert_unless_present(candidate)
     metrics.EVENTS_RECEIVED.labels(envelope.type, "duplicate" if duplicate else "new").inc()
     if not duplicate and ours_to_process:
-        _enqueue_processing(stored.id)
-    return stored, duplicate
+        _enqueue_processing(candidate.id)
+    return duplicate
+
+
+def _insert_unless_present(event: WebhookEvent) -> bool:
+    """`INSERT … ON CONFLICT (provider, event_id) DO NOTHING RETURNING id` (the ORM's
+    bulk_create(ignore_conflicts) cannot say whether it inserted, so it needs a SELECT after it).
+    Whether the row is ours."""
+    connection = transaction.get_connection()
+    fields = WebhookEvent._meta.local_concrete_fields
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    values = [field.get_db_prep_save(field.pre_save(event, add=True), connection) for field in fields]
+    table = connection.ops.quote_name(WebhookEvent._meta.db_table)
+    placeholders = ", ".join(["%s"] * len(fields))
+    # Identifiers come from the model; every value is a parameter.
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT (provider, event_id) DO NOTHING RETURNING id"  # noqa: S608, E501
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        return cursor.fetchone() is not None
 
 
 def _enqueue_processing(event_id: uuid.UUID) -> None:
