@@ -28,7 +28,7 @@ from billing.services._shared import (
 from billing.services.refunds import payment_refresh_refunded, refund_apply_stripe, refund_succeeded
 from billing.services.subscriptions import subscription_event_data, subscription_event_type
 from gdpr import audit
-from tasks.errors import TransientError
+from tasks.errors import NotYetKnown
 from tasks.outbox import emit
 
 # --- customers -----------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, eve
     )
     if customer is None:
         # Its customer.created (with metadata.user_id) may simply not have been processed yet.
-        raise TransientError(f"subscription {stripe_subscription_id}'s customer is not known yet")
+        raise NotYetKnown(f"subscription {stripe_subscription_id}'s customer is not known yet")
     period_start, period_end = so.subscription_period(stripe_subscription)
     values: dict[str, Any] = {
         "customer": customer,
@@ -293,7 +293,7 @@ def payment_record_from_invoice(*, invoice: so.StripeObject, event_created: date
     if customer is None and subscription is not None:
         customer = subscription.customer
     if customer is None:
-        raise TransientError(f"invoice {invoice_id}'s customer is not known yet")
+        raise NotYetKnown(f"invoice {invoice_id}'s customer is not known yet")
     values: dict[str, Any] = {
         "amount": total,
         "currency": so.currency(invoice),
@@ -323,7 +323,7 @@ def payment_record_from_intent(*, payment_intent: so.StripeObject, event_created
     )
     if customer is None:
         if so.stripe_id(payment_intent.get("customer")):
-            raise TransientError(f"payment intent {payment_intent_id}'s customer is not known yet")
+            raise NotYetKnown(f"payment intent {payment_intent_id}'s customer is not known yet")
         raise StripeObjectInvalid(f"payment intent {payment_intent_id} names neither a customer nor a user")
     error = so.expanded(payment_intent.get("last_payment_error")) or {}
     failed = status == Payment.Status.FAILED
@@ -369,7 +369,7 @@ def refund_record_from_charge(*, charge: so.StripeObject, event_created: datetim
     charge_id = so.required_id(charge, "charge")
     payment = _payment_for_charge(charge_id, charge.get("payment_intent"))
     if payment is None:
-        raise TransientError(f"charge {charge_id}'s payment is not recorded yet")
+        raise NotYetKnown(f"charge {charge_id}'s payment is not recorded yet")
     changed = False
     if not payment.stripe_charge_id:
         update_fields(payment, {"stripe_charge_id": charge_id})
@@ -418,7 +418,7 @@ def dispute_record_from_stripe(*, dispute: so.StripeObject, event_created: datet
     dispute_id = so.required_id(dispute, "dispute")
     payment = _payment_for_charge(dispute.get("charge"), dispute.get("payment_intent"))
     if payment is None:
-        raise TransientError(f"dispute {dispute_id}'s payment is not recorded yet")
+        raise NotYetKnown(f"dispute {dispute_id}'s payment is not recorded yet")
     return _payment_apply(
         payment,
         {"status": Payment.Status.DISPUTED, "dispute_reason": str(dispute.get("reason") or "")[:64]},
