@@ -329,6 +329,8 @@ GDPR_PICKUP_GRACE_SECONDS = 120
 GDPR_OVERDUE_ALERT_DAYS = 25
 # Raw webhook bodies are redacted this long after they were received, once processed or ignored.
 WEBHOOK_PAYLOAD_RETENTION_DAYS = env.int("WEBHOOK_PAYLOAD_RETENTION_DAYS", default=90)
+# Processed and ignored inbox rows are deleted this long after they were received (beat, in batches).
+WEBHOOK_INBOX_RETENTION_DAYS = env.int("WEBHOOK_INBOX_RETENTION_DAYS", default=180)
 
 # --- Celery (read by payments_project/celery.py through the CELERY_ namespace) -----------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
