@@ -20,7 +20,7 @@ from gdpr import audit
 from payments_project.tracing import current_traceparent, job_span
 from tasks.base import enqueue_on_commit
 from tasks.errors import NotYetKnown, is_transient
-from tasks.jobs import claim, outcome_fields, record_failure, sweep
+from tasks.jobs import claim_returning, outcome_fields, record_failure, sweep
 from webhooks import metrics
 from webhooks.errors import WebhookRejected
 from webhooks.handlers import HANDLERS, REFETCHERS
@@ -144,13 +144,15 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
     the status change commit together. A failing handler runs in a savepoint, so none of its writes
     survive, and the failure is recorded in the same transaction.
     """
-    if not claim(WebhookEvent.objects.filter(id=event_id), reclaim_running=True):
+    claimed = claim_returning(WebhookEvent.objects.filter(id=event_id), _PAYLOAD_FIELDS, reclaim_running=True)
+    if claimed is None:
         return None
-    payload, trace = _payload(event_id)  # before the transaction: it may have to ask Stripe
+    payload, trace = _payload(**claimed)  # before the transaction: it may have to ask Stripe
     with job_span("webhook.process", **trace) as span, transaction.atomic(durable=True):
         event = (
             WebhookEvent.objects.select_for_update(skip_locked=True)
             .filter(id=event_id, status=Status.PROCESSING)
+            .defer("raw_body")  # read with the claim
             .annotate(_customer_serialised=_CUSTOMER_LOCK)
             .first()
         )
@@ -202,13 +204,16 @@ Payload = tuple[Mapping[str, Any], datetime] | Exception
 TRACE_CONTINUATION = timedelta(hours=1)
 
 
-def _payload(event_id: uuid.UUID) -> tuple[Payload, dict[str, Any]]:
+_PAYLOAD_FIELDS = ("type", "raw_body", "provider_created_at", "traceparent")
+
+
+def _payload(
+    *, type: str, raw_body: str, provider_created_at: datetime, traceparent: str
+) -> tuple[Payload, dict[str, Any]]:
     """The object to apply and its version time: the event's own, or — when the event cannot decide
     (see webhooks.handlers.REFETCHERS) — the object as Stripe has it now. Or the error fetching it.
     Also where its processing span belongs (_trace)."""
-    event_type, raw_body, created, traceparent = WebhookEvent.objects.values_list(
-        "type", "raw_body", "provider_created_at", "traceparent"
-    ).get(id=event_id)
+    event_type, created = type, provider_created_at
     obj = json.loads(raw_body)["data"]["object"]
     trace = _trace(obj, created, ingestion=traceparent)
     refetch = REFETCHERS.get(event_type)

@@ -23,6 +23,7 @@ from billing.services._shared import (
     audit_record,
     create_or_lock,
     customer_for_stripe,
+    lock_or_create,
     update_fields,
 )
 from billing.services.refunds import payment_refresh_refunded, refund_apply_stripe, refund_succeeded
@@ -168,7 +169,7 @@ def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, eve
         "canceled_at": so.timestamp(stripe_subscription.get("canceled_at")),
         "ended_at": so.timestamp(stripe_subscription.get("ended_at")),
     }
-    subscription, created = create_or_lock(
+    subscription, created = lock_or_create(
         Subscription,
         {"stripe_subscription_id": stripe_subscription_id},
         {**values, "stripe_updated_at": event_created},
