@@ -140,7 +140,11 @@ def main(argv: list[str] | None = None) -> None:
         if ingestion_profiler:
             ingestion_profiler.disable()
         ingestion_ms = (time.perf_counter() - started) * 1000 / n
-    ids = list(WebhookEvent.objects.filter(event_id__startswith=f"evt_{tag}_").exclude(status="processed").values_list("id", flat=True))
+    ids = list(
+        WebhookEvent.objects.filter(event_id__startswith=f"evt_{tag}_")
+        .exclude(status="processed")
+        .values_list("id", flat=True)
+    )
     profiler = cProfile.Profile() if args.cprofile else None
     with tallied() as processing:
         started = time.perf_counter()
