@@ -159,9 +159,11 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
         if event is None:
             return None
         span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
-        landed = _run_handler(event, payload)
+        _run_handler(event, payload)
         event.save(update_fields=[*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
-        if landed and event.customer_id:
+        if event.status == Status.PROCESSED and event.customer_id:
+            # Whatever it changed, or merely linked (a customer.created naming a user already known), events
+            # of its customer that were waiting may go now: one lookup in a partial index, mostly empty.
             _wake_waiting_on(event.customer_id)
         span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
         status, event_type, received_at = event.status, event.type, event.received_at
@@ -236,18 +238,17 @@ def _trace(obj: Mapping[str, Any], created: datetime, *, ingestion: str) -> dict
     return {"links": [ingestion, checkout]}
 
 
-def _run_handler(event: WebhookEvent, payload: Payload) -> bool:
-    """Run the event's handler in a savepoint and set the resulting status on `event` (not saved).
-    Returns whether it changed some user's billing state (what events waiting on its customer may need)."""
+def _run_handler(event: WebhookEvent, payload: Payload) -> None:
+    """Run the event's handler in a savepoint and set the resulting status on `event` (not saved)."""
     now = timezone.now()
     handler = HANDLERS.get(event.type)
     event.waiting_on = ""
     if event.attempts > event.retry_policy.max_attempts:  # its claims used them up: workers died on it
         event.status, event.last_error = Status.DEAD, f"gave up after {event.attempts - 1} attempts; {event.last_error}"
-        return False
+        return
     if handler is None:
         event.status, event.last_error, event.processed_at = Status.IGNORED, "no handler for this type", now
-        return False
+        return
     try:
         if isinstance(payload, Exception):
             raise payload
@@ -264,9 +265,8 @@ def _run_handler(event: WebhookEvent, payload: Payload) -> bool:
             log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
         else:
             log.exception("webhook_event_dead", event_id=event.event_id)
-        return False
+        return
     event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
-    return bool(changed_users)
 
 
 def _count(event_type: str, status: str, received_at: datetime) -> None:
