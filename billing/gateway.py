@@ -162,15 +162,58 @@ def is_configured() -> bool:
 # --- one call ------------------------------------------------------------------------------------
 
 
-def _map_error(exc: stripe.StripeError) -> ApplicationError:
-    message = exc.user_message or str(exc) or type(exc).__name__
+# Our own words for Stripe's refusals, by its error code. Stripe's message names its objects and our
+# parameters (`No such price: 'price_…'`): it goes to the logs (`stripe_call_failed`), never to a client,
+# an order's failure message or an admin page.
+_CARD_MESSAGES = {
+    "expired_card": "The card has expired",
+    "incorrect_cvc": "The card's security code is incorrect",
+    "invalid_cvc": "The card's security code is incorrect",
+    "incorrect_number": "The card number is incorrect",
+    "invalid_number": "The card number is incorrect",
+    "invalid_expiry_month": "The card's expiry date is invalid",
+    "invalid_expiry_year": "The card's expiry date is invalid",
+    "insufficient_funds": "The card has insufficient funds",
+    "processing_error": "The card could not be processed; try again",
+    "authentication_required": "The card needs the payer's authentication",
+}
+_REFUSAL_MESSAGES = {
+    "resource_missing": "Stripe does not know an object this request refers to",
+    "charge_already_refunded": "The payment is already fully refunded at Stripe",
+    "charge_disputed": "The payment is disputed at Stripe and cannot be refunded",
+    "amount_too_small": "The amount is below Stripe's minimum",
+    "amount_too_large": "The amount is above Stripe's maximum",
+    "idempotency_key_in_use": "Stripe is still processing the same request",
+    "url_invalid": "Stripe refused a URL of the request",
+    "customer_max_subscriptions": "The customer has too many subscriptions at Stripe",
+}
+_TYPE_MESSAGES = {
+    stripe.AuthenticationError: "Stripe refused our credentials",
+    stripe.PermissionError: "Stripe does not allow this request with our credentials",
+    stripe.IdempotencyError: "Stripe saw the same idempotency key with another request",
+}
+
+
+def _our_message(exc: stripe.StripeError) -> str:
+    """What a client (or staff) reads about a Stripe refusal: ours, chosen by Stripe's code or type."""
+    code = str(exc.code or "")
     if isinstance(exc, stripe.CardError):
-        return CardDeclined(message)
+        decline = str(getattr(exc.error, "decline_code", None) or "")
+        return _CARD_MESSAGES.get(decline) or _CARD_MESSAGES.get(code) or "The card was declined"
+    for kind, message in _TYPE_MESSAGES.items():
+        if isinstance(exc, kind):
+            return message
+    return _REFUSAL_MESSAGES.get(code, "Stripe refused the request")
+
+
+def _map_error(exc: stripe.StripeError) -> ApplicationError:
+    if isinstance(exc, stripe.CardError):
+        return CardDeclined(_our_message(exc))
     if isinstance(exc, stripe.RateLimitError):
         return StripeRateLimited("Stripe is rate limiting our requests; try again shortly", retry_after=5)
     if _is_outage(exc):
         return StripeUnavailable("Stripe did not answer properly; try again shortly", retry_after=10)
-    return StripeRequestFailed(f"Stripe refused the request: {message}")
+    return StripeRequestFailed(_our_message(exc))
 
 
 def _outcome(exc: BaseException) -> str:
@@ -211,6 +254,9 @@ def _call(operation: str, func: Callable[[stripe.StripeClient], Any]) -> StripeD
             outcome=outcome,
             http_status=exc.http_status,
             stripe_code=exc.code,
+            stripe_type=type(exc).__name__,
+            stripe_message=exc.user_message or str(exc),  # Stripe's own words: logs only (see _our_message)
+            stripe_param=getattr(exc.error, "param", None),
             request_id=exc.request_id,
         )
         raise _map_error(exc) from exc

@@ -1,5 +1,5 @@
 """Billing: customers, the catalog (features, plans, prices), checkout orders, subscriptions,
-payments and refunds.
+payments, refunds, invoices and disputes.
 
 Money is integer minor units plus a lower-case ISO-4217 code (Stripe's spelling). Every row that
 mirrors a Stripe object keeps `stripe_updated_at`, the provider time of the last change applied to
@@ -96,6 +96,9 @@ class Price(models.Model):
 class OrderStatus(models.TextChoices):
     PENDING = "pending"  # written, Stripe not answered yet
     OPEN = "open"  # the session exists: the client has a checkout URL
+    # Checkout is done but paid with a bank debit whose money has not arrived yet
+    # (checkout.session.completed with payment_status "unpaid"): the async events complete or fail it.
+    PROCESSING = "processing"
     COMPLETED = "completed"
     EXPIRED = "expired"
     FAILED = "failed"
@@ -106,6 +109,8 @@ class Order(models.Model):
     so there is never a Stripe session without an order; failed if the call fails."""
 
     Status = OrderStatus
+    # failure_code of an order whose checkout went through but whose bank debit was refused afterwards.
+    ASYNC_PAYMENT_FAILED = "async_payment_failed"
 
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="orders")
@@ -174,6 +179,9 @@ class Subscription(models.Model):
     cancel_at_period_end = models.BooleanField(default=False)
     canceled_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    trial_end = models.DateTimeField(null=True, blank=True)
+    # The trial_end that `subscription.trial_will_end` was emitted for (once per trial, replays included).
+    trial_end_announced = models.DateTimeField(null=True, blank=True)
     stripe_updated_at = models.DateTimeField()  # the event time of the last applied change
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -291,3 +299,99 @@ class Refund(models.Model):
 
     def __str__(self) -> str:
         return str(self.id)
+
+
+class InvoiceStatus(models.TextChoices):
+    """Stripe's invoice statuses, as Stripe names them."""
+
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    UNCOLLECTIBLE = "uncollectible"
+    VOID = "void"
+
+
+class Invoice(models.Model):
+    """A Stripe invoice, stored from `invoice.*` events and listed to its owner.
+
+    `requires_action` is set by invoice.payment_action_required (3-D Secure on a renewal): the client
+    must open `hosted_invoice_url` to confirm the payment; it clears when the invoice leaves `open`.
+    """
+
+    Status = InvoiceStatus
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="invoices")
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.SET_NULL, related_name="invoices", null=True, blank=True
+    )
+    stripe_invoice_id = models.CharField(max_length=255, unique=True)
+    number = models.CharField(max_length=64, blank=True)  # Stripe gives one when the invoice is finalized
+    status = models.CharField(max_length=16, choices=Status.choices)
+    amount_due = models.PositiveBigIntegerField()
+    amount_paid = models.PositiveBigIntegerField(default=0)
+    currency = models.CharField(max_length=3)
+    hosted_invoice_url = models.URLField(max_length=2048, blank=True)
+    requires_action = models.BooleanField(default=False)
+    stripe_updated_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)  # Stripe's creation time
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            _status_check("billing_invoice_status_valid", InvoiceStatus),
+            _currency_check("billing_invoice_currency_iso4217"),
+        ]
+        indexes = [
+            models.Index(fields=["customer", "created_at"], name="billing_inv_customer_idx"),
+            models.Index(fields=["status", "created_at"], name="billing_inv_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.number or self.stripe_invoice_id
+
+
+class DisputeStatus(models.TextChoices):
+    """Stripe's dispute statuses (docs.stripe.com/api/disputes/object#dispute_object-status)."""
+
+    WARNING_NEEDS_RESPONSE = "warning_needs_response"
+    WARNING_UNDER_REVIEW = "warning_under_review"
+    WARNING_CLOSED = "warning_closed"
+    NEEDS_RESPONSE = "needs_response"
+    UNDER_REVIEW = "under_review"
+    WON = "won"
+    LOST = "lost"
+    PREVENTED = "prevented"
+
+
+class Dispute(models.Model):
+    """A chargeback on a payment. While open the payment is `disputed`; a lost one records the amount the
+    bank took back (`reversed_amount`); a won one returns the payment to `succeeded`."""
+
+    Status = DisputeStatus
+    CLOSED = (Status.WON, Status.LOST, Status.WARNING_CLOSED, Status.PREVENTED)
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="disputes")
+    stripe_dispute_id = models.CharField(max_length=255, unique=True)
+    amount = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3)
+    reason = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=32, choices=Status.choices)
+    reversed_amount = models.PositiveBigIntegerField(default=0)
+    evidence_due_by = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    stripe_updated_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)  # Stripe's creation time
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            _status_check("billing_dispute_status_valid", DisputeStatus),
+            _currency_check("billing_dispute_currency_iso4217"),
+            models.CheckConstraint(condition=Q(reversed_amount__lte=F("amount")), name="billing_dispute_reversal_cap"),
+        ]
+        indexes = [models.Index(fields=["status", "created_at"], name="billing_dispute_status_idx")]
+
+    def __str__(self) -> str:
+        return self.stripe_dispute_id

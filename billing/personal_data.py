@@ -4,10 +4,12 @@ Erasure, in this order, each part idempotent:
 1. every subscription that has not ended is cancelled at Stripe at once and recorded through the
    webhook service (Stripe's answer is the newest version we know);
 2. the Stripe customer is deleted (a customer already gone at Stripe counts as deleted);
-3. the rows are pseudonymised, not deleted: orders, subscriptions, payments and refunds are records the
-   law makes us keep (amounts, currencies, dates, Stripe ids stay). The customer's user id becomes the
-   pseudonymous UUID, its email goes, checkout return URLs (the client's, possibly with personal query
-   strings) go, and free-text fields lose any mention of the user's id or addresses.
+3. the rows are pseudonymised, not deleted: orders, subscriptions, payments, refunds, invoices and
+   disputes are records the law makes us keep (amounts, currencies, dates, numbers, Stripe ids stay). The
+   customer's user id becomes the pseudonymous UUID, its email goes, checkout return URLs (the client's,
+   possibly with personal query strings) go, invoices' hosted URLs (Stripe's page shows the customer's
+   name and address to whoever holds the link) go, and free-text fields lose any mention of the user's
+   id or addresses.
 """
 
 import uuid
@@ -15,11 +17,13 @@ from datetime import timedelta
 
 import stripe
 from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from billing import gateway
 from billing.errors import StripeRequestFailed
-from billing.models import Customer, Order, Payment, Refund, Subscription, SubscriptionStatus
+from billing.models import Customer, Dispute, Invoice, Order, Payment, Refund, Subscription, SubscriptionStatus
 from billing.services import subscription_upsert_from_stripe
 from gdpr import audit
 from gdpr.registry import DataSubject, PersonalDataProvider, Tables, redact_text, replacements_for, rows
@@ -39,6 +43,8 @@ def billing_export(*, subject: DataSubject) -> Tables:
         "subscriptions": rows(Subscription.objects.filter(customer__in=customers)),
         "payments": rows(Payment.objects.filter(customer__in=customers)),
         "refunds": rows(Refund.objects.filter(payment__customer__in=customers)),
+        "invoices": rows(Invoice.objects.filter(customer__in=customers)),
+        "disputes": rows(Dispute.objects.filter(payment__customer__in=customers)),
     }
 
 
@@ -102,6 +108,10 @@ def _customer_pseudonymise(*, customer_id: uuid.UUID, subject: DataSubject, stri
         refund.note = redact_text(refund.note, replacements)
         refund.failure_reason = redact_text(refund.failure_reason, replacements)
         refund.save(update_fields=["note", "failure_reason"])
+    # As for the customer: a late invoice event older than the erasure must not bring the URL back.
+    Invoice.objects.filter(customer=customer).update(
+        hosted_invoice_url="", stripe_updated_at=Greatest(F("stripe_updated_at"), Value(now)), updated_at=now
+    )
     audit.record(
         action=audit.AuditAction.CUSTOMER_PSEUDONYMISED,
         actor_type=audit.ActorType.SYSTEM,
@@ -114,7 +124,7 @@ def _customer_pseudonymise(*, customer_id: uuid.UUID, subject: DataSubject, stri
 PROVIDER = PersonalDataProvider(
     name="billing",
     order=10,
-    models=(Customer, Order, Subscription, Payment, Refund),
+    models=(Customer, Order, Subscription, Payment, Refund, Invoice, Dispute),
     export=billing_export,
     erase=billing_erase,
     emails=billing_emails,

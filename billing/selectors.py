@@ -2,9 +2,9 @@
 
 import uuid
 
-from django.db.models import Prefetch, QuerySet, Sum
+from django.db.models import OuterRef, Prefetch, QuerySet, Subquery, Sum
 
-from billing.models import Feature, Order, Payment, Plan, Price, Refund, Subscription
+from billing.models import Feature, Invoice, Order, Payment, Plan, Price, Refund, Subscription
 from payments_project.errors import NotFound
 
 
@@ -27,8 +27,33 @@ def order_get_for_user(*, user_id: uuid.UUID, order_id: uuid.UUID) -> Order:
     return order
 
 
+def _invoices_waiting_for_action() -> QuerySet[Invoice]:
+    return Invoice.objects.filter(status=Invoice.Status.OPEN, requires_action=True).order_by("-created_at")
+
+
 def subscription_list_for_user(*, user_id: uuid.UUID) -> QuerySet[Subscription]:
-    return Subscription.objects.filter(customer__user_id=user_id).select_related("plan").order_by("-created_at")
+    """Newest first, each with `pending_action_url` (see pending_action_url) in the same query."""
+    waiting = _invoices_waiting_for_action().filter(subscription=OuterRef("pk")).values("hosted_invoice_url")[:1]
+    return (
+        Subscription.objects.filter(customer__user_id=user_id)
+        .select_related("plan")
+        .annotate(pending_action_url=Subquery(waiting))
+        .order_by("-created_at")
+    )
+
+
+def pending_action_url(subscription: Subscription) -> str | None:
+    """The hosted URL of the subscription's newest invoice waiting for the customer (3-D Secure), if any."""
+    return (
+        _invoices_waiting_for_action()
+        .filter(subscription=subscription)
+        .values_list("hosted_invoice_url", flat=True)
+        .first()
+    )
+
+
+def invoice_list_for_user(*, user_id: uuid.UUID) -> QuerySet[Invoice]:
+    return Invoice.objects.filter(customer__user_id=user_id).order_by("-created_at", "-id")
 
 
 def payment_list_for_user(*, user_id: uuid.UUID) -> QuerySet[Payment]:

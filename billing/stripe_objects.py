@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billing.errors import StripeObjectInvalid
-from billing.models import PaymentStatus, RefundStatus
+from billing.models import DisputeStatus, InvoiceStatus, PaymentStatus, RefundStatus
 
 StripeObject = Mapping[str, Any]
 
@@ -165,3 +165,18 @@ def refund_status(refund: StripeObject) -> RefundStatus:
     if status not in RefundStatus.values or status == RefundStatus.REQUESTED:
         raise StripeObjectInvalid(f"refund status {status!r} is unknown")
     return RefundStatus(status)
+
+
+def invoice_status(invoice: StripeObject) -> InvoiceStatus:
+    """The invoice's own status, as Stripe names it; one Stripe does not document is bad data."""
+    status = invoice.get("status")
+    if status not in InvoiceStatus.values:
+        raise StripeObjectInvalid(f"invoice status {status!r} is unknown")
+    return InvoiceStatus(status)
+
+
+def dispute_status(dispute: StripeObject) -> DisputeStatus:
+    status = dispute.get("status")
+    if status not in DisputeStatus.values:
+        raise StripeObjectInvalid(f"dispute status {status!r} is unknown")
+    return DisputeStatus(status)

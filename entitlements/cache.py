@@ -47,10 +47,11 @@ from django.utils import timezone
 from prometheus_client import Counter
 
 from entitlements.resolution import Entitlements, GrantedFeature, Source
+from payments_project.cache_serializer import UnreadableCacheValue
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX = "entitlements:1"  # bump the digit when the entry format changes
+KEY_PREFIX = "entitlements:2"  # bump the digit when the entry format changes (2: JSON, not pickles)
 # Versions outlive entries; one that expires costs a single miss (a fresh token is drawn).
 VERSION_TTL_SECONDS = 7 * 24 * 3600
 
@@ -80,7 +81,7 @@ def _new_version() -> str:
     return uuid.uuid4().hex
 
 
-# --- Entry format: plain tuples (no classes pickled), times as integer microseconds -------------
+# --- Entry format: plain lists and integers (the cache stores JSON), times as integer microseconds --
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -146,7 +147,15 @@ class _Store:
             client = self.backend._cache.get_client()
             loads = self.backend._cache._serializer.loads  # type: ignore[attr-defined]
             values = client.mget([self.backend.make_key(key) for key in keys])
-            return {key: loads(value) for key, value in zip(keys, values, strict=True) if value is not None}
+            found = {}
+            for key, value in zip(keys, values, strict=True):
+                if value is None:
+                    continue
+                try:
+                    found[key] = loads(value)
+                except UnreadableCacheValue:  # not JSON (a planted pickle?): a miss, never unpickled
+                    log.warning("entitlements_cache_value_unreadable", key=key)
+            return found
         return self.backend.get_many(keys)
 
     def add_many(self, values: Mapping[str, Any], timeout: int) -> set[str]:

@@ -44,6 +44,7 @@ class AuditAction(models.TextChoices):
     SUBSCRIPTION_UPDATED = "subscription.updated"
     SUBSCRIPTION_CANCEL_REQUESTED = "subscription.cancel_requested"
     PAYMENT_RECORDED = "payment.recorded"
+    DISPUTE_RECORDED = "dispute.recorded"
     REFUND_REQUESTED = "refund.requested"
     REFUND_SUCCEEDED = "refund.succeeded"
     REFUND_FAILED = "refund.failed"

@@ -5,9 +5,9 @@ Everything about verification comes from settings, nothing from the token:
   key: "algorithm confusion") is refused before any key is touched;
 - HS256/384/512 verify with JWT_SIGNING_KEY (at least 32 bytes; an empty key refuses every token);
   RS256/384/512, ES256/384 and EdDSA with JWT_VERIFYING_KEY (a PEM public key or a JWK) or with the
-  key set at JWT_JWKS_URL, chosen by the token's `kid` (cached; an unknown `kid` refetches the set at
-  most once per JWT_JWKS_REFRESH_COOLDOWN_SECONDS). Token headers such as `jku`, `x5u` or `jwk` are
-  never followed;
+  key set at JWT_JWKS_URL, chosen by the token's `kid` (payments_project/jwks.py: cached, refreshed by
+  one request at a time, served stale while the endpoint fails). Token headers such as `jku`, `x5u` or
+  `jwk` are never followed;
 - `exp` and `sub` are required, `nbf`/`iat` honoured, `iss`/`aud` required and checked when configured
   (the production guard makes them mandatory), with JWT_LEEWAY_SECONDS of clock skew;
 - `sub` must be a UUID: it is the user's id everywhere.
@@ -34,6 +34,8 @@ from rest_framework_simplejwt.exceptions import TokenBackendError, TokenError
 from rest_framework_simplejwt.exceptions import TokenBackendExpiredToken as TokenExpired
 from rest_framework_simplejwt.models import TokenUser
 from rest_framework_simplejwt.tokens import Token
+
+from payments_project.jwks import JwksKeys, JwksPolicy, UnknownKey
 
 log = structlog.get_logger(__name__)
 
@@ -83,9 +85,10 @@ class _Config:
     issuer: str
     audience: str
     leeway: int
-    jwks_cache_seconds: int
-    jwks_cooldown_seconds: int
+    jwks_cache_seconds: float
+    jwks_cooldown_seconds: float
     jwks_timeout_seconds: float
+    jwks_max_stale_seconds: float
 
     @classmethod
     def from_settings(cls) -> "_Config":
@@ -100,7 +103,27 @@ class _Config:
             jwks_cache_seconds=settings.JWT_JWKS_CACHE_SECONDS,
             jwks_cooldown_seconds=settings.JWT_JWKS_REFRESH_COOLDOWN_SECONDS,
             jwks_timeout_seconds=settings.JWT_JWKS_TIMEOUT_SECONDS,
+            jwks_max_stale_seconds=settings.JWT_JWKS_MAX_STALE_SECONDS,
         )
+
+
+_REFUSALS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
+    (jwt.InvalidSignatureError, "The token's signature is invalid"),
+    (jwt.InvalidAudienceError, "The token is for another audience"),
+    (jwt.InvalidIssuerError, "The token is from another issuer"),
+    (jwt.ImmatureSignatureError, "The token is not valid yet"),
+    (jwt.InvalidIssuedAtError, "The token's issue time is invalid"),
+    (jwt.DecodeError, "The token is malformed"),
+)
+
+
+def _refusal(exc: jwt.InvalidTokenError) -> str:
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"The token lacks the required '{exc.claim}' claim"  # one of our required names
+    for kind, message in _REFUSALS:
+        if isinstance(exc, kind):
+            return message
+    return "The token is invalid"
 
 
 class ClientTokenBackend:
@@ -113,7 +136,7 @@ class ClientTokenBackend:
             raise ImproperlyConfigured(
                 f"JWT_ALGORITHM must be one of {', '.join(sorted(SUPPORTED_ALGORITHMS))}, not {algorithm!r}"
             )
-        self.jwks_client: jwt.PyJWKClient | None = None
+        self.jwks: JwksKeys | None = None
         self.static_key: Any = None
         if algorithm in HMAC_ALGORITHMS:
             if len(config.signing_key.encode()) < MIN_HMAC_KEY_BYTES:
@@ -126,12 +149,14 @@ class ClientTokenBackend:
             except jwt.InvalidKeyError as exc:
                 raise ImproperlyConfigured(f"JWT_SIGNING_KEY is not usable as an HMAC secret: {exc}") from exc
         elif config.jwks_url:
-            self.jwks_client = jwt.PyJWKClient(
-                config.jwks_url,
-                cache_jwk_set=True,
-                lifespan=max(1, config.jwks_cache_seconds),
-                timeout=config.jwks_timeout_seconds,
-                cooldown_duration=max(0, config.jwks_cooldown_seconds),
+            self.jwks = JwksKeys(
+                JwksPolicy(
+                    url=config.jwks_url,
+                    cache_seconds=max(0, config.jwks_cache_seconds),
+                    max_stale_seconds=config.jwks_max_stale_seconds,
+                    cooldown_seconds=max(0, config.jwks_cooldown_seconds),
+                    timeout_seconds=config.jwks_timeout_seconds,
+                )
             )
         elif config.verifying_key:
             self.static_key = _load_public_key(algorithm, config.verifying_key)
@@ -139,17 +164,14 @@ class ClientTokenBackend:
             raise ImproperlyConfigured(f"JWT_VERIFYING_KEY or JWT_JWKS_URL is required for {algorithm}")
 
     def _key_for(self, raw: str, header: dict[str, Any]) -> Any:
-        if self.jwks_client is None:
+        if self.jwks is None:
             return self.static_key
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise TokenBackendError("The token names no key (kid)")
         try:
-            jwk = self.jwks_client.get_signing_key(kid)  # refetches the set once for an unknown kid
-        except jwt.PyJWKClientConnectionError as exc:
-            log.warning("jwks_unavailable", error=str(exc))
-            raise TokenBackendError("The identity provider's keys are unavailable") from exc
-        except jwt.PyJWKClientError as exc:
+            jwk = self.jwks.signing_key(kid)  # KeysUnavailable (503) passes through: the token may be fine
+        except UnknownKey as exc:
             raise TokenBackendError("The token's key is unknown") from exc
         declared = jwk._jwk_data.get("alg")
         if declared not in (None, self.config.algorithm) or not _key_fits(self.config.algorithm, jwk.key):
@@ -189,7 +211,9 @@ class ClientTokenBackend:
         except jwt.ExpiredSignatureError as exc:
             raise TokenExpired("Token is expired") from exc
         except jwt.InvalidTokenError as exc:
-            raise TokenBackendError(f"Token is invalid: {exc}") from exc
+            # PyJWT's own words stay in the log; the client reads ours (chosen by the error's type).
+            log.info("jwt_refused", reason=type(exc).__name__, error=str(exc))
+            raise TokenBackendError(_refusal(exc)) from exc
 
     def encode(self, payload: dict[str, Any]) -> NoReturn:
         raise TokenBackendError("This service verifies tokens; it does not issue them")

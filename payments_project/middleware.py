@@ -10,7 +10,13 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from opentelemetry import trace
 
-from payments_project.errors import PROBLEM_CONTENT_TYPE, ApplicationError, application_error_response, problem_response
+from payments_project.errors import (
+    PROBLEM_CONTENT_TYPE,
+    ApplicationError,
+    PayloadTooLarge,
+    application_error_response,
+    problem_response,
+)
 
 # An incoming id is echoed only when it cannot smuggle anything into logs or headers.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
@@ -67,3 +73,27 @@ class ProblemJsonMiddleware:
         if isinstance(exception, ApplicationError):
             return application_error_response(request, exception)
         return None
+
+
+class BodySizeLimitMiddleware:
+    """413 problem+json for an API request whose Content-Length is over the limit, before any view runs,
+    whether or not the view reads its body: API_MAX_BODY_BYTES under /api/ and /internal/ (JSONBodyParser
+    also counts what it reads), WEBHOOK_MAX_BODY_BYTES under /webhooks/. A body without Content-Length
+    (chunked) reads as empty in Django, so it cannot get past this either."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith(settings.PROBLEM_JSON_PATH_PREFIXES):
+            webhook = request.path.startswith("/webhooks/")
+            limit = settings.WEBHOOK_MAX_BODY_BYTES if webhook else settings.API_MAX_BODY_BYTES
+            try:
+                declared = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                declared = 0
+            if declared > limit:
+                return application_error_response(
+                    request, PayloadTooLarge(f"The body is larger than {limit // 1024} KiB")
+                )
+        return self.get_response(request)

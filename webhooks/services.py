@@ -17,6 +17,7 @@ from django.utils import timezone
 from billing.models import Customer
 from entitlements.services import entitlements_refresh
 from gdpr import audit
+from payments_project.json_body import json_loads
 from payments_project.tracing import current_traceparent, job_span
 from tasks.base import enqueue_on_commit
 from tasks.errors import NotYetKnown, is_transient
@@ -47,7 +48,7 @@ class StripeEnvelope:
 def stripe_event_parse(raw_body: bytes) -> StripeEnvelope:
     """Read the envelope of a Stripe event; anything we could not process later is rejected now."""
     try:
-        event = json.loads(raw_body)
+        event = json_loads(raw_body)  # bounded depth: a deeply nested body is malformed, never a 500
         obj = event["data"]["object"]
         if not isinstance(obj, dict):
             raise TypeError("data.object is not an object")

@@ -17,9 +17,19 @@ from billing.models import Subscription
 from webhooks.handlers import handles
 
 
-@handles("checkout.session.completed", "checkout.session.async_payment_succeeded")
+@handles("checkout.session.completed")
 def checkout_session_completed(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
     return billing.order_complete_from_stripe(session=obj, event_created=created)
+
+
+@handles("checkout.session.async_payment_succeeded")
+def checkout_session_async_payment_succeeded(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.order_complete_from_stripe(session=obj, event_created=created, async_payment=True)
+
+
+@handles("checkout.session.async_payment_failed")
+def checkout_session_async_payment_failed(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.order_fail_from_stripe(session=obj, event_created=created)
 
 
 @handles("checkout.session.expired")
@@ -53,9 +63,31 @@ def subscription_changed(obj: Mapping[str, Any], created: datetime) -> set[uuid.
     return billing.subscription_upsert_from_stripe(stripe_subscription=obj, event_created=created)
 
 
+@handles("customer.subscription.trial_will_end")
+def subscription_trial_will_end(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.subscription_trial_will_end_from_stripe(stripe_subscription=obj, event_created=created)
+
+
 @handles("invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed")
 def invoice_paid_or_failed(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
-    return billing.payment_record_from_invoice(invoice=obj, event_created=created)
+    changed = billing.invoice_upsert_from_stripe(invoice=obj, event_created=created)
+    return changed | billing.payment_record_from_invoice(invoice=obj, event_created=created)
+
+
+@handles(
+    "invoice.created",
+    "invoice.finalized",
+    "invoice.updated",
+    "invoice.voided",
+    "invoice.marked_uncollectible",
+)
+def invoice_changed(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.invoice_upsert_from_stripe(invoice=obj, event_created=created)
+
+
+@handles("invoice.payment_action_required")
+def invoice_payment_action_required(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+    return billing.invoice_upsert_from_stripe(invoice=obj, event_created=created, action_required=True)
 
 
 @handles("payment_intent.succeeded", "payment_intent.payment_failed")
@@ -68,7 +100,7 @@ def charge_refunded(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]
     return billing.refund_record_from_charge(charge=obj, event_created=created)
 
 
-@handles("charge.dispute.created")
+@handles("charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed")
 def charge_disputed(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
     return billing.dispute_record_from_stripe(dispute=obj, event_created=created)
 

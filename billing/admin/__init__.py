@@ -1,4 +1,5 @@
-"""Finance's admin: find customers, orders, subscriptions, payments and refunds; refund; export for month-end.
+"""Finance's admin: find customers, orders, subscriptions, payments, refunds, invoices and disputes; refund;
+export for month-end.
 
 Everything Stripe owns is read-only here (it changes through webhooks). Money actions (refunds, exports)
 are for the finance role only and go through the same services as the API, audited. List pages select
@@ -6,4 +7,4 @@ their related rows in the page query and skip the second full count, so they sta
 thousands of payments.
 """
 
-from billing.admin import catalog, customers, payments, refunds  # noqa: F401 - each module registers its admins
+from billing.admin import catalog, customers, invoices, payments, refunds  # noqa: F401 - each module registers its admins

@@ -13,7 +13,7 @@ from django.urls import URLPattern, path, reverse
 
 from billing import services
 from billing.admin.common import ReadOnlyAdmin, amount_only, date_range, money, require_finance
-from billing.models import Payment, Refund
+from billing.models import Dispute, Payment, Refund
 from billing.money import to_minor_units
 from billing.selectors import payment_refundable_amount
 from payments_project.errors import ApplicationError
@@ -31,6 +31,23 @@ class RefundInline(RoleRestrictedAdmin, admin.TabularInline):
     @admin.display(description="amount")
     def refund_amount(self, refund: Refund) -> str:
         return money(refund.amount, refund.currency)
+
+
+class DisputeInline(RoleRestrictedAdmin, admin.TabularInline):
+    model = Dispute
+    view_roles = (Role.FINANCE, Role.SUPPORT)
+    extra = 0
+    fields = ("created_at", "disputed_amount", "reversed", "reason", "status", "evidence_due_by", "stripe_dispute_id")
+    readonly_fields = fields
+    ordering = ("created_at",)
+
+    @admin.display(description="amount")
+    def disputed_amount(self, dispute: Dispute) -> str:
+        return money(dispute.amount, dispute.currency)
+
+    @admin.display(description="reversed")
+    def reversed(self, dispute: Dispute) -> str:
+        return money(dispute.reversed_amount, dispute.currency)
 
 
 class RefundForm(forms.Form):
@@ -88,7 +105,7 @@ class PaymentAdmin(ReadOnlyAdmin):
         "=customer__stripe_customer_id",
     )
     ordering = ("-created_at",)
-    inlines = (RefundInline,)
+    inlines = (RefundInline, DisputeInline)
     actions = ("refund_payment", "export_csv")
     finance_actions = ("refund_payment", "export_csv")
     change_form_template = "admin/billing/payment/change_form.html"

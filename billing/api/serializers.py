@@ -4,7 +4,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from billing.models import Order, Payment, Plan, Price, Subscription
+from billing.models import Invoice, Order, Payment, Plan, Price, Subscription
+from billing.selectors import pending_action_url
 from payments_project.return_urls import ReturnURLField
 
 
@@ -56,11 +57,57 @@ class OrderOutput(serializers.ModelSerializer[Order]):
 
 
 class SubscriptionOutput(serializers.ModelSerializer[Subscription]):
+    """`requires_action`: an invoice of the subscription waits for the customer (3-D Secure); they confirm
+    it at `action_url`, Stripe's hosted invoice page. `trial_end` while the subscription is trialing."""
+
     plan: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    requires_action = serializers.SerializerMethodField()
+    action_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Subscription
-        fields = ["id", "plan", "status", "current_period_end", "cancel_at_period_end"]
+        fields = [
+            "id",
+            "plan",
+            "status",
+            "current_period_end",
+            "cancel_at_period_end",
+            "trial_end",
+            "requires_action",
+            "action_url",
+        ]
+
+    def _action_url(self, subscription: Subscription) -> str | None:
+        if not hasattr(subscription, "pending_action_url"):  # not from the list selector: look it up
+            subscription.pending_action_url = pending_action_url(subscription)  # type: ignore[attr-defined]
+        found: str | None = subscription.pending_action_url  # type: ignore[attr-defined]
+        return found
+
+    def get_requires_action(self, subscription: Subscription) -> bool:
+        return self._action_url(subscription) is not None
+
+    def get_action_url(self, subscription: Subscription) -> str | None:
+        return self._action_url(subscription) or None
+
+
+class InvoiceOutput(serializers.ModelSerializer[Invoice]):
+    hosted_invoice_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Invoice
+        fields = [
+            "id",
+            "number",
+            "status",
+            "amount_due",
+            "amount_paid",
+            "currency",
+            "created_at",
+            "hosted_invoice_url",
+        ]
+
+    def get_hosted_invoice_url(self, invoice: Invoice) -> str | None:
+        return invoice.hosted_invoice_url or None
 
 
 class PaymentOutput(serializers.ModelSerializer[Payment]):

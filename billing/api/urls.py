@@ -13,4 +13,5 @@ urlpatterns = [
         name="billing-subscription-cancel",
     ),
     path("payments", views.PaymentListApi.as_view(), name="billing-payments"),
+    path("invoices", views.InvoiceListApi.as_view(), name="billing-invoices"),
 ]

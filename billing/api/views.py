@@ -12,7 +12,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import selectors, services
-from billing.api.serializers import CheckoutInput, OrderOutput, PaymentOutput, PlanOutput, SubscriptionOutput
+from billing.api.serializers import (
+    CheckoutInput,
+    InvoiceOutput,
+    OrderOutput,
+    PaymentOutput,
+    PlanOutput,
+    SubscriptionOutput,
+)
 from billing.errors import IdempotencyKeyMissing
 from payments_project.auth import Principal
 from payments_project.errors import ValidationFailed
@@ -28,12 +35,12 @@ def _caller(request: Request) -> Principal:
 
 
 class PlanListApi(APIView):
-    """The catalog: public, the only client endpoint without a token."""
+    """The catalog: public, the only client endpoint without a token. A token that is sent is still
+    verified (the default authentication): a bad one is a 401, as everywhere, never silently ignored."""
 
-    authentication_classes: list[type] = []
     permission_classes = [AllowAny]
 
-    @extend_schema(responses=PlanOutput(many=True), auth=[])
+    @extend_schema(responses=PlanOutput(many=True))
     def get(self, request: Request) -> Response:
         return Response(PlanOutput(selectors.plan_list_active(), many=True).data)
 
@@ -106,3 +113,11 @@ class PaymentListApi(APIView):
         paginator = NewestFirstPagination()
         page = paginator.paginate_queryset(selectors.payment_list_for_user(user_id=_caller(request).id), request)
         return paginator.get_paginated_response(PaymentOutput(page, many=True).data)
+
+
+class InvoiceListApi(APIView):
+    @extend_schema(parameters=PAGINATION_PARAMETERS, responses=InvoiceOutput(many=True))
+    def get(self, request: Request) -> Response:
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(selectors.invoice_list_for_user(user_id=_caller(request).id), request)
+        return paginator.get_paginated_response(InvoiceOutput(page, many=True).data)

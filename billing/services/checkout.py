@@ -98,7 +98,8 @@ def order_start_checkout(
         holds=holds_lease,
         call=lambda held: _order_call_stripe(order=held, price=price, email=email, request=request),
     )
-    if order.status == Order.Status.FAILED:
+    # A replay after the bank debit failed gets the order as it is: the checkout itself went through.
+    if order.status == Order.Status.FAILED and order.failure_code != Order.ASYNC_PAYMENT_FAILED:
         raise _REPLAYED_FAILURES.get(order.failure_code, StripeRequestFailed)(order.failure_message or None)
     return CheckoutResult(order=order, created=created)
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from billing import stripe_objects as so
 from billing.errors import StripeObjectInvalid
-from billing.models import Customer, Order, Payment, Price, Refund, Subscription
+from billing.models import Customer, Dispute, Order, Payment, Price, Refund, Subscription
 from billing.services._shared import (
     STRIPE_ACTOR,
     apply_stripe_version,
@@ -100,24 +100,93 @@ def _order_for_session(session: so.StripeObject) -> Order | None:
 
 
 @transaction.atomic
-def order_complete_from_stripe(*, session: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
-    """checkout.session.completed: the order is completed, and the ids Checkout made are recorded."""
+def order_complete_from_stripe(
+    *, session: so.StripeObject, event_created: datetime, async_payment: bool = False
+) -> set[uuid.UUID]:
+    """checkout.session.completed (and, for a bank debit, checkout.session.async_payment_succeeded): the
+    order is completed, and the ids Checkout made are recorded. A bank debit's payment is recorded from
+    the session (pending, then succeeded); a card's comes with its payment intent's or invoice's events."""
     order = _order_for_session(session)
     if order is None:
         return set()  # a session that did not come from our checkout (a payment link, the dashboard)
     if so.stripe_id(session.get("customer")):
         customer_for_stripe(session.get("customer"), fallback_user_id=order.customer.user_id)
+    # A bank debit: the session completes before the money arrives (payment_status "unpaid"), and
+    # checkout.session.async_payment_succeeded (payment_status "paid") completes the order later.
+    paid = session.get("payment_status") != "unpaid"
     values: dict[str, Any] = {
-        "status": Order.Status.COMPLETED,
+        "status": Order.Status.COMPLETED if paid else Order.Status.PROCESSING,
         "stripe_session_id": so.required_id(session, "checkout session"),
         "stripe_subscription_id": so.stripe_id(session.get("subscription")) or order.stripe_subscription_id,
         "stripe_payment_intent_id": so.stripe_id(session.get("payment_intent")) or order.stripe_payment_intent_id,
         "lease_until": None,
     }
-    if order.completed_at is None:
+    if order.completed_at is None and paid:
         values["completed_at"] = event_created
     changed = apply_stripe_version(order, values, event_created=event_created)
+    if changed and (async_payment or not paid):
+        changed += _payment_from_session(order, session, event_created=event_created)
     return {order.customer.user_id} if changed else set()
+
+
+@transaction.atomic
+def order_fail_from_stripe(*, session: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
+    """checkout.session.async_payment_failed: the bank debit was refused after checkout; the order and its
+    payment fail (a subscription it started stays `incomplete` at Stripe, so it grants nothing)."""
+    order = _order_for_session(session)
+    if order is None:
+        return set()
+    values = {
+        "status": Order.Status.FAILED,
+        "failure_code": Order.ASYNC_PAYMENT_FAILED,
+        "failure_message": "The bank debit failed after checkout",
+        "lease_until": None,
+    }
+    changed = apply_stripe_version(order, values, event_created=event_created)
+    if changed:
+        _payment_from_session(order, session, event_created=event_created)
+        audit_record(
+            audit.AuditAction.ORDER_FAILED,
+            target_type="order",
+            target_id=order.id,
+            metadata={"failure_code": Order.ASYNC_PAYMENT_FAILED},
+        )
+    return {order.customer.user_id} if changed else set()
+
+
+def _payment_from_session(order: Order, session: so.StripeObject, *, event_created: datetime) -> list[str]:
+    """The payment a session with a known payment status carries: pending while a bank debit is on its way,
+    then succeeded or failed (the payment intent's or invoice's own events refine it)."""
+    payment_intent_id = so.stripe_id(session.get("payment_intent"))
+    invoice_id = so.stripe_id(session.get("invoice"))
+    if not (payment_intent_id or invoice_id) or session.get("amount_total") is None:
+        return []
+    status = {
+        Order.Status.COMPLETED: Payment.Status.SUCCEEDED,
+        Order.Status.PROCESSING: Payment.Status.PENDING,
+        Order.Status.FAILED: Payment.Status.FAILED,
+    }.get(Order.Status(order.status))
+    if status is None:
+        return []
+    values: dict[str, Any] = {
+        "amount": so.amount(session, "amount_total"),
+        "currency": so.currency(session),
+        "status": status,
+        "order": order,
+        "failure_code": Order.ASYNC_PAYMENT_FAILED if status == Payment.Status.FAILED else "",
+    }
+    subscription = Subscription.objects.filter(stripe_subscription_id=order.stripe_subscription_id or None).first()
+    if subscription is not None:
+        values["subscription"] = subscription
+    changed = _payment_upsert(
+        customer=order.customer,
+        payment_intent_id=payment_intent_id,
+        invoice_id=invoice_id,
+        values=values,
+        created_at=so.timestamp(session.get("created")),
+        event_created=event_created,
+    )
+    return ["payment"] if changed else []
 
 
 @transaction.atomic
@@ -168,6 +237,7 @@ def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, eve
         "cancel_at_period_end": bool(stripe_subscription.get("cancel_at_period_end")),
         "canceled_at": so.timestamp(stripe_subscription.get("canceled_at")),
         "ended_at": so.timestamp(stripe_subscription.get("ended_at")),
+        "trial_end": so.timestamp(stripe_subscription.get("trial_end")),
     }
     subscription, created = lock_or_create(
         Subscription,
@@ -186,6 +256,39 @@ def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, eve
     )
     emit(event_type, f"subscription:{subscription.id}", subscription_event_data(subscription, customer.user_id))
     return {customer.user_id}
+
+
+@transaction.atomic
+def subscription_trial_will_end_from_stripe(
+    *, stripe_subscription: so.StripeObject, event_created: datetime
+) -> set[uuid.UUID]:
+    """customer.subscription.trial_will_end (three days before a trial ends): the subscription is applied
+    as any version of it, and `subscription.trial_will_end` is emitted once per trial end, so a notifier
+    can remind the user before the first charge."""
+    changed = subscription_upsert_from_stripe(stripe_subscription=stripe_subscription, event_created=event_created)
+    trial_end = so.timestamp(stripe_subscription.get("trial_end"))
+    if trial_end is None:
+        return changed
+    stripe_subscription_id = so.required_id(stripe_subscription, "subscription")
+    # The database decides "already announced": a replay or a duplicate updates no row; so does a late
+    # event about a trial that has ended or moved since (the row's newest state says so).
+    first = (
+        Subscription.objects.filter(
+            stripe_subscription_id=stripe_subscription_id, status=Subscription.Status.TRIALING, trial_end=trial_end
+        )
+        .exclude(trial_end_announced=trial_end)
+        .update(trial_end_announced=trial_end, updated_at=timezone.now())
+    )
+    if first:
+        subscription = Subscription.objects.select_related("plan", "customer").get(
+            stripe_subscription_id=stripe_subscription_id
+        )
+        emit(
+            "subscription.trial_will_end",
+            f"subscription:{subscription.id}",
+            {**subscription_event_data(subscription, subscription.customer.user_id), "trial_end": trial_end},
+        )
+    return changed
 
 
 # --- payments ------------------------------------------------------------------------------------
@@ -415,13 +518,73 @@ def _refund_upsert_from_stripe(*, payment: Payment, stripe_refund: so.StripeObje
 
 @transaction.atomic
 def dispute_record_from_stripe(*, dispute: so.StripeObject, event_created: datetime) -> set[uuid.UUID]:
-    """charge.dispute.created: the payment is disputed (finance sees it; it can no longer be refunded)."""
+    """charge.dispute.created / updated / closed: the dispute row follows Stripe's; while it is open the
+    payment is `disputed` (it can no longer be refunded) and `payment.disputed` is emitted; a lost one
+    records what the bank took back, a won one returns the payment to `succeeded`."""
     dispute_id = so.required_id(dispute, "dispute")
     payment = _payment_for_charge(dispute.get("charge"), dispute.get("payment_intent"))
     if payment is None:
         raise NotYetKnown(f"dispute {dispute_id}'s payment is not recorded yet")
-    return _payment_apply(
-        payment,
-        {"status": Payment.Status.DISPUTED, "dispute_reason": str(dispute.get("reason") or "")[:64]},
-        event_created=event_created,
+    status = so.dispute_status(dispute)
+    amount = so.amount(dispute, "amount")
+    closed = status in Dispute.CLOSED
+    values: dict[str, Any] = {
+        "amount": amount,
+        "currency": so.currency(dispute),
+        "reason": str(dispute.get("reason") or "")[:64],
+        "status": status,
+        "reversed_amount": amount if status == Dispute.Status.LOST else 0,
+        "evidence_due_by": so.timestamp(_evidence_due_by(dispute)),
+    }
+    found, created = create_or_lock(
+        Dispute,
+        {"stripe_dispute_id": dispute_id},
+        {
+            **values,
+            "payment": payment,
+            "closed_at": event_created if closed else None,
+            "stripe_updated_at": event_created,
+            "created_at": so.timestamp(dispute.get("created")) or event_created,
+        },
     )
+    was_closed = not created and found.closed_at is not None
+    if not created:
+        values["closed_at"] = (found.closed_at if was_closed else event_created) if closed else None
+        if not apply_stripe_version(found, values, event_created=event_created):
+            return set()  # a replay, or an older version arriving late: the dispute and payment stay
+    audit_record(
+        audit.AuditAction.DISPUTE_RECORDED,
+        target_type="dispute",
+        target_id=found.id,
+        metadata={"payment_id": str(payment.id), "status": found.status, "amount": found.amount},
+    )
+    # A dispute Stripe resolved as won (or a warning closed) gives the payment back; otherwise it stays disputed.
+    disputed = found.status not in (Dispute.Status.WON, Dispute.Status.WARNING_CLOSED, Dispute.Status.PREVENTED)
+    was = payment.status
+    update_fields(
+        payment,
+        {
+            "status": Payment.Status.DISPUTED if disputed else Payment.Status.SUCCEEDED,
+            "dispute_reason": found.reason,
+        },
+    )
+    data = {
+        "payment_id": str(payment.id),
+        "user_id": str(payment.customer.user_id),
+        "dispute_id": str(found.id),
+        "amount": found.amount,
+        "currency": found.currency,
+        "reason": found.reason,
+        "status": found.status,
+        "reversed_amount": found.reversed_amount,
+    }
+    if was != Payment.Status.DISPUTED and payment.status == Payment.Status.DISPUTED:
+        emit("payment.disputed", f"payment:{payment.id}", data)
+    if closed and not was_closed:
+        emit("payment.dispute_closed", f"payment:{payment.id}", data)
+    return {payment.customer.user_id}
+
+
+def _evidence_due_by(dispute: so.StripeObject) -> Any:
+    details = dispute.get("evidence_details")
+    return details.get("due_by") if isinstance(details, Mapping) else None

@@ -69,6 +69,7 @@ MIDDLEWARE = [
     "payments_project.request_timing.RequestDurationMiddleware",
     "payments_project.middleware.RequestIdMiddleware",
     "payments_project.middleware.ProblemJsonMiddleware",
+    "payments_project.middleware.BodySizeLimitMiddleware",  # 413 before any view: API_MAX_BODY_BYTES
     "django_ratelimit.middleware.RatelimitMiddleware",  # django-ratelimit's own decorator -> 429 problem
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -143,7 +144,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["payments_project.ratelimit.RateLimitThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["payments_project.json_body.JSONBodyParser"],  # size and depth bounded
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -156,6 +157,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+# The largest JSON body an API endpoint reads (413 above it); the bulk check's 1000 ids take ~45 KiB.
+# The webhook endpoint has its own limit, WEBHOOK_MAX_BODY_BYTES.
+API_MAX_BODY_BYTES = 128 * 1024
 # Paths whose errors are always RFC 9457 problem+json, Django's own 404/500 included.
 PROBLEM_JSON_PATH_PREFIXES = ("/api/", "/internal/", "/webhooks/")
 
@@ -170,8 +174,10 @@ JWT_JWKS_URL = env.str("JWT_JWKS_URL", default="")  # RS*/ES*/EdDSA: the identit
 JWT_ISSUER = env.str("JWT_ISSUER", default="")
 JWT_AUDIENCE = env.str("JWT_AUDIENCE", default="")
 JWT_JWKS_CACHE_SECONDS = 300
-JWT_JWKS_REFRESH_COOLDOWN_SECONDS = 30  # an unknown kid refetches the key set at most this often
-JWT_JWKS_TIMEOUT_SECONDS = 3.0
+JWT_JWKS_REFRESH_COOLDOWN_SECONDS = 30  # the key set is fetched at most this often (after failures too)
+JWT_JWKS_TIMEOUT_SECONDS = 3.0  # one fetch, in total; only one request per process ever waits for it
+# While the key endpoint fails, the last good set keeps verifying tokens until it is this old (then 503).
+JWT_JWKS_MAX_STALE_SECONDS = 6 * 3600
 JWT_LEEWAY_SECONDS = 30  # clock skew allowed on exp and nbf
 SIMPLE_JWT = {
     # Only the header parsing and the user class are simplejwt's: verification is ClientTokenBackend's,
@@ -253,6 +259,9 @@ AXES_VERBOSE = False
 # Sessions end after SESSION_COOKIE_AGE without a request (every request pushes the expiry on), and
 # after ADMIN_SESSION_MAX_SECONDS whatever happens.
 SESSION_SAVE_EVERY_REQUEST = True
+# Staff sessions live in the database as JSON: never in the cache, never pickled (Redis holds JSON only).
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+SESSION_SERIALIZER = "django.core.signing.JSONSerializer"
 SESSION_COOKIE_AGE = 30 * 60
 ADMIN_SESSION_MAX_SECONDS = 8 * 3600
 # The finance dashboard flags GDPR requests open longer than this (the legal deadline is a month).
@@ -293,8 +302,9 @@ RECONCILIATION_COMPARE_WINDOW_HOURS = 48
 # --- Entitlements and family plans (entitlements/) --------------------------------------------
 # How long a user's resolved features are cached (never past the first grant that ends by itself).
 ENTITLEMENTS_CACHE_TTL_SECONDS = 3600
-# A past_due subscription keeps granting for this long after its unpaid period began.
-ENTITLEMENTS_PAST_DUE_GRACE_DAYS = 7
+# A past_due subscription keeps granting for this long after its unpaid period began (Stripe retries the
+# payment meanwhile); `unpaid` (Stripe gave up) ends access at once.
+ENTITLEMENTS_PAST_DUE_GRACE_DAYS = env.int("ENTITLEMENTS_PAST_DUE_GRACE_DAYS", default=7)
 FAMILY_INVITATION_TTL_HOURS = 72
 ENTITLEMENTS_BULK_MAX_IDS = 1000  # most user ids per POST /internal/v1/entitlements/check
 # After this many cache errors in a row a process answers from the database without trying Redis

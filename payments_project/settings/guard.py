@@ -104,6 +104,10 @@ RULES: tuple[tuple[Rule, str], ...] = (
     ),
     (lambda s: int(s.get("TRUSTED_PROXY_COUNT") or 0) < 0, "TRUSTED_PROXY_COUNT must not be negative"),
     (
+        lambda s: int(s.get("ENTITLEMENTS_PAST_DUE_GRACE_DAYS") or 0) < 0,
+        "ENTITLEMENTS_PAST_DUE_GRACE_DAYS must not be negative",
+    ),
+    (
         # Unset, production derives it from ALLOWED_HOSTS (always https).
         lambda s: bool(s.get("ADMIN_ORIGIN")) and not _text(s, "ADMIN_ORIGIN").startswith("https://"),
         "ADMIN_ORIGIN must be an https:// origin (staff passkeys are bound to it), not {ADMIN_ORIGIN!r}",

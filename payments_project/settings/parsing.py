@@ -81,7 +81,12 @@ def cache_config(redis_url: str) -> dict[str, Any]:
             "LOCATION": redis_url,
             "KEY_PREFIX": "jia-payments",
             # Short timeouts: a slow Redis must not stall requests (callers fall back to the database).
-            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+            # JSON, never pickles: whoever can write to Redis must not be able to run code in ours.
+            "OPTIONS": {
+                "socket_connect_timeout": 1,
+                "socket_timeout": 1,
+                "serializer": "payments_project.cache_serializer.JsonSerializer",
+            },
         }
     }
 

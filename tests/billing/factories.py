@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 import factory
 from django.utils import timezone
 
-from billing.models import Customer, Feature, Order, Payment, Plan, Price, Refund, Subscription
+from billing.models import Customer, Dispute, Feature, Invoice, Order, Payment, Plan, Price, Refund, Subscription
 
 
 class CustomerFactory(factory.django.DjangoModelFactory):
@@ -100,3 +100,33 @@ class RefundFactory(factory.django.DjangoModelFactory):
     currency = "eur"
     status = Refund.Status.SUCCEEDED
     stripe_refund_id = factory.Sequence(lambda n: f"re_test{n:08d}")
+
+
+class InvoiceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Invoice
+
+    customer = factory.SubFactory(CustomerFactory)
+    stripe_invoice_id = factory.Sequence(lambda n: f"in_test{n:08d}")
+    number = factory.Sequence(lambda n: f"JIA-{n:04d}")
+    status = Invoice.Status.PAID
+    amount_due = 1299
+    amount_paid = 1299
+    currency = "eur"
+    hosted_invoice_url = factory.LazyAttribute(lambda o: f"https://invoice.stripe.com/i/{o.stripe_invoice_id}")
+    stripe_updated_at = factory.LazyFunction(lambda: datetime(2026, 1, 1, tzinfo=UTC))
+    created_at = factory.LazyFunction(timezone.now)
+
+
+class DisputeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Dispute
+
+    payment = factory.SubFactory(PaymentFactory, status=Payment.Status.DISPUTED)
+    stripe_dispute_id = factory.Sequence(lambda n: f"dp_test{n:08d}")
+    amount = 1299
+    currency = "eur"
+    reason = "fraudulent"
+    status = Dispute.Status.NEEDS_RESPONSE
+    stripe_updated_at = factory.LazyFunction(lambda: datetime(2026, 1, 1, tzinfo=UTC))
+    created_at = factory.LazyFunction(timezone.now)

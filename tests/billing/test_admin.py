@@ -11,7 +11,15 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from billing.models import Payment
-from tests.billing.factories import CustomerFactory, OrderFactory, PaymentFactory, RefundFactory, SubscriptionFactory
+from tests.billing.factories import (
+    CustomerFactory,
+    DisputeFactory,
+    InvoiceFactory,
+    OrderFactory,
+    PaymentFactory,
+    RefundFactory,
+    SubscriptionFactory,
+)
 from tests.support.auth import staff_client
 
 CHANGELIST = "/admin/billing/payment/"
@@ -81,6 +89,8 @@ def test_the_payment_list_costs_the_same_queries_for_3_or_60_payments(finance: C
         ("/admin/billing/order/", OrderFactory),
         ("/admin/billing/subscription/", SubscriptionFactory),
         ("/admin/billing/customer/", CustomerFactory),
+        ("/admin/billing/invoice/", InvoiceFactory),
+        ("/admin/billing/dispute/", DisputeFactory),
     ],
 )
 def test_the_other_lists_cost_the_same_queries_for_3_or_40_rows(finance: Client, path: str, factory: Any) -> None:
@@ -148,3 +158,24 @@ def test_support_cannot_export(support: Client) -> None:
     response = support.post(CHANGELIST, {"action": "export_csv", "_selected_action": [str(payment.id)]})
 
     assert response.get("Content-Type") != "text/csv"
+
+
+@pytest.mark.django_db
+def test_finance_sees_disputes_with_what_a_lost_one_reversed_and_support_cannot_export_them(
+    finance: Client, support: Client
+) -> None:
+    lost = DisputeFactory(status="lost", amount=5000, reversed_amount=5000, stripe_dispute_id="dp_lost_1")
+    DisputeFactory(status="won", stripe_dispute_id="dp_won_1")
+
+    page = finance.get("/admin/billing/dispute/", {"status__exact": "lost"})
+    exported = finance.post("/admin/billing/dispute/", {"action": "export_csv", "_selected_action": [str(lost.id)]})
+    refused = support.post("/admin/billing/dispute/", {"action": "export_csv", "_selected_action": [str(lost.id)]})
+
+    assert page.status_code == 200
+    assert "dp_lost_1" in page.content.decode() and "dp_won_1" not in page.content.decode()
+    [row] = list(csv.DictReader(io.StringIO(b"".join(exported.streaming_content).decode())))  # type: ignore[attr-defined]
+    assert (row["stripe_dispute_id"], row["status"], row["reversed_amount"]) == ("dp_lost_1", "lost", "50.00")
+    assert refused.status_code == 403
+    assert finance.get(f"/admin/billing/dispute/{lost.id}/change/").status_code == 200
+    payment_page = finance.get(f"{CHANGELIST}{lost.payment_id}/change/").content.decode()
+    assert "dp_lost_1" in payment_page and "50.00 EUR" in payment_page  # the dispute inline

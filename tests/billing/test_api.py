@@ -1,4 +1,4 @@
-"""The client endpoints for subscriptions and payments (alice owns, bob is another user)."""
+"""The client endpoints for subscriptions, payments and invoices (alice owns, bob is another user)."""
 
 import uuid
 from datetime import UTC, datetime
@@ -6,15 +6,22 @@ from typing import Any
 
 import pytest
 import stripe
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from billing import gateway, services
-from billing.models import Subscription
+from billing.models import Invoice, Subscription
 from gdpr.models import AuditEvent
 from gdpr.registry import pseudonym_for
 from tasks.models import OutboxMessage
-from tests.billing.factories import CustomerFactory, PaymentFactory, PriceFactory, SubscriptionFactory
+from tests.billing.factories import (
+    CustomerFactory,
+    InvoiceFactory,
+    PaymentFactory,
+    PriceFactory,
+    SubscriptionFactory,
+)
 from tests.support.auth import bearer
 from tests.support.stripe_fake import StripeFake
 from tests.support.stripe_setup import customer_with_card, subscription_for
@@ -38,8 +45,72 @@ def test_the_subscriptions_list_shows_only_the_callers_own(api: Client) -> None:
             "status": "active",
             "current_period_end": "2026-02-01T00:00:00Z",
             "cancel_at_period_end": False,
+            "trial_end": None,
+            "requires_action": False,
+            "action_url": None,
         }
     ]
+
+
+@pytest.mark.django_db
+def test_a_subscription_waiting_for_the_customer_shows_its_invoice_url_without_a_query_per_row(api: Client) -> None:
+    waiting = SubscriptionFactory(customer__user_id=ALICE)
+    InvoiceFactory(customer=waiting.customer, subscription=waiting, status="open", requires_action=True)
+    for _ in range(5):
+        SubscriptionFactory(customer=waiting.customer)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = api.get("/api/v1/subscriptions", HTTP_AUTHORIZATION=bearer(ALICE))
+
+    shown = {s["id"]: (s["requires_action"], s["action_url"]) for s in response.json()}
+    url = Invoice.objects.get().hosted_invoice_url
+    assert shown.pop(str(waiting.id)) == (True, url)
+    assert set(shown.values()) == {(False, None)}
+    assert len([q for q in queries.captured_queries if "billing_invoice" in q["sql"]]) == 1
+
+
+@pytest.mark.django_db
+def test_the_invoices_list_shows_only_the_callers_own_newest_first(api: Client) -> None:
+    alice = CustomerFactory(user_id=ALICE)
+    older = InvoiceFactory(customer=alice, created_at=datetime(2026, 1, 1, tzinfo=UTC), number="JIA-0001")
+    newer = InvoiceFactory(
+        customer=alice,
+        created_at=datetime(2026, 2, 1, tzinfo=UTC),
+        number="",
+        status="draft",
+        amount_paid=0,
+        hosted_invoice_url="",
+    )
+    InvoiceFactory(customer__user_id=BOB)
+
+    response = api.get("/api/v1/invoices", HTTP_AUTHORIZATION=bearer(ALICE))
+    anonymous = api.get("/api/v1/invoices")
+
+    assert response.status_code == 200
+    assert response.json() == [
+        {
+            "id": str(newer.id),
+            "number": "",
+            "status": "draft",
+            "amount_due": 1299,
+            "amount_paid": 0,
+            "currency": "eur",
+            "created_at": "2026-02-01T00:00:00Z",
+            "hosted_invoice_url": None,
+        },
+        {
+            "id": str(older.id),
+            "number": "JIA-0001",
+            "status": "paid",
+            "amount_due": 1299,
+            "amount_paid": 1299,
+            "currency": "eur",
+            "created_at": "2026-01-01T00:00:00Z",
+            "hosted_invoice_url": older.hosted_invoice_url,
+        },
+    ]
+    assert anonymous.status_code == 401
+    assert anonymous["Content-Type"] == PROBLEM
 
 
 @pytest.mark.django_db

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.test import Client
 
-from billing.models import Payment
-from tests.billing.factories import CustomerFactory, PaymentFactory, SubscriptionFactory
+from billing.models import Invoice, Payment
+from tests.billing.factories import CustomerFactory, InvoiceFactory, PaymentFactory, SubscriptionFactory
 from tests.support.auth import bearer
 
 PROBLEM = "application/problem+json"
@@ -117,3 +117,22 @@ def test_limit_200_is_allowed(api: Client) -> None:
 
     assert response.status_code == 200
     assert len(response.json()) == 1
+
+
+@pytest.mark.django_db
+def test_invoices_page_newest_first_through_link_headers_and_only_the_callers_own(api: Client) -> None:
+    alice = CustomerFactory(user_id=ALICE)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for when in [base + timedelta(days=n) for n in (0, 1, 1, 2, 3)]:
+        InvoiceFactory(customer=alice, created_at=when)
+    InvoiceFactory(customer__user_id=BOB, created_at=base + timedelta(days=9))
+
+    pages = walk(api, "/api/v1/invoices?limit=2", ALICE)
+    bad = api.get("/api/v1/invoices?limit=201", HTTP_AUTHORIZATION=bearer(ALICE))
+
+    assert [len(page) for page in pages] == [2, 2, 1]
+    newest_first = sorted(
+        Invoice.objects.filter(customer__user_id=ALICE), key=lambda i: (i.created_at, i.id), reverse=True
+    )
+    assert [iid for page in pages for iid in page] == [str(i.id) for i in newest_first]
+    assert (bad.status_code, bad["Content-Type"]) == (400, PROBLEM)

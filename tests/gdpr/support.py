@@ -11,7 +11,7 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from billing import gateway
-from billing.models import Customer, Order, Payment, Price, Refund, Subscription
+from billing.models import Customer, Dispute, Invoice, Order, Payment, Price, Refund, Subscription
 from billing.services import subscription_upsert_from_stripe
 from entitlements.models import FamilyGroup
 from entitlements.services import (
@@ -26,6 +26,8 @@ from gdpr.services import data_request_create, erasure_process, export_process
 from tasks.outbox import outbox_dispatch_pending
 from tests.billing.factories import (
     CustomerFactory,
+    DisputeFactory,
+    InvoiceFactory,
     OrderFactory,
     PaymentFactory,
     PriceFactory,
@@ -58,6 +60,8 @@ class Seeded:
     order: Order
     payment: Payment
     refund: Refund
+    invoice: Invoice
+    dispute: Dispute
     family: FamilyGroup
     events: list[WebhookEvent]
     stranger_event: WebhookEvent
@@ -104,6 +108,8 @@ def seed_everywhere(*, user_id: uuid.UUID, email: str, stripe_sdk: stripe.Stripe
     )
     payment = PaymentFactory(customer=customer, subscription=subscription, order=order, amount=1299)
     refund = RefundFactory(payment=payment, amount=299, note=f"Goodwill, asked by {email} on the phone")
+    invoice = InvoiceFactory(customer=customer, subscription=subscription, number="JIA-0042")
+    dispute = DisputeFactory(payment=payment, amount=1299)
 
     family_group_create(owner_user_id=user_id, owner_email=email)
     _, token = family_invitation_create(owner_user_id=user_id, email=BOB_EMAIL)
@@ -159,6 +165,8 @@ def seed_everywhere(*, user_id: uuid.UUID, email: str, stripe_sdk: stripe.Stripe
         order=order,
         payment=payment,
         refund=refund,
+        invoice=invoice,
+        dispute=dispute,
         family=FamilyGroup.objects.get(owner_user_id=user_id),
         events=events,
         stranger_event=stranger,

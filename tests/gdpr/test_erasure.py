@@ -12,7 +12,7 @@ import stripe
 from django.core.management import call_command
 from django.test import Client
 
-from billing.models import Customer, Order, Payment, Refund, Subscription
+from billing.models import Customer, Dispute, Invoice, Order, Payment, Refund, Subscription
 from entitlements.models import FamilyGroup, FamilyMembership
 from gdpr.audit import verify_chain
 from gdpr.models import AuditEvent, AuditEventPersonal, DataSubjectRequest, ErasureStep, RequestKind, RequestStatus
@@ -76,6 +76,9 @@ def assert_erased(seeded: Seeded, stripe_sdk: stripe.StripeClient) -> None:
     refund = Refund.objects.get(id=seeded.refund.id)
     assert (refund.amount, refund.stripe_refund_id) == (seeded.refund.amount, seeded.refund.stripe_refund_id)
     assert refund.note == "Goodwill, asked by [erased] on the phone"
+    invoice = Invoice.objects.get(id=seeded.invoice.id)
+    assert (invoice.number, invoice.amount_due, invoice.hosted_invoice_url) == ("JIA-0042", 1299, "")
+    assert Dispute.objects.get(id=seeded.dispute.id).amount == seeded.dispute.amount
     order = Order.objects.get(id=seeded.order.id)
     assert (order.amount, order.stripe_session_id, order.success_url) == (
         seeded.order.amount,
@@ -222,7 +225,10 @@ def test_a_permanent_stripe_refusal_fails_at_once_and_a_retry_by_staff_finishes_
     assert outcome is not None and outcome.retry_in is None
     failed = DataSubjectRequest.objects.get(id=request_id)
     assert failed.status == RequestStatus.FAILED
-    assert "This customer cannot be deleted" in failed.last_error
+    # what staff read in admin is ours; Stripe's own text is in the log (billing.gateway)
+    assert failed.last_error == "billing: StripeRequestFailed: Stripe refused the request"
+    assert "This customer cannot be deleted" not in failed.last_error
+    assert "cannot be deleted" not in ErasureStep.objects.get(request_id=request_id, provider="billing").last_error
     assert ErasureStep.objects.get(request_id=request_id, provider="billing").attempts == 1  # not retried
 
     assert data_request_retry(request_id=request_id, staff_id="7") is True

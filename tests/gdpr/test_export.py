@@ -62,6 +62,8 @@ def assert_every_row_exported(archive: zipfile.ZipFile, seeded: Seeded) -> None:
         "billing.subscriptions": _db_ids(Subscription.objects.filter(customer__in=customers)),
         "billing.payments": _db_ids(Payment.objects.filter(customer__in=customers)),
         "billing.refunds": _db_ids(Refund.objects.filter(payment__customer__in=customers)),
+        "billing.invoices": {str(seeded.invoice.id)},
+        "billing.disputes": {str(seeded.dispute.id)},
         "entitlements.family_groups": _db_ids(groups),
         "entitlements.family_memberships": _db_ids(FamilyMembership.objects.filter(user_id=ALICE)),
         "entitlements.family_invitations": _db_ids(
@@ -79,6 +81,8 @@ def assert_every_row_exported(archive: zipfile.ZipFile, seeded: Seeded) -> None:
     assert tables["billing.customers"] == [db_customer]
     assert tables["billing.refunds"][0]["note"] == seeded.refund.note
     assert tables["billing.payments"][0]["amount"] == 1299
+    assert tables["billing.invoices"][0]["hosted_invoice_url"] == seeded.invoice.hosted_invoice_url
+    assert tables["billing.disputes"][0]["reason"] == "fraudulent"
     assert [row["user_id"] for row in tables["entitlements.entitlement_snapshots"]] == [str(ALICE)]
     assert {row["user_id"] for row in tables["entitlements.family_members"]} == {str(seeded.bob)}
     assert "email" not in tables["entitlements.family_members"][0]  # not someone else's address

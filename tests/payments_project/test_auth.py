@@ -387,14 +387,21 @@ def test_hs256_signed_with_a_jwks_public_key_is_refused(client: Client) -> None:
         _assert_refused(_get(client, f"Bearer {forged}"))
 
 
-def test_an_unreachable_jwks_url_refuses_tokens(client: Client) -> None:
+def test_an_unreachable_jwks_url_without_any_key_set_yet_is_a_503_to_retry(client: Client) -> None:
     with override_settings(
         JWT_ALGORITHM="RS256",
         JWT_SIGNING_KEY="",
         JWT_JWKS_URL=f"http://127.0.0.1:{closed_port()}/jwks.json",
         JWT_JWKS_TIMEOUT_SECONDS=1,
     ):
-        _assert_refused(_get(client, f"Bearer {token(ALICE, key=RSA_KEY, algorithm='RS256', headers={'kid': 'k'})}"))
+        response = _get(client, f"Bearer {token(ALICE, key=RSA_KEY, algorithm='RS256', headers={'kid': 'k'})}")
+
+    # the token may be good: the client should retry, not sign in again (see payments_project/jwks.py)
+    assert response.status_code == 503
+    assert response["Content-Type"] == PROBLEM
+    assert response.json()["type"].endswith(":identity_keys_unavailable")
+    assert int(response["Retry-After"]) >= 1
+    assert CALLS["me"] == 0
 
 
 def test_a_jku_header_is_never_followed(client: Client) -> None:

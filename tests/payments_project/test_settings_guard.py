@@ -64,6 +64,7 @@ def test_it_accepts_secure_production_settings() -> None:
         ({"SERVICE_AUTH_MODE": "xfcc", "SPIFFE_TRUST_BUNDLE": "/etc/spiffe/b.crt"}, "SPIFFE_TRUST_DOMAIN is empty"),
         ({"TRUSTED_PROXY_COUNT": -1}, "TRUSTED_PROXY_COUNT must not be negative"),
         ({"WEBHOOK_INBOX_RETENTION_DAYS": 7}, "WEBHOOK_INBOX_RETENTION_DAYS must be at least 31, not 7"),
+        ({"ENTITLEMENTS_PAST_DUE_GRACE_DAYS": -1}, "ENTITLEMENTS_PAST_DUE_GRACE_DAYS must not be negative"),
     ],
 )
 def test_it_names_each_insecure_production_setting(change: dict[str, object], named: str) -> None:
@@ -177,3 +178,21 @@ def test_a_boolean_that_is_neither_true_nor_false_is_a_configuration_error(monke
 
     with pytest.raises(ImproperlyConfigured, match="SOME_FLAG"):
         env_bool("SOME_FLAG", False)
+
+
+def test_the_past_due_grace_period_is_read_from_the_environment() -> None:
+    env = {**os.environ, "DJANGO_ENV": "test", "ENTITLEMENTS_PAST_DUE_GRACE_DAYS": "3"}
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings; "
+            "print(settings.ENTITLEMENTS_PAST_DUE_GRACE_DAYS)",
+        ],
+        env={**env, "DJANGO_SETTINGS_MODULE": "payments_project.settings.test"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert shown.stdout.strip() == "3"

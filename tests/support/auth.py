@@ -205,27 +205,46 @@ def xfcc(leaf: Issued | None, *, chain: list[Issued] | None = None, uri: str | N
 
 
 class JwksServer:
-    """Serves `keys` (a list of public JWK dicts) at http://127.0.0.1:<port>/jwks.json and counts fetches."""
+    """Serves `keys` (a list of public JWK dicts) at http://127.0.0.1:<port>/jwks.json and counts fetches.
+
+    A test makes it misbehave: `delay` seconds before answering (a hanging identity provider), `status`
+    other than 200 (a failing one, answering `{"error": ...}`; with `location`, a redirect); `fetches`
+    counts requests received.
+    """
 
     def __init__(self, keys: list[dict[str, Any]] | None = None) -> None:
         self.keys: list[dict[str, Any]] = list(keys or [])
         self.fetches = 0
+        self.delay = 0.0
+        self.status = 200
+        self.location = ""  # with a 3xx status: where it redirects
+        self._count = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                server.fetches += 1
-                body = json.dumps({"keys": server.keys}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                with server._count:
+                    server.fetches += 1
+                if server.delay:
+                    time.sleep(server.delay)
+                ok = server.status == 200
+                body = json.dumps({"keys": server.keys} if ok else {"error": "down"}).encode()
+                try:
+                    self.send_response(server.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    if server.location:
+                        self.send_header("Location", server.location)
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the client gave up waiting
+                    pass
 
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_port}/jwks.json"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from django.db import transaction
 from django.test import Client
+from django.utils import timezone
 
+from billing import services
 from billing.models import Customer, Order, Price
 from gdpr.models import AuditEvent
 from gdpr.registry import pseudonym_for
@@ -99,6 +101,25 @@ def test_the_same_key_and_body_return_the_same_order_without_a_second_session(
     assert again.status_code == 200
     assert again.json() == first.json()
     assert Order.objects.count() == 1
+    assert len(stripe_fake.sent(SESSIONS)) == 1
+
+
+def test_the_same_key_after_the_bank_debit_failed_returns_the_failed_order_without_a_new_session(
+    api: Client, stripe_fake: StripeFake, price: Price
+) -> None:
+    user_id = uuid.uuid4()
+    first = checkout(api, user_id, price)
+    order = Order.objects.get()
+    with transaction.atomic():
+        services.order_fail_from_stripe(
+            session={"id": order.stripe_session_id, "metadata": {"order_id": str(order.id)}},
+            event_created=timezone.now(),
+        )
+
+    again = checkout(api, user_id, price)
+
+    assert again.status_code == 200
+    assert (again.json()["order_id"], again.json()["status"]) == (first.json()["order_id"], "failed")
     assert len(stripe_fake.sent(SESSIONS)) == 1
 
 

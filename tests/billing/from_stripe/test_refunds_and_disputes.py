@@ -63,7 +63,14 @@ def test_a_charge_of_a_payment_not_recorded_yet_is_a_transient_error() -> None:
 
 
 def test_a_dispute_marks_the_payment_disputed_and_it_stays_so(paid: Payment) -> None:
-    dispute = {"id": "dp_1", "charge": paid.stripe_charge_id, "reason": "fraudulent", "status": "needs_response"}
+    dispute = {
+        "id": "dp_1",
+        "charge": paid.stripe_charge_id,
+        "reason": "fraudulent",
+        "status": "needs_response",
+        "amount": 5000,
+        "currency": "eur",
+    }
 
     changed = in_processor(services.dispute_record_from_stripe, dispute=dispute, event_created=at(5))
     replayed_success = in_processor(
@@ -89,7 +96,14 @@ def test_services_are_not_durable_so_the_processor_can_wrap_them(paid: Payment) 
     # One processor transaction may apply several objects; a failure rolls all of them back.
     with pytest.raises(RuntimeError), transaction.atomic():
         services.dispute_record_from_stripe(
-            dispute={"id": "dp_2", "charge": paid.stripe_charge_id}, event_created=at(9)
+            dispute={
+                "id": "dp_2",
+                "charge": paid.stripe_charge_id,
+                "status": "needs_response",
+                "amount": 1,
+                "currency": "eur",
+            },
+            event_created=at(9),
         )
         raise RuntimeError("the processor failed later on")
 
