@@ -13,7 +13,13 @@ class TransientError(Exception):
 class NotYetKnown(TransientError):
     """What a job needs (a provider event's customer, its payment) has not landed yet. Retried like any
     transient error, and also as soon as the dependency lands (webhooks.services wakes the events waiting
-    on their customer), so an out-of-order burst heals in moments, not at the next sweep."""
+    on their customer), so an out-of-order burst heals in moments, not at the next sweep.
+
+    `customer_missing`: what is missing is the customer itself (not something of a known customer)."""
+
+    def __init__(self, message: str, *, customer_missing: bool = False) -> None:
+        super().__init__(message)
+        self.customer_missing = customer_missing
 
 
 class OutboxError(Exception):

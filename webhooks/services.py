@@ -10,7 +10,6 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.db import transaction
-from django.db.models.expressions import RawSQL
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -154,47 +153,37 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
             WebhookEvent.objects.select_for_update(skip_locked=True)
             .filter(id=event_id, status=Status.PROCESSING)
             .defer("raw_body")  # read with the claim
-            .annotate(_customer_serialised=_CUSTOMER_LOCK)
             .first()
         )
         if event is None:
             return None
         span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
-        _run_handler(event, payload)
+        customer_missing = _run_handler(event, payload)
         event.save(update_fields=[*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
-        if event.status == Status.PROCESSED and event.customer_id:
-            # Whatever it changed, or merely linked (a customer.created naming a user already known), events
-            # of its customer that were waiting may go now: one lookup in a partial index, mostly empty.
-            _wake_waiting_on(event.customer_id)
         span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
         status, event_type, received_at = event.status, event.type, event.received_at
         transaction.on_commit(lambda: _count(event_type, status, received_at))
+    # Committed. Whatever an applied event changed, or merely linked (a customer.created naming a user we
+    # know), its customer's waiting events may go now: one lookup in a partial index, mostly empty. An event
+    # that found its customer missing looks once more, now that its waiting is committed: either it sees
+    # the customer, or the event bringing it commits later and then finds it waiting. No wake-up is lost.
+    if event.customer_id and (
+        event.status == Status.PROCESSED
+        or (customer_missing and Customer.objects.filter(stripe_customer_id=event.customer_id).exists())
+    ):
+        _wake_waiting_on(event.customer_id)
     log.info("webhook_event_processed", event_id=event.event_id, type=event.type, status=event.status)
     return event.status
 
 
-# The events of one provider customer are applied one at a time: a transaction-scoped advisory lock on the
-# customer id, taken in the statement that locks the event's row (no extra round trip). So an event that
-# finds its customer missing and records that it waits on it (waiting_on) commits before the event that
-# brings the customer looks for waiting events, or after it has committed: no wake-up is lost.
-_CUSTOMER_LOCK = RawSQL(
-    "CASE WHEN customer_id <> '' THEN "
-    "pg_advisory_xact_lock(hashtextextended('webhook-customer:' || customer_id, 0))::text END",
-    (),
-)
-
-
 def _wake_waiting_on(customer_id: str) -> None:
-    """Enqueue now, in this transaction's commit, the failed events waiting on `customer_id` (their customer
-    or what hangs off it was not there yet; an event of that customer has just been applied)."""
-    woken = list(
-        WebhookEvent.objects.select_for_update(skip_locked=True)
-        .filter(status=Status.FAILED, waiting_on=customer_id)
-        .values_list("id", flat=True)
-    )
+    """Enqueue now the failed events waiting on `customer_id` (their customer, or what hangs off it, was not
+    there yet; an event of that customer has just been applied). Outside any transaction: it must see
+    what committed just before; two wakers enqueueing one event twice is harmless (the claim decides)."""
+    woken = list(WebhookEvent.objects.filter(status=Status.FAILED, waiting_on=customer_id).values_list("id", flat=True))
     if not woken:
         return
-    WebhookEvent.objects.filter(id__in=woken).update(
+    WebhookEvent.objects.filter(id__in=woken, status=Status.FAILED).update(
         waiting_on="", next_attempt_at=timezone.now() + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS)
     )
     log.info("webhook_events_woken", customer_id=customer_id, count=len(woken))
@@ -239,17 +228,18 @@ def _trace(obj: Mapping[str, Any], created: datetime, *, ingestion: str) -> dict
     return {"links": [ingestion, checkout]}
 
 
-def _run_handler(event: WebhookEvent, payload: Payload) -> None:
-    """Run the event's handler in a savepoint and set the resulting status on `event` (not saved)."""
+def _run_handler(event: WebhookEvent, payload: Payload) -> bool:
+    """Run the event's handler in a savepoint and set the resulting status on `event` (not saved). Returns
+    whether it failed for want of its customer."""
     now = timezone.now()
     handler = HANDLERS.get(event.type)
     event.waiting_on = ""
     if event.attempts > event.retry_policy.max_attempts:  # its claims used them up: workers died on it
         event.status, event.last_error = Status.DEAD, f"gave up after {event.attempts - 1} attempts; {event.last_error}"
-        return
+        return False
     if handler is None:
         event.status, event.last_error, event.processed_at = Status.IGNORED, "no handler for this type", now
-        return
+        return False
     try:
         if isinstance(payload, Exception):
             raise payload
@@ -260,14 +250,16 @@ def _run_handler(event: WebhookEvent, payload: Payload) -> None:
     except Exception as exc:
         # Transient: back off and retry. Bad data or a bug: dead at once, a person replays it once fixed.
         dead = record_failure(event, exc) is None
-        if isinstance(exc, NotYetKnown) and not dead:
+        waits = isinstance(exc, NotYetKnown) and not dead
+        if waits:
             event.waiting_on = event.customer_id  # woken when an event of its customer lands
         if is_transient(exc):
             log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
         else:
             log.exception("webhook_event_dead", event_id=event.event_id)
-        return
+        return waits and isinstance(exc, NotYetKnown) and exc.customer_missing
     event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
+    return False
 
 
 def _count(event_type: str, status: str, received_at: datetime) -> None:

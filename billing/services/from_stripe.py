@@ -225,7 +225,7 @@ def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, eve
     )
     if customer is None:
         # Its customer.created (with metadata.user_id) may simply not have been processed yet.
-        raise NotYetKnown(f"subscription {stripe_subscription_id}'s customer is not known yet")
+        raise NotYetKnown(f"subscription {stripe_subscription_id}'s customer is not known yet", customer_missing=True)
     period_start, period_end = so.subscription_period(stripe_subscription)
     values: dict[str, Any] = {
         "customer": customer,
@@ -397,7 +397,7 @@ def payment_record_from_invoice(*, invoice: so.StripeObject, event_created: date
     if customer is None and subscription is not None:
         customer = subscription.customer
     if customer is None:
-        raise NotYetKnown(f"invoice {invoice_id}'s customer is not known yet")
+        raise NotYetKnown(f"invoice {invoice_id}'s customer is not known yet", customer_missing=True)
     values: dict[str, Any] = {
         "amount": total,
         "currency": so.currency(invoice),
@@ -427,7 +427,7 @@ def payment_record_from_intent(*, payment_intent: so.StripeObject, event_created
     )
     if customer is None:
         if so.stripe_id(payment_intent.get("customer")):
-            raise NotYetKnown(f"payment intent {payment_intent_id}'s customer is not known yet")
+            raise NotYetKnown(f"payment intent {payment_intent_id}'s customer is not known yet", customer_missing=True)
         raise StripeObjectInvalid(f"payment intent {payment_intent_id} names neither a customer nor a user")
     error = so.expanded(payment_intent.get("last_payment_error")) or {}
     failed = status == Payment.Status.FAILED

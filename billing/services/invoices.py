@@ -48,7 +48,7 @@ def invoice_upsert_from_stripe(
     if customer is None and subscription is not None:
         customer = subscription.customer
     if customer is None:
-        raise NotYetKnown(f"invoice {stripe_invoice_id}'s customer is not known yet")
+        raise NotYetKnown(f"invoice {stripe_invoice_id}'s customer is not known yet", customer_missing=True)
     if subscription_id and subscription is None:
         # Its customer.subscription.created is on its way; link the invoice when it has arrived.
         raise NotYetKnown(f"invoice {stripe_invoice_id}'s subscription is not known yet")
