@@ -17,7 +17,7 @@ from amqp import spec
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 from prometheus_client import Counter
 
@@ -30,6 +30,7 @@ from tasks.models import OutboxMessage
 log = structlog.get_logger(__name__)
 
 MAX_BATCHES_PER_RUN = 50
+CONTENT_TYPE = "application/cloudevents+json"
 CONFIRM_TIMEOUT_SECONDS = 10.0  # a batch's confirms; longer, and the broker is treated as unavailable
 
 PUBLISHED = Counter("payments_outbox_published_total", "Outbox messages published to the events exchange")
@@ -116,7 +117,16 @@ def _dispatch_batch(publisher: "_Publisher") -> tuple[int, int]:
         for message in batch:
             message.attempts += 1
         sent = publisher.publish(batch)
-        OutboxMessage.objects.bulk_update(batch, ["published_at", "attempts", *outcome_fields(OutboxMessage)])
+        published = [m for m in batch if m.published_at is not None]
+        if published:  # one plain UPDATE (bulk_update's CASE per row and column costs more than the publish)
+            OutboxMessage.objects.filter(id__in=[m.id for m in published]).update(
+                status=OutboxMessage.Status.PUBLISHED,
+                published_at=published[0].published_at,
+                last_error="",
+                attempts=F("attempts") + 1,
+            )
+        if unpublished := [m for m in batch if m.published_at is None]:
+            OutboxMessage.objects.bulk_update(unpublished, ["attempts", *outcome_fields(OutboxMessage)])
     return len(batch), sent
 
 
@@ -179,18 +189,25 @@ class _Publisher:
         try:
             channel = self._open()
             first_tag = self.next_tag
-            producer = kombu.Producer(channel)
+            producer = None if self.confirms else kombu.Producer(channel)
             for message in batch:
-                producer.publish(
-                    json.dumps(cloudevent(message), cls=DjangoJSONEncoder).encode(),
-                    exchange=settings.OUTBOX_EXCHANGE,
-                    routing_key=message.type,
-                    delivery_mode=2,  # persistent
-                    content_type="application/cloudevents+json",
-                    content_encoding="utf-8",
-                    message_id=str(message.id),
-                    retry=False,
-                )
+                body = json.dumps(cloudevent(message), cls=DjangoJSONEncoder).encode()
+                properties: dict[str, Any] = {"delivery_mode": 2, "message_id": str(message.id)}  # persistent
+                if producer is None:  # py-amqp's channel straight: kombu's Producer costs more than the send
+                    amqp_message = channel.prepare_message(
+                        body, content_type=CONTENT_TYPE, content_encoding="utf-8", properties=properties
+                    )
+                    channel.basic_publish(amqp_message, exchange=settings.OUTBOX_EXCHANGE, routing_key=message.type)
+                else:
+                    producer.publish(
+                        body,
+                        exchange=settings.OUTBOX_EXCHANGE,
+                        routing_key=message.type,
+                        content_type=CONTENT_TYPE,
+                        content_encoding="utf-8",
+                        retry=False,
+                        **properties,
+                    )
                 if not self.confirms:  # a transport without confirms: a publish that returned is taken
                     self.outcomes[self.next_tag] = True
                 published += 1
