@@ -1,4 +1,5 @@
-# The two commands that matter: `make run` (embedded, no services) and `make test` (real services).
+# The commands that matter: `make run` (embedded, no services), `make test` (real services) and `make demo`
+# (a subscriber's journey against the embedded stack and a local Stripe stand-in; ends by itself).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,7 +7,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export PORT
 
-.PHONY: run test lint bench install install-dev clean lock audit sbom
+.PHONY: run test demo lint bench install install-dev clean lock audit sbom
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,14 @@ run: $(VENV)/.runtime
 ## make test: the whole suite against PostgreSQL, RabbitMQ and Redis on localhost.
 test: $(VENV)/.dev $(VENV)/.deploy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make demo: the embedded stack (as make run, on a fresh SQLite database in var/demo/) in front of a local
+## Stripe stand-in (localstripe + tests/support/stripe_standin.py, from requirements-dev.txt), then a subscriber
+## walked through in the terminal. Ends by itself; scripts/demo.py kills each process group it started on the
+## way out (Ctrl-C included). No services, no Stripe account.
+demo: $(VENV)/.dev
+	mkdir -p var/broker var/broker-control
+	$(BIN)/python scripts/demo.py
 
 lint: $(VENV)/.dev $(VENV)/.deploy
 	$(BIN)/ruff check .

@@ -85,6 +85,26 @@ def _server_time_row(figure: str, bulk: Measurement, percentile: str, limit: flo
     return row("entitlements", figure, bulk, f"{percentile}_ms", "ms", target=target, note=note)
 
 
+def _rss_growth_row(first: Measurement, second: Measurement) -> Row:
+    """How much the workers' RSS grew over another identical run on the same server (#18.4: none)."""
+    before, after = first.worker_rss_mb or [], second.worker_rss_mb or []
+    growth = max((b - a for a, b in zip(before, after, strict=False)), default=0.0)
+    target = Target("<=", 1.0, on="value", unit="MB")
+    note = (
+        f"worker RSS MB after run 2: {[round(mb, 1) for mb in before]}, after run 3: {[round(mb, 1) for mb in after]}"
+    )
+    return row(
+        "entitlements",
+        "worker RSS growth, 3rd cached-check run",
+        second,
+        "",
+        "MB",
+        target=target,
+        note=note,
+        value=growth,
+    )
+
+
 @benchmark("entitlements")
 def run(ctx: Context) -> list[Row]:
     from payments_project.management.commands.mint_token import mint_token
@@ -127,6 +147,21 @@ def run(ctx: Context) -> list[Row]:
         checks = ctx.report(
             measure("GET /api/v1/entitlements/{key}", project, single, count=USERS, seconds=c.seconds, **runs)
         )
+        # Twice more on the same server: the workers' RSS after the 2nd and the 3rd run must not differ
+        # (the 1st fills each process's bounded memory of verified tokens with the users' JWTs).
+        again = [
+            ctx.report(
+                measure(
+                    f"GET /api/v1/entitlements/{{key}}, run {n}",
+                    project,
+                    single,
+                    count=USERS,
+                    seconds=c.seconds,
+                    **runs,
+                )
+            )
+            for n in (2, 3)
+        ]
         bulks = ctx.report(
             measure(f"POST check, {BULK} ids", project, bulk, count=len(bulk_bodies), seconds=c.seconds, **runs)
         )
@@ -147,4 +182,5 @@ def run(ctx: Context) -> list[Row]:
         _server_time_row(f"bulk {BULK} ids p99 server time", bulks, "p99", 50),
     ]
     rows.append(row("entitlements", "bulk user checks", bulks, "", "checks/s", value=bulks.rps * BULK))
+    rows.append(_rss_growth_row(*again))
     return rows

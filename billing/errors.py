@@ -27,6 +27,14 @@ class StripeUnavailable(DependencyUnavailable):
     title = "Stripe is unavailable"
 
 
+class StripeTimedOut(StripeUnavailable):
+    """The request's Stripe budget ran out before Stripe answered: what it asked may or may not be done, and
+    asking again with the same idempotency key (the client's replay, or a sweep) finds out."""
+
+    code = "stripe_timeout"
+    title = "Stripe did not answer in time"
+
+
 class StripeRateLimited(DependencyUnavailable):
     """Stripe throttled us (its 429): our dependency is saturated, so the client sees a 503."""
 
@@ -80,6 +88,21 @@ class PaymentNotRefundable(Conflict):
 class SubscriptionNotCancelable(Conflict):
     code = "subscription_not_cancelable"
     title = "This subscription cannot be canceled"
+
+
+class SubscriptionNotResumable(Conflict):
+    code = "subscription_not_resumable"
+    title = "This subscription is not set to cancel"
+
+
+class SubscriptionNotChangeable(Conflict):
+    code = "subscription_not_changeable"
+    title = "This subscription cannot change plan"
+
+
+class NoBillingAccount(Conflict):
+    code = "no_billing_account"
+    title = "There is no billing account yet"
 
 
 class StripeObjectInvalid(Exception):

@@ -6,6 +6,9 @@ Every call goes through `_call`, which
 - uses explicit connect/read timeouts and stripe's own `max_network_retries` (connection errors,
   409 and 5xx, with backoff), with *our* idempotency key on every POST so a retry or a replay never
   makes a second object,
+- within a web request, holds one of the process's few permits (STRIPE_WEB_CONCURRENCY: a bulkhead; none
+  free, 503 at once) and ends by the request's deadline (STRIPE_REQUEST_BUDGET_SECONDS, every retry included:
+  503 `stripe_timeout`), so a slow Stripe holds only a few threads, for a few seconds,
 - runs inside a circuit breaker whose state lives in Redis, so when Stripe is down every process
   answers 503 `stripe_unavailable` with Retry-After at once instead of waiting for timeouts,
 - maps Stripe's errors to ours (card declined, rate limited, unavailable, refused),
@@ -17,7 +20,9 @@ Results are plain dicts, exactly as Stripe sent them (the services read webhook 
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,10 +39,11 @@ from billing.errors import (
     StripeNotConfigured,
     StripeRateLimited,
     StripeRequestFailed,
+    StripeTimedOut,
     StripeUnavailable,
 )
 from payments_project.errors import ApplicationError
-from payments_project.request_timing import stripe_time_add
+from payments_project.request_timing import stripe_deadline, stripe_time_add
 
 log = structlog.get_logger(__name__)
 # stripe-python logs two INFO lines per request (URLs with object ids); our own failure logs and
@@ -124,6 +130,74 @@ def _seconds_until_half_open(breaker: pybreaker.CircuitBreaker) -> int:
     return max(1, int(remaining + 0.999))
 
 
+# --- the deadline and the bulkhead ------------------------------------------------------------------
+
+# When the Stripe call being made must be done (time.monotonic()): the web request's deadline, or None.
+_call_deadline: ContextVar[float | None] = ContextVar("stripe_call_deadline", default=None)
+
+
+class _DeadlinePassed(stripe.APIConnectionError):
+    """The call's deadline passed before another attempt could start: stripe does not retry it."""
+
+
+class _DeadlineClient(stripe.RequestsClient):
+    """stripe's requests client, whose (connect, read) timeouts shrink to what is left of the call's
+    deadline, and which refuses an attempt (stripe's own retries included) once the deadline has passed."""
+
+    @property
+    def _timeout(self) -> tuple[float, float]:
+        connect, read = self._configured_timeout
+        deadline = _call_deadline.get()
+        if deadline is None:
+            return connect, read
+        left = max(0.01, deadline - time.monotonic())
+        return min(connect, left), min(read, left)
+
+    @_timeout.setter
+    def _timeout(self, value: tuple[float, float]) -> None:
+        self._configured_timeout = value
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = _call_deadline.get()
+        if deadline is not None and time.monotonic() >= deadline:
+            raise _DeadlinePassed("the request's Stripe budget ran out", should_retry=False)
+        return super().request(*args, **kwargs)
+
+
+_bulkheads: dict[int, threading.BoundedSemaphore] = {}
+_bulkheads_lock = threading.Lock()
+
+
+def _bulkhead() -> threading.BoundedSemaphore:
+    """The process's permits for concurrent Stripe calls from web requests (STRIPE_WEB_CONCURRENCY)."""
+    size = settings.STRIPE_WEB_CONCURRENCY
+    with _bulkheads_lock:
+        return _bulkheads.setdefault(size, threading.BoundedSemaphore(size))
+
+
+@contextmanager
+def _budgeted(operation: str) -> Iterator[None]:
+    """Inside a web request: a permit of the bulkhead (none free: 503 at once) and the request's deadline
+    on every attempt (passed: 503 stripe_timeout). Outside one (workers), the plain timeouts and retries."""
+    deadline = stripe_deadline()
+    if deadline is None:
+        yield
+        return
+    if time.monotonic() >= deadline:
+        STRIPE_CALLS.labels(operation, "deadline").inc()
+        raise StripeTimedOut("This request ran out of time for Stripe; try again shortly", retry_after=5)
+    bulkhead = _bulkhead()
+    if not bulkhead.acquire(blocking=False):
+        STRIPE_CALLS.labels(operation, "bulkhead_full").inc()
+        raise StripeUnavailable("Too many Stripe calls are in progress; try again shortly", retry_after=1)
+    token = _call_deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _call_deadline.reset(token)
+        bulkhead.release()
+
+
 # --- the client ----------------------------------------------------------------------------------
 
 _clients: dict[tuple[Any, ...], stripe.StripeClient] = {}
@@ -147,7 +221,8 @@ def _client() -> stripe.StripeClient:
                 base_addresses={"api": settings.STRIPE_API_BASE},
                 max_network_retries=settings.STRIPE_MAX_NETWORK_RETRIES,
                 # requests-based, with (connect, read) timeouts: never wait 80 s, stripe's default.
-                http_client=stripe.RequestsClient(
+                # within a web request, cut to what is left of its budget (_DeadlineClient).
+                http_client=_DeadlineClient(
                     timeout=(settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS)
                 ),
             )
@@ -233,11 +308,22 @@ def _call(operation: str, func: Callable[[stripe.StripeClient], Any]) -> StripeD
     if not is_configured():
         STRIPE_CALLS.labels(operation, "not_configured").inc()
         raise StripeNotConfigured()
+    with _budgeted(operation):
+        return _call_guarded(operation, func)
+
+
+def _call_guarded(operation: str, func: Callable[[stripe.StripeClient], Any]) -> StripeDict:
     breaker = _breaker()
     started = time.perf_counter()
     outcome = "success"
     try:
         result = breaker.call(func, _client())
+    except _DeadlinePassed as exc:  # a timeout: the breaker counted it as an outage
+        outcome = "deadline"
+        log.warning("stripe_call_deadline", operation=operation)
+        raise StripeTimedOut(
+            "Stripe did not answer within this request's time; try again shortly", retry_after=5
+        ) from exc
     except pybreaker.CircuitBreakerError as exc:
         outcome = "breaker_open"
         retry_after = _seconds_until_half_open(breaker)
@@ -363,6 +449,116 @@ def subscription_cancel_at_period_end(*, stripe_subscription_id: str, idempotenc
         lambda c: c.v1.subscriptions.update(
             stripe_subscription_id,
             params={"cancel_at_period_end": True},
+            options=_post_options(idempotency_key),
+        ),
+    )
+
+
+def subscription_resume(*, stripe_subscription_id: str, idempotency_key: str) -> StripeDict:
+    """Undo a cancel at period end."""
+    return _call(
+        "subscription_resume",
+        lambda c: c.v1.subscriptions.update(
+            stripe_subscription_id,
+            params={"cancel_at_period_end": False},
+            options=_post_options(idempotency_key),
+        ),
+    )
+
+
+def billing_portal_session_create(*, stripe_customer_id: str, return_url: str, idempotency_key: str) -> StripeDict:
+    """A Stripe customer portal session (payment methods, invoices): {"id", "url", ...}."""
+    return _call(
+        "billing_portal_session_create",
+        lambda c: c.v1.billing_portal.sessions.create(
+            params={"customer": stripe_customer_id, "return_url": return_url},
+            options=_post_options(idempotency_key),
+        ),
+    )
+
+
+def invoice_preview_change(
+    *,
+    stripe_customer_id: str,
+    stripe_subscription_id: str,
+    item_id: str,
+    stripe_price_id: str,
+    proration_date: int,
+    proration_behavior: str,
+) -> StripeDict:
+    """The invoice a price change would make (Stripe's create_preview: nothing is created)."""
+    params: dict[str, Any] = {
+        "customer": stripe_customer_id,
+        "subscription": stripe_subscription_id,
+        "subscription_details": {
+            "items": [{"id": item_id, "price": stripe_price_id}],
+            "proration_date": proration_date,
+            "proration_behavior": proration_behavior,
+        },
+    }
+    key = f"preview:{stripe_subscription_id}:{stripe_price_id}:{proration_date}:{proration_behavior}"
+    return _call(
+        "invoice_preview_change",
+        lambda c: c.v1.invoices.create_preview(params=params, options=_post_options(key)),  # type: ignore[arg-type]
+    )
+
+
+def subscription_change_price_now(
+    *, stripe_subscription_id: str, item_id: str, stripe_price_id: str, proration_date: int, idempotency_key: str
+) -> StripeDict:
+    """Switch the subscription's price now, invoicing the proration at once (an upgrade)."""
+    params: dict[str, Any] = {
+        "items": [{"id": item_id, "price": stripe_price_id}],
+        "proration_behavior": "always_invoice",
+        "proration_date": proration_date,
+    }
+    return _call(
+        "subscription_change_price_now",
+        lambda c: c.v1.subscriptions.update(
+            stripe_subscription_id,
+            params=params,  # type: ignore[arg-type]
+            options=_post_options(idempotency_key),
+        ),
+    )
+
+
+def subscription_schedule_from(*, stripe_subscription_id: str, idempotency_key: str) -> StripeDict:
+    """A schedule taking over an existing subscription (its current phase as the first)."""
+    return _call(
+        "subscription_schedule_from",
+        lambda c: c.v1.subscription_schedules.create(
+            params={"from_subscription": stripe_subscription_id}, options=_post_options(idempotency_key)
+        ),
+    )
+
+
+def subscription_schedule_price_at(
+    *,
+    schedule_id: str,
+    current_price_id: str,
+    phase_start: int,
+    phase_end: int,
+    next_price_id: str,
+    idempotency_key: str,
+) -> StripeDict:
+    """Keep the current price until `phase_end`, then the next one; released afterwards (a downgrade)."""
+    params: dict[str, Any] = {
+        "end_behavior": "release",
+        "phases": [
+            {
+                "items": [{"price": current_price_id, "quantity": 1}],
+                "start_date": phase_start,
+                "end_date": phase_end,
+                "proration_behavior": "none",
+            },
+            {"items": [{"price": next_price_id, "quantity": 1}], "proration_behavior": "none"},
+        ],
+    }
+    return _call(
+        "subscription_schedule_price_at",
+        lambda c: c.v1.subscription_schedules.update(
+            schedule_id,
+            params=params,  # type: ignore[arg-type]
             options=_post_options(idempotency_key),
         ),
     )

@@ -395,3 +395,54 @@ class Dispute(models.Model):
 
     def __str__(self) -> str:
         return self.stripe_dispute_id
+
+
+class SubscriptionChangeKind(models.TextChoices):
+    UPGRADE = "upgrade"  # a higher price per interval: prorated and charged now
+    DOWNGRADE = "downgrade"  # a lower one: takes effect at the end of the paid period
+
+
+class SubscriptionChangeStatus(models.TextChoices):
+    PENDING = "pending"  # written, Stripe not answered yet
+    SCHEDULED = "scheduled"  # a downgrade Stripe will apply at period end (a subscription schedule)
+    APPLIED = "applied"  # in effect: the subscription is on the new price
+    FAILED = "failed"
+
+
+class SubscriptionChange(models.Model):
+    """One plan change a client asked for: unique per (customer, Idempotency-Key), like an order. Written
+    before Stripe is called; its request fingerprint tells a replay from a key reused with another body."""
+
+    Kind = SubscriptionChangeKind
+    Status = SubscriptionChangeStatus
+
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="subscription_changes")
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="changes")
+    from_price = models.ForeignKey(Price, on_delete=models.PROTECT, related_name="+", null=True, blank=True)
+    price = models.ForeignKey(Price, on_delete=models.PROTECT, related_name="subscription_changes")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    idempotency_key = models.CharField(max_length=255)
+    request_fingerprint = models.CharField(max_length=64)
+    proration_date = models.DateTimeField(null=True, blank=True)  # upgrades: the preview's
+    effective_at = models.DateTimeField(null=True, blank=True)  # now for an upgrade, the period end for a downgrade
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    stripe_schedule_id = models.CharField(max_length=255, blank=True)
+    failure_code = models.CharField(max_length=64, blank=True)
+    failure_message = models.TextField(blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)  # as on orders: who is calling Stripe for it
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "idempotency_key"], name="billing_subchange_one_per_key"),
+            _status_check("billing_subchange_status_valid", SubscriptionChangeStatus),
+            models.CheckConstraint(
+                condition=Q(kind__in=SubscriptionChangeKind.values), name="billing_subchange_kind_valid"
+            ),
+        ]
+        indexes = [models.Index(fields=["subscription", "status"], name="billing_subchange_sub_idx")]
+
+    def __str__(self) -> str:
+        return str(self.id)

@@ -4,8 +4,8 @@ Erasure, in this order, each part idempotent:
 1. every subscription that has not ended is cancelled at Stripe at once and recorded through the
    webhook service (Stripe's answer is the newest version we know);
 2. the Stripe customer is deleted (a customer already gone at Stripe counts as deleted);
-3. the rows are pseudonymised, not deleted: orders, subscriptions, payments, refunds, invoices and
-   disputes are records the law makes us keep (amounts, currencies, dates, numbers, Stripe ids stay). The
+3. the rows are pseudonymised, not deleted: orders, subscriptions, plan changes, payments, refunds,
+   invoices and disputes are records the law makes us keep (amounts, currencies, dates, numbers, Stripe ids stay). The
    customer's user id becomes the pseudonymous UUID, its email goes, checkout return URLs (the client's,
    possibly with personal query strings) go, invoices' hosted URLs (Stripe's page shows the customer's
    name and address to whoever holds the link) go, and free-text fields lose any mention of the user's
@@ -23,7 +23,17 @@ from django.utils import timezone
 
 from billing import gateway
 from billing.errors import StripeRequestFailed
-from billing.models import Customer, Dispute, Invoice, Order, Payment, Refund, Subscription, SubscriptionStatus
+from billing.models import (
+    Customer,
+    Dispute,
+    Invoice,
+    Order,
+    Payment,
+    Refund,
+    Subscription,
+    SubscriptionChange,
+    SubscriptionStatus,
+)
 from billing.services import subscription_upsert_from_stripe
 from gdpr import audit
 from gdpr.registry import DataSubject, PersonalDataProvider, Tables, redact_text, replacements_for, rows
@@ -41,6 +51,7 @@ def billing_export(*, subject: DataSubject) -> Tables:
         "customers": rows(customers),
         "orders": rows(Order.objects.filter(customer__in=customers)),
         "subscriptions": rows(Subscription.objects.filter(customer__in=customers)),
+        "subscription_changes": rows(SubscriptionChange.objects.filter(customer__in=customers)),
         "payments": rows(Payment.objects.filter(customer__in=customers)),
         "refunds": rows(Refund.objects.filter(payment__customer__in=customers)),
         "invoices": rows(Invoice.objects.filter(customer__in=customers)),
@@ -124,7 +135,7 @@ def _customer_pseudonymise(*, customer_id: uuid.UUID, subject: DataSubject, stri
 PROVIDER = PersonalDataProvider(
     name="billing",
     order=10,
-    models=(Customer, Order, Subscription, Payment, Refund, Invoice, Dispute),
+    models=(Customer, Order, Subscription, SubscriptionChange, Payment, Refund, Invoice, Dispute),
     export=billing_export,
     erase=billing_erase,
     emails=billing_emails,

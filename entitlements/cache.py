@@ -1,7 +1,7 @@
 """The entitlement cache: per-user entries keyed by (user, version), in Django's cache (Redis).
 
 Keys
-- `ver:<user>` holds the user's current version, a random token. Every change that affects the user
+- `ver:<user>` holds the user's current version, a random integer token. Every change that affects the user
   replaces it after commit (`versions_bump`), so entries written under older tokens are never read
   again (they expire by their TTL).
 - `val:<user>:<token>` holds the user's resolved entitlements — denials included (an empty set).
@@ -10,17 +10,19 @@ Why this never serves a stale answer, grant or denial
 - A reader reads the version *before* it reads the database. If a change commits and bumps after
   that, the reader's entry lands under the old token, which nobody reads any more.
 - A user without a version (never changed, expired, evicted, flushed) gets a fresh random token
-  with SET NX before the database is read; if another process set one first, this reader's result
-  is not cached at all. Tokens are random, so a lost version can never resurrect an old entry, and
+  before the database is read, in the same atomic script that found no version; a bump that lands
+  after it replaces it. Tokens are random, so a lost version can never resurrect an old entry, and
   a bump racing a first read can never be overwritten.
 - An entry's timeout is the TTL, or less: it ends before the first grant in it ends by itself
   (`Entitlements.valid_until`), and a hit past that moment is treated as a miss anyway.
 - After a bump fails (Redis unreachable at commit), a Celery task retries it; the TTL is the last
   backstop.
 
-Round trips, whatever the number of users: one MGET of versions; one SET NX pipeline for users
-without a version; one MGET of entries; one pipeline writing the missed entries. The database is
-asked once, for all misses together (two queries).
+Round trips, whatever the number of users: one script (EVALSHA) reading every version and the entry
+under it, and setting a version where there is none; one pipeline writing the missed entries. The
+database is asked once, for all misses together (two queries). The bulk check (`entitled_many`) runs
+another script that answers yes/no inside Redis from the entry's text, so only misses cost Python
+work per user.
 
 Any cache failure answers from the database, is logged and counted
 (`payments_entitlements_cache_unavailable_total`); it never fails the request. After a few failures
@@ -29,10 +31,12 @@ one socket timeout now and then instead of one per check.
 """
 
 import contextlib
+import secrets
 import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -51,7 +55,7 @@ from payments_project.cache_serializer import UnreadableCacheValue
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX = "entitlements:2"  # bump the digit when the entry format changes (2: JSON, not pickles)
+KEY_PREFIX = "entitlements:3"  # bump the digit when the entry format changes (3: text entries)
 # Versions outlive entries; one that expires costs a single miss (a fresh token is drawn).
 VERSION_TTL_SECONDS = 7 * 24 * 3600
 
@@ -65,55 +69,73 @@ UNAVAILABLE = Counter(
 )
 
 
+@dataclass
+class HitCounter:
+    """A rate limit's counter to INCR in the same round trip as a read; `count` is its value after."""
+
+    name: str  # its cache key, before the cache's own prefix
+    ttl: int
+    count: int | None = None
+
+
 class Loader(Protocol):
     def __call__(self, *, user_ids: Collection[uuid.UUID], now: datetime) -> dict[uuid.UUID, Entitlements]: ...
 
 
-def version_key(user_id: uuid.UUID) -> str:
+def version_key(user_id: uuid.UUID | str) -> str:
     return f"{KEY_PREFIX}:ver:{user_id}"
 
 
-def entry_key(user_id: uuid.UUID, version: str) -> str:
+def entry_key(user_id: uuid.UUID | str, version: int | str) -> str:
     return f"{KEY_PREFIX}:val:{user_id}:{version}"
 
 
-def _new_version() -> str:
-    return uuid.uuid4().hex
+def _new_version() -> int:
+    """A random positive integer: Django's Redis serializer stores an int as its digits, unpickled, so
+    the read script can build the entry key from it inside Redis."""
+    return secrets.randbits(62) + 1
 
 
-# --- Entry format: plain lists and integers (the cache stores JSON), times as integer microseconds --
+# --- Entry format: one short text, so the bulk check's script can read it inside Redis ---------------
+# "<valid_until>|;<key>:<source>:<expires_at>;..." with times as integer microseconds since the epoch
+# ("" for none). Feature keys are slugs and sources are words: no separator can occur inside them, nor
+# anything JSON escapes, so Redis holds it as a JSON string (quoted), like every other cache value.
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-Entry = tuple[int | None, tuple[tuple[str, str, int | None], ...]]
+Entry = str
 
 
 def _micros(moment: datetime | None) -> int | None:
     return None if moment is None else (moment - _EPOCH) // _MICROSECOND
 
 
-def _moment(micros: int | None) -> datetime | None:
-    return None if micros is None else _EPOCH + micros * _MICROSECOND
+def _moment(micros: str) -> datetime | None:
+    return None if not micros else _EPOCH + int(micros) * _MICROSECOND
+
+
+def _text(micros: int | None) -> str:
+    return "" if micros is None else str(micros)
 
 
 def encode(entitlements: Entitlements) -> Entry:
-    features = tuple((f.key, f.source.value, _micros(f.expires_at)) for f in entitlements.features)
-    return _micros(entitlements.valid_until), features
+    features = "".join(f";{f.key}:{f.source.value}:{_text(_micros(f.expires_at))}" for f in entitlements.features)
+    return f"{_text(_micros(entitlements.valid_until))}|{features}"
 
 
 _SOURCES = {source.value: source for source in Source}  # a dict lookup: Source(value) is slower
 
 
-def decode(user_id: uuid.UUID, entry: Entry) -> Entitlements:
-    valid_until, features = entry
-    return Entitlements(
-        user_id=user_id,
-        features=tuple(
-            GrantedFeature(key=key, source=_SOURCES[source], expires_at=_moment(expires))
-            for key, source, expires in features
-        ),
-        valid_until=_moment(valid_until),
-    )
+def decode(user_id: uuid.UUID, entry: Entry | bytes) -> Entitlements:
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    if len(text) > 1 and text[0] == text[-1] == '"':  # as Redis holds it: a JSON string
+        text = text[1:-1]
+    valid_until, features = text.split("|")
+    granted = []
+    for feature in features.split(";")[1:]:
+        key, source, expires = feature.split(":")
+        granted.append(GrantedFeature(key=key, source=_SOURCES[source], expires_at=_moment(expires)))
+    return Entitlements(user_id=user_id, features=tuple(granted), valid_until=_moment(valid_until))
 
 
 def entry_timeout(entitlements: Entitlements, *, now: datetime) -> int:
@@ -171,16 +193,88 @@ class _Store:
             return {key for key, done in zip(values, pipeline.execute(), strict=True) if done}
         return {key for key, value in values.items() if self.backend.add(key, value, timeout)}
 
-    def set_each(self, values: Mapping[str, tuple[Any, int]]) -> None:
-        """SET each key with its own timeout (seconds, > 0)."""
+    def read(
+        self, user_ids: list[uuid.UUID], counter: HitCounter | None = None
+    ) -> tuple[dict[uuid.UUID, int], dict[uuid.UUID, Any], set[uuid.UUID]]:
+        """Each user's version and entry under it, a fresh version SET for users without one, in one
+        round trip with Redis (`_READ_LUA`, atomic), which also counts a rate limit's hit when given
+        one (`counter.count` is set). Returns (versions, entries found, users whose version this call
+        set)."""
+        token = _new_version()
+        if isinstance(self.backend, RedisCache):
+            client = self.backend._cache.get_client(write=True)
+            make_key = self.backend.make_key
+            prefixes = [make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":")]
+            counted = [make_key(counter.name), counter.ttl] if counter else ["", 0]
+            reply = _script(client, _READ_LUA)(
+                keys=[], args=[token, VERSION_TTL_SECONDS, *prefixes, *counted, *map(str, user_ids)], client=client
+            )
+            if counter is not None:
+                counter.count = int(reply[-1])
+            versions, entries, fresh = {}, {}, set()
+            for n, user_id in enumerate(user_ids):
+                version, entry = reply[2 * n], reply[2 * n + 1]
+                if version is None:
+                    versions[user_id] = token
+                    fresh.add(user_id)
+                    continue
+                if not version.isdigit():  # not a version we wrote (planted?): a miss, not cached
+                    continue
+                versions[user_id] = int(version)
+                if entry is not None:
+                    entries[user_id] = entry
+            return versions, entries, fresh
+        if counter is not None:
+            self.backend.add(counter.name, 0, counter.ttl)
+            counter.count = int(self.backend.incr(counter.name))
+        found = self.backend.get_many([version_key(user_id) for user_id in user_ids])
+        versions = {u: found[version_key(u)] for u in user_ids if isinstance(found.get(version_key(u)), int)}
+        unversioned = {version_key(u): u for u in user_ids if u not in versions}
+        added = self.add_many(dict.fromkeys(unversioned, token), VERSION_TTL_SECONDS)
+        fresh = {unversioned[key] for key in added}
+        versions.update(dict.fromkeys(fresh, token))
+        stored = self.backend.get_many([entry_key(u, versions[u]) for u in versions if u not in fresh])
+        entries = {u: stored[entry_key(u, versions[u])] for u in versions if entry_key(u, versions[u]) in stored}
+        return versions, entries, fresh
+
+    def check(self, user_ids: list[str], feature: str, now: datetime) -> tuple[dict[str, bool], dict[str, int]]:
+        """Whether each cached user (a canonical UUID string) has `feature`, decided inside Redis
+        (`_CHECK_LUA`, one round trip); for the others, the version under which they may be cached."""
+        if not isinstance(self.backend, RedisCache):
+            read_versions, entries, _ = self.read([uuid.UUID(user_id) for user_id in user_ids])
+            answers = {}
+            for user_id, entry in entries.items():
+                with contextlib.suppress(TypeError, ValueError, KeyError):
+                    entitlements = decode(user_id, entry)
+                    if entitlements.valid_until is None or now < entitlements.valid_until:
+                        answers[str(user_id)] = entitlements.has(feature)
+            return answers, {str(u): v for u, v in read_versions.items() if str(u) not in answers}
+        token = _new_version()
+        client = self.backend._cache.get_client(write=True)
+        make_key = self.backend.make_key
+        prefixes = [make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":")]
+        args = [token, VERSION_TTL_SECONDS, *prefixes, _micros(now), f";{feature}:", *user_ids]
+        reply = _script(client, _CHECK_LUA)(keys=[], args=args, client=client)
+        found: dict[str, bool] = {}
+        versions: dict[str, int] = {}
+        for text, answer in zip(user_ids, reply, strict=True):
+            if answer is None:
+                versions[text] = token
+            elif isinstance(answer, int):
+                found[text] = answer == 1
+            elif answer.isdigit():  # else not a version we wrote (planted?): a miss, not cached
+                versions[text] = int(answer)
+        return found, versions
+
+    def set_each(self, values: Mapping[str, tuple[Entry, int]]) -> None:
+        """SET each entry with its own timeout (seconds, > 0); with Redis, as the text itself (unpickled:
+        the check script reads it)."""
         if not values:
             return
         if isinstance(self.backend, RedisCache):
-            client = self.backend._cache.get_client(write=True)
-            serializer = self.backend._cache._serializer  # type: ignore[attr-defined]
-            pipeline = client.pipeline(transaction=False)
+            pipeline = self.backend._cache.get_client(write=True).pipeline(transaction=False)
             for key, (value, timeout) in values.items():
-                pipeline.set(self.backend.make_and_validate_key(key), serializer.dumps(value), ex=timeout)
+                pipeline.set(self.backend.make_key(key), f'"{value}"'.encode(), ex=timeout)  # a JSON string
             pipeline.execute()
             return
         for key, (value, timeout) in values.items():
@@ -188,6 +282,73 @@ class _Store:
 
     def set_many(self, values: Mapping[str, Any], timeout: int) -> None:
         self.backend.set_many(dict(values), timeout)
+
+
+# ARGV: a fresh version, its TTL, the version and entry key prefixes, a rate-limit counter's key ("":
+# none) and TTL, then the user ids. For each user in turn, returns its version and the entry under it
+# (nil entry: none; nil version: ARGV[1] was set), then the counter's value after INCR (nil: none).
+# It builds its keys itself (none in KEYS): fine on one Redis (ours), not on Redis Cluster.
+_READ_LUA = """
+local out = {}
+local token, ttl, ver, val = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+for i = 7, #ARGV do
+  local user = ARGV[i]
+  local key = ver .. user
+  local version = redis.call('GET', key)
+  if version then
+    out[2 * i - 13] = version
+    out[2 * i - 12] = redis.call('GET', val .. user .. ':' .. version)
+  else
+    redis.call('SET', key, token, 'EX', ttl)
+    out[2 * i - 13] = false
+    out[2 * i - 12] = false
+  end
+end
+out[2 * (#ARGV - 6) + 1] = false
+if ARGV[5] ~= '' then
+  out[2 * (#ARGV - 6) + 1] = redis.call('INCR', ARGV[5])
+  redis.call('EXPIRE', ARGV[5], ARGV[6])
+end
+return out
+"""
+# The bulk check: ARGV as _READ_LUA's, then now (epoch microseconds) and ";<feature>:" before the user
+# ids. For each user: 1 or 0 when a live entry answers; else its version (nil: ARGV[1] was set).
+_CHECK_LUA = """
+local token, ttl, ver, val = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, wanted = tonumber(ARGV[5]), ARGV[6]
+local out = {}
+for i = 7, #ARGV do
+  local user = ARGV[i]
+  local key = ver .. user
+  local version = redis.call('GET', key)
+  if version then
+    out[i - 6] = version
+    local entry = redis.call('GET', val .. user .. ':' .. version)
+    if entry then
+      local bar = string.find(entry, '|', 1, true)
+      if bar and string.sub(entry, 1, 1) == '"' then
+        local valid_until = tonumber(string.sub(entry, 2, bar - 1))
+        if valid_until == nil or now < valid_until then
+          out[i - 6] = string.find(entry, wanted, bar, true) and 1 or 0
+        end
+      end
+    end
+  else
+    redis.call('SET', key, token, 'EX', ttl)
+    out[i - 6] = false
+  end
+end
+return out
+"""
+_scripts: dict[tuple[int, str], Any] = {}
+
+
+def _script(client: Any, text: str) -> Any:
+    """A registered script (EVALSHA; loaded by redis-py on its first NOSCRIPT)."""
+    script = _scripts.get((id(client), text))
+    if script is None:
+        script = _scripts.setdefault((id(client), text), client.register_script(text))
+    return script
 
 
 def _store() -> _Store:
@@ -265,59 +426,72 @@ def _guarded(operation: str, func: Callable[[], Any]) -> Any:
 
 
 def _read(
-    store: _Store, user_ids: list[uuid.UUID], now: datetime
-) -> tuple[dict[uuid.UUID, Entitlements], dict[uuid.UUID, str]]:
+    store: _Store, user_ids: list[uuid.UUID], now: datetime, counter: HitCounter | None = None
+) -> tuple[dict[uuid.UUID, Entitlements], dict[uuid.UUID, int]]:
     """The cached entitlements found, and the version under which each missing user may be cached."""
-    versions_found = store.get_many([version_key(user_id) for user_id in user_ids])
-    versions: dict[uuid.UUID, str] = {}
-    unversioned: dict[str, tuple[uuid.UUID, str]] = {}
-    for user_id in user_ids:
-        version = versions_found.get(version_key(user_id))
-        if isinstance(version, str):
-            versions[user_id] = version
-        else:
-            unversioned[version_key(user_id)] = (user_id, _new_version())
-    if unversioned:
-        # SET NX before the database is read: a bump that lands first wins, and then this reader
-        # does not cache (it does not know the token the bump wrote).
-        added = store.add_many({key: token for key, (_, token) in unversioned.items()}, VERSION_TTL_SECONDS)
-        versions.update({user_id: token for key, (user_id, token) in unversioned.items() if key in added})
+    versions, entries, _ = store.read(user_ids, counter)
     found: dict[uuid.UUID, Entitlements] = {}
-    readable = [user_id for user_id in user_ids if version_key(user_id) not in unversioned]
-    if readable:
-        entries = store.get_many([entry_key(user_id, versions[user_id]) for user_id in readable])
-        for user_id in readable:
-            entry = entries.get(entry_key(user_id, versions[user_id]))
-            if entry is None:
-                continue
-            try:
-                entitlements = decode(user_id, entry)
-            except (TypeError, ValueError, KeyError):  # an entry of another shape: a miss, rewritten below
-                continue
-            if entitlements.valid_until is None or now < entitlements.valid_until:
-                found[user_id] = entitlements
+    for user_id, entry in entries.items():
+        try:
+            entitlements = decode(user_id, entry)
+        except (TypeError, ValueError, KeyError):  # an entry of another shape: a miss, rewritten below
+            continue
+        if entitlements.valid_until is None or now < entitlements.valid_until:
+            found[user_id] = entitlements
     return found, versions
 
 
-def entitlements_get_many(*, user_ids: Collection[uuid.UUID], load: Loader) -> dict[uuid.UUID, Entitlements]:
+def entitlements_get_many(
+    *, user_ids: Collection[uuid.UUID], load: Loader, counter: HitCounter | None = None
+) -> dict[uuid.UUID, Entitlements]:
     """Every user's entitlements: from the cache where it has them, the rest from `load` in one go
-    (then cached). A cache failure or outage answers everything from `load`."""
+    (then cached). A cache failure or outage answers everything from `load` (and leaves `counter`
+    uncounted). `counter`, when given, is counted in the same round trip as the read."""
     ids = list(dict.fromkeys(user_ids))
     if not ids:
         return {}
     now = timezone.now()
     store = _store()
     try:
-        found, versions = _guarded("read", lambda: _read(store, ids, now))
+        found, versions = _guarded("read", lambda: _read(store, ids, now, counter))
     except Exception:
         return load(user_ids=ids, now=now)
     missing = [user_id for user_id in ids if user_id not in found]
     LOOKUPS.labels("hit").inc(len(found))
-    if not missing:
-        return found
+    if missing:
+        found.update(_load_and_cache(store, missing, versions, load, now))
+    return found
+
+
+def entitled_many(*, user_ids: Collection[str], feature: str, load: Loader) -> dict[str, bool]:
+    """Whether each user (a canonical UUID string: lower case, hyphens) has `feature`: decided inside
+    Redis for the cached users (no entry crosses the wire, no UUID object is made), the rest from `load`
+    in one go (then cached). Same guarantees as entitlements_get_many."""
+    ids = list(dict.fromkeys(user_ids))
+    if not ids:
+        return {}
+    now = timezone.now()
+    store = _store()
+    try:
+        answers, versions = _guarded("read", lambda: store.check(ids, feature, now))
+    except Exception:
+        loaded = load(user_ids=[uuid.UUID(user_id) for user_id in ids], now=now)
+        return {str(user_id): found.has(feature) for user_id, found in loaded.items()}
+    LOOKUPS.labels("hit").inc(len(answers))
+    if len(answers) < len(ids):
+        missing = {uuid.UUID(user_id): user_id for user_id in ids if user_id not in answers}
+        known = {user: versions[text] for user, text in missing.items() if text in versions}
+        loaded = _load_and_cache(store, list(missing), known, load, now)
+        answers.update({text: loaded[user].has(feature) for user, text in missing.items()})
+    return answers
+
+
+def _load_and_cache(
+    store: _Store, missing: list[uuid.UUID], versions: Mapping[uuid.UUID, int], load: Loader, now: datetime
+) -> dict[uuid.UUID, Entitlements]:
+    """The missing users from `load`, each then cached under the version read before the load."""
     LOOKUPS.labels("miss").inc(len(missing))
     loaded = load(user_ids=missing, now=now)
-    found.update(loaded)
     entries = {}
     for user_id in missing:
         timeout = entry_timeout(loaded[user_id], now=now)
@@ -327,7 +501,7 @@ def entitlements_get_many(*, user_ids: Collection[uuid.UUID], load: Loader) -> d
         # A failed write is counted and logged by _guarded; the answer stands without the cache.
         with contextlib.suppress(Exception):
             _guarded("write", lambda: store.set_each(entries))
-    return found
+    return loaded
 
 
 # --- Invalidation -------------------------------------------------------------------------------

@@ -11,9 +11,18 @@ Everything about verification comes from settings, nothing from the token:
 - `exp` and `sub` are required, `nbf`/`iat` honoured, `iss`/`aud` required and checked when configured
   (the production guard makes them mandatory), with JWT_LEEWAY_SECONDS of clock skew;
 - `sub` must be a UUID: it is the user's id everywhere.
+
+A verified token's claims are remembered by the token's sha256 (an ExpiringLRU of
+JWT_VERIFIED_TOKENS_CACHED per process) until its `exp` (plus the leeway, exactly when PyJWT would start
+refusing it) and, with a JWKS, for at most JWT_JWKS_CACHE_SECONDS (the time a key withdrawn from the set
+could be used anyway): a repeated token skips the signature check and nothing else changes. Only
+tokens that passed every rule are remembered; the cache belongs to the backend, so a settings change
+forgets it.
 """
 
+import hashlib
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,6 +45,7 @@ from rest_framework_simplejwt.models import TokenUser
 from rest_framework_simplejwt.tokens import Token
 
 from payments_project.jwks import JwksKeys, JwksPolicy, UnknownKey
+from payments_project.lru import ExpiringLRU
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +148,7 @@ class ClientTokenBackend:
             )
         self.jwks: JwksKeys | None = None
         self.static_key: Any = None
+        self.verified: ExpiringLRU[dict[str, Any]] = ExpiringLRU(settings.JWT_VERIFIED_TOKENS_CACHED)
         if algorithm in HMAC_ALGORITHMS:
             if len(config.signing_key.encode()) < MIN_HMAC_KEY_BYTES:
                 raise ImproperlyConfigured(
@@ -187,6 +198,21 @@ class ClientTokenBackend:
             raise TokenBackendError("The token is malformed") from exc
         if len(raw) > MAX_TOKEN_LENGTH:
             raise TokenBackendError("The token is too long")
+        digest = hashlib.sha256(raw.encode("ascii")).digest()
+        claims = self.verified.get(digest)
+        if claims is None:
+            claims = self._verify(raw)
+            self.verified.put(digest, dict(claims), self._deadline(claims))
+        return dict(claims)  # a copy: callers never change what the next request sees
+
+    def _deadline(self, claims: dict[str, Any]) -> float:
+        """Until when (epoch seconds) a verified token may be answered from memory."""
+        deadline = float(claims["exp"]) + self.config.leeway  # PyJWT: expired once now > exp + leeway
+        if self.jwks is not None:
+            deadline = min(deadline, time.time() + max(1, self.config.jwks_cache_seconds))
+        return deadline
+
+    def _verify(self, raw: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(raw)
         except jwt.InvalidTokenError as exc:

@@ -7,9 +7,12 @@ ProblemJsonMiddleware turn them, DRF's own errors and Django's 404/500 into prob
 from collections.abc import Mapping
 from typing import Any
 
+import psycopg
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django_ratelimit.exceptions import Ratelimited
+from psycopg_pool import PoolTimeout
 from rest_framework import exceptions as drf_exceptions
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -105,6 +108,32 @@ class DependencyUnavailable(ApplicationError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+class DatabaseBusy(DependencyUnavailable):
+    """PostgreSQL gave up on us within our timeouts (a row locked elsewhere, a statement too slow, no pooled
+    connection free): nothing was changed, and the same request may well succeed shortly."""
+
+    code = "database_busy"
+    title = "The database is busy"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 2) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+def database_busy(exc: BaseException) -> DatabaseBusy | None:
+    """The 503 for a database error that one of our timeouts caused (settings: DATABASE_SESSION_TIMEOUTS,
+    DATABASE_POOL_TIMEOUT_SECONDS), or None for any other error."""
+    if not isinstance(exc, OperationalError):
+        return None
+    cause = exc.__cause__  # Django's error wraps psycopg's
+    if isinstance(cause, psycopg.errors.LockNotAvailable):
+        return DatabaseBusy("What this request changes is locked by another operation; try again shortly")
+    if isinstance(cause, psycopg.errors.QueryCanceled):
+        return DatabaseBusy("The database took too long to answer; try again shortly")
+    if isinstance(cause, PoolTimeout):
+        return DatabaseBusy("No database connection was free in time; try again shortly")
+    return None
+
+
 def problem_response(
     request: HttpRequest,
     *,
@@ -184,6 +213,8 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> HttpRespons
     request = context["request"]
     if isinstance(exc, ApplicationError):
         return application_error_response(request, exc)
+    if busy := database_busy(exc):
+        return application_error_response(request, busy)
     if isinstance(exc, Ratelimited):  # django-ratelimit's own decorator; ours raises RateLimited itself
         return application_error_response(request, RateLimited(retry_after=RATELIMITED_RETRY_AFTER_SECONDS))
     if isinstance(exc, Http404):

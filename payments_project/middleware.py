@@ -8,6 +8,7 @@ from http import HTTPStatus
 import structlog
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
 from opentelemetry import trace
 
 from payments_project.errors import (
@@ -15,6 +16,7 @@ from payments_project.errors import (
     ApplicationError,
     PayloadTooLarge,
     application_error_response,
+    database_busy,
     problem_response,
 )
 
@@ -72,6 +74,8 @@ class ProblemJsonMiddleware:
         # Plain Django views (the webhook endpoint) raise the same errors as DRF views.
         if isinstance(exception, ApplicationError):
             return application_error_response(request, exception)
+        if busy := database_busy(exception):
+            return application_error_response(request, busy)
         return None
 
 
@@ -97,3 +101,36 @@ class BodySizeLimitMiddleware:
                     request, PayloadTooLarge(f"The body is larger than {limit // 1024} KiB")
                 )
         return self.get_response(request)
+
+
+# Paths whose views need none of the middleware after HotPathMiddleware (sessions, CSRF, Django auth,
+# OTP, messages, frame options, django-prometheus' per-view metrics, django-axes, django-ratelimit's):
+# stateless JSON reads other services call on every request they serve (issue 18).
+HOT_PATH_PREFIXES = ("/api/v1/entitlements", "/internal/v1/entitlements/", "/internal/v1/users/")
+HOT_URLCONF = "payments_project.hot_urls"  # their routes only: resolving them skips every other pattern
+
+
+class HotPathMiddleware:
+    """On HOT_PATH_PREFIXES, call the view straight away, skipping the middleware below this one.
+
+    Only what Django's handler would do for these views is done: resolve, call, render (DRF's
+    responses are template responses). A path that does not resolve goes down the whole stack as
+    usual (404s, APPEND_SLASH). Their requests are still timed (RequestDurationMiddleware), carry
+    a request id and answer problem+json (above this one), and get the security headers.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path_info.startswith(HOT_PATH_PREFIXES):
+            return self.get_response(request)
+        try:
+            match = resolve(request.path_info, urlconf=HOT_URLCONF)
+        except Resolver404:
+            return self.get_response(request)
+        request.resolver_match = match
+        response = match.func(request, *match.args, **match.kwargs)
+        if callable(getattr(response, "render", None)):
+            response = response.render()
+        return response

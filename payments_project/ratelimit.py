@@ -1,4 +1,4 @@
-"""Rate limits (django-ratelimit counters on the shared cache — Redis in production).
+"""Rate limits: fixed-window counters on the shared cache (Redis in production), one round trip a check.
 
 - Rates live in one settings dict, `RATE_LIMITS` (group -> "count/period"), each overridable by
   `RATE_LIMIT_<GROUP>` in the environment (settings/base.py).
@@ -14,15 +14,18 @@
 """
 
 import ipaddress
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Literal, TypeVar, cast
 
 import structlog
 from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
-from django_ratelimit.core import get_usage
 from django_ratelimit.exceptions import Ratelimited
 from redis.exceptions import RedisError
 from rest_framework import exceptions as drf_exceptions
@@ -97,28 +100,73 @@ def _key_kind(group: str, by: KeyKind) -> KeyKind:
     return by
 
 
+_PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _split_rate(rate: str) -> tuple[int, int]:
+    """ "100/5m" -> (100, 300): settings/parsing.py has checked the shape."""
+    count, period = rate.split("/")
+    return int(count), int(period[:-1] or 1) * _PERIOD_SECONDS[period[-1]]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One caller's counter in `group` for the current fixed window (the window is in the key's name,
+    so refreshing its expiry on each hit never stretches a window)."""
+
+    group: str
+    key: str  # user:<id> or ip:<address>
+    limit: int
+    name: str  # the counter's cache key (before the cache's own prefix)
+    ttl: int  # seconds the counter is kept
+    left: int  # seconds until the window ends: the Retry-After
+
+
+def window_for(request: HttpRequest | Request, group: str, *, by: KeyKind = "auto") -> Window:
+    key = rate_limit_key(request, by=_key_kind(group, by))
+    limit, period = _split_rate(rate_for(group))
+    now = time.time()
+    window = int(now // period)
+    left = max(1, int((window + 1) * period - now))
+    return Window(group, key, limit, f"rl:{group}:{period}:{key}:{window}", period + 1, left)
+
+
+def _hit(window: Window) -> int:
+    """Count one hit; the hits so far in the window. With Redis: INCR and EXPIRE in one pipeline, one
+    round trip. Other caches: add, then incr."""
+    cache = caches["default"]
+    if isinstance(cache, RedisCache):
+        cache_key = cache.make_key(window.name)
+        pipeline = cache._cache.get_client(write=True).pipeline(transaction=False)
+        pipeline.incr(cache_key)
+        pipeline.expire(cache_key, window.ttl)
+        count, _ = pipeline.execute()
+        return int(count)
+    cache.add(window.name, 0, window.ttl)
+    return int(cache.incr(window.name))
+
+
+def enforce(window: Window, count: int | None) -> None:
+    """Raise RateLimited (429, Retry-After) when `count` hits are over the window's limit; None (the
+    counter could not be reached) fails open, loudly."""
+    if count is None:
+        log.warning("rate_limit_cache_unavailable", group=window.group)
+        return
+    if count <= window.limit:
+        return
+    log.info("rate_limited", group=window.group, key_kind=window.key.split(":", 1)[0], retry_after=window.left)
+    raise RateLimited(f"Rate limit '{window.group}' exceeded; retry in {window.left} s", retry_after=window.left)
+
+
 def check_rate_limit(request: HttpRequest | Request, group: str, *, by: KeyKind = "auto") -> None:
     """Count this request against `group`; raise RateLimited (429, Retry-After) once over the rate."""
-    key = rate_limit_key(request, by=_key_kind(group, by))
+    window = window_for(request, group, by=by)
     try:
-        usage = get_usage(
-            request,
-            group=group,
-            key=lambda _group, _request: key,
-            rate=rate_for(group),
-            increment=True,
-        )
-    except (RedisError, OSError) as exc:  # the cache is down: fail open (availability first), loudly
+        count: int | None = _hit(window)
+    except (RedisError, OSError, ValueError) as exc:  # the cache is down: fail open (availability first), loudly
         log.warning("rate_limit_cache_unavailable", group=group, error=repr(exc))
         return
-    if usage is None or not usage["should_limit"]:
-        return
-    if usage["limit"] == 0:  # the cache answered nothing usable: fail open, loudly
-        log.warning("rate_limit_cache_unavailable", group=group)
-        return
-    retry_after = max(1, int(usage["time_left"]))
-    log.info("rate_limited", group=group, key_kind=key.split(":", 1)[0], retry_after=retry_after)
-    raise RateLimited(f"Rate limit '{group}' exceeded; retry in {retry_after} s", retry_after=retry_after)
+    enforce(window, count)
 
 
 def rate_limited(group: str, *, by: KeyKind = "auto") -> Callable[[F], F]:

@@ -1,10 +1,12 @@
 """How long we take to answer a request, less the time spent waiting for Stripe: what the latency SLOs
-(README, "Service level objectives") measure, per view."""
+(README, "Service level objectives") measure, per view. And the request's Stripe budget: the moment by
+which its Stripe calls must be done (settings.STRIPE_REQUEST_BUDGET_SECONDS; billing.gateway enforces it)."""
 
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import Histogram
 
@@ -18,6 +20,13 @@ OWN_DURATION = Histogram(
 
 # Seconds this request has waited for Stripe so far (billing.gateway adds each call's time).
 _stripe_seconds: ContextVar[list[float] | None] = ContextVar("stripe_seconds", default=None)
+# When (time.monotonic()) the request being served must be done with Stripe; None outside a request.
+_stripe_deadline: ContextVar[float | None] = ContextVar("stripe_deadline", default=None)
+
+
+def stripe_deadline() -> float | None:
+    """The current request's Stripe deadline (time.monotonic()), or None outside a web request."""
+    return _stripe_deadline.get()
 
 
 def stripe_time_add(seconds: float) -> None:
@@ -34,11 +43,18 @@ class RequestDurationMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         spent = [0.0]
         token = _stripe_seconds.set(spent)
+        deadline = _stripe_deadline.set(time.monotonic() + settings.STRIPE_REQUEST_BUDGET_SECONDS)
         started = time.perf_counter()
+        response = None
         try:
-            return self.get_response(request)
+            response = self.get_response(request)
+            return response
         finally:
-            elapsed = time.perf_counter() - started
+            own = max(0.0, time.perf_counter() - started - spent[0])
             _stripe_seconds.reset(token)
+            _stripe_deadline.reset(deadline)
             match = request.resolver_match  # unresolved paths share one label: their number is unbounded
-            OWN_DURATION.labels(match.view_name if match else "unresolved").observe(max(0.0, elapsed - spent[0]))
+            OWN_DURATION.labels(match.view_name if match else "unresolved").observe(own)
+            if response is not None:
+                # The same figure for the caller (and the benchmark): RFC 8673 Server-Timing, milliseconds.
+                response["Server-Timing"] = f"app;dur={own * 1000:.2f}"

@@ -23,9 +23,11 @@ sidecar in our pod), and an element whose `By=` names another SPIFFE ID than SER
 written by our sidecar. Either is a 401, whatever certificate it carries.
 """
 
+import hashlib
 import ipaddress
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +39,8 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers
@@ -47,6 +51,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from payments_project.errors import DependencyUnavailable
+from payments_project.lru import ExpiringLRU
 
 if TYPE_CHECKING:
     from rest_framework.permissions import _PermissionClass
@@ -217,10 +222,39 @@ def from_trusted_peer(remote_addr: str) -> bool:
     return any(peer in network for network in settings.SERVICE_AUTH_TRUSTED_PEERS)
 
 
+# Verified XFCC headers, by sha256 (with the settings they were verified under), until the first of
+# their certificates expires and for at most XFCC_VERIFIED_MAX_SECONDS: a trust bundle that drops a CA
+# is obeyed within that time. A sidecar forwards the same header for every request of one caller, so
+# the certificate chain is verified once per caller and minute, not on every internal call (issue 18).
+XFCC_VERIFIED_MAX_SECONDS = 60
+_verified_xfcc: ExpiringLRU[ServicePrincipal] = ExpiringLRU(1000)
+
+
+@receiver(setting_changed)
+def _forget_verified_xfcc(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith(("SPIFFE_", "SERVICE_")):
+        _verified_xfcc.clear()
+
+
 def verify_xfcc(header: str, *, now: datetime | None = None) -> ServicePrincipal:
-    """Verify the forwarded client certificate and return who it identifies (raises 401 otherwise)."""
+    """Verify the forwarded client certificate and return who it identifies (raises 401 otherwise).
+    Without `now`, a header verified before is answered from memory (`_verified_xfcc`)."""
     if len(header) > MAX_XFCC_BYTES:
         raise ServiceAuthenticationFailed("X-Forwarded-Client-Cert is too large")
+    if now is not None:
+        return _verify_xfcc(header, now=now)[0]
+    key = hashlib.sha256(
+        "\n".join((settings.SPIFFE_TRUST_BUNDLE, settings.SERVICE_SPIFFE_ID, header)).encode()
+    ).digest()
+    principal = _verified_xfcc.get(key)
+    if principal is None:
+        principal, not_after = _verify_xfcc(header, now=datetime.now(UTC))
+        _verified_xfcc.put(key, principal, min(not_after, time.time() + XFCC_VERIFIED_MAX_SECONDS))
+    return principal
+
+
+def _verify_xfcc(header: str, *, now: datetime) -> tuple[ServicePrincipal, float]:
+    """The principal, and when the first certificate of the chain it was verified with expires."""
     try:
         element = parse_xfcc(header)[-1]
     except ValueError:
@@ -243,20 +277,15 @@ def verify_xfcc(header: str, *, now: datetime | None = None) -> ServicePrincipal
     except (OSError, ValueError, ImproperlyConfigured) as exc:
         log.error("spiffe_trust_bundle_unreadable", path=settings.SPIFFE_TRUST_BUNDLE, error=str(exc))
         raise DependencyUnavailable("The service identity trust bundle is unavailable") from exc
-    verifier = (
-        PolicyBuilder()
-        .store(Store(roots))
-        .time(now or datetime.now(UTC))
-        .max_chain_depth(MAX_CHAIN_CERTS)
-        .build_client_verifier()
-    )
+    verifier = PolicyBuilder().store(Store(roots)).time(now).max_chain_depth(MAX_CHAIN_CERTS).build_client_verifier()
     try:
-        verifier.verify(leaf, intermediates)
+        verified = verifier.verify(leaf, intermediates)
     except VerificationError as exc:
         log.info("service_certificate_rejected", reason=str(exc))
         raise ServiceAuthenticationFailed("The client certificate does not verify against the trust bundle") from None
     spiffe_id = _spiffe_id_of(leaf)
-    return ServicePrincipal(spiffe_id=spiffe_id, trust_domain=spiffe_trust_domain(spiffe_id) or "")
+    not_after = min(cert.not_valid_after_utc.timestamp() for cert in [leaf, *verified.chain])
+    return ServicePrincipal(spiffe_id=spiffe_id, trust_domain=spiffe_trust_domain(spiffe_id) or ""), not_after
 
 
 # --- DRF ------------------------------------------------------------------------------------------

@@ -15,6 +15,10 @@
 set -eu
 
 : "${HOSTNAME:=$(hostname)}"
+# Unset or empty, DJANGO_ENV is production here (as in the image's ENV and in payments_project/env.py):
+# a manifest that drops or blanks it gets the production guard, never development defaults.
+: "${DJANGO_ENV:=production}"
+export DJANGO_ENV
 
 # Prometheus multi-process mode: gunicorn workers and Celery pool processes write their samples under
 # PROMETHEUS_MULTIPROC_DIR, which must start empty. Only the servers own it; one-off commands
@@ -82,6 +86,8 @@ beat)
     ;;
 migrate)
     unset PROMETHEUS_MULTIPROC_DIR
+    # The longest PostgreSQL timeouts (settings: DATABASE_SESSION_TIMEOUTS).
+    export PROCESS_KIND=migrate
     exec python manage.py migrate --noinput "$@"
     ;;
 manage)

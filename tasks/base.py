@@ -1,6 +1,11 @@
 """The base of every Celery task: retries only what can recover, logs and measures every run."""
 
+import atexit
 import contextvars
+import os
+import queue
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -8,8 +13,10 @@ from typing import Any
 import celery
 import sentry_sdk
 import structlog
-from celery.exceptions import Retry
-from celery.signals import before_task_publish
+from billiard.pool import SIG_SOFT_TIMEOUT
+from billiard.process import current_process
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.signals import before_task_publish, task_prerun
 from django.db import transaction
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
@@ -69,6 +76,26 @@ class BaseTask(celery.Task):
                 TASK_LAST_SUCCESS.labels(self.name).set_to_current_time()
 
 
+@task_prerun.connect(dispatch_uid="tasks.one_soft_limit_notice")
+def _one_soft_limit_notice(**_: Any) -> None:
+    """A run past its soft time limit gets SoftTimeLimitExceeded once. Celery's prefork pool can signal
+    it twice in a row; the second would land in the code recording the first (a durable job's failure,
+    mid-query) and break its database connection, so the failure would not be recorded."""
+    if SIG_SOFT_TIMEOUT is None or current_process().name == "MainProcess":
+        return  # only a prefork child gets the signal (the main process uses SIGUSR1 for its traceback dump)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    noticed = False
+
+    def notice(signum: int, frame: object) -> None:
+        nonlocal noticed
+        if not noticed:
+            noticed = True
+            raise SoftTimeLimitExceeded()
+
+    signal.signal(SIG_SOFT_TIMEOUT, notice)
+
+
 @before_task_publish.connect(dispatch_uid="tasks.carry_request_id")
 def _carry_request_id(headers: dict[str, Any], **_: Any) -> None:
     """A task sent while handling a request (or a task that one caused) carries its request id along."""
@@ -80,14 +107,84 @@ def _carry_request_id(headers: dict[str, Any], **_: Any) -> None:
 def enqueue_on_commit(task: celery.Task, *args: Any) -> None:
     """Send `task(*args)` once the current transaction commits; never for a rolled-back one.
 
-    Best effort by design: if the broker is down the error is logged and the beat sweepers pick
-    the work up from the database, so a request never fails because a nudge could not be sent.
+    Best effort by design, and never on the caller's time: the send is handed to this process's
+    publisher thread (_Publisher), so a broker that is down, blocked (its memory alarm) or hung costs a
+    request nothing. What was committed is in the database; the beat sweepers deliver it if a nudge is lost.
     """
-
-    def send() -> None:
-        task.apply_async(args=args, retry=True, retry_policy={"max_retries": 1, "interval_start": 0})
-
     # The sender's context (its trace, its request id) goes with the task, wherever the send runs.
     context = contextvars.copy_context()
     on_commit: Callable[..., None] = transaction.on_commit
-    on_commit(lambda: context.run(send), robust=True)
+    on_commit(lambda: _publisher.submit(context, task, args), robust=True)
+
+
+# The publisher thread's bounds: a send may wait this long for the broker (connect, write, confirm) ...
+PUBLISH_TIMEOUT_SECONDS = 2.0
+# ... and this many sends may wait for it; past that a nudge is dropped (logged), the sweepers cover it.
+PUBLISH_BACKLOG = 1000
+
+NUDGES_DROPPED = Counter(
+    "payments_task_nudges_dropped_total", "Task sends after commit dropped (the sweepers deliver them)", ["task"]
+)
+
+
+class _Publisher:
+    """One daemon thread per process that sends the tasks enqueued on commit, one at a time, each with
+    bounded waits. Started on first use and again in a forked child (a thread does not survive fork)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[contextvars.Context, celery.Task, tuple[Any, ...]]] = queue.Queue(
+            PUBLISH_BACKLOG
+        )
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def submit(self, context: contextvars.Context, task: celery.Task, args: tuple[Any, ...]) -> None:
+        self._ensure_running()
+        try:
+            self._queue.put_nowait((context, task, args))
+        except queue.Full:
+            NUDGES_DROPPED.labels(task.name).inc()
+            log.warning("task_send_dropped", task=task.name, reason="publisher backlog full")
+
+    def join(self, timeout: float) -> bool:
+        """Wait until every submitted send was tried (tests, and a graceful shutdown); whether it was."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._queue.unfinished_tasks
+
+    def _ensure_running(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._queue = queue.Queue(PUBLISH_BACKLOG)  # a forked child's copy holds its parent's sends
+                threading.Thread(target=self._run, name="task-publisher", daemon=True).start()
+                self._pid = os.getpid()
+
+    def _run(self) -> None:
+        while True:
+            context, task, args = self._queue.get()
+            try:
+                context.run(self._send, task, args)
+            except Exception:
+                NUDGES_DROPPED.labels(task.name).inc()
+                log.warning("task_send_failed", task=task.name, exc_info=True)
+            finally:
+                self._queue.task_done()
+
+    @staticmethod
+    def _send(task: celery.Task, args: tuple[Any, ...]) -> None:
+        # kombu's publish options (the stubs do not know them): bounded write and confirm waits.
+        bounded: dict[str, Any] = {"timeout": PUBLISH_TIMEOUT_SECONDS, "confirm_timeout": PUBLISH_TIMEOUT_SECONDS}
+        task.apply_async(args=args, retry=True, retry_policy={"max_retries": 1, "interval_start": 0}, **bounded)
+
+
+_publisher = _Publisher()
+# A process that exits gracefully (gunicorn's worker restart, a worker's warm shutdown) sends what it holds.
+atexit.register(lambda: _publisher.join(PUBLISH_TIMEOUT_SECONDS))
+
+
+def sends_flush(timeout: float = 5.0) -> bool:
+    """Wait until every task enqueued on commit in this process has been sent (or given up on)."""
+    return _publisher.join(timeout)

@@ -1,6 +1,7 @@
 """Errors that tell the reliable-execution layer whether to try again, and the one test of it."""
 
 import kombu.exceptions
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError
 
 from payments_project.errors import DependencyUnavailable
@@ -41,6 +42,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     kombu.exceptions.OperationalError,
     ConnectionError,
     TimeoutError,
+    SoftTimeLimitExceeded,  # a run that took too long (a slow dependency): the next one may not
 )
 
 

@@ -1,4 +1,5 @@
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,6 +28,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             down.append(f"{name} is unreachable at {host}:{port} ({exc}); start it with: {start}")
     if down:
         pytest.exit("\n".join(down), returncode=3)
+
+
+@pytest.fixture(autouse=True)
+def _sends_done() -> Iterator[None]:
+    """Tasks a test enqueued on commit are sent (off its thread) before the next test purges queues."""
+    from tasks.base import sends_flush  # after Django is set up
+
+    yield
+    sends_flush()
 
 
 @pytest.fixture(autouse=True)

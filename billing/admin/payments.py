@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import OperationalError
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -16,7 +17,7 @@ from billing.admin.common import ReadOnlyAdmin, amount_only, date_range, money, 
 from billing.models import Dispute, Payment, Refund
 from billing.money import to_minor_units
 from billing.selectors import payment_refundable_amount
-from payments_project.errors import ApplicationError
+from payments_project.errors import ApplicationError, database_busy
 from payments_project.roles import Role, RoleRestrictedAdmin, has_role
 
 
@@ -204,6 +205,11 @@ class PaymentAdmin(ReadOnlyAdmin):
             )
         except ApplicationError as error:
             confirm.add_error(None, error.detail)
+            return None
+        except OperationalError as error:
+            if (busy := database_busy(error)) is None:
+                raise
+            confirm.add_error(None, busy.detail)  # the payment is locked elsewhere: nothing was changed
             return None
         level = messages.ERROR if refund.status == Refund.Status.FAILED else messages.SUCCESS
         self.message_user(

@@ -114,3 +114,37 @@ class PaymentOutput(serializers.ModelSerializer[Payment]):
     class Meta:
         model = Payment
         fields = ["id", "amount", "currency", "status", "created_at", "refunded_amount"]
+
+
+class BillingPortalInput(serializers.Serializer[Any]):
+    return_url = ReturnURLField()  # on CHECKOUT_RETURN_URL_ORIGINS
+
+
+class BillingPortalOutput(serializers.Serializer[Any]):
+    url = serializers.URLField()
+
+
+class ChangePreviewQuery(serializers.Serializer[Any]):
+    price_id = serializers.UUIDField()
+
+
+class ChangePreviewLineOutput(serializers.Serializer[Any]):
+    description = serializers.CharField()
+    amount = serializers.IntegerField()
+
+
+class ChangePreviewOutput(serializers.Serializer[Any]):
+    amount_due = serializers.IntegerField(
+        help_text="An upgrade: charged now (the proration). A downgrade: nothing now; the first invoice at the new "
+        "price, due at effective_at"
+    )
+    currency = serializers.CharField()
+    proration_date = serializers.IntegerField(help_text="Send it back with the change to be charged this amount")
+    lines = ChangePreviewLineOutput(many=True)
+    kind = serializers.ChoiceField(choices=["upgrade", "downgrade"])
+    effective_at = serializers.DateTimeField(allow_null=True, help_text="When the new plan takes effect")
+
+
+class ChangeInput(serializers.Serializer[Any]):
+    price_id = serializers.UUIDField()
+    proration_date = serializers.IntegerField(required=False, min_value=0, max_value=2**40)

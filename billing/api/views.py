@@ -13,6 +13,11 @@ from rest_framework.views import APIView
 
 from billing import selectors, services
 from billing.api.serializers import (
+    BillingPortalInput,
+    BillingPortalOutput,
+    ChangeInput,
+    ChangePreviewOutput,
+    ChangePreviewQuery,
     CheckoutInput,
     InvoiceOutput,
     OrderOutput,
@@ -27,6 +32,22 @@ from payments_project.pagination import PAGINATION_PARAMETERS, NewestFirstPagina
 
 # Printable ASCII without spaces at the ends, like Stripe's own keys; at most the column's 255.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
+
+
+_IDEMPOTENCY_HEADER = [OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True)]
+
+
+def _idempotency_key(request: Request, why: str) -> str:
+    """The request's Idempotency-Key header: required, 1 to 255 printable ASCII characters."""
+    key = request.headers.get("Idempotency-Key", "")
+    if not key:
+        raise IdempotencyKeyMissing(f"Send an Idempotency-Key header (e.g. a UUID) so {why}")
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ValidationFailed(
+            "The Idempotency-Key must be 1 to 255 printable ASCII characters",
+            errors=[{"field": "Idempotency-Key", "message": "1 to 255 printable ASCII characters"}],
+        )
+    return key
 
 
 def _caller(request: Request) -> Principal:
@@ -50,23 +71,14 @@ class CheckoutSessionCreateApi(APIView):
 
     @extend_schema(
         request=CheckoutInput,
-        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True)],
+        parameters=_IDEMPOTENCY_HEADER,
         responses={
             201: OrderOutput,
             200: OpenApiResponse(OrderOutput, description="The same key and body again: the same order"),
         },
     )
     def post(self, request: Request) -> Response:
-        key = request.headers.get("Idempotency-Key", "")
-        if not key:
-            raise IdempotencyKeyMissing(
-                "Send an Idempotency-Key header (e.g. a UUID) so a retried checkout cannot start twice"
-            )
-        if not _IDEMPOTENCY_KEY.fullmatch(key):
-            raise ValidationFailed(
-                "The Idempotency-Key must be 1 to 255 printable ASCII characters",
-                errors=[{"field": "Idempotency-Key", "message": "1 to 255 printable ASCII characters"}],
-            )
+        key = _idempotency_key(request, "a retried checkout cannot start twice")
         body = CheckoutInput(data=request.data)
         body.is_valid(raise_exception=True)
         result = services.order_start_checkout(
@@ -107,12 +119,75 @@ class SubscriptionCancelApi(APIView):
         return Response(SubscriptionOutput(subscription).data)
 
 
+class SubscriptionResumeApi(APIView):
+    @extend_schema(request=None, responses=SubscriptionOutput)
+    def post(self, request: Request, subscription_id: uuid.UUID) -> Response:
+        subscription = services.subscription_resume(
+            user_id=_caller(request).id, subscription_id=subscription_id, request=request._request
+        )
+        return Response(SubscriptionOutput(subscription).data)
+
+
+class SubscriptionChangePreviewApi(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("price_id", OpenApiTypes.UUID, OpenApiParameter.QUERY, required=True)],
+        responses=ChangePreviewOutput,
+    )
+    def get(self, request: Request, subscription_id: uuid.UUID) -> Response:
+        query = ChangePreviewQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        preview = services.subscription_change_preview(
+            user_id=_caller(request).id, subscription_id=subscription_id, price_id=query.validated_data["price_id"]
+        )
+        return Response(ChangePreviewOutput(preview).data)
+
+
+class SubscriptionChangeApi(APIView):
+    rate_limit_group = "checkout"
+
+    @extend_schema(
+        request=ChangeInput,
+        parameters=_IDEMPOTENCY_HEADER,
+        responses={
+            200: OpenApiResponse(
+                SubscriptionOutput, description="The subscription: on the new plan (an upgrade), or until period end"
+            )
+        },
+    )
+    def post(self, request: Request, subscription_id: uuid.UUID) -> Response:
+        key = _idempotency_key(request, "a retried plan change cannot happen twice")
+        body = ChangeInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        subscription, _ = services.subscription_change(
+            user_id=_caller(request).id,
+            subscription_id=subscription_id,
+            price_id=body.validated_data["price_id"],
+            proration_date=body.validated_data.get("proration_date"),
+            idempotency_key=key,
+            request=request._request,
+        )
+        return Response(SubscriptionOutput(subscription).data)
+
+
 class PaymentListApi(APIView):
     @extend_schema(parameters=PAGINATION_PARAMETERS, responses=PaymentOutput(many=True))
     def get(self, request: Request) -> Response:
         paginator = NewestFirstPagination()
         page = paginator.paginate_queryset(selectors.payment_list_for_user(user_id=_caller(request).id), request)
         return paginator.get_paginated_response(PaymentOutput(page, many=True).data)
+
+
+class BillingPortalSessionCreateApi(APIView):
+    """Stripe's customer portal: payment methods and invoices."""
+
+    @extend_schema(request=BillingPortalInput, responses={201: BillingPortalOutput})
+    def post(self, request: Request) -> Response:
+        body = BillingPortalInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        url = services.billing_portal_session_create(
+            user_id=_caller(request).id, return_url=body.validated_data["return_url"], request=request._request
+        )
+        return Response(BillingPortalOutput({"url": url}).data, status=201)
 
 
 class InvoiceListApi(APIView):

@@ -10,6 +10,7 @@
 Lock order, everywhere: customer, then order or subscription, then payment, then refund.
 """
 
+from billing.services.changes import subscription_change, subscription_change_preview
 from billing.services.checkout import (
     CheckoutResult,
     checkout_fingerprint,
@@ -30,11 +31,13 @@ from billing.services.from_stripe import (
     subscription_upsert_from_stripe,
 )
 from billing.services.invoices import invoice_upsert_from_stripe
+from billing.services.portal import billing_portal_session_create
 from billing.services.refunds import refund_issue, refunds_resolve_stuck
-from billing.services.subscriptions import subscription_cancel
+from billing.services.subscriptions import subscription_cancel, subscription_resume
 
 __all__ = [
     "CheckoutResult",
+    "billing_portal_session_create",
     "checkout_fingerprint",
     "customer_delete_from_stripe",
     "customer_upsert_from_stripe",
@@ -51,6 +54,9 @@ __all__ = [
     "refund_record_from_charge",
     "refunds_resolve_stuck",
     "subscription_cancel",
+    "subscription_change",
+    "subscription_change_preview",
+    "subscription_resume",
     "subscription_trial_will_end_from_stripe",
     "subscription_upsert_from_stripe",
 ]

@@ -1,4 +1,4 @@
-"""The lease a request holds on an order or a refund while it talks to Stripe.
+"""The lease a request holds on an order, a refund or a plan change while it talks to Stripe.
 
 Concurrent requests with one Idempotency-Key find one row: only the holder of its lease calls Stripe,
 the others wait for its outcome. A holder that died leaves a lease that runs out; the next request
@@ -15,10 +15,10 @@ from typing import Any, Generic, TypeVar
 from django.conf import settings
 
 from billing.errors import RequestInProgress
-from billing.models import Order, Refund
+from billing.models import Order, Refund, SubscriptionChange
 from billing.services._shared import update_fields
 
-Leased = TypeVar("Leased", Order, Refund)
+Leased = TypeVar("Leased", Order, Refund, SubscriptionChange)
 
 
 def lease_expiry(now: datetime) -> datetime:

@@ -23,6 +23,7 @@ from billing.errors import (
     StripeNotConfigured,
     StripeRateLimited,
     StripeRequestFailed,
+    StripeTimedOut,
     StripeUnavailable,
 )
 from billing.models import Customer, Order, Price
@@ -164,6 +165,11 @@ def _order_call_stripe(*, order: Order, price: Price, email: str, request: HttpR
         session_id, url = so.stripe_id(session.get("id")), session.get("url")
         if not session_id or not isinstance(url, str) or not url:
             raise StripeRequestFailed("Stripe answered without a checkout session id and URL")
+    except StripeTimedOut:
+        # Stripe may have made the session: the order stays pending for a replay or the sweep
+        # (orders_resolve_abandoned), which ask again with the order's idempotency key.
+        _order_release_lease(order_id=order.id)
+        raise
     except ApplicationError as error:
         _order_record_failure(order_id=order.id, code=error.code, message=error.detail, request=request)
         raise
@@ -191,6 +197,11 @@ def orders_resolve_abandoned(*, limit: int = 100) -> int:
             _order_call_stripe(order=order, price=order.price, email=order.customer.email, request=None)
         settled += 1
     return settled
+
+
+@transaction.atomic(durable=True)
+def _order_release_lease(*, order_id: uuid.UUID) -> None:
+    Order.objects.filter(pk=order_id, status=Order.Status.PENDING).update(lease_until=timezone.now())
 
 
 @transaction.atomic(durable=True)

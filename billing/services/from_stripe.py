@@ -26,6 +26,7 @@ from billing.services._shared import (
     lock_or_create,
     update_fields,
 )
+from billing.services.changes import scheduled_changes_apply
 from billing.services.refunds import payment_refresh_refunded, refund_apply_stripe, refund_succeeded
 from billing.services.subscriptions import subscription_event_data, subscription_event_type
 from gdpr import audit
@@ -245,8 +246,12 @@ def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, eve
         {**values, "stripe_updated_at": event_created},
     )
     was_status = None if created else subscription.status
-    if not created and not apply_stripe_version(subscription, values, event_created=event_created):
-        return set()
+    if not created:
+        changed = apply_stripe_version(subscription, values, event_created=event_created)
+        if not changed:
+            return set()
+        if "price" in changed:  # Stripe switched the price: a downgrade scheduled to it takes effect now
+            scheduled_changes_apply(subscription)
     event_type = subscription_event_type(was_status, subscription.status)
     audit_record(
         audit.AuditAction.SUBSCRIPTION_UPDATED,

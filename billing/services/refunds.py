@@ -21,6 +21,7 @@ from billing.errors import (
     RefundExceedsPayment,
     StripeObjectInvalid,
     StripeRequestFailed,
+    StripeTimedOut,
 )
 from billing.models import Payment, Refund
 from billing.selectors import payment_refundable_amount
@@ -173,6 +174,11 @@ def _refund_call_stripe(*, refund: Refund, request: HttpRequest | None) -> Refun
     except (StripeRequestFailed, CardDeclined) as error:
         # Stripe said no for good: release the reservation and say why.
         _refund_record_outcome(refund_id=refund.id, stripe_refund=None, failure=error.detail, request=request)
+        raise
+    except StripeTimedOut:
+        # The request's Stripe budget ran out: nobody is asking any more, so a replay or the sweep
+        # (refunds_resolve_stuck) may ask again with the refund's key at once, not after the lease.
+        Refund.objects.filter(pk=refund.id, status=Refund.Status.REQUESTED).update(lease_until=timezone.now())
         raise
     # Any other failure (Stripe down, a timeout) leaves the refund reserved: Stripe may have done it,
     # and only a replay with the same key (or the charge.refunded webhook) can tell.

@@ -1,4 +1,4 @@
-"""Subscriptions: the client's cancel, and what an announcement of a subscription carries."""
+"""Subscriptions: the client's cancel and resume, and what an announcement of a subscription carries."""
 
 import uuid
 from typing import Any
@@ -8,7 +8,7 @@ from django.http import HttpRequest
 
 from billing import gateway
 from billing import stripe_objects as so
-from billing.errors import SubscriptionNotCancelable
+from billing.errors import SubscriptionNotCancelable, SubscriptionNotResumable
 from billing.models import Subscription
 from billing.services._shared import audit_record, update_fields
 from gdpr import audit
@@ -20,11 +20,7 @@ def subscription_cancel(
     *, user_id: uuid.UUID, subscription_id: uuid.UUID, request: HttpRequest | None = None
 ) -> Subscription:
     """Cancel at the end of the paid period (the user keeps access until then). Idempotent."""
-    subscription = (
-        Subscription.objects.select_related("plan").filter(pk=subscription_id, customer__user_id=user_id).first()
-    )
-    if subscription is None:
-        raise NotFound("No such subscription")
+    subscription = subscription_get_owned(user_id=user_id, subscription_id=subscription_id)
     if subscription.cancel_at_period_end:
         return subscription
     if subscription.status in (
@@ -34,8 +30,7 @@ def subscription_cancel(
         raise SubscriptionNotCancelable(f"The subscription is already {subscription.status}")
     stripe_subscription = gateway.subscription_cancel_at_period_end(
         stripe_subscription_id=subscription.stripe_subscription_id,
-        # Per applied version: a cancel after a reactivation is a new request, not a replay.
-        idempotency_key=f"subscription-cancel:{subscription.id}:{int(subscription.stripe_updated_at.timestamp())}",
+        idempotency_key=f"subscription-cancel:{_row_version(subscription)}",
     )
     return _subscription_record_cancel(
         subscription_id=subscription.id, user_id=user_id, stripe_subscription=stripe_subscription, request=request
@@ -53,6 +48,63 @@ def _subscription_record_cancel(
     update_fields(subscription, {"cancel_at_period_end": True})
     audit_record(
         audit.AuditAction.SUBSCRIPTION_CANCEL_REQUESTED,
+        actor_type=audit.ActorType.USER,
+        actor_id=str(user_id),
+        target_type="subscription",
+        target_id=subscription.id,
+        metadata={"stripe_subscription_id": subscription.stripe_subscription_id},
+        request=request,
+    )
+    emit("subscription.updated", f"subscription:{subscription.id}", subscription_event_data(subscription, user_id))
+    return subscription
+
+
+def subscription_get_owned(*, user_id: uuid.UUID, subscription_id: uuid.UUID) -> Subscription:
+    """The caller's subscription; another user's is a 404, like one that does not exist."""
+    subscription = (
+        Subscription.objects.select_related("plan", "price", "customer")
+        .filter(pk=subscription_id, customer__user_id=user_id)
+        .first()
+    )
+    if subscription is None:
+        raise NotFound("No such subscription")
+    return subscription
+
+
+def _row_version(subscription: Subscription) -> str:
+    """Per version of our row: a cancel after a resume (or the reverse) is a new request at Stripe, while a
+    retry of one that failed half-way sends the same key (the row did not change)."""
+    return f"{subscription.id}:{int(subscription.updated_at.timestamp() * 1_000_000)}"
+
+
+def subscription_resume(
+    *, user_id: uuid.UUID, subscription_id: uuid.UUID, request: HttpRequest | None = None
+) -> Subscription:
+    """Undo a cancel at period end: the subscription renews again. 409 unless it is set to cancel."""
+    subscription = subscription_get_owned(user_id=user_id, subscription_id=subscription_id)
+    if not subscription.cancel_at_period_end or subscription.status not in Subscription.ENTITLING:
+        raise SubscriptionNotResumable(
+            "Only a subscription that is still running and set to cancel at period end can be resumed"
+        )
+    stripe_subscription = gateway.subscription_resume(
+        stripe_subscription_id=subscription.stripe_subscription_id,
+        idempotency_key=f"subscription-resume:{_row_version(subscription)}",
+    )
+    return _subscription_record_resume(
+        subscription_id=subscription.id, user_id=user_id, stripe_subscription=stripe_subscription, request=request
+    )
+
+
+@transaction.atomic(durable=True)
+def _subscription_record_resume(
+    *, subscription_id: uuid.UUID, user_id: uuid.UUID, stripe_subscription: so.StripeObject, request: HttpRequest | None
+) -> Subscription:
+    subscription = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription_id)
+    if bool(stripe_subscription.get("cancel_at_period_end", False)) or not subscription.cancel_at_period_end:
+        return subscription
+    update_fields(subscription, {"cancel_at_period_end": False})
+    audit_record(
+        audit.AuditAction.SUBSCRIPTION_RESUME_REQUESTED,
         actor_type=audit.ActorType.USER,
         actor_id=str(user_id),
         target_type="subscription",

@@ -3,7 +3,7 @@
 import uuid
 from typing import Any, cast
 
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponseRedirect
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.negotiation import BaseContentNegotiation
@@ -75,18 +75,24 @@ class ExportDownloadApi(APIView):
             (200, "application/zip"): OpenApiResponse(
                 OpenApiTypes.BINARY, description="data.json plus csv/<table>.csv per table"
             ),
+            302: OpenApiResponse(
+                description="The object store's presigned URL of the archive (Location), valid for "
+                "GDPR_EXPORT_URL_TTL_SECONDS"
+            ),
             409: OpenApiResponse(description="Not finished yet"),
             410: OpenApiResponse(description="The download window is over"),
         }
     )
-    def get(self, request: Request, request_id: uuid.UUID) -> FileResponse:
+    def get(self, request: Request, request_id: uuid.UUID) -> FileResponse | HttpResponseRedirect:
         data_request, archive = services.export_download(
             user_id=_caller(request).id, request_id=request_id, request=request._request
         )
-        stamp = (data_request.completed_at or data_request.created_at).strftime("%Y%m%d")
-        response = FileResponse(
-            archive, as_attachment=True, filename=f"jia-payments-data-{stamp}.zip", content_type="application/zip"
-        )
+        response: FileResponse | HttpResponseRedirect
+        if isinstance(archive, str):
+            response = HttpResponseRedirect(archive)  # 302: the object store serves the bytes
+        else:
+            filename = services.export_download_filename(data_request)
+            response = FileResponse(archive, as_attachment=True, filename=filename, content_type="application/zip")
         response["Cache-Control"] = "private, no-store"
         return response
 

@@ -20,7 +20,13 @@ from gdpr.services.data_requests import (
     data_requests_sweep,
 )
 from gdpr.services.erasure import erasure_process
-from gdpr.services.export import EXPORT_STORAGE, export_download, export_process, exports_purge
+from gdpr.services.export import (
+    EXPORT_STORAGE,
+    export_download,
+    export_download_filename,
+    export_process,
+    exports_purge,
+)
 
 __all__ = [
     "EXPORT_STORAGE",
@@ -34,6 +40,7 @@ __all__ = [
     "data_requests_sweep",
     "erasure_process",
     "export_download",
+    "export_download_filename",
     "export_process",
     "exports_purge",
 ]

@@ -8,7 +8,7 @@ from typing import IO
 import structlog
 from django.conf import settings
 from django.core.files import File
-from django.core.files.storage import Storage, storages
+from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.db import transaction
 from django.db.models import Q
 from django.http import HttpRequest
@@ -140,8 +140,9 @@ def _export_record_failure(*, request_id: uuid.UUID, exc: BaseException) -> Outc
 
 def export_download(
     *, user_id: uuid.UUID, request_id: uuid.UUID, request: HttpRequest | None = None
-) -> tuple[DataSubjectRequest, IO[bytes]]:
-    """The caller's finished export and its open archive; the download is audited.
+) -> tuple[DataSubjectRequest, str | IO[bytes]]:
+    """The caller's finished export, and where to get it: a presigned URL of the object store that lives
+    GDPR_EXPORT_URL_TTL_SECONDS, or (local storage) the open archive. The download is audited.
 
     404 for anyone else's request, 409 while it is not finished, 410 once its window is over.
     """
@@ -151,17 +152,38 @@ def export_download(
         raise ExportExpired("This export is no longer available; request a new one")
     if data_request.status != RequestStatus.COMPLETED:
         raise ExportNotReady(f"The export is {data_request.status}; try again when it is completed")
+    archive: str | IO[bytes]
     try:
-        archive = _export_storage().open(data_request.file_name, "rb")
+        archive = _export_location(data_request)
     except FileNotFoundError:
         log.error("gdpr_export_file_missing", request_id=str(request_id))
         raise ExportExpired("This export is no longer available; request a new one") from None
     try:
         _export_download_record(data_request=data_request, user_id=user_id, request=request)
     except BaseException:
-        archive.close()
+        if not isinstance(archive, str):
+            archive.close()
         raise
     return data_request, archive
+
+
+def export_download_filename(data_request: DataSubjectRequest) -> str:
+    stamp = (data_request.completed_at or data_request.created_at).strftime("%Y%m%d")
+    return f"jia-payments-data-{stamp}.zip"
+
+
+def _export_location(data_request: DataSubjectRequest) -> str | IO[bytes]:
+    storage = _export_storage()
+    name = data_request.file_name
+    if isinstance(storage, FileSystemStorage):
+        return storage.open(name, "rb")
+    if not storage.exists(name):
+        raise FileNotFoundError(name)
+    # The object store serves the bytes itself, as an attachment, to whoever holds the URL until it expires.
+    disposition = f'attachment; filename="{export_download_filename(data_request)}"'
+    parameters = {"ResponseContentDisposition": disposition, "ResponseContentType": "application/zip"}
+    url: str = storage.url(name, parameters=parameters, expire=settings.GDPR_EXPORT_URL_TTL_SECONDS)  # type: ignore[call-arg]
+    return url
 
 
 @transaction.atomic(durable=True)

@@ -7,7 +7,8 @@ settings fixture. Defaults here are the development ones; production.py re-reads
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
 
 from payments_project.logging import logging_config, sentry_init
 from payments_project.settings.parsing import (
@@ -17,7 +18,7 @@ from payments_project.settings.parsing import (
     database_config,
     env,
     env_bool,
-    export_storage_options,
+    export_storage,
     networks_from_env,
     rate_limits_from_env,
     return_url_origins,
@@ -70,6 +71,7 @@ MIDDLEWARE = [
     "payments_project.middleware.RequestIdMiddleware",
     "payments_project.middleware.ProblemJsonMiddleware",
     "payments_project.middleware.BodySizeLimitMiddleware",  # 413 before any view: API_MAX_BODY_BYTES
+    "payments_project.middleware.HotPathMiddleware",  # the entitlement checks skip the rest (issue 18)
     "django_ratelimit.middleware.RatelimitMiddleware",  # django-ratelimit's own decorator -> 429 problem
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -103,16 +105,29 @@ DATABASE_URL = env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite
 # Connections of each process's psycopg pool (0: no pool, one persistent connection per thread). The
 # chart sets it for web pods, whose threads share it, and counts it in its connection budget.
 DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0)
-DATABASE_POOL_TIMEOUT_SECONDS = 10.0  # how long a request waits for a pooled connection
+DATABASE_POOL_TIMEOUT_SECONDS = 3.0  # how long a request waits for a pooled connection (then 503)
+# What this process is decides how long PostgreSQL lets it run a statement, wait for a lock, or sit idle
+# inside a transaction: payments_project/wsgi.py says `web`, the image's entrypoint says `migrate`, and
+# everything else (workers, beat, manage.py) is a `worker`. Seconds of (statement_timeout, lock_timeout,
+# idle_in_transaction_session_timeout); past one, PostgreSQL cancels it and a request answers 503.
+PROCESS_KIND = env.str("PROCESS_KIND", default="worker")
+DATABASE_SESSION_TIMEOUTS = {"web": (10, 3, 10), "worker": (120, 30, 120), "migrate": (1800, 60, 600)}
+if PROCESS_KIND not in DATABASE_SESSION_TIMEOUTS:
+    raise ImproperlyConfigured(
+        f"PROCESS_KIND must be one of {', '.join(DATABASE_SESSION_TIMEOUTS)}, not {PROCESS_KIND!r}"
+    )
 DATABASES = {
     "default": database_config(
-        DATABASE_URL, pool_max_size=DATABASE_POOL_MAX_SIZE, pool_timeout=DATABASE_POOL_TIMEOUT_SECONDS
+        DATABASE_URL,
+        pool_max_size=DATABASE_POOL_MAX_SIZE,
+        pool_timeout=DATABASE_POOL_TIMEOUT_SECONDS,
+        session_timeouts=DATABASE_SESSION_TIMEOUTS[PROCESS_KIND],
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
-CACHES = cache_config(REDIS_URL)
+CACHES = cache_config(REDIS_URL, var_dir=VAR_DIR)
 
 # django-axes' backend first: a locked-out username or IP is refused before its password is checked.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
@@ -179,6 +194,8 @@ JWT_JWKS_TIMEOUT_SECONDS = 3.0  # one fetch, in total; only one request per proc
 # While the key endpoint fails, the last good set keeps verifying tokens until it is this old (then 503).
 JWT_JWKS_MAX_STALE_SECONDS = 6 * 3600
 JWT_LEEWAY_SECONDS = 30  # clock skew allowed on exp and nbf
+# Verified tokens each process remembers (by sha256, until exp; with a JWKS, JWT_JWKS_CACHE_SECONDS at most).
+JWT_VERIFIED_TOKENS_CACHED = 10_000
 SIMPLE_JWT = {
     # Only the header parsing and the user class are simplejwt's: verification is ClientTokenBackend's,
     # built from the JWT_* settings above (see payments_project/auth.py).
@@ -279,6 +296,12 @@ STRIPE_READ_TIMEOUT_SECONDS = 15.0
 STRIPE_MAX_NETWORK_RETRIES = 2  # connection errors, 409 and 5xx, with the same idempotency key
 STRIPE_BREAKER_FAIL_MAX = 5  # consecutive outages that open the breaker
 STRIPE_BREAKER_RESET_SECONDS = 30  # then one probe call after this long
+# A web request's Stripe calls, retries included, end this long after the request began: then 503 with
+# Retry-After (an order is left to its sweep, which asks Stripe again with the same idempotency key).
+STRIPE_REQUEST_BUDGET_SECONDS = 5.0
+# Stripe calls at once per web process (a bulkhead: half the chart's 4 threads); one more answers 503 at once,
+# so a slow Stripe never takes the threads that serve entitlement checks and webhooks.
+STRIPE_WEB_CONCURRENCY = 2
 # How long a duplicate checkout/refund request waits for the one already talking to Stripe.
 BILLING_IN_FLIGHT_WAIT_SECONDS = 10.0
 
@@ -314,20 +337,26 @@ ENTITLEMENTS_CACHE_BREAKER_FAIL_MAX = 3
 ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS = 10
 
 # --- GDPR: data export and erasure (gdpr/) ------------------------------------------------------
-# Export archives get a storage of their own (STORAGES["gdpr_exports"]): local files by default. The
-# image's root filesystem is read-only and pods share no disk, so production points it at an object
-# store that web and workers share, e.g. GDPR_EXPORT_STORAGE_BACKEND=storages.backends.s3.S3Storage
-# (django-storages, installed with it) and GDPR_EXPORT_STORAGE_OPTIONS='{"bucket_name": "…"}'.
-GDPR_EXPORT_STORAGE_BACKEND = env.str(
-    "GDPR_EXPORT_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
-)
+# Export archives get a storage of their own (STORAGES["gdpr_exports"]). `local`: files under
+# GDPR_EXPORT_STORAGE_LOCATION (make run, tests). `s3`: an S3-compatible object store that web and workers
+# share (the image's root filesystem is read-only and pods share no disk; the guard requires it in
+# production), through django-storages; credentials from the standard AWS chain (workload identity, else
+# AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment), never from these settings. Downloads answer
+# 302 to a presigned URL that lives GDPR_EXPORT_URL_TTL_SECONDS.
+GDPR_EXPORT_STORAGE = env.str("GDPR_EXPORT_STORAGE", default="local")
+GDPR_EXPORT_BUCKET = env.str("GDPR_EXPORT_BUCKET", default="")
+AWS_S3_ENDPOINT_URL = env.str("AWS_S3_ENDPOINT_URL", default="")  # empty: AWS S3 itself
+AWS_S3_REGION_NAME = env.str("AWS_S3_REGION_NAME", default="")
+GDPR_EXPORT_URL_TTL_SECONDS = env.int("GDPR_EXPORT_URL_TTL_SECONDS", default=300)
 GDPR_EXPORT_STORAGE_LOCATION = env.str("GDPR_EXPORT_STORAGE_LOCATION", default=str(VAR_DIR / "exports"))
-
-_gdpr_export_storage: Any = {
-    "BACKEND": GDPR_EXPORT_STORAGE_BACKEND,
-    "OPTIONS": export_storage_options(GDPR_EXPORT_STORAGE_BACKEND, GDPR_EXPORT_STORAGE_LOCATION),
-}
-STORAGES["gdpr_exports"] = _gdpr_export_storage
+STORAGES["gdpr_exports"] = export_storage(
+    GDPR_EXPORT_STORAGE,
+    bucket=GDPR_EXPORT_BUCKET,
+    endpoint_url=AWS_S3_ENDPOINT_URL,
+    region=AWS_S3_REGION_NAME,
+    url_ttl_seconds=GDPR_EXPORT_URL_TTL_SECONDS,
+    location=GDPR_EXPORT_STORAGE_LOCATION,
+)
 # How long a finished export can be downloaded; a beat job deletes the file afterwards.
 GDPR_EXPORT_TTL_HOURS = env.int("GDPR_EXPORT_TTL_HOURS", default=72)
 # The key of the stable pseudonyms that replace an erased user's id (secret). Empty: derived from
@@ -354,6 +383,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-task leaves the message for another worker
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A run killed at its hard time limit is requeued too (Celery acks it by default): the claim keeps a
+# durable job exactly once, and its attempts (counted at each claim) end a job that always times out.
+CELERY_TASK_ACKS_ON_TIMEOUT = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
@@ -363,7 +395,8 @@ CELERY_BEAT_SCHEDULER = "payments_project.beat:Scheduler"
 CELERY_BEAT_SYNC_EVERY = 1
 # Set by the Helm chart: the workers' grace period follows the time limit; the metrics port is the pod's.
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
-CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
+# A run past the soft limit fails as transient (retried); the hard limit kills it (its message is requeued).
+CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_TIME_LIMIT - 30, CELERY_TASK_TIME_LIMIT // 2)
 CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)
 
 # --- Outbox -----------------------------------------------------------------------------------

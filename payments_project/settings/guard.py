@@ -127,6 +127,19 @@ RULES: tuple[tuple[Rule, str], ...] = (
     ),
     (lambda s: not s.get("STRIPE_API_KEY"), "STRIPE_API_KEY is empty"),
     (lambda s: not any(s.get("STRIPE_WEBHOOK_SECRETS") or []), "STRIPE_WEBHOOK_SECRETS is empty"),
+    (
+        lambda s: not s.get("GDPR_PSEUDONYM_KEY"),
+        "GDPR_PSEUDONYM_KEY is empty (erased users' pseudonyms must not change when SECRET_KEY is rotated)",
+    ),
+    (
+        lambda s: _text(s, "GDPR_EXPORT_STORAGE") != "s3",
+        "GDPR_EXPORT_STORAGE must be s3 (pods share no disk and their root filesystem is read-only), "
+        "not {GDPR_EXPORT_STORAGE!r}",
+    ),
+    (
+        lambda s: _text(s, "GDPR_EXPORT_STORAGE") == "s3" and not s.get("GDPR_EXPORT_BUCKET"),
+        "GDPR_EXPORT_BUCKET is empty (required when GDPR_EXPORT_STORAGE=s3)",
+    ),
 )
 
 
@@ -141,3 +154,17 @@ def production_problems(settings: Settings) -> list[str]:
     """Every reason these settings are unfit for production; empty when they are fine."""
     values = _MessageValues({name: value for name, value in settings.items() if value})
     return [message.format_map(values) for rule, message in RULES if rule(settings)]
+
+
+def loaded_settings_problems(settings: Any, *, environment: str | None, production_module: str) -> list[str]:
+    """The guard for settings already loaded from any module (payments_project.apps runs it at start-up).
+
+    DJANGO_ENV=production holds whichever DJANGO_SETTINGS_MODULE was set by hand to the production rules,
+    and that module must be the production one. The production module guards itself as it loads.
+    """
+    module = settings.SETTINGS_MODULE
+    if environment != "production" or module == production_module:
+        return []
+    values = {name: getattr(settings, name) for name in dir(settings) if name.isupper()}
+    problems = [f"DJANGO_SETTINGS_MODULE is {module!r}, not {production_module!r} (DJANGO_ENV=production)"]
+    return problems + production_problems(values)

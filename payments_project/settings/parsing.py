@@ -44,12 +44,20 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (true/false), not {raw!r}")
 
 
-def database_config(url: str, *, pool_max_size: int = 0, pool_timeout: float = 10.0) -> dict[str, Any]:
+def database_config(
+    url: str,
+    *,
+    pool_max_size: int = 0,
+    pool_timeout: float = 10.0,
+    session_timeouts: tuple[int, int, int] | None = None,
+) -> dict[str, Any]:
     """Parse DATABASE_URL; SQLite gets WAL so web, worker and beat can share it in development.
 
     PostgreSQL with pool_max_size > 0 (the chart's web pods: DATABASE_POOL_MAX_SIZE): one psycopg pool per
     process, shared by its threads, so a process never holds more than pool_max_size connections (a
     thread waits up to pool_timeout seconds for one). Without it each thread keeps its own connection.
+    `session_timeouts`: seconds of statement_timeout, lock_timeout and idle_in_transaction_session_timeout,
+    set on each PostgreSQL session at connect.
     """
     config: dict[str, Any] = env.db_url_config(url)
     if config["ENGINE"] == "django.db.backends.sqlite3":
@@ -62,6 +70,10 @@ def database_config(url: str, *, pool_max_size: int = 0, pool_timeout: float = 1
         config["CONN_HEALTH_CHECKS"] = True
         options = config.setdefault("OPTIONS", {})
         options["connect_timeout"] = 5
+        if session_timeouts:
+            names = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+            pairs = zip(names, session_timeouts, strict=True)
+            options["options"] = " ".join(f"-c {name}={seconds}s" for name, seconds in pairs)
         if pool_max_size > 0:
             config["CONN_MAX_AGE"] = 0  # a request hands its connection back to the pool (Django requires 0)
             options["pool"] = {"min_size": 1, "max_size": pool_max_size, "timeout": pool_timeout}
@@ -71,13 +83,22 @@ def database_config(url: str, *, pool_max_size: int = 0, pool_timeout: float = 1
     return config
 
 
-def cache_config(redis_url: str) -> dict[str, Any]:
-    """Redis when REDIS_URL is set (shared by every process), else a per-process local cache."""
+def cache_config(redis_url: str, *, var_dir: Path | None = None) -> dict[str, Any]:
+    """Redis when REDIS_URL is set (shared by every process); else files under `var_dir`, shared by the
+    processes of one machine (`make run`'s web and worker: a change the worker makes, such as entitlements a
+    webhook ended, must not stay hidden behind the web's cache), or a per-process cache without one."""
+    if not redis_url and var_dir is not None:
+        return {
+            "default": {
+                "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                "LOCATION": str(var_dir / "cache"),
+            }
+        }
     if not redis_url:
         return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     return {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "payments_project.redis_cache.RedisCache",  # Django's, one client per pool
             "LOCATION": redis_url,
             "KEY_PREFIX": "jia-payments",
             # Short timeouts: a slow Redis must not stall requests (callers fall back to the database).
@@ -149,19 +170,38 @@ def networks_from_env(name: str, default: str) -> tuple[ipaddress.IPv4Network | 
     return tuple(networks)
 
 
-def export_storage_options(backend: str, location: str) -> dict[str, Any]:
-    """GDPR_EXPORT_STORAGE_OPTIONS (a JSON object) for any backend; a file system gets owner-only files."""
-    raw = env.str("GDPR_EXPORT_STORAGE_OPTIONS", default="").strip()
-    try:
-        options = json.loads(raw) if raw else {}
-    except json.JSONDecodeError as exc:
-        raise ImproperlyConfigured(f"GDPR_EXPORT_STORAGE_OPTIONS is not JSON: {exc}") from exc
-    if not isinstance(options, dict):
-        raise ImproperlyConfigured("GDPR_EXPORT_STORAGE_OPTIONS must be a JSON object")
-    if backend == "django.core.files.storage.FileSystemStorage":
-        defaults = {"location": location, "file_permissions_mode": 0o600, "directory_permissions_mode": 0o700}
-        options = {**defaults, **options}
-    return options
+EXPORT_STORAGE_KINDS = ("local", "s3")
+
+
+def export_storage(
+    kind: str, *, bucket: str, endpoint_url: str, region: str, url_ttl_seconds: int, location: str
+) -> dict[str, Any]:
+    """STORAGES["gdpr_exports"] for GDPR_EXPORT_STORAGE: owner-only local files, or an S3 bucket whose
+    URLs are presigned for url_ttl_seconds (the production guard names a missing bucket)."""
+    if kind not in EXPORT_STORAGE_KINDS:
+        raise ImproperlyConfigured(
+            f"GDPR_EXPORT_STORAGE must be one of {', '.join(EXPORT_STORAGE_KINDS)}, not {kind!r}"
+        )
+    if url_ttl_seconds <= 0:
+        raise ImproperlyConfigured(f"GDPR_EXPORT_URL_TTL_SECONDS must be positive, not {url_ttl_seconds}")
+    if kind == "local":
+        options = {"location": location, "file_permissions_mode": 0o600, "directory_permissions_mode": 0o700}
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": options}
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "endpoint_url": endpoint_url or None,
+            "region_name": region or None,
+            # S3-compatible stores (MinIO, Ceph, ...) at their own endpoint want path-style addressing.
+            "addressing_style": "path" if endpoint_url else None,
+            "signature_version": "s3v4",
+            "querystring_auth": True,  # url() is a presigned GET ...
+            "querystring_expire": url_ttl_seconds,  # ... that lives this long
+            "default_acl": None,  # the bucket's own policy: private
+            "file_overwrite": True,  # a rerun replaces its own archive under the same name
+        },
+    }
 
 
 def admin_host(origin: str) -> str:

@@ -4,7 +4,13 @@ to start on anything insecure. Web, worker, beat and manage.py all load this mod
 from django.core.exceptions import ImproperlyConfigured
 
 from payments_project.settings.base import *  # noqa: F403
-from payments_project.settings.base import DATABASE_POOL_MAX_SIZE, DATABASE_POOL_TIMEOUT_SECONDS, VAR_DIR
+from payments_project.settings.base import (
+    DATABASE_POOL_MAX_SIZE,
+    DATABASE_POOL_TIMEOUT_SECONDS,
+    DATABASE_SESSION_TIMEOUTS,
+    PROCESS_KIND,
+    VAR_DIR,
+)
 from payments_project.settings.guard import production_problems
 from payments_project.settings.parsing import (
     admin_host,
@@ -15,6 +21,7 @@ from payments_project.settings.parsing import (
     env_bool,
 )
 
+DJANGO_ENV = "production"  # also when chosen by DJANGO_SETTINGS_MODULE alone
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
@@ -32,7 +39,10 @@ if _problems:
 
 DATABASES = {
     "default": database_config(
-        DATABASE_URL, pool_max_size=DATABASE_POOL_MAX_SIZE, pool_timeout=DATABASE_POOL_TIMEOUT_SECONDS
+        DATABASE_URL,
+        pool_max_size=DATABASE_POOL_MAX_SIZE,
+        pool_timeout=DATABASE_POOL_TIMEOUT_SECONDS,
+        session_timeouts=DATABASE_SESSION_TIMEOUTS[PROCESS_KIND],
     )
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, var_dir=VAR_DIR)

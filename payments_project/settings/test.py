@@ -1,7 +1,13 @@
 """`make test`: real PostgreSQL, RabbitMQ and Redis on localhost unless the environment says otherwise."""
 
 from payments_project.settings.base import *  # noqa: F403
-from payments_project.settings.base import DATABASE_POOL_MAX_SIZE, DATABASE_POOL_TIMEOUT_SECONDS, VAR_DIR
+from payments_project.settings.base import (
+    DATABASE_POOL_MAX_SIZE,
+    DATABASE_POOL_TIMEOUT_SECONDS,
+    DATABASE_SESSION_TIMEOUTS,
+    PROCESS_KIND,
+    VAR_DIR,
+)
 from payments_project.settings.parsing import (
     broker_transport_options,
     cache_config,
@@ -13,7 +19,10 @@ from payments_project.settings.parsing import (
 DATABASE_URL = env.str("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/jia_payments")
 DATABASES = {
     "default": database_config(
-        DATABASE_URL, pool_max_size=DATABASE_POOL_MAX_SIZE, pool_timeout=DATABASE_POOL_TIMEOUT_SECONDS
+        DATABASE_URL,
+        pool_max_size=DATABASE_POOL_MAX_SIZE,
+        pool_timeout=DATABASE_POOL_TIMEOUT_SECONDS,
+        session_timeouts=DATABASE_SESSION_TIMEOUTS[PROCESS_KIND],
     )
 }
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # threads in concurrency tests open and close their own

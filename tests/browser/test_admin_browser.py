@@ -13,6 +13,7 @@ from django_otp.oath import TOTP
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.virtual_authenticator import Protocol, Transport, VirtualAuthenticatorOptions
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from billing.models import Payment, Refund
@@ -36,7 +37,10 @@ def type_password(driver: WebDriver, base_url: str, username: str, password: str
     driver.get(f"{base_url}/admin/login/")
     wait_for(driver, "#id_username").send_keys(username)
     driver.find_element(By.ID, "id_password").send_keys(password)
-    driver.find_element(By.CSS_SELECTOR, "#login-form input[type=submit]").click()
+    form = driver.find_element(By.ID, "login-form")
+    form.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    # The answer must arrive before the next page is asked for: a navigation started earlier cancels the POST.
+    WebDriverWait(driver, WAIT_SECONDS).until(expected_conditions.staleness_of(form))
 
 
 def current_code(secret_b32: str, *, steps_ahead: int = 0) -> str:

@@ -26,7 +26,7 @@ KUBERNETES_VERSIONS = ("1.29", "1.37")
 # Environment variable names that hold secrets, or could: these may only ever come from a Secret.
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|_KEY$|_KEY_|^KEY$|DSN$|_URL$|_URLS$")
 # ..._URL names that are plain configuration, not credentials.
-PUBLIC_URL_NAMES = frozenset({"JWT_JWKS_URL"})
+PUBLIC_URL_NAMES = frozenset({"JWT_JWKS_URL", "AWS_S3_ENDPOINT_URL"})
 
 Manifest = dict[str, Any]
 

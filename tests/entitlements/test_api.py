@@ -187,3 +187,15 @@ def test_the_internal_api_needs_an_allowed_service_identity(
     problem(check(client, stranger, [user]), 403, "service_forbidden")
     # A user's JWT is no service identity.
     problem(client.get(f"/internal/v1/users/{user}/entitlements", **as_user(user)), 401, "not_authenticated")
+
+
+def test_the_bulk_check_answers_each_id_in_canonical_form_however_it_was_written(
+    client: Client, service: dict[str, str]
+) -> None:
+    buyer, other = uuid.uuid4(), uuid.uuid4()
+    subscribe(buyer, plan_with(["hd"]))
+
+    response = check(client, service, [str(buyer).upper(), other.hex, str(buyer)])
+
+    assert response.status_code == 200
+    assert response.json() == {"results": {str(buyer): True, str(other): False}}

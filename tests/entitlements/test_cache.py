@@ -103,10 +103,10 @@ def test_a_bulk_check_costs_the_same_queries_and_round_trips_for_one_user_as_for
     cold_one, cold_thousand = cost(one), cost(thousand)
     warm_one, warm_thousand = cost(one), cost(thousand)
 
-    # cold: versions MGET, SET NX pipeline, entries written in one pipeline; the database twice
-    assert cold_one[:2] == cold_thousand[:2] == (2, 3)
-    # warm: versions MGET, entries MGET; no database
-    assert warm_one[:2] == warm_thousand[:2] == (0, 2)
+    # cold: the read script (versions set), entries written in one pipeline; the database twice
+    assert cold_one[:2] == cold_thousand[:2] == (2, 2)
+    # warm: the read script alone; no database
+    assert warm_one[:2] == warm_thousand[:2] == (0, 1)
     assert cold_thousand[2] == warm_thousand[2] == 100
 
 
@@ -256,3 +256,47 @@ def test_a_bump_that_fails_at_commit_is_counted_and_retried_by_a_worker_until_re
 
             proxy.restore()
             assert wait_until(lambda: entitled(buyer, "hd"), timeout=60)
+
+
+# --- the bulk check, decided inside Redis -------------------------------------------------------
+
+
+def entitled_in_bulk(user_ids: list[uuid.UUID], feature: str) -> dict[uuid.UUID, bool]:
+    return selectors.users_entitled(user_ids=user_ids, feature=feature)
+
+
+@pytest.mark.django_db
+def test_the_bulk_check_answers_cached_users_as_the_single_check_does(django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
+    family_plan = plan_with(["hd", "kids"], family_seats=2)
+    owner, member, solo, nobody = (uuid.uuid4() for _ in range(4))
+    subscribe(owner, family_plan)
+    family_of(owner, member)
+    subscribe(solo, plan_with(["hd"]), period_end=timezone.now() + timedelta(days=3), cancel_at_period_end=True)
+    users = [owner, member, solo, nobody]
+    expected = {user: entitled(user, "kids") for user in users}  # cached by the single check
+
+    with django_assert_num_queries(0):
+        assert entitled_in_bulk(users, "kids") == expected == {owner: True, member: True, solo: False, nobody: False}
+        assert entitled_in_bulk(users, "hd") == {owner: True, member: True, solo: True, nobody: False}
+        assert entitled_in_bulk(users, "h") == dict.fromkeys(users, False)  # a prefix of a key is not the key
+
+
+@pytest.mark.django_db
+def test_the_bulk_check_never_serves_a_cached_grant_past_its_end() -> None:
+    user = uuid.uuid4()
+    end = timezone.now() + timedelta(seconds=90)
+    subscribe(user, plan_with(["hd"]), period_end=end, cancel_at_period_end=True)
+    assert entitled_in_bulk([user], "hd") == {user: True}
+
+    with time_machine.travel(end + timedelta(seconds=1)):  # Redis still holds the entry
+        assert entitled_in_bulk([user], "hd") == {user: False}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cached_bulk_denial_turns_into_a_grant_after_a_purchase() -> None:
+    buyer, other = uuid.uuid4(), uuid.uuid4()
+    assert entitled_in_bulk([buyer, other], "hd") == {buyer: False, other: False}
+
+    purchase(buyer, "hd")
+
+    assert entitled_in_bulk([buyer, other], "hd") == {buyer: True, other: False}

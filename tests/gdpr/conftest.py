@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from gdpr.models import DataSubjectRequest
+from payments_project.settings.parsing import export_storage as export_storage_config
 from tests.gdpr.quick_retries import QUICK_RETRIES
+from tests.support.s3 import S3Server, s3_server
 
 
 @pytest.fixture
@@ -24,6 +26,21 @@ def export_storage(settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     }
     monkeypatch.setenv("GDPR_EXPORT_STORAGE_LOCATION", str(folder))
     yield folder
+
+
+@pytest.fixture
+def s3_export_storage(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """GDPR_EXPORT_STORAGE=s3 on a moto server of this test's own, here and (through the environment) in
+    workers; presigned URLs live GDPR_EXPORT_URL_TTL_SECONDS=60."""
+    with s3_server() as s3:
+        for name, value in {**s3.env(), "GDPR_EXPORT_URL_TTL_SECONDS": "60"}.items():
+            monkeypatch.setenv(name, value)
+        settings.GDPR_EXPORT_STORAGE, settings.GDPR_EXPORT_URL_TTL_SECONDS = "s3", 60
+        storage = export_storage_config(
+            "s3", bucket=s3.bucket, endpoint_url=s3.endpoint_url, region="eu-central-1", url_ttl_seconds=60, location=""
+        )
+        settings.STORAGES = {**settings.STORAGES, "gdpr_exports": storage}
+        yield s3
 
 
 @pytest.fixture

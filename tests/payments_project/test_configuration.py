@@ -38,6 +38,11 @@ CONTRACT_NAMES = {
     "SERVICE_AUTH_TRUSTED_PEERS",
     "SERVICE_SPIFFE_ID",
     "GDPR_PSEUDONYM_KEY",
+    "GDPR_EXPORT_STORAGE",
+    "GDPR_EXPORT_BUCKET",
+    "AWS_S3_ENDPOINT_URL",
+    "AWS_S3_REGION_NAME",
+    "GDPR_EXPORT_URL_TTL_SECONDS",
     "CHECKOUT_RETURN_URL_ORIGINS",
 }
 
@@ -72,6 +77,9 @@ _PRODUCTION_ENV = {
     "STRIPE_API_KEY": "sk_live_abc",
     "STRIPE_WEBHOOK_SECRETS": "whsec_abc",
     "TRUSTED_PROXY_COUNT": "1",
+    "GDPR_PSEUDONYM_KEY": "a-long-random-pseudonym-key-from-the-secret-store",
+    "GDPR_EXPORT_STORAGE": "s3",
+    "GDPR_EXPORT_BUCKET": "jia-gdpr-exports",
     "CHECKOUT_RETURN_URL_ORIGINS": "https://app.jia.example",
 }
 
@@ -120,4 +128,4 @@ def test_the_names_other_systems_rely_on_are_still_read(read: set[str]) -> None:
 
 
 def test_the_check_sees_the_variables_only_a_parser_reads(read: set[str]) -> None:
-    assert {"RATE_LIMIT_CHECKOUT", "SERVICE_ALLOWLIST_ENTITLEMENTS_READ", "GDPR_EXPORT_STORAGE_OPTIONS"} <= read
+    assert {"RATE_LIMIT_CHECKOUT", "SERVICE_ALLOWLIST_ENTITLEMENTS_READ"} <= read

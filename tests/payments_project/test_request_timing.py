@@ -57,3 +57,14 @@ def test_each_view_is_measured_under_its_name_and_unknown_paths_under_one_label(
 
     assert observed("entitlement-check")[0] == check + 1
     assert observed("unresolved")[0] == unresolved + 1
+
+
+def test_every_response_says_our_own_time_in_server_timing(client: Client) -> None:
+    started = time.perf_counter()
+    response = client.get("/api/v1/entitlements/hd", HTTP_AUTHORIZATION=bearer(uuid.uuid4()))
+    wall_ms = (time.perf_counter() - started) * 1000
+
+    assert response.status_code == 200
+    name, duration = response["Server-Timing"].split(";dur=")
+    assert name == "app"
+    assert 0 <= float(duration) <= wall_ms

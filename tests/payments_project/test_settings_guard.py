@@ -28,6 +28,9 @@ SECURE = {
     "TRUSTED_PROXY_COUNT": 1,
     "CHECKOUT_RETURN_URL_ORIGINS": ("https://app.jia.example",),
     "SERVICE_SPIFFE_ID": "spiffe://jia.example/ns/payments/sa/jia-payments",
+    "GDPR_PSEUDONYM_KEY": "a-long-random-pseudonym-key-from-the-secret-store",
+    "GDPR_EXPORT_STORAGE": "s3",
+    "GDPR_EXPORT_BUCKET": "jia-gdpr-exports",
 }
 
 
@@ -64,6 +67,9 @@ def test_it_accepts_secure_production_settings() -> None:
         ({"SERVICE_AUTH_MODE": "xfcc", "SPIFFE_TRUST_BUNDLE": "/etc/spiffe/b.crt"}, "SPIFFE_TRUST_DOMAIN is empty"),
         ({"TRUSTED_PROXY_COUNT": -1}, "TRUSTED_PROXY_COUNT must not be negative"),
         ({"WEBHOOK_INBOX_RETENTION_DAYS": 7}, "WEBHOOK_INBOX_RETENTION_DAYS must be at least 31, not 7"),
+        ({"GDPR_PSEUDONYM_KEY": ""}, "GDPR_PSEUDONYM_KEY is empty"),
+        ({"GDPR_EXPORT_STORAGE": "local"}, "GDPR_EXPORT_STORAGE must be s3 (pods share no disk"),
+        ({"GDPR_EXPORT_BUCKET": ""}, "GDPR_EXPORT_BUCKET is empty (required when GDPR_EXPORT_STORAGE=s3)"),
         ({"ENTITLEMENTS_PAST_DUE_GRACE_DAYS": -1}, "ENTITLEMENTS_PAST_DUE_GRACE_DAYS must not be negative"),
     ],
 )
@@ -94,6 +100,8 @@ def test_unset_settings_are_named_like_empty_ones() -> None:
         "CHECKOUT_RETURN_URL_ORIGINS is empty (the origins checkout and portal return URLs may point at)",
         "STRIPE_API_KEY is empty",
         "STRIPE_WEBHOOK_SECRETS is empty",
+        "GDPR_PSEUDONYM_KEY is empty (erased users' pseudonyms must not change when SECRET_KEY is rotated)",
+        "GDPR_EXPORT_STORAGE must be s3 (pods share no disk and their root filesystem is read-only), not ''",
     ]
 
 
@@ -141,6 +149,7 @@ def test_production_starts_with_secrets_from_mounted_files_and_passes_the_deploy
         "JWT_SIGNING_KEY": "signing-key-from-a-file-0123456789abcdef",
         "STRIPE_API_KEY": "sk_live_file",
         "STRIPE_WEBHOOK_SECRETS": "whsec_one,whsec_two",
+        "GDPR_PSEUDONYM_KEY": "pseudonym-key-from-a-file-0123456789abcdef",
     }
     env = {"DJANGO_ENV": "production", **{k: v for k, v in SECURE.items() if isinstance(v, str) and k not in secrets}}
     env["ALLOWED_HOSTS"] = "payments.jia.example"

@@ -9,11 +9,17 @@ from types import TracebackType
 
 
 class TcpProxy:
+    """`cut()`: the dependency refuses (connections dropped, nothing listening). `stall()`: it hangs, as
+    RabbitMQ does under its memory alarm or any peer behind a black hole: connections are accepted and
+    kept open, but no byte goes through either way until `resume()`."""
+
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self._listener: socket.socket | None = None
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.port = free_port()
 
     def __enter__(self) -> "TcpProxy":
@@ -21,7 +27,16 @@ class TcpProxy:
         return self
 
     def __exit__(self, *exc: object | TracebackType) -> None:
+        self.resume()  # pipe threads blocked by a stall wake up and end with their connections
         self.cut()
+
+    def stall(self) -> None:
+        """Stop forwarding: every connection, open or new, hangs."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Forward again what was held back, and everything after."""
+        self._flowing.set()
 
     def restore(self) -> None:
         """Accept connections again."""
@@ -60,12 +75,13 @@ class TcpProxy:
             with self._lock:
                 self._connections += [client, upstream]
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+                threading.Thread(target=_pipe, args=(src, dst, self._flowing), daemon=True).start()
 
 
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
+def _pipe(src: socket.socket, dst: socket.socket, flowing: threading.Event) -> None:
     try:
         while data := src.recv(65536):
+            flowing.wait()
             dst.sendall(data)
     except OSError:
         pass

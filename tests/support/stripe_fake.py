@@ -3,8 +3,9 @@
 - localstripe, a real Stripe-compatible HTTP server (one per test session), answers what it covers:
   customers, legacy plans, payment methods and intents, subscriptions, invoices, refunds, events.
 - `StripeFake` stands in front of it in the test's process (through `responses`, so its hooks run in the
-  calling thread) and answers what localstripe lacks or what a test scripts: Checkout Sessions, events and
-  objects a test makes up, failures (5xx, 429, refusals). Everything else passes through to localstripe.
+  calling thread) and answers what localstripe lacks (`stripe_standin.StripeStandIn`: Checkout Sessions,
+  portal sessions, plan changes in today's dialect, subscription schedules) or what a test scripts: events
+  and objects a test makes up, failures (5xx, 429, refusals). Everything else passes through to localstripe.
 - It records every request the gateway sends: tests check effects at Stripe, never in our own code.
 - A TCP proxy sits between the gateway and localstripe, so a test can take Stripe down and bring it back.
 
@@ -12,13 +13,11 @@ Worker subprocesses reach localstripe through that proxy only: what a test scrip
 The test's own hands on localstripe (`stripe_sdk`, for set-up and checks) bypass the fake and the proxy.
 """
 
-import itertools
 import json
 import re
 import sys
 import threading
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,9 +32,7 @@ import stripe
 
 from tests.support.processes import background_process
 from tests.support.proxy import TcpProxy, free_port
-
-STRIPE_KEY = "sk_test_jia"
-Answer = tuple[int, dict[str, str], str]
+from tests.support.stripe_standin import STRIPE_KEY, Answer, StripeStandIn
 
 
 @dataclass(frozen=True)
@@ -73,15 +70,15 @@ class StripeFake:
     Routes are written `"METHOD /path"`, as in `fail_next("POST /v1/checkout/sessions", 500, {...})`.
     """
 
-    def __init__(self, base: str, proxy: TcpProxy) -> None:
+    def __init__(self, base: str, proxy: TcpProxy, localstripe: str = "") -> None:
         self.base = base  # where the gateway (and a worker's STRIPE_API_BASE) points
         self.proxy = proxy  # `proxy.cut()`: Stripe is down; `proxy.restore()`: back
+        self.standin = StripeStandIn(localstripe or "http://{}:{}".format(*proxy.target))
         self.requests: list[StripeRequest] = []
         self.failures: list[_Failure] = []  # pending scripted failures, in order
         self.objects: dict[str, dict[str, Any]] = {}  # GET /v1/<kind>/<id> answered with these, by id
         self.events: list[dict[str, Any]] | None = None  # once a test adds one, the fake lists events
         self._hooks: list[tuple[str, Callable[[StripeRequest], None]]] = []
-        self._session_numbers = itertools.count(1)
         self._lock = threading.Lock()
 
     # --- what a test scripts and reads ----------------------------------------------------------------
@@ -141,9 +138,12 @@ class StripeFake:
         return answer is not None, "" if answer else "localstripe answers"
 
     def _respond(self, prepared: requests.PreparedRequest) -> Answer:
-        return prepared.fake_answer  # type: ignore[attr-defined, no-any-return]
+        answer = prepared.fake_answer  # type: ignore[attr-defined]
+        return answer() if callable(answer) else answer  # type: ignore[no-any-return]
 
-    def _answer(self, request: StripeRequest) -> Answer | None:
+    def _answer(self, request: StripeRequest) -> Answer | Callable[[], Answer | None] | None:
+        """The answer, or a function making it: the stand-in may itself call localstripe, which must happen in
+        `_respond` (responses holds its lock while matchers such as `_answers` run)."""
         with self._lock:
             failure = next((f for f in self.failures if _on_route(f.route, request)), None)
             if failure is not None and failure.after > 0:
@@ -151,28 +151,13 @@ class StripeFake:
             elif failure is not None:
                 self.failures.remove(failure)
                 return _json(failure.status, {"error": failure.error})
-        if _on_route("POST /v1/checkout/sessions", request):
-            return _json(200, self._checkout_session(request.params))
         if _on_route("GET /v1/events", request) and self.events is not None:
             return self._event_list(request.params)
         if request.method == "GET" and (object_id := request.path.rsplit("/", 1)[-1]) in self.objects:
             return _json(200, self.objects[object_id])
+        if self.standin.handles(request.method, request.path, request.params):
+            return lambda: self.standin.answer(request.method, request.path, request.params)
         return None
-
-    def _checkout_session(self, params: dict[str, str]) -> dict[str, Any]:
-        session_id = f"cs_test_{next(self._session_numbers):06d}{uuid.uuid4().hex[:8]}"
-        return {
-            "id": session_id,
-            "object": "checkout.session",
-            "url": f"https://checkout.stripe.com/c/pay/{session_id}",
-            "mode": params.get("mode"),
-            "status": "open",
-            "customer": params.get("customer"),
-            "client_reference_id": params.get("client_reference_id"),
-            "metadata": {"order_id": params.get("metadata[order_id]"), "user_id": params.get("metadata[user_id]")},
-            "success_url": params.get("success_url"),
-            "cancel_url": params.get("cancel_url"),
-        }
 
     def _event_list(self, params: dict[str, str]) -> Answer:
         """Stripe's list semantics: newest first, `limit`, `created[gte]`, and the two cursors."""
@@ -218,7 +203,7 @@ def localstripe() -> Iterator[str]:
 def stripe_fake(settings: Any, localstripe: str) -> Iterator[StripeFake]:
     """Stripe for this test: the gateway pointed at the fake, with test-sized retries and breaker."""
     with TcpProxy(int(localstripe.rsplit(":", 1)[1])) as proxy:
-        fake = StripeFake(f"http://127.0.0.1:{proxy.port}", proxy)
+        fake = StripeFake(f"http://127.0.0.1:{proxy.port}", proxy, localstripe)
         settings.STRIPE_API_KEY = STRIPE_KEY
         settings.STRIPE_API_BASE = fake.base
         settings.STRIPE_MAX_NETWORK_RETRIES = 1

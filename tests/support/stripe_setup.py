@@ -27,18 +27,23 @@ def customer_with_card(sdk: stripe.StripeClient, **params: Any) -> dict[str, Any
     return {**customer, "card": card}
 
 
-def subscription_for(sdk: stripe.StripeClient, customer_id: str, price: Price) -> str:
-    """A monthly subscription to `price` (as a legacy plan with the price's id); its id."""
+def price_in_stripe(sdk: stripe.StripeClient, price: Price) -> None:
+    """`price` in localstripe, as a legacy plan with the price's id (localstripe has no prices)."""
     product = sdk.v1.products.create(params={"name": price.plan.name})
     sdk.v1.plans.create(
         params={
             "id": price.stripe_price_id,
             "amount": price.unit_amount,
             "currency": price.currency,
-            "interval": "month",
+            "interval": "year" if price.interval == Price.Interval.YEAR else "month",
             "product": product.id,
         }
     )
+
+
+def subscription_for(sdk: stripe.StripeClient, customer_id: str, price: Price) -> str:
+    """A subscription to `price` (as a legacy plan with the price's id); its id."""
+    price_in_stripe(sdk, price)
     created = sdk.v1.subscriptions.create(params={"customer": customer_id, "items": [{"plan": price.stripe_price_id}]})
     return str(created.id)
 

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import connection
 
 from payments_project.celery import app
+from tasks.base import sends_flush
 from tests.support.processes import background_process
 
 
@@ -30,6 +31,7 @@ def worker_env() -> dict[str, str]:
 
 
 def purge(queues: list[str]) -> None:
+    sends_flush()  # what this process enqueued on commit is sent off-thread: purge it too, not after
     with app.connection_for_write() as conn:
         for name in queues:
             conn.default_channel.queue_declare(queue=name, durable=True, auto_delete=False)

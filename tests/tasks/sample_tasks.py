@@ -3,6 +3,7 @@
 import time
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.cache import cache
 
 from tasks.base import BaseTask
@@ -34,4 +35,18 @@ def slow(key: str, seconds: float) -> None:
     runs = cache.incr(f"{key}:runs")
     if runs == 1:
         time.sleep(seconds)
+    cache.incr(f"{key}:done") if not cache.add(f"{key}:done", 1) else None
+
+
+@shared_task(base=BaseTask, name="default.test_stubborn", queue=TaskQueue.DEFAULT)
+def stubborn(key: str) -> None:
+    """Like `slow`, but its first run ignores the soft time limit: only the hard limit ends it."""
+    cache.add(f"{key}:runs", 0)
+    if cache.incr(f"{key}:runs") == 1:
+        until = time.monotonic() + 60
+        while time.monotonic() < until:
+            try:
+                time.sleep(until - time.monotonic())
+            except SoftTimeLimitExceeded:
+                continue
     cache.incr(f"{key}:done") if not cache.add(f"{key}:done", 1) else None

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.cache import cache
 
 from tasks.errors import TransientError
@@ -39,3 +40,21 @@ if "test.effect" not in HANDLERS:
         if cache.add(f"slow-started:{obj['id']}", 1):
             time.sleep(60)
         return set()
+
+    @handles("test.stubborn")
+    def stubborn_effect(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+        """On its first run, deaf to its soft time limit (as code stuck outside Python is): only the hard
+        limit ends it."""
+        emit("test.effect", f"object:{obj['id']}", {})
+        if cache.add(f"stubborn-started:{obj['id']}", 1):
+            _outlive_soft_limit()
+        return set()
+
+
+def _outlive_soft_limit() -> None:
+    until = time.monotonic() + 60
+    while time.monotonic() < until:
+        try:
+            time.sleep(until - time.monotonic())
+        except SoftTimeLimitExceeded:
+            continue

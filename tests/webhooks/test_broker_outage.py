@@ -6,6 +6,7 @@ import uuid
 import pytest
 from django.utils import timezone
 
+from tests.support.auth import bearer
 from tests.support.broker import broker_url_through
 from tests.support.proxy import TcpProxy
 from tests.support.server import gunicorn
@@ -51,3 +52,52 @@ def test_an_event_accepted_while_rabbitmq_is_down_is_processed_by_the_sweeper_on
         assert webhook_events_sweep() == 1
         assert wait_until(lambda: WebhookEvent.objects.get(object_id=obj_id).status == WebhookEvent.Status.PROCESSED)
     assert effects(obj_id) == 1
+
+
+def get_entitlements(base: str, user_id: uuid.UUID) -> tuple[int, float]:
+    request = urllib.request.Request(f"{base}/api/v1/entitlements", headers={"Authorization": bearer(user_id)})  # noqa: S310
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own loopback server
+        return response.status, time.monotonic() - started
+
+
+def test_while_rabbitmq_hangs_deliveries_answer_within_a_second_reads_go_on_and_all_is_processed_after() -> None:
+    # RabbitMQ under its memory alarm blocks publishers: a hang, not a refusal. The proxy reproduces it for
+    # this test's web server only (the alarm itself is node-wide: it would block every other test run).
+    user_id = uuid.uuid4()
+    obj_ids = [f"obj_{uuid.uuid4().hex[:12]}" for _ in range(12)]  # three times the server's threads
+    with (
+        celery_worker(["webhooks"], include="tests.webhooks.handlers_for_tests"),
+        TcpProxy(5672) as rabbitmq,
+        gunicorn(threads=4, CELERY_BROKER_URL=broker_url_through(rabbitmq.port)) as base,
+    ):
+        status, _, _ = post_event(base, f"obj_{uuid.uuid4().hex[:12]}")  # the web process is connected
+        assert status == 200
+        try:
+            rabbitmq.stall()
+            timings = []
+            for obj_id in obj_ids:
+                status, body, seconds = post_event(base, obj_id)
+                assert (status, body) == (200, {"received": True, "duplicate": False})
+                timings.append(seconds)
+                status, seconds = get_entitlements(base, user_id)
+                assert status == 200
+                timings.append(seconds)
+            print(f"with RabbitMQ hung: slowest answer {max(timings):.3f}s of {len(timings)}")
+            assert max(timings) < 1.0
+        finally:
+            rabbitmq.resume()
+
+        # Everything accepted is processed: by the nudges still held, or by the sweeper for those given up.
+        WebhookEvent.objects.filter(object_id__in=obj_ids, status=WebhookEvent.Status.RECEIVED).update(
+            next_attempt_at=timezone.now()
+        )
+        webhook_events_sweep()
+        assert wait_until(
+            lambda: (
+                WebhookEvent.objects.filter(object_id__in=obj_ids, status=WebhookEvent.Status.PROCESSED).count()
+                == len(obj_ids)
+            ),
+            timeout=30,
+        )
+    assert [effects(obj_id) for obj_id in obj_ids] == [1] * len(obj_ids)

@@ -8,6 +8,7 @@ from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 
 from payments_project.celery import app
+from tasks.base import sends_flush
 from tests.support.races import race
 from tests.support.stripe_events import delivery, signed, stripe_event
 from tests.support.worker import purge
@@ -37,6 +38,7 @@ def webhooks_queue() -> Iterator[str]:
 
 
 def queued(queue: str) -> int:
+    sends_flush()  # the processing task is sent after commit, off the request's thread
     with app.connection_for_write() as conn:
         return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
 

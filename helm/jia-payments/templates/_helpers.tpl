@@ -107,6 +107,17 @@ CHECKOUT_RETURN_URL_ORIGINS: {{ join "," . | quote }}
 {{- end }}
 STRIPE_API_BASE: {{ $c.stripeApiBase | quote }}
 CELERY_TASK_TIME_LIMIT: {{ .Values.workers.taskTimeLimitSeconds | quote }}
+{{- with .Values.gdprExports }}
+GDPR_EXPORT_STORAGE: s3
+GDPR_EXPORT_BUCKET: {{ .bucket | quote }}
+{{- with .endpointUrl }}
+AWS_S3_ENDPOINT_URL: {{ . | quote }}
+{{- end }}
+{{- with .region }}
+AWS_S3_REGION_NAME: {{ . | quote }}
+{{- end }}
+GDPR_EXPORT_URL_TTL_SECONDS: {{ .urlTtlSeconds | quote }}
+{{- end }}
 {{- range $name, $value := $c.extraEnv }}
 {{ $name }}: {{ $value | toString | quote }}
 {{- end }}
@@ -259,6 +270,11 @@ value (the later source wins), as in the migration hook, where the inlined env w
 envFrom:
   - secretRef:
       name: {{ .Values.secrets.existingSecret }}
+  {{- with .Values.gdprExports.credentials.existingSecret }}
+  # AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY of the export bucket, when there is no workload identity.
+  - secretRef:
+      name: {{ . }}
+  {{- end }}
   - configMapRef:
       name: {{ include "jia-payments.fullname" . }}-config
 {{- end }}
@@ -320,6 +336,11 @@ included, unlike sprig's merge) replaces. Used to lay a worker group over worker
 envFrom:
   - secretRef:
       name: {{ .Values.secrets.existingSecret }}
+  {{- with .Values.gdprExports.credentials.existingSecret }}
+  # AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY of the export bucket, when there is no workload identity.
+  - secretRef:
+      name: {{ . }}
+  {{- end }}
 env:
   {{- range $name, $value := include "jia-payments.configData" . | fromYaml }}
   - name: {{ $name }}
