@@ -19,6 +19,7 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "gdpr-purge-exports": {"task": "gdpr.purge_exports", "schedule": 900.0},
     "gdpr-alert-overdue": {"task": "gdpr.alert_overdue", "schedule": crontab(minute=7)},
     "webhooks-purge-raw-payloads": {"task": "webhooks.purge_raw_payloads", "schedule": crontab(hour=4, minute=23)},
+    "webhooks-prune-inbox": {"task": "webhooks.prune_inbox", "schedule": crontab(hour=4, minute=41)},
 }
 
 

@@ -11,6 +11,18 @@ class TransientError(Exception):
     """Worth retrying: a network error, a timeout, a 5xx or a 429 from a dependency."""
 
 
+class NotYetKnown(TransientError):
+    """What a job needs (a provider event's customer, its payment) has not landed yet. Retried like any
+    transient error, and also as soon as the dependency lands (webhooks.services wakes the events waiting
+    on their customer), so an out-of-order burst heals in moments, not at the next sweep.
+
+    `customer_missing`: what is missing is the customer itself (not something of a known customer)."""
+
+    def __init__(self, message: str, *, customer_missing: bool = False) -> None:
+        super().__init__(message)
+        self.customer_missing = customer_missing
+
+
 class OutboxError(Exception):
     """emit() was used wrongly (outside a transaction, or with data that is not JSON)."""
 

@@ -85,6 +85,8 @@ class OutboxMessage(DurableJob):
         indexes = [
             models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="outbox_due_idx"),
             models.Index(fields=["subject", "id"], condition=Q(published_at__isnull=True), name="outbox_subject_idx"),
+            # The dead gauge (outbox.measure, every 30 s) counts these among a million published rows.
+            models.Index(fields=["created_at"], condition=Q(status="dead"), name="outbox_dead_idx"),
         ]
 
     def __str__(self) -> str:

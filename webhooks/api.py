@@ -29,7 +29,7 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
         check_rate_limit(request, "webhook_rejected")
         raise
     check_rate_limit(request, "webhook")  # generous: Stripe sends bursts
-    _, duplicate = webhook_event_receive(envelope=envelope, raw_body=request.body.decode("utf-8"))
+    duplicate = webhook_event_receive(envelope=envelope, raw_body=request.body.decode("utf-8"))
     return JsonResponse({"received": True, "duplicate": duplicate})
 
 

@@ -47,6 +47,9 @@ class WebhookEvent(DurableJob):
     processed_at = models.DateTimeField(null=True, blank=True)
     # W3C traceparent of the request (or gap-filling run) that stored it: its processing span links to it.
     traceparent = models.CharField(max_length=55, blank=True, default="")
+    # A failed event whose customer (or what hangs off it) has not landed yet: the provider's customer id it
+    # waits on. The next event of that customer to be applied wakes it (webhooks.services); "" otherwise.
+    waiting_on = models.CharField(max_length=255, blank=True, default="")
 
     class Meta:
         constraints = [
@@ -59,6 +62,13 @@ class WebhookEvent(DurableJob):
                 condition=Q(status__in=["received", "processing", "failed"]),
                 name="webhook_event_due_idx",
             ),
+            models.Index(
+                fields=["waiting_on"],
+                condition=Q(status="failed") & ~Q(waiting_on=""),
+                name="webhook_event_waiting_idx",
+            ),
+            # The dead gauge (webhooks.sweep, every 30 s) counts these among a million processed rows.
+            models.Index(fields=["received_at"], condition=Q(status="dead"), name="webhook_event_dead_idx"),
             models.Index(fields=["type", "status"], name="webhook_event_type_idx"),
             models.Index(fields=["received_at"], name="webhook_event_received_idx"),
         ]

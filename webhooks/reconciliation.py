@@ -148,7 +148,7 @@ def _page_store(
 ) -> None:
     for event in reversed(events):  # oldest first, as they happened
         raw = json.dumps(event)
-        _, duplicate = inbox_insert(envelope=stripe_event_parse(raw.encode()), raw_body=raw)
+        duplicate = inbox_insert(envelope=stripe_event_parse(raw.encode()), raw_body=raw)
         result.events_seen += 1
         result.events_new += not duplicate
     if newest is not None:

@@ -20,8 +20,8 @@ from gdpr.selectors import erased_user_ids
 from payments_project.json_body import json_loads
 from payments_project.tracing import current_traceparent, job_span
 from tasks.base import enqueue_on_commit
-from tasks.errors import is_transient
-from tasks.jobs import claim, outcome_fields, record_failure, sweep
+from tasks.errors import NotYetKnown, is_transient
+from tasks.jobs import claim_returning, outcome_fields, record_failure, sweep
 from webhooks import metrics
 from webhooks.errors import WebhookRejected
 from webhooks.handlers import HANDLERS, REFETCHERS
@@ -72,19 +72,20 @@ def _non_empty_str(value: Any) -> str:
     return value
 
 
-@transaction.atomic(durable=True)
-def webhook_event_receive(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEvent, bool]:
-    """Store a delivered event once and enqueue its processing on commit; see inbox_insert."""
+def webhook_event_receive(*, envelope: StripeEnvelope, raw_body: str) -> bool:
+    """Store a delivered event once and enqueue its processing once it is committed; returns whether it
+    was a duplicate. One autocommit statement (see inbox_insert): no BEGIN/COMMIT round trips around it.
+    In a caller's transaction (none in production: no ATOMIC_REQUESTS), it is part of that one."""
     return inbox_insert(envelope=envelope, raw_body=raw_body)
 
 
-def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEvent, bool]:
-    """Insert an event into the inbox unless it is there (unique on provider + event id), inside the
-    caller's transaction, and enqueue its processing on commit. Webhook deliveries and the
+def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> bool:
+    """Insert an event into the inbox unless it is there (unique on provider + event id), in the caller's
+    transaction if there is one, and enqueue its processing on commit. Webhook deliveries and the
     reconciliation's gap-filling both come in here, so an event is processed once whichever way it came.
 
-    Returns the stored row and whether it was already there. The insert is
-    `INSERT … ON CONFLICT DO NOTHING`: our row exists afterwards only if this insert won.
+    Returns whether it was already there. One statement, `INSERT … ON CONFLICT DO NOTHING RETURNING id`:
+    a row comes back only if this insert won.
     """
     now = timezone.now()
     ours_to_process = envelope.livemode == settings.STRIPE_LIVEMODE
@@ -112,13 +113,28 @@ def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> tuple[WebhookEve
         candidate.customer_id = ""
         candidate.status, candidate.last_error = Status.IGNORED, "about an erased data subject"
         ours_to_process = False
-    WebhookEvent.objects.bulk_create([candidate], ignore_conflicts=True)
-    stored = WebhookEvent.objects.get(provider=WebhookEvent.Provider.STRIPE, event_id=envelope.event_id)
-    duplicate = stored.id != candidate.id
+    duplicate = not _insert_unless_present(candidate)
     metrics.EVENTS_RECEIVED.labels(envelope.type, "duplicate" if duplicate else "new").inc()
     if not duplicate and ours_to_process:
-        _enqueue_processing(stored.id)
-    return stored, duplicate
+        _enqueue_processing(candidate.id)
+    return duplicate
+
+
+def _insert_unless_present(event: WebhookEvent) -> bool:
+    """`INSERT … ON CONFLICT (provider, event_id) DO NOTHING RETURNING id` (the ORM's
+    bulk_create(ignore_conflicts) cannot say whether it inserted, so it needs a SELECT after it).
+    Whether the row is ours."""
+    connection = transaction.get_connection()
+    fields = WebhookEvent._meta.local_concrete_fields
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    values = [field.get_db_prep_save(field.pre_save(event, add=True), connection) for field in fields]
+    table = connection.ops.quote_name(WebhookEvent._meta.db_table)
+    placeholders = ", ".join(["%s"] * len(fields))
+    # Identifiers come from the model; every value is a parameter.
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT (provider, event_id) DO NOTHING RETURNING id"  # noqa: S608, E501
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        return cursor.fetchone() is not None
 
 
 def _about_an_erased_subject(envelope: StripeEnvelope, raw_body: str) -> bool:
@@ -162,25 +178,51 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
     the status change commit together. A failing handler runs in a savepoint, so none of its writes
     survive, and the failure is recorded in the same transaction.
     """
-    if not claim(WebhookEvent.objects.filter(id=event_id), reclaim_running=True):
+    claimed = claim_returning(WebhookEvent.objects.filter(id=event_id), _PAYLOAD_FIELDS, reclaim_running=True)
+    if claimed is None:
         return None
-    payload, trace = _payload(event_id)  # before the transaction: it may have to ask Stripe
+    payload, trace = _payload(**claimed)  # before the transaction: it may have to ask Stripe
     with job_span("webhook.process", **trace) as span, transaction.atomic(durable=True):
         event = (
             WebhookEvent.objects.select_for_update(skip_locked=True)
             .filter(id=event_id, status=Status.PROCESSING)
+            .defer("raw_body")  # read with the claim
             .first()
         )
         if event is None:
             return None
         span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
-        _run_handler(event, payload)
-        event.save(update_fields=[*outcome_fields(WebhookEvent), "processed_at"])
+        customer_missing = _run_handler(event, payload)
+        event.save(update_fields=[*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
         span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
         status, event_type, received_at = event.status, event.type, event.received_at
         transaction.on_commit(lambda: _count(event_type, status, received_at))
+    # Committed. Whatever an applied event changed, or merely linked (a customer.created naming a user we
+    # know), its customer's waiting events may go now: one lookup in a partial index, mostly empty. An event
+    # that found its customer missing looks once more, now that its waiting is committed: either it sees
+    # the customer, or the event bringing it commits later and then finds it waiting. No wake-up is lost.
+    if event.customer_id and (
+        event.status == Status.PROCESSED
+        or (customer_missing and Customer.objects.filter(stripe_customer_id=event.customer_id).exists())
+    ):
+        _wake_waiting_on(event.customer_id)
     log.info("webhook_event_processed", event_id=event.event_id, type=event.type, status=event.status)
     return event.status
+
+
+def _wake_waiting_on(customer_id: str) -> None:
+    """Enqueue now the failed events waiting on `customer_id` (their customer, or what hangs off it, was not
+    there yet; an event of that customer has just been applied). Outside any transaction: it must see
+    what committed just before; two wakers enqueueing one event twice is harmless (the claim decides)."""
+    woken = list(WebhookEvent.objects.filter(status=Status.FAILED, waiting_on=customer_id).values_list("id", flat=True))
+    if not woken:
+        return
+    WebhookEvent.objects.filter(id__in=woken, status=Status.FAILED).update(
+        waiting_on="", next_attempt_at=timezone.now() + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS)
+    )
+    log.info("webhook_events_woken", customer_id=customer_id, count=len(woken))
+    for event_id in woken:
+        _enqueue_processing(event_id)
 
 
 Payload = tuple[Mapping[str, Any], datetime] | Exception
@@ -188,13 +230,16 @@ Payload = tuple[Mapping[str, Any], datetime] | Exception
 TRACE_CONTINUATION = timedelta(hours=1)
 
 
-def _payload(event_id: uuid.UUID) -> tuple[Payload, dict[str, Any]]:
+_PAYLOAD_FIELDS = ("type", "raw_body", "provider_created_at", "traceparent")
+
+
+def _payload(
+    *, type: str, raw_body: str, provider_created_at: datetime, traceparent: str
+) -> tuple[Payload, dict[str, Any]]:
     """The object to apply and its version time: the event's own, or — when the event cannot decide
     (see webhooks.handlers.REFETCHERS) — the object as Stripe has it now. Or the error fetching it.
     Also where its processing span belongs (_trace)."""
-    event_type, raw_body, created, traceparent = WebhookEvent.objects.values_list(
-        "type", "raw_body", "provider_created_at", "traceparent"
-    ).get(id=event_id)
+    event_type, created = type, provider_created_at
     obj = json.loads(raw_body)["data"]["object"]
     trace = _trace(obj, created, ingestion=traceparent)
     refetch = REFETCHERS.get(event_type)
@@ -217,16 +262,18 @@ def _trace(obj: Mapping[str, Any], created: datetime, *, ingestion: str) -> dict
     return {"links": [ingestion, checkout]}
 
 
-def _run_handler(event: WebhookEvent, payload: Payload) -> None:
-    """Run the event's handler in a savepoint and set the resulting status on `event` (not saved)."""
+def _run_handler(event: WebhookEvent, payload: Payload) -> bool:
+    """Run the event's handler in a savepoint and set the resulting status on `event` (not saved). Returns
+    whether it failed for want of its customer."""
     now = timezone.now()
     handler = HANDLERS.get(event.type)
+    event.waiting_on = ""
     if event.attempts > event.retry_policy.max_attempts:  # its claims used them up: workers died on it
         event.status, event.last_error = Status.DEAD, f"gave up after {event.attempts - 1} attempts; {event.last_error}"
-        return
+        return False
     if handler is None:
         event.status, event.last_error, event.processed_at = Status.IGNORED, "no handler for this type", now
-        return
+        return False
     try:
         if isinstance(payload, Exception):
             raise payload
@@ -237,12 +284,16 @@ def _run_handler(event: WebhookEvent, payload: Payload) -> None:
     except Exception as exc:
         # Transient: back off and retry. Bad data or a bug: dead at once, a person replays it once fixed.
         dead = record_failure(event, exc) is None
+        waits = isinstance(exc, NotYetKnown) and not dead
+        if waits:
+            event.waiting_on = event.customer_id  # woken when an event of its customer lands
         if is_transient(exc):
             log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
         else:
             log.exception("webhook_event_dead", event_id=event.event_id)
-    else:
-        event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
+        return waits and isinstance(exc, NotYetKnown) and exc.customer_missing
+    event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
+    return False
 
 
 def _count(event_type: str, status: str, received_at: datetime) -> None:
@@ -363,3 +414,31 @@ def webhook_payloads_purge(*, now: datetime | None = None, batch_size: int = 500
     if purged:
         log.info("webhook_payloads_purged", count=purged)
     return purged
+
+
+def webhook_events_prune(*, now: datetime | None = None, batch_size: int = 1000, max_batches: int = 1000) -> int:
+    """Delete processed and ignored events received more than WEBHOOK_INBOX_RETENTION_DAYS ago, in batches:
+    each batch is one autocommit `DELETE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`, so no
+    lock is held longer than one batch and a row a person is replaying is left for the next run. Events to
+    be processed, failed or dead stay whatever their age. Returns how many rows went.
+
+    A pruned event's id no longer deduplicates: the retention outlasts Stripe's redelivery (3 days) and its
+    event listing the gap-filling reads (30 days); the production guard refuses less than 31 days."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.WEBHOOK_INBOX_RETENTION_DAYS)
+    connection = transaction.get_connection()
+    table = connection.ops.quote_name(WebhookEvent._meta.db_table)
+    sql = (
+        f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE status IN (%s, %s) AND received_at < %s "  # noqa: S608
+        "ORDER BY received_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+    )
+    pruned = 0
+    for _ in range(max_batches):
+        with connection.cursor() as cursor:  # autocommit: each batch commits by itself
+            cursor.execute(sql, [Status.PROCESSED, Status.IGNORED, cutoff, batch_size])
+            deleted = cursor.rowcount
+        pruned += deleted
+        if deleted < batch_size:
+            break
+    if pruned:
+        log.info("webhook_events_pruned", count=pruned, cutoff=cutoff.isoformat())
+    return pruned

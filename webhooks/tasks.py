@@ -5,7 +5,12 @@ from celery import shared_task
 from tasks.base import BaseTask
 from tasks.queues import TaskQueue
 from webhooks.reconciliation import events_gap_fill, state_compare
-from webhooks.services import webhook_event_process, webhook_events_sweep, webhook_payloads_purge
+from webhooks.services import (
+    webhook_event_process,
+    webhook_events_prune,
+    webhook_events_sweep,
+    webhook_payloads_purge,
+)
 
 
 @shared_task(base=BaseTask, name="webhooks.process_event", queue=TaskQueue.WEBHOOKS)
@@ -37,3 +42,9 @@ def state_compare_task() -> int:
 def webhook_payloads_purge_task() -> int:
     """Daily: redact raw bodies past WEBHOOK_PAYLOAD_RETENTION_DAYS, and those of Stripe-deleted customers."""
     return webhook_payloads_purge()
+
+
+@shared_task(base=BaseTask, name="webhooks.prune_inbox", queue=TaskQueue.WEBHOOKS)
+def webhook_events_prune_task() -> int:
+    """Daily: delete processed and ignored inbox rows older than WEBHOOK_INBOX_RETENTION_DAYS, in batches."""
+    return webhook_events_prune()

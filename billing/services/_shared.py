@@ -21,13 +21,27 @@ VERSION = "stripe_updated_at"
 def update_fields(obj: models.Model, values: Mapping[str, Any]) -> list[str]:
     """Set the values that differ and save only those (never overwriting a concurrent change to another
     column); returns the names of the fields that changed."""
-    changed = [name for name, value in values.items() if getattr(obj, name) != value]
+    changed = [name for name, value in values.items() if _current(obj, name, value) != _comparable(value)]
+    for name, value in values.items():  # an unchanged related row we hold: no query to read it later
+        if isinstance(value, models.Model) and name not in changed:
+            setattr(obj, name, value)
     if changed:
         for name in changed:
             setattr(obj, name, values[name])
         obj.updated_at = timezone.now()  # type: ignore[attr-defined]
         obj.save(update_fields=[*changed, "updated_at"])
     return changed
+
+
+def _current(obj: models.Model, name: str, value: Any) -> Any:
+    """The field's value, compared without loading a related row: a foreign key by its id."""
+    if isinstance(value, models.Model):
+        return getattr(obj, f"{name}_id")
+    return getattr(obj, name)
+
+
+def _comparable(value: Any) -> Any:
+    return value.pk if isinstance(value, models.Model) else value
 
 
 def apply_stripe_version(obj: models.Model, values: Mapping[str, Any], *, event_created: datetime | None) -> list[str]:
@@ -54,6 +68,15 @@ def create_or_lock(model: type[M], lookup: Mapping[str, Any], defaults: Mapping[
             return model._default_manager.create(**lookup, **defaults), True
     except IntegrityError:
         return model._default_manager.select_for_update().get(**lookup), False
+
+
+def lock_or_create(model: type[M], lookup: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[M, bool]:
+    """create_or_lock for rows that mostly exist already (a Stripe object's later versions): lock it in one
+    statement, and only when it is missing pay for the savepoint and INSERT."""
+    existing = model._default_manager.select_for_update().filter(**lookup).first()
+    if existing is not None:
+        return existing, False
+    return create_or_lock(model, lookup, defaults)
 
 
 def customer_get_or_create(*, user_id: uuid.UUID, email: str = "") -> Customer:

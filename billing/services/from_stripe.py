@@ -23,13 +23,14 @@ from billing.services._shared import (
     audit_record,
     create_or_lock,
     customer_for_stripe,
+    lock_or_create,
     update_fields,
 )
 from billing.services.changes import scheduled_changes_apply
 from billing.services.refunds import payment_refresh_refunded, refund_apply_stripe, refund_succeeded
 from billing.services.subscriptions import subscription_event_data, subscription_event_type
 from gdpr import audit
-from tasks.errors import TransientError
+from tasks.errors import NotYetKnown
 from tasks.outbox import emit
 
 # --- customers -----------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, eve
     )
     if customer is None:
         # Its customer.created (with metadata.user_id) may simply not have been processed yet.
-        raise TransientError(f"subscription {stripe_subscription_id}'s customer is not known yet")
+        raise NotYetKnown(f"subscription {stripe_subscription_id}'s customer is not known yet", customer_missing=True)
     period_start, period_end = so.subscription_period(stripe_subscription)
     values: dict[str, Any] = {
         "customer": customer,
@@ -239,7 +240,7 @@ def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, eve
         "ended_at": so.timestamp(stripe_subscription.get("ended_at")),
         "trial_end": so.timestamp(stripe_subscription.get("trial_end")),
     }
-    subscription, created = create_or_lock(
+    subscription, created = lock_or_create(
         Subscription,
         {"stripe_subscription_id": stripe_subscription_id},
         {**values, "stripe_updated_at": event_created},
@@ -401,7 +402,7 @@ def payment_record_from_invoice(*, invoice: so.StripeObject, event_created: date
     if customer is None and subscription is not None:
         customer = subscription.customer
     if customer is None:
-        raise TransientError(f"invoice {invoice_id}'s customer is not known yet")
+        raise NotYetKnown(f"invoice {invoice_id}'s customer is not known yet", customer_missing=True)
     values: dict[str, Any] = {
         "amount": total,
         "currency": so.currency(invoice),
@@ -431,7 +432,7 @@ def payment_record_from_intent(*, payment_intent: so.StripeObject, event_created
     )
     if customer is None:
         if so.stripe_id(payment_intent.get("customer")):
-            raise TransientError(f"payment intent {payment_intent_id}'s customer is not known yet")
+            raise NotYetKnown(f"payment intent {payment_intent_id}'s customer is not known yet", customer_missing=True)
         raise StripeObjectInvalid(f"payment intent {payment_intent_id} names neither a customer nor a user")
     error = so.expanded(payment_intent.get("last_payment_error")) or {}
     failed = status == Payment.Status.FAILED
@@ -477,7 +478,7 @@ def refund_record_from_charge(*, charge: so.StripeObject, event_created: datetim
     charge_id = so.required_id(charge, "charge")
     payment = _payment_for_charge(charge_id, charge.get("payment_intent"))
     if payment is None:
-        raise TransientError(f"charge {charge_id}'s payment is not recorded yet")
+        raise NotYetKnown(f"charge {charge_id}'s payment is not recorded yet")
     changed = False
     if not payment.stripe_charge_id:
         update_fields(payment, {"stripe_charge_id": charge_id})
@@ -528,7 +529,7 @@ def dispute_record_from_stripe(*, dispute: so.StripeObject, event_created: datet
     dispute_id = so.required_id(dispute, "dispute")
     payment = _payment_for_charge(dispute.get("charge"), dispute.get("payment_intent"))
     if payment is None:
-        raise TransientError(f"dispute {dispute_id}'s payment is not recorded yet")
+        raise NotYetKnown(f"dispute {dispute_id}'s payment is not recorded yet")
     status = so.dispute_status(dispute)
     amount = so.amount(dispute, "amount")
     closed = status in Dispute.CLOSED

@@ -17,7 +17,7 @@ from billing import stripe_objects as so
 from billing.models import Invoice, Subscription
 from billing.services._shared import apply_stripe_version, create_or_lock, customer_for_stripe
 from billing.services.subscriptions import subscription_event_data
-from tasks.errors import TransientError
+from tasks.errors import NotYetKnown
 from tasks.outbox import emit
 
 # How far along its lifecycle an invoice is: draft → open → uncollectible → paid | void.
@@ -48,10 +48,10 @@ def invoice_upsert_from_stripe(
     if customer is None and subscription is not None:
         customer = subscription.customer
     if customer is None:
-        raise TransientError(f"invoice {stripe_invoice_id}'s customer is not known yet")
+        raise NotYetKnown(f"invoice {stripe_invoice_id}'s customer is not known yet", customer_missing=True)
     if subscription_id and subscription is None:
         # Its customer.subscription.created is on its way; link the invoice when it has arrived.
-        raise TransientError(f"invoice {stripe_invoice_id}'s subscription is not known yet")
+        raise NotYetKnown(f"invoice {stripe_invoice_id}'s subscription is not known yet")
     hosted_invoice_url = invoice.get("hosted_invoice_url")
     values: dict[str, Any] = {
         "customer": customer,

@@ -372,6 +372,8 @@ GDPR_OVERDUE_ALERT_DAYS = 25
 WEBHOOK_PAYLOAD_RETENTION_DAYS = env.int("WEBHOOK_PAYLOAD_RETENTION_DAYS", default=90)
 # Published outbox messages (they carry user ids) are deleted this long after publishing (beat's outbox.prune).
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
+# Processed and ignored inbox rows are deleted this long after they were received (beat, in batches).
+WEBHOOK_INBOX_RETENTION_DAYS = env.int("WEBHOOK_INBOX_RETENTION_DAYS", default=180)
 
 # --- Celery (read by payments_project/celery.py through the CELERY_ namespace) -----------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")

@@ -120,6 +120,11 @@ RULES: tuple[tuple[Rule, str], ...] = (
         lambda s: any(not str(o).startswith("https://") for o in s.get("CHECKOUT_RETURN_URL_ORIGINS") or ()),
         "CHECKOUT_RETURN_URL_ORIGINS must hold https:// origins only",
     ),
+    (
+        lambda s: int(s.get("WEBHOOK_INBOX_RETENTION_DAYS", 31)) < 31,
+        "WEBHOOK_INBOX_RETENTION_DAYS must be at least 31, not {WEBHOOK_INBOX_RETENTION_DAYS} (an event pruned "
+        "sooner could be redelivered or listed by the gap-filling, and processed again)",
+    ),
     (lambda s: not s.get("STRIPE_API_KEY"), "STRIPE_API_KEY is empty"),
     (lambda s: not any(s.get("STRIPE_WEBHOOK_SECRETS") or []), "STRIPE_WEBHOOK_SECRETS is empty"),
     (

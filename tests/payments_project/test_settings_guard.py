@@ -66,6 +66,7 @@ def test_it_accepts_secure_production_settings() -> None:
         ({"SERVICE_AUTH_MODE": "xfcc", "SPIFFE_TRUST_DOMAIN": "jia.example"}, "SPIFFE_TRUST_BUNDLE is empty"),
         ({"SERVICE_AUTH_MODE": "xfcc", "SPIFFE_TRUST_BUNDLE": "/etc/spiffe/b.crt"}, "SPIFFE_TRUST_DOMAIN is empty"),
         ({"TRUSTED_PROXY_COUNT": -1}, "TRUSTED_PROXY_COUNT must not be negative"),
+        ({"WEBHOOK_INBOX_RETENTION_DAYS": 7}, "WEBHOOK_INBOX_RETENTION_DAYS must be at least 31, not 7"),
         ({"GDPR_PSEUDONYM_KEY": ""}, "GDPR_PSEUDONYM_KEY is empty"),
         ({"GDPR_EXPORT_STORAGE": "local"}, "GDPR_EXPORT_STORAGE must be s3 (pods share no disk"),
         ({"GDPR_EXPORT_BUCKET": ""}, "GDPR_EXPORT_BUCKET is empty (required when GDPR_EXPORT_STORAGE=s3)"),

@@ -1,8 +1,10 @@
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 
+import kombu
 import pytest
 from django.conf import settings
 from django.db import transaction
@@ -170,3 +172,36 @@ def test_a_commit_nudges_a_real_worker_to_publish_without_waiting_for_beat(consu
 
     assert [m.properties["message_id"] for m in messages] == [str(message.id)]
     assert wait_until(lambda: OutboxMessage.objects.get(id=message.id).published_at is not None)
+
+
+def test_a_batch_marks_exactly_what_the_broker_confirmed_and_the_refused_rest_backs_off(
+    consumer: EventsConsumer,
+) -> None:
+    # Another service's queue that takes two messages and refuses the rest: RabbitMQ nacks those to us.
+    full = kombu.Queue(
+        f"test-full-{uuid.uuid4().hex}",
+        kombu.Exchange(settings.OUTBOX_EXCHANGE, type="topic", durable=True),
+        routing_key="#",
+        queue_arguments={"x-max-length": 2, "x-overflow": "reject-publish"},
+    )
+    with kombu.Connection(settings.CELERY_BROKER_URL) as connection:
+        bound = full(connection.default_channel)
+        bound.declare()
+        try:
+            with transaction.atomic():
+                emitted = [emit("payment.succeeded", f"payment:{n}", {"n": n}) for n in range(5)]
+
+            published = outbox_dispatch_pending()
+
+            rows = {m.id: m for m in OutboxMessage.objects.all()}
+            assert published == 2
+            assert [rows[m.id].status for m in emitted] == ["published"] * 2 + ["pending"] * 3
+            assert all(rows[m.id].attempts == 1 for m in emitted)
+            assert all("nack" in rows[m.id].last_error for m in emitted[2:])
+            assert all(rows[m.id].next_attempt_at > timezone.now() for m in emitted[2:])  # backing off
+            assert bound.queue_declare(passive=True).message_count == 2
+        finally:
+            bound.delete()
+    # Acked ones went out once; refused ones may reach other consumers and will go again (at least once).
+    consumer.drain(expect=5)
+    assert {str(m.id) for m in emitted[:2]} <= {body["id"] for body in consumer.bodies()}

@@ -217,3 +217,21 @@ def test_the_webhook_is_rate_limited_by_client_ip(client: Client, settings) -> N
     assert int(answers[2]["Retry-After"]) > 0
     assert other_ip.status_code == 200
     assert WebhookEvent.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_delivery_is_stored_in_one_statement(client: Client, webhooks_queue: str) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as new, CaptureQueriesContext(connection):
+        client.post(URL, **delivery(subscription_updated(id="evt_one_statement")))
+    with CaptureQueriesContext(connection) as again:
+        duplicate = client.post(URL, **delivery(subscription_updated(id="evt_one_statement")))
+
+    statements = [query["sql"].split()[0].upper() for query in new.captured_queries]
+    assert statements == ["INSERT"], new.captured_queries  # no SELECT after it
+    assert "ON CONFLICT" in new.captured_queries[0]["sql"] and "RETURNING" in new.captured_queries[0]["sql"]
+    assert len(again.captured_queries) == 1 and duplicate.json()["duplicate"] is True
+    assert WebhookEvent.objects.filter(event_id="evt_one_statement").count() == 1
+    assert queued(webhooks_queue) == 1

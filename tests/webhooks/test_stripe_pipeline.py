@@ -1,5 +1,6 @@
 """Stripe events through the whole pipeline: signed delivery → inbox → handler → billing services."""
 
+import re
 import time
 import uuid
 from typing import Any
@@ -168,3 +169,32 @@ def test_when_stripe_cannot_be_asked_the_undecidable_event_is_retried(client: Cl
     assert row.status == "failed"
     assert "StripeNotConfigured" in row.last_error
     assert Subscription.objects.get().status == "canceled"
+
+
+def test_an_update_of_a_known_subscription_spends_no_round_trip_it_can_avoid(client: Client) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    created = stripe_event(
+        "customer.subscription.created", subscription_object("incomplete"), created=int(time.time()) - 10
+    )
+    deliver_and_process(client, created)
+    assert (
+        client.post(
+            "/webhooks/stripe/", **delivery(stripe_event("customer.subscription.updated", subscription_object()))
+        ).status_code
+        == 200
+    )
+    row = WebhookEvent.objects.get(type="customer.subscription.updated")
+
+    with CaptureQueriesContext(connection) as queries:
+        assert webhook_event_process(event_id=row.id) == "processed"
+
+    statements = [query["sql"] for query in queries.captured_queries]
+    assert "RETURNING" in statements[0] and "raw_body" in statements[0]  # the claim reads the payload
+    assert not any('"raw_body"' in sql for sql in statements[1:])  # ... and nothing reads it again
+    assert not any("ROLLBACK TO SAVEPOINT" in sql for sql in statements)  # the row is locked, not re-inserted
+    lazy_load = re.compile(r'^SELECT .* FROM "billing_(plan|price|customer)" WHERE "billing_\1"."id" = \S+ LIMIT 21$')
+    lazy = [sql for sql in statements if lazy_load.match(sql)]
+    assert lazy == []  # related rows the service already holds are not read again
+    assert Subscription.objects.get().status == "active"
