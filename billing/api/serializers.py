@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from billing.models import Invoice, Order, Payment, Plan, Price, Subscription
@@ -111,10 +112,23 @@ class InvoiceOutput(serializers.ModelSerializer[Invoice]):
         return invoice.hosted_invoice_url or None
 
 
+# The contract's payment statuses: a succeeded payment shows its refunds (the row keeps `succeeded` and
+# `refunded_amount`, which the refund cap checks).
+PAYMENT_STATUSES = ["pending", "succeeded", "failed", "canceled", "refunded", "partially_refunded", "disputed"]
+
+
 class PaymentOutput(serializers.ModelSerializer[Payment]):
+    status = serializers.SerializerMethodField()
+
     class Meta:
         model = Payment
         fields = ["id", "amount", "currency", "status", "created_at", "refunded_amount"]
+
+    @extend_schema_field(serializers.ChoiceField(choices=PAYMENT_STATUSES))
+    def get_status(self, payment: Payment) -> str:
+        if payment.status == Payment.Status.SUCCEEDED and payment.refunded_amount > 0:
+            return "refunded" if payment.refunded_amount >= payment.amount else "partially_refunded"
+        return str(payment.status)
 
 
 class BillingPortalInput(StrictInput):

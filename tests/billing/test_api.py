@@ -114,6 +114,18 @@ def test_the_invoices_list_shows_only_the_callers_own_newest_first(api: Client) 
 
 
 @pytest.mark.django_db
+def test_a_payments_status_shows_its_refunds_as_the_contract_names_them(api: Client) -> None:
+    alice = CustomerFactory(user_id=ALICE)
+    PaymentFactory(customer=alice, amount=1000, refunded_amount=1000, created_at=datetime(2026, 3, 1, tzinfo=UTC))
+    PaymentFactory(customer=alice, amount=1000, refunded_amount=1, created_at=datetime(2026, 2, 1, tzinfo=UTC))
+    PaymentFactory(customer=alice, amount=1000, created_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+    response = api.get("/api/v1/payments", HTTP_AUTHORIZATION=bearer(ALICE))
+
+    assert [payment["status"] for payment in response.json()] == ["refunded", "partially_refunded", "succeeded"]
+
+
+@pytest.mark.django_db
 def test_the_payments_list_shows_only_the_callers_own_newest_first(api: Client) -> None:
     alice = CustomerFactory(user_id=ALICE)
     older = PaymentFactory(customer=alice, amount=499, created_at=datetime(2026, 1, 1, tzinfo=UTC))
@@ -130,7 +142,7 @@ def test_the_payments_list_shows_only_the_callers_own_newest_first(api: Client) 
             "id": str(newer.id),
             "amount": 1299,
             "currency": "eur",
-            "status": "succeeded",
+            "status": "partially_refunded",
             "created_at": "2026-02-01T00:00:00Z",
             "refunded_amount": 300,
         },
