@@ -31,6 +31,9 @@ def noop_task_rate(*, node: str, queue: str, tasks: int, timeout: float = 300) -
 
     key = f"bench:noop:{uuid.uuid4().hex}"
     app.control.cancel_consumer(queue, destination=[node], reply=True)
+    with app.connection_for_write() as conn:
+        if waiting := conn.default_channel.queue_declare(queue=queue, passive=True).message_count:
+            raise RuntimeError(f"{queue} already holds {waiting} messages: the no-op rate would include them")
     with app.producer_or_acquire() as producer:
         for _ in range(tasks):
             noop.apply_async(queue=queue, producer=producer)
