@@ -57,14 +57,20 @@ def claim_returning(
     sql, params = update.get_compiler(claimable.db).as_sql()
     connection = connections[claimable.db]
     meta = jobs.model._meta
-    columns = ", ".join(
-        connection.ops.quote_name(str(meta.pk.column if name == "pk" else meta.get_field(name).column))  # type: ignore[union-attr]
-        for name in fields
-    )
+    cols = [(meta.pk if name == "pk" else meta.get_field(name)).get_col(meta.db_table) for name in fields]  # type: ignore[union-attr]
+    columns = ", ".join(connection.ops.quote_name(str(col.target.column)) for col in cols)
     with connection.cursor() as cursor:
         cursor.execute(f"{sql} RETURNING {columns}", params)
         row = cursor.fetchone()
-    return None if row is None else dict(zip(fields, row, strict=True))
+    if row is None:
+        return None
+    # What the ORM would make of each value (SQLite hands back naive datetimes as text, for one).
+    values = []
+    for col, value in zip(cols, row, strict=True):
+        for convert in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+            value = convert(value, col, connection)
+        values.append(value)
+    return dict(zip(fields, values, strict=True))
 
 
 def record_failure(
