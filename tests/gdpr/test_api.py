@@ -17,6 +17,7 @@ from django.utils import timezone
 from gdpr.models import AuditEvent, DataSubjectRequest, RequestKind, RequestStatus
 from gdpr.registry import pseudonym_for
 from payments_project.celery import app
+from tasks.base import sends_flush
 from tests.gdpr.support import run_to_the_end
 from tests.support.auth import bearer
 from tests.support.worker import purge
@@ -46,6 +47,7 @@ def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
 
 def _queued(queue: str) -> list[tuple[str, list[Any]]]:
     """The task messages waiting on a queue of the real broker (taken off it)."""
+    sends_flush()  # tasks enqueued on commit are sent off the request's thread
     found = []
     with app.connection_for_write() as connection:
         channel = connection.default_channel
