@@ -32,31 +32,13 @@ def subscription_cancel(
         stripe_subscription_id=subscription.stripe_subscription_id,
         idempotency_key=f"subscription-cancel:{_row_version(subscription)}",
     )
-    return _subscription_record_cancel(
-        subscription_id=subscription.id, user_id=user_id, stripe_subscription=stripe_subscription, request=request
-    )
-
-
-@transaction.atomic(durable=True)
-def _subscription_record_cancel(
-    *, subscription_id: uuid.UUID, user_id: uuid.UUID, stripe_subscription: so.StripeObject, request: HttpRequest | None
-) -> Subscription:
-    subscription = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription_id)
-    # The webhook brings Stripe's full new state (with its event time); here only what we asked for.
-    if not bool(stripe_subscription.get("cancel_at_period_end", True)) or subscription.cancel_at_period_end:
-        return subscription
-    update_fields(subscription, {"cancel_at_period_end": True})
-    audit_record(
-        audit.AuditAction.SUBSCRIPTION_CANCEL_REQUESTED,
-        actor_type=audit.ActorType.USER,
-        actor_id=str(user_id),
-        target_type="subscription",
-        target_id=subscription.id,
-        metadata={"stripe_subscription_id": subscription.stripe_subscription_id},
+    return _subscription_record_cancel_at_period_end(
+        subscription_id=subscription.id,
+        user_id=user_id,
+        stripe_subscription=stripe_subscription,
         request=request,
+        cancel=True,
     )
-    emit("subscription.updated", f"subscription:{subscription.id}", subscription_event_data(subscription, user_id))
-    return subscription
 
 
 def subscription_get_owned(*, user_id: uuid.UUID, subscription_id: uuid.UUID) -> Subscription:
@@ -90,21 +72,33 @@ def subscription_resume(
         stripe_subscription_id=subscription.stripe_subscription_id,
         idempotency_key=f"subscription-resume:{_row_version(subscription)}",
     )
-    return _subscription_record_resume(
-        subscription_id=subscription.id, user_id=user_id, stripe_subscription=stripe_subscription, request=request
+    return _subscription_record_cancel_at_period_end(
+        subscription_id=subscription.id,
+        user_id=user_id,
+        stripe_subscription=stripe_subscription,
+        request=request,
+        cancel=False,
     )
 
 
 @transaction.atomic(durable=True)
-def _subscription_record_resume(
-    *, subscription_id: uuid.UUID, user_id: uuid.UUID, stripe_subscription: so.StripeObject, request: HttpRequest | None
+def _subscription_record_cancel_at_period_end(
+    *,
+    subscription_id: uuid.UUID,
+    user_id: uuid.UUID,
+    stripe_subscription: so.StripeObject,
+    request: HttpRequest | None,
+    cancel: bool,
 ) -> Subscription:
+    """Record what Stripe answered to the user's cancel (`cancel`) or resume (not `cancel`)."""
     subscription = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription_id)
-    if bool(stripe_subscription.get("cancel_at_period_end", False)) or not subscription.cancel_at_period_end:
+    # The webhook brings Stripe's full new state (with its event time); here only what we asked for.
+    stripe_says = bool(stripe_subscription.get("cancel_at_period_end", cancel))
+    if stripe_says != cancel or subscription.cancel_at_period_end == cancel:
         return subscription
-    update_fields(subscription, {"cancel_at_period_end": False})
+    update_fields(subscription, {"cancel_at_period_end": cancel})
     audit_record(
-        audit.AuditAction.SUBSCRIPTION_RESUME_REQUESTED,
+        audit.AuditAction.SUBSCRIPTION_CANCEL_REQUESTED if cancel else audit.AuditAction.SUBSCRIPTION_RESUME_REQUESTED,
         actor_type=audit.ActorType.USER,
         actor_id=str(user_id),
         target_type="subscription",
