@@ -1,6 +1,7 @@
 """Reads of the gdpr app: data-subject requests as their owner or compliance staff sees them."""
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 
 from django.db.models import QuerySet
@@ -30,18 +31,17 @@ def data_requests_overdue(*, created_before: datetime) -> QuerySet[DataSubjectRe
     )
 
 
-def erased_user_ids(user_ids: list[str]) -> set[str]:
-    """Which of these user ids belong to someone whose erasure completed (found by their pseudonym, which
-    stays on the request after the id was removed). Ids that are not UUIDs are nobody's."""
-    by_pseudonym = {}
+def completed_erasures(user_ids: Iterable[str]) -> QuerySet[DataSubjectRequest] | None:
+    """The completed erasures of any of these user ids (found by their pseudonym, which stays on the
+    request after the id was removed); None when none of them is a UUID (nobody's)."""
+    pseudonyms = []
     for user_id in user_ids:
         try:
-            by_pseudonym[pseudonym_for(user_id)] = user_id
+            pseudonyms.append(pseudonym_for(user_id))
         except ValueError:
             continue
-    if not by_pseudonym:
-        return set()
-    erased = DataSubjectRequest.objects.filter(
-        kind=RequestKind.ERASURE, status=RequestStatus.COMPLETED, subject__in=list(by_pseudonym)
-    ).values_list("subject", flat=True)
-    return {by_pseudonym[subject] for subject in erased}
+    if not pseudonyms:
+        return None
+    return DataSubjectRequest.objects.filter(
+        kind=RequestKind.ERASURE, status=RequestStatus.COMPLETED, subject__in=pseudonyms
+    )

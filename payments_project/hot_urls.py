@@ -6,4 +6,5 @@ from django.urls import include, path
 urlpatterns = [
     path("api/v1/", include("entitlements.api.urls")),
     path("internal/v1/", include("entitlements.api.internal_urls")),
+    path("webhooks/", include("webhooks.api")),
 ]

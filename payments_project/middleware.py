@@ -71,12 +71,17 @@ class ProblemJsonMiddleware:
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        # Plain Django views (the webhook endpoint) raise the same errors as DRF views.
-        if isinstance(exception, ApplicationError):
-            return application_error_response(request, exception)
-        if busy := database_busy(exception):
-            return application_error_response(request, busy)
-        return None
+        return exception_problem(request, exception)
+
+
+def exception_problem(request: HttpRequest, exception: Exception) -> HttpResponse | None:
+    """The problem+json answer to an error a plain Django view (the webhook endpoint) raised, as DRF views
+    answer it; None when it is not ours to answer (Django's handler makes it a 500)."""
+    if isinstance(exception, ApplicationError):
+        return application_error_response(request, exception)
+    if busy := database_busy(exception):
+        return application_error_response(request, busy)
+    return None
 
 
 class BodySizeLimitMiddleware:
@@ -105,18 +110,20 @@ class BodySizeLimitMiddleware:
 
 # Paths whose views need none of the middleware after HotPathMiddleware (sessions, CSRF, Django auth,
 # OTP, messages, frame options, django-prometheus' per-view metrics, django-axes, django-ratelimit's):
-# stateless JSON reads other services call on every request they serve (issue 18).
-HOT_PATH_PREFIXES = ("/api/v1/entitlements", "/internal/v1/entitlements/", "/internal/v1/users/")
+# stateless JSON reads other services call on every request they serve (issue 18), and Stripe's
+# webhook deliveries, authenticated by their signature alone (issue 17).
+HOT_PATH_PREFIXES = ("/api/v1/entitlements", "/internal/v1/entitlements/", "/internal/v1/users/", "/webhooks/")
 HOT_URLCONF = "payments_project.hot_urls"  # their routes only: resolving them skips every other pattern
 
 
 class HotPathMiddleware:
     """On HOT_PATH_PREFIXES, call the view straight away, skipping the middleware below this one.
 
-    Only what Django's handler would do for these views is done: resolve, call, render (DRF's
-    responses are template responses). A path that does not resolve goes down the whole stack as
-    usual (404s, APPEND_SLASH). Their requests are still timed (RequestDurationMiddleware), carry
-    a request id and answer problem+json (above this one), and get the security headers.
+    Only what Django's handler would do for these views is done: resolve, call (a plain view's errors
+    answered as ProblemJsonMiddleware.process_exception would), render (DRF's responses are template
+    responses). A path that does not resolve goes down the whole stack as usual (404s, APPEND_SLASH).
+    Their requests are still timed (RequestDurationMiddleware), carry a request id and answer
+    problem+json (above this one), and get the security headers.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -130,7 +137,12 @@ class HotPathMiddleware:
         except Resolver404:
             return self.get_response(request)
         request.resolver_match = match
-        response = match.func(request, *match.args, **match.kwargs)
+        try:
+            response = match.func(request, *match.args, **match.kwargs)
+        except Exception as exc:  # as Django's handler would: the middleware's process_exception (ours)
+            if (problem := exception_problem(request, exc)) is None:
+                raise
+            return problem
         if callable(getattr(response, "render", None)):
             response = response.render()
         return response

@@ -16,7 +16,7 @@ from django.utils import timezone
 from billing.models import Customer
 from entitlements.services import entitlements_refresh
 from gdpr import audit
-from gdpr.selectors import erased_user_ids
+from gdpr.selectors import completed_erasures
 from payments_project.json_body import json_loads
 from payments_project.tracing import current_traceparent, job_span
 from tasks.base import enqueue_on_commit
@@ -43,6 +43,8 @@ class StripeEnvelope:
     livemode: bool
     api_version: str
     created: datetime
+    object_kind: str = ""  # data.object.object: "subscription", "customer", ...
+    user_ids: tuple[str, ...] = ()  # metadata.user_id of the object and of its (expanded) customer
 
 
 def stripe_event_parse(raw_body: bytes) -> StripeEnvelope:
@@ -61,6 +63,8 @@ def stripe_event_parse(raw_body: bytes) -> StripeEnvelope:
             livemode=bool(event.get("livemode", False)),
             api_version=str(event.get("api_version") or ""),
             created=datetime.fromtimestamp(int(event["created"]), tz=UTC),
+            object_kind=str(obj.get("object") or ""),
+            user_ids=_metadata_user_ids(obj),
         )
     except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise WebhookRejected(f"The body is not a Stripe event: {exc}", reason="malformed") from exc
@@ -84,7 +88,7 @@ def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> bool:
     transaction if there is one, and enqueue its processing on commit. Webhook deliveries and the
     reconciliation's gap-filling both come in here, so an event is processed once whichever way it came.
 
-    Returns whether it was already there. One statement, `INSERT … ON CONFLICT DO NOTHING RETURNING id`:
+    Returns whether it was already there. One statement, `INSERT … ON CONFLICT DO NOTHING RETURNING status`:
     a row comes back only if this insert won.
     """
     now = timezone.now()
@@ -106,61 +110,85 @@ def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> bool:
         # The sweeper leaves a fresh event to the worker the commit nudges, for a grace period.
         next_attempt_at=now + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS),
     )
-    if _about_an_erased_subject(envelope, raw_body):
-        # Stripe still writes about a customer we erased (customer.deleted, customer.subscription.deleted
-        # after erasure deleted them): nothing left to apply, and its personal data is not kept.
-        candidate.raw_body = webhook_event_redacted_body(candidate, reason="erased_subject")
-        candidate.customer_id = ""
-        candidate.status, candidate.last_error = Status.IGNORED, "about an erased data subject"
-        ours_to_process = False
-    duplicate = not _insert_unless_present(candidate)
-    metrics.EVENTS_RECEIVED.labels(envelope.type, "duplicate" if duplicate else "new").inc()
-    if not duplicate and ours_to_process:
+    # Stripe still writes about a customer we erased (customer.deleted, customer.subscription.deleted after
+    # erasure deleted them): nothing left to apply, and its personal data is never stored (#14). Decided
+    # by the insert itself, so a new delivery stays one statement, one round trip.
+    erased = _erased_subject_condition(envelope)
+    instead = (
+        {
+            "raw_body": webhook_event_redacted_body(candidate, reason="erased_subject", kind=envelope.object_kind),
+            "customer_id": "",
+            "status": Status.IGNORED,
+            "last_error": "about an erased data subject",
+        }
+        if erased
+        else {}
+    )
+    status = _insert_unless_present(candidate, erased=erased, instead=instead)
+    metrics.EVENTS_RECEIVED.labels(envelope.type, "duplicate" if status is None else "new").inc()
+    if status == Status.RECEIVED:
         _enqueue_processing(candidate.id)
-    return duplicate
+    return status is None
 
 
-def _insert_unless_present(event: WebhookEvent) -> bool:
-    """`INSERT … ON CONFLICT (provider, event_id) DO NOTHING RETURNING id` (the ORM's
-    bulk_create(ignore_conflicts) cannot say whether it inserted, so it needs a SELECT after it).
-    Whether the row is ours."""
+def _insert_unless_present(
+    event: WebhookEvent, *, erased: tuple[str, list[Any]] | None, instead: Mapping[str, Any]
+) -> str | None:
+    """`INSERT … ON CONFLICT (provider, event_id) DO NOTHING RETURNING status` (the ORM's
+    bulk_create(ignore_conflicts) cannot say whether it inserted, so it needs a SELECT after it): the
+    status stored, or None when the row was there already. When the SQL condition `erased` holds, the
+    columns in `instead` get those values rather than the event's, in the same statement."""
     connection = transaction.get_connection()
     fields = WebhookEvent._meta.local_concrete_fields
     columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    values = [field.get_db_prep_save(field.pre_save(event, add=True), connection) for field in fields]
+    prefix, values = (f"WITH erased AS (SELECT ({erased[0]}) AS yes) ", list(erased[1])) if erased else ("", [])
+    placeholders = []
+    for field in fields:
+        value = field.get_db_prep_save(field.pre_save(event, add=True), connection)
+        if field.attname in instead:
+            placeholders.append("CASE WHEN (SELECT yes FROM erased) THEN %s ELSE %s END")
+            values += [field.get_db_prep_save(instead[field.attname], connection), value]
+        else:
+            placeholders.append("%s")
+            values.append(value)
     table = connection.ops.quote_name(WebhookEvent._meta.db_table)
-    placeholders = ", ".join(["%s"] * len(fields))
-    # Identifiers come from the model; every value is a parameter.
-    sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT (provider, event_id) DO NOTHING RETURNING id"  # noqa: S608, E501
+    # Identifiers come from the models; every value is a parameter.
+    sql = (
+        f"{prefix}INSERT INTO {table} ({columns}) VALUES ({', '.join(placeholders)}) "  # noqa: S608
+        "ON CONFLICT (provider, event_id) DO NOTHING RETURNING status"
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
-        return cursor.fetchone() is not None
+        row = cursor.fetchone()
+    return None if row is None else str(row[0])
 
 
-def _about_an_erased_subject(envelope: StripeEnvelope, raw_body: str) -> bool:
-    """An event about a customer an erasure pseudonymised, or naming (metadata.user_id) a user whose erasure
-    completed."""
-    if (
-        envelope.customer_id
-        and Customer.objects.filter(stripe_customer_id=envelope.customer_id, erased_at__isnull=False).exists()
-    ):
-        return True
-    user_ids = _metadata_user_ids(raw_body)
-    return bool(user_ids) and bool(erased_user_ids(user_ids))
+def _erased_subject_condition(envelope: StripeEnvelope) -> tuple[str, list[Any]] | None:
+    """SQL (and its parameters) true when the event is about a customer an erasure pseudonymised, or names
+    (metadata.user_id) a user whose erasure completed; None when it names no one."""
+    conditions, params = [], []
+    if envelope.customer_id:
+        quote, meta = transaction.get_connection().ops.quote_name, Customer._meta
+        conditions.append(
+            f"EXISTS (SELECT 1 FROM {quote(meta.db_table)} WHERE {quote(meta.get_field('stripe_customer_id').column)}"  # noqa: S608
+            f" = %s AND {quote(meta.get_field('erased_at').column)} IS NOT NULL)"
+        )
+        params.append(envelope.customer_id)
+    if (erasures := completed_erasures(envelope.user_ids)) is not None:  # rare: only our checkout's objects
+        sql, erasure_params = erasures.values("pk").query.sql_with_params()
+        conditions.append(f"EXISTS ({sql})")
+        params += erasure_params
+    return (" OR ".join(conditions), params) if conditions else None
 
 
-def _metadata_user_ids(raw_body: str) -> list[str]:
+def _metadata_user_ids(obj: Mapping[str, Any]) -> tuple[str, ...]:
     """metadata.user_id of the event's object and of its (expanded) customer."""
-    try:
-        obj = json_loads(raw_body)["data"]["object"]
-    except (ValueError, KeyError, TypeError):
-        return []
     found = []
-    for holder in (obj, obj.get("customer") if isinstance(obj, dict) else None):
+    for holder in (obj, obj.get("customer")):
         metadata = holder.get("metadata") if isinstance(holder, dict) else None
         if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
             found.append(metadata["user_id"])
-    return found
+    return tuple(found)
 
 
 def _enqueue_processing(event_id: uuid.UUID) -> None:
@@ -365,13 +393,15 @@ _REDACTED_PREFIX = '{"' + REDACTED_KEY + '"'
 _FINISHED = (Status.PROCESSED, Status.IGNORED)
 
 
-def webhook_event_redacted_body(event: WebhookEvent, *, reason: str) -> str:
+def webhook_event_redacted_body(event: WebhookEvent, *, reason: str, kind: str | None = None) -> str:
     """What is left of a raw body once its personal data must go: the envelope (id, type, time, mode,
-    and which object it was about). The row stays: its event id is what deduplicates deliveries."""
-    try:
-        kind = json.loads(event.raw_body)["data"]["object"].get("object", "")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        kind = ""
+    and which object it was about: `kind`, read from the body unless given). The row stays: its event id
+    is what deduplicates deliveries."""
+    if kind is None:
+        try:
+            kind = json.loads(event.raw_body)["data"]["object"].get("object", "")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            kind = ""
     return json.dumps(
         {
             REDACTED_KEY: reason,

@@ -6,6 +6,7 @@ import pytest
 from django.test import Client
 
 from tests.support.auth import bearer
+from tests.support.stripe_events import delivery, stripe_event
 
 pytestmark = pytest.mark.django_db
 
@@ -41,3 +42,22 @@ def test_hot_path_errors_are_still_problem_json(client: Client) -> None:
         assert response.status_code == status, response.content
         assert response["Content-Type"] == "application/problem+json"
         assert response.json()["status"] == status
+
+
+def test_a_webhook_delivery_skips_the_browser_middleware_and_its_errors_keep_their_problem_type(
+    client: Client,
+) -> None:
+    event = stripe_event("customer.created", {"id": "cus_hot", "object": "customer"})
+
+    stored = client.post("/webhooks/stripe/", **delivery(event))
+    unsigned = client.post("/webhooks/stripe/", data=b"{}", content_type="application/json")
+    not_json = client.post("/webhooks/stripe/", data=b"x", content_type="text/plain")
+
+    assert stored.status_code == 200, stored.content
+    assert "X-Frame-Options" not in stored  # XFrameOptionsMiddleware (and the rest below) never ran
+    assert stored["Server-Timing"].startswith("app;dur=")
+    # the view's own errors are answered as Django's handler would have (ProblemJsonMiddleware.process_exception)
+    for response, status, code in ((unsigned, 400, "webhook_rejected"), (not_json, 415, "unsupported_media_type")):
+        assert response.status_code == status, response.content
+        assert response["Content-Type"] == "application/problem+json"
+        assert response.json()["type"] == "urn:jia:payments:problem:" + code
