@@ -7,8 +7,9 @@ Every call goes through `_call`, which
   409 and 5xx, with backoff), with *our* idempotency key on every POST so a retry or a replay never
   makes a second object,
 - within a web request, holds one of the process's few permits (STRIPE_WEB_CONCURRENCY: a bulkhead; none
-  free, 503 at once) and ends by the request's deadline (STRIPE_REQUEST_BUDGET_SECONDS, every retry included:
-  503 `stripe_timeout`), so a slow Stripe holds only a few threads, for a few seconds,
+  free: a brief wait while Stripe answers fast, else 503 at once) and ends by the request's deadline
+  (STRIPE_REQUEST_BUDGET_SECONDS, every retry included: 503 `stripe_timeout`), so a slow Stripe holds only
+  a few threads, for a few seconds,
 - runs inside a circuit breaker whose state lives in Redis, so when Stripe is down every process
   answers 503 `stripe_unavailable` with Retry-After at once instead of waiting for timeouts,
 - maps Stripe's errors to ours (card declined, rate limited, unavailable, refused),
@@ -28,6 +29,7 @@ from typing import Any
 
 import pybreaker
 import redis
+import requests
 import stripe
 import structlog
 from django.conf import settings
@@ -161,23 +163,68 @@ class _DeadlineClient(stripe.RequestsClient):
         deadline = _call_deadline.get()
         if deadline is not None and time.monotonic() >= deadline:
             raise _DeadlinePassed("the request's Stripe budget ran out", should_retry=False)
+        if getattr(self._thread_local, "session", None) is None:  # stripe keeps one session per thread
+            self._thread_local.session = _session()
         return super().request(*args, **kwargs)
 
 
-_bulkheads: dict[int, threading.BoundedSemaphore] = {}
+def _session() -> requests.Session:
+    session = requests.Session()
+    # Otherwise requests reads the environment's proxy variables (and ~/.netrc) again on every call: a tenth
+    # of a checkout's CPU. The proxies are read once instead, when the client is made (_client's proxy=).
+    # Certificates are not affected: stripe passes its own CA bundle on every call.
+    session.trust_env = False
+    return session
+
+
+class _Bulkhead:
+    """The process's permits for concurrent Stripe calls from web requests (STRIPE_WEB_CONCURRENCY).
+
+    With none free, a request waits for one only while Stripe is answering fast: the last call to end took
+    less than STRIPE_WEB_PERMIT_WAIT_SECONDS and the calls holding the permits all began less than that
+    ago, so one is about to be free and turning the request away would be a needless 503. It waits at
+    most until the oldest of them is that old. Otherwise (Stripe slow or hung, or no call has ended yet)
+    it is turned away at once, as ever: a slow Stripe holds only the permits' threads.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._started: list[float] = []  # when each call holding a permit began (time.monotonic())
+        self._last_call: float | None = None  # how long the last call to give its permit back took
+        self._released = threading.Condition()
+
+    def acquire(self, *, wait: float) -> float | None:
+        """A permit (the time it was taken, to give back to release()), or None: none came free."""
+        with self._released:
+            while len(self._started) >= self._size:
+                left = min(self._started) + wait - time.monotonic()
+                if left <= 0 or self._last_call is None or self._last_call >= wait:
+                    return None
+                self._released.wait(left)
+            started = time.monotonic()
+            self._started.append(started)
+            return started
+
+    def release(self, started: float) -> None:
+        with self._released:
+            self._started.remove(started)
+            self._last_call = time.monotonic() - started
+            self._released.notify()
+
+
+_bulkheads: dict[int, _Bulkhead] = {}
 _bulkheads_lock = threading.Lock()
 
 
-def _bulkhead() -> threading.BoundedSemaphore:
-    """The process's permits for concurrent Stripe calls from web requests (STRIPE_WEB_CONCURRENCY)."""
+def _bulkhead() -> _Bulkhead:
     size = settings.STRIPE_WEB_CONCURRENCY
     with _bulkheads_lock:
-        return _bulkheads.setdefault(size, threading.BoundedSemaphore(size))
+        return _bulkheads.setdefault(size, _Bulkhead(size))
 
 
 @contextmanager
 def _budgeted(operation: str) -> Iterator[None]:
-    """Inside a web request: a permit of the bulkhead (none free: 503 at once) and the request's deadline
+    """Inside a web request: a permit of the bulkhead (none free soon: 503 at once) and the request's deadline
     on every attempt (passed: 503 stripe_timeout). Outside one (workers), the plain timeouts and retries."""
     deadline = stripe_deadline()
     if deadline is None:
@@ -187,7 +234,8 @@ def _budgeted(operation: str) -> Iterator[None]:
         STRIPE_CALLS.labels(operation, "deadline").inc()
         raise StripeTimedOut("This request ran out of time for Stripe; try again shortly", retry_after=5)
     bulkhead = _bulkhead()
-    if not bulkhead.acquire(blocking=False):
+    permit = bulkhead.acquire(wait=settings.STRIPE_WEB_PERMIT_WAIT_SECONDS)
+    if permit is None:
         STRIPE_CALLS.labels(operation, "bulkhead_full").inc()
         raise StripeUnavailable("Too many Stripe calls are in progress; try again shortly", retry_after=1)
     token = _call_deadline.set(deadline)
@@ -195,7 +243,7 @@ def _budgeted(operation: str) -> Iterator[None]:
         yield
     finally:
         _call_deadline.reset(token)
-        bulkhead.release()
+        bulkhead.release(permit)
 
 
 # --- the client ----------------------------------------------------------------------------------
@@ -223,7 +271,8 @@ def _client() -> stripe.StripeClient:
                 # requests-based, with (connect, read) timeouts: never wait 80 s, stripe's default.
                 # within a web request, cut to what is left of its budget (_DeadlineClient).
                 http_client=_DeadlineClient(
-                    timeout=(settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS)
+                    timeout=(settings.STRIPE_CONNECT_TIMEOUT_SECONDS, settings.STRIPE_READ_TIMEOUT_SECONDS),
+                    proxy=requests.utils.get_environ_proxies(settings.STRIPE_API_BASE) or None,  # type: ignore[arg-type]
                 ),
             )
             _clients[config] = client

@@ -176,7 +176,7 @@ def _order_call_stripe(*, order: Order, price: Price, email: str, request: HttpR
     except Exception:
         _order_record_failure(order_id=order.id, code="internal_error", message="Checkout failed", request=request)
         raise
-    return _order_record_session(order_id=order.id, session_id=session_id, url=url, request=request)
+    return _order_record_session(order=order, price=price, session_id=session_id, url=url, request=request)
 
 
 def orders_resolve_abandoned(*, limit: int = 100) -> int:
@@ -239,13 +239,25 @@ def _order_audit(
 
 
 @transaction.atomic(durable=True)
-def _order_record_session(*, order_id: uuid.UUID, session_id: str, url: str, request: HttpRequest | None) -> Order:
-    order = Order.objects.select_for_update().select_related("customer", "price__plan").get(pk=order_id)
+def _order_record_session(
+    *, order: Order, price: Price, session_id: str, url: str, request: HttpRequest | None
+) -> Order:
     values: dict[str, Any] = {"stripe_session_id": session_id, "checkout_url": url, "lease_until": None}
-    if order.status == Order.Status.PENDING:  # a fast webhook may already have completed it
-        values["status"] = Order.Status.OPEN
-    if "stripe_session_id" in update_fields(order, values):
-        plan = order.price.plan.code
+    now = timezone.now()
+    # The usual case in one statement (the UPDATE takes the row's lock): still pending, without a session.
+    if Order.objects.filter(pk=order.pk, status=Order.Status.PENDING, stripe_session_id__isnull=True).update(
+        **values, status=Order.Status.OPEN, updated_at=now
+    ):
+        for name, value in {**values, "status": Order.Status.OPEN, "updated_at": now}.items():
+            setattr(order, name, value)
+        recorded = True
+    else:  # a fast webhook, a replay or the sweep got there first: change only what differs
+        order = Order.objects.select_for_update().select_related("customer").get(pk=order.pk)
+        if order.status == Order.Status.PENDING:
+            values["status"] = Order.Status.OPEN
+        recorded = "stripe_session_id" in update_fields(order, values)
+    if recorded:
+        plan = price.plan.code
         _order_audit(
             order,
             audit.AuditAction.ORDER_CREATED,
