@@ -7,7 +7,9 @@ from http import HTTPStatus
 
 import structlog
 from django.conf import settings
+from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponse
+from django.middleware.security import SecurityMiddleware
 from django.urls import Resolver404, resolve
 from opentelemetry import trace
 
@@ -19,6 +21,7 @@ from payments_project.errors import (
     database_busy,
     problem_response,
 )
+from payments_project.request_timing import RequestDurationMiddleware
 
 # An incoming id is echoed only when it cannot smuggle anything into logs or headers.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
@@ -103,33 +106,45 @@ class BodySizeLimitMiddleware:
         return self.get_response(request)
 
 
-# Paths whose views need none of the middleware after HotPathMiddleware (sessions, CSRF, Django auth,
-# OTP, messages, frame options, django-prometheus' per-view metrics, django-axes, django-ratelimit's):
-# stateless JSON reads other services call on every request they serve (issue 18).
+# Paths whose views need none of the project's middleware but request ids, problem+json, the body size
+# limit, timing and security headers: stateless JSON reads other services call on every request they
+# serve (issue 18).
 HOT_PATH_PREFIXES = ("/api/v1/entitlements", "/internal/v1/entitlements/", "/internal/v1/users/")
 HOT_URLCONF = "payments_project.hot_urls"  # their routes only: resolving them skips every other pattern
 
 
 class HotPathMiddleware:
-    """On HOT_PATH_PREFIXES, call the view straight away, skipping the middleware below this one.
+    """First in MIDDLEWARE: on HOT_PATH_PREFIXES, call the view through only the middleware it needs.
 
-    Only what Django's handler would do for these views is done: resolve, call, render (DRF's
-    responses are template responses). A path that does not resolve goes down the whole stack as
-    usual (404s, APPEND_SLASH). Their requests are still timed (RequestDurationMiddleware), carry
-    a request id and answer problem+json (above this one), and get the security headers.
+    Those are the same classes MIDDLEWARE lists (request timing, request id, problem+json, body size
+    limit) and SecurityMiddleware's headers, chained once here; the rest (django-prometheus, WhiteNoise,
+    sessions, CSRF, Django auth, OTP, messages, frame options, axes, django-ratelimit) never runs, and
+    neither does Django's per-middleware exception wrapping. Only what Django's handler would do for
+    these views is done: resolve, call, render (DRF's responses are template responses). A path that
+    does not resolve goes down the whole stack as usual (404s, APPEND_SLASH).
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        self._security = SecurityMiddleware(get_response)  # its process_request/_response only
+        # An exception in the view becomes Django's 500 here, so it is still timed, id'd and problem+json.
+        view = convert_exception_to_response(self._view)
+        self._hot = RequestDurationMiddleware(RequestIdMiddleware(ProblemJsonMiddleware(BodySizeLimitMiddleware(view))))
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not request.path_info.startswith(HOT_PATH_PREFIXES):
             return self.get_response(request)
         try:
-            match = resolve(request.path_info, urlconf=HOT_URLCONF)
+            request.resolver_match = resolve(request.path_info, urlconf=HOT_URLCONF)
         except Resolver404:
             return self.get_response(request)
-        request.resolver_match = match
+        redirect = self._security.process_request(request)  # SECURE_SSL_REDIRECT
+        return self._security.process_response(request, redirect or self._hot(request))
+
+    @staticmethod
+    def _view(request: HttpRequest) -> HttpResponse:
+        match = request.resolver_match
+        assert match is not None  # noqa: S101 - set by __call__
         response = match.func(request, *match.args, **match.kwargs)
         if callable(getattr(response, "render", None)):
             response = response.render()

@@ -64,6 +64,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the entitlement checks go through only the few below it they need (issue 18).
+    "payments_project.middleware.HotPathMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -71,7 +73,6 @@ MIDDLEWARE = [
     "payments_project.middleware.RequestIdMiddleware",
     "payments_project.middleware.ProblemJsonMiddleware",
     "payments_project.middleware.BodySizeLimitMiddleware",  # 413 before any view: API_MAX_BODY_BYTES
-    "payments_project.middleware.HotPathMiddleware",  # the entitlement checks skip the rest (issue 18)
     "django_ratelimit.middleware.RatelimitMiddleware",  # django-ratelimit's own decorator -> 429 problem
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
