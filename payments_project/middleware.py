@@ -144,7 +144,7 @@ class HotPathMiddleware:
     @staticmethod
     def _view(request: HttpRequest) -> HttpResponse:
         match = request.resolver_match
-        assert match is not None  # noqa: S101 - set by __call__
+        assert match is not None  # set by __call__
         response = match.func(request, *match.args, **match.kwargs)
         if callable(getattr(response, "render", None)):
             response = response.render()
