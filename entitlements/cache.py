@@ -52,6 +52,7 @@ from prometheus_client import Counter
 
 from entitlements.resolution import Entitlements, GrantedFeature, Source
 from payments_project.cache_serializer import UnreadableCacheValue
+from payments_project.redis_cache import tracked_reads
 
 log = structlog.get_logger(__name__)
 
@@ -202,9 +203,14 @@ class _Store:
         set)."""
         token = _new_version()
         if isinstance(self.backend, RedisCache):
-            client = self.backend._cache.get_client(write=True)
             make_key = self.backend.make_key
             prefixes = [make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":")]
+            local = tracked_reads(self.backend, tuple(prefixes), settings.ENTITLEMENTS_LOCAL_CACHE_KEYS)
+            if counter is None:
+                (versions, entries), generation = local.lookup(lambda get: _remembered(get, make_key, user_ids))
+                if len(entries) == len(user_ids):
+                    return versions, entries, set()
+            client = self.backend._cache.get_client(write=True)
             counted = [make_key(counter.name), counter.ttl] if counter else ["", 0]
             reply = _script(client, _READ_LUA)(
                 keys=[], args=[token, VERSION_TTL_SECONDS, *prefixes, *counted, *map(str, user_ids)], client=client
@@ -223,6 +229,8 @@ class _Store:
                 versions[user_id] = int(version)
                 if entry is not None:
                     entries[user_id] = entry
+            if counter is None:
+                local.remember(_to_remember(make_key, versions, entries, fresh), generation)
             return versions, entries, fresh
         if counter is not None:
             self.backend.add(counter.name, 0, counter.ttl)
@@ -282,6 +290,42 @@ class _Store:
 
     def set_many(self, values: Mapping[str, Any], timeout: int) -> None:
         self.backend.set_many(dict(values), timeout)
+
+
+def _remembered(
+    get: Callable[[bytes], bytes | None], make_key: Callable[[str], str], user_ids: list[uuid.UUID]
+) -> tuple[dict[uuid.UUID, int], dict[uuid.UUID, Any]]:
+    """The versions and entries this process remembers (TrackedReads), read in the script's order:
+    the version first, then the entry under it."""
+    versions: dict[uuid.UUID, int] = {}
+    entries: dict[uuid.UUID, Any] = {}
+    for user_id in user_ids:
+        version = get(make_key(version_key(user_id)).encode())
+        if version is None:
+            break
+        versions[user_id] = int(version)
+        entry = get(make_key(entry_key(user_id, versions[user_id])).encode())
+        if entry is None:
+            break
+        entries[user_id] = entry
+    return versions, entries
+
+
+def _to_remember(
+    make_key: Callable[[str], str],
+    versions: dict[uuid.UUID, int],
+    entries: dict[uuid.UUID, Any],
+    fresh: set[uuid.UUID],
+) -> dict[bytes, bytes]:
+    """What the read script found, as Redis holds it (a version set by the script itself is not
+    remembered: its own push would take it back)."""
+    found = {}
+    for user_id, version in versions.items():
+        if user_id not in fresh:
+            found[make_key(version_key(user_id)).encode()] = str(version).encode()
+            if user_id in entries:
+                found[make_key(entry_key(user_id, version)).encode()] = entries[user_id]
+    return found
 
 
 # ARGV: a fresh version, its TTL, the version and entry key prefixes, a rate-limit counter's key ("":

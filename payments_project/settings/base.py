@@ -336,6 +336,9 @@ ENTITLEMENTS_BULK_MAX_IDS = 1000  # most user ids per POST /internal/v1/entitlem
 # After this many cache errors in a row a process answers from the database without trying Redis
 # for ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS (a blackholed Redis would otherwise cost every check
 # a socket timeout).
+# Cached versions and entries each web process keeps (two keys a user), answered without a round trip
+# and forgotten when Redis pushes their invalidation (entitlements.cache, redis_cache.TrackedReads).
+ENTITLEMENTS_LOCAL_CACHE_KEYS = 20_000
 ENTITLEMENTS_CACHE_BREAKER_FAIL_MAX = 3
 ENTITLEMENTS_CACHE_BREAKER_RESET_SECONDS = 10
 
