@@ -155,7 +155,7 @@ class _BatchedHits:
     A caller's hits are sent (INCRBY) once `batch` of them have gathered here, `batch` being 1/50 of the
     limit (1 for limits under 100: every hit reported, as `_hit` does). The answer is the shared count
     last seen plus the hits gathered since, so each process lets a caller past the limit by at most
-    `batch - 1` hits a window: with N processes, at most limit × (1 + N/50). An attacker is still limited
+    `batch - 1` hits a window: with N processes, at most limit * (1 + N/50). An attacker is still limited
     (and, once over, refused here without a round trip). Entries of ended windows are dropped every
     second, and all of them past MAX_KEYS (their unreported hits forgiven): bounded memory.
     """
