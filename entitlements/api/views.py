@@ -115,7 +115,6 @@ def entitlement_check(request: HttpRequest, feature_key: str) -> HttpResponse:
     # The bytes DRF's JSONRenderer wrote, and its headers: the same answer as EntitlementDetailApi's.
     body = f'{{"feature":"{feature_key}","entitled":{"true" if entitled else "false"}}}'  # a slug: no escaping
     response = HttpResponse(body, content_type="application/json")
-    response["Vary"] = "Accept"
     response["Allow"] = "GET, HEAD, OPTIONS"
     return response
 
