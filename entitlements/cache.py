@@ -71,6 +71,7 @@ VERSION_TTL_SECONDS = 7 * 24 * 3600
 LOOKUPS = Counter(
     "payments_entitlements_cache_lookups_total", "Users looked up in the entitlement cache, by outcome", ["outcome"]
 )
+_HITS, _MISSES = LOOKUPS.labels("hit"), LOOKUPS.labels("miss")  # labels() looks the child up under a lock
 UNAVAILABLE = Counter(
     "payments_entitlements_cache_unavailable_total",
     "Entitlement cache operations that failed or were skipped; reads were answered from the database",
@@ -481,7 +482,7 @@ def entitlements_get_many(*, user_ids: Collection[uuid.UUID], load: Loader) -> d
     except Exception:
         return load(user_ids=ids, now=now)
     missing = [user_id for user_id in ids if user_id not in found]
-    LOOKUPS.labels("hit").inc(len(found))
+    _HITS.inc(len(found))
     if missing:
         found.update(_load_and_cache(store, missing, versions, load, now))
     return found
@@ -501,7 +502,7 @@ def entitled_many(*, user_ids: Collection[str], feature: str, load: Loader) -> d
     except Exception:
         loaded = load(user_ids=[uuid.UUID(user_id) for user_id in ids], now=now)
         return {str(user_id): found.has(feature) for user_id, found in loaded.items()}
-    LOOKUPS.labels("hit").inc(len(answers))
+    _HITS.inc(len(answers))
     if len(answers) < len(ids):
         missing = {uuid.UUID(user_id): user_id for user_id in ids if user_id not in answers}
         known = {user: versions[text] for user, text in missing.items() if text in versions}
@@ -514,7 +515,7 @@ def _load_and_cache(
     store: _Store, missing: list[uuid.UUID], versions: Mapping[uuid.UUID, int], load: Loader, now: datetime
 ) -> dict[uuid.UUID, Entitlements]:
     """The missing users from `load`, each then cached under the version read before the load."""
-    LOOKUPS.labels("miss").inc(len(missing))
+    _MISSES.inc(len(missing))
     loaded = load(user_ids=missing, now=now)
     entries = {}
     for user_id in missing:

@@ -13,6 +13,7 @@
 - Over the limit: 429 problem+json with Retry-After (errors.RateLimited).
 """
 
+import functools
 import ipaddress
 import threading
 import time
@@ -106,6 +107,7 @@ def _key_kind(group: str, by: KeyKind) -> KeyKind:
 _PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+@functools.cache  # a handful of distinct rates; the hot entitlement check parses one per request
 def _split_rate(rate: str) -> tuple[int, int]:
     """ "100/5m" -> (100, 300): settings/parsing.py has checked the shape."""
     count, period = rate.split("/")

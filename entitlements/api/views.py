@@ -92,6 +92,7 @@ class EntitlementDetailApi(APIView):
 
 
 _check_drf = EntitlementDetailApi.as_view()
+_JWT = JWTAuthentication()  # holds no state of its own (the keys and verified tokens are the backend's)
 _JSON_ACCEPTS = frozenset({"", "*/*", "application/json"})  # what DRF's negotiation answers with JSON
 
 
@@ -114,7 +115,7 @@ def entitlement_check(request: HttpRequest, feature_key: str) -> HttpResponse:
         return application_error_response(request, error)
     # The bytes DRF's JSONRenderer wrote, and its headers: the same answer as EntitlementDetailApi's.
     body = f'{{"feature":"{feature_key}","entitled":{"true" if entitled else "false"}}}'  # a slug: no escaping
-    response = HttpResponse(body, content_type="application/json")
+    response = HttpResponse(body.encode(), content_type="application/json")  # bytes: no charset lookups
     response["Allow"] = "GET, HEAD, OPTIONS"
     return response
 
@@ -122,7 +123,7 @@ def entitlement_check(request: HttpRequest, feature_key: str) -> HttpResponse:
 def _bearer_principal(request: HttpRequest) -> Principal | None:
     """The caller when the request carries a valid Bearer token, else None (EntitlementDetailApi says why)."""
     try:
-        found = JWTAuthentication().authenticate(request)  # type: ignore[arg-type]
+        found = _JWT.authenticate(request)  # type: ignore[arg-type]
     except APIException:
         return None
     return None if found is None else cast(Principal, found[0])
