@@ -60,7 +60,8 @@ class TrackedReads:
     from Redis is remembered only if no push was applied since before that read (`generation`), and only
     while the tracking connection is up. If the connection fails, is closed, or stops answering its PING
     within HEALTH_SECONDS (pushes may have been lost), everything is forgotten and lookups miss until a
-    new connection tracks again (tried at most once per RECONNECT_SECONDS).
+    new connection tracks again (tried at most once per RECONNECT_SECONDS); so is it when no PONG came
+    in the last 2 x HEALTH_SECONDS (an idle process: a silently dead connection would not say so).
     """
 
     HEALTH_SECONDS = 1.0
@@ -76,7 +77,7 @@ class TrackedReads:
         self._connection: Any = None
         self._pid = 0
         self._retry_at = 0.0
-        self._ping_at = 0.0  # when to send the next PING
+        self._pong_at = 0.0  # when the connection last proved alive (connected, or a PONG read)
         self._pinged = 0.0  # when the PING in flight was sent (0: none)
 
     def lookup(self, keys: Callable[[Callable[[bytes], bytes | None]], T]) -> tuple[T, int]:
@@ -108,15 +109,20 @@ class TrackedReads:
         try:
             while self._connection.can_read(timeout=0):
                 if self._connection.read_response(push_request=True) == b"PONG":
-                    self._pinged = 0.0
+                    self._pinged, self._pong_at = 0.0, now
             if self._pinged and now - self._pinged > self.HEALTH_SECONDS:
                 raise ConnectionError("no PONG in time")
-            if not self._pinged and now >= self._ping_at:
+            if not self._pinged and now - self._pong_at >= self.HEALTH_SECONDS:
                 self._connection.send_command("PING")
-                self._pinged, self._ping_at = now, now + self.HEALTH_SECONDS
+                self._pinged = now
         except (RedisError, OSError) as exc:
             log.warning("redis_tracking_lost", error=repr(exc))
             self._disconnect()
+            return
+        if now - self._pong_at > 2 * self.HEALTH_SECONDS:
+            # Nothing proved the connection alive lately (an idle process): pushes may have been lost
+            # without the socket saying so; what was remembered is not trusted.
+            self._forget()
 
     def _connect(self) -> None:
         connection = self._pool.connection_class(**{**self._pool.connection_kwargs, "protocol": 3})
@@ -130,7 +136,7 @@ class TrackedReads:
             log.warning("redis_tracking_unavailable", error=repr(exc))
             connection.disconnect()
             return
-        self._connection, self._pinged, self._ping_at = connection, 0.0, time.monotonic() + self.HEALTH_SECONDS
+        self._connection, self._pinged, self._pong_at = connection, 0.0, time.monotonic()
         self._forget()
 
     def _invalidate(self, push: list[Any]) -> None:
