@@ -127,9 +127,12 @@ class HotPathMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
         self._security = SecurityMiddleware(get_response)  # its process_request/_response only
-        # An exception in the view becomes Django's 500 here, so it is still timed, id'd and problem+json.
+        # An exception in the view goes to ProblemJsonMiddleware.process_exception, as Django's handler
+        # would send it (ApplicationError -> its problem); any other becomes Django's 500 here, so it is
+        # still timed, id'd and problem+json.
         view = convert_exception_to_response(self._view)
-        self._hot = RequestDurationMiddleware(RequestIdMiddleware(ProblemJsonMiddleware(BodySizeLimitMiddleware(view))))
+        self._problems = ProblemJsonMiddleware(BodySizeLimitMiddleware(view))
+        self._hot = RequestDurationMiddleware(RequestIdMiddleware(self._problems))
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not request.path_info.startswith(HOT_PATH_PREFIXES):
@@ -141,11 +144,16 @@ class HotPathMiddleware:
         redirect = self._security.process_request(request)  # SECURE_SSL_REDIRECT
         return self._security.process_response(request, redirect or self._hot(request))
 
-    @staticmethod
-    def _view(request: HttpRequest) -> HttpResponse:
+    def _view(self, request: HttpRequest) -> HttpResponse:
         match = request.resolver_match
         assert match is not None  # set by __call__
-        response = match.func(request, *match.args, **match.kwargs)
+        try:
+            response = match.func(request, *match.args, **match.kwargs)
+        except Exception as exc:
+            problem = self._problems.process_exception(request, exc)
+            if problem is None:
+                raise
+            return problem
         if callable(getattr(response, "render", None)):
             response = response.render()
         return response
