@@ -18,11 +18,20 @@ Why this never serves a stale answer, grant or denial
 - After a bump fails (Redis unreachable at commit), a Celery task retries it; the TTL is the last
   backstop.
 
-Round trips, whatever the number of users: one script (EVALSHA) reading every version and the entry
-under it, and setting a version where there is none; one pipeline writing the missed entries. The
+Round trips, whatever the number of users: none when this process remembers every version and the
+entry under it (below); else one script (EVALSHA) reading every version and the entry under it, and
+setting a version where there is none; one pipeline writing the missed entries. The
 database is asked once, for all misses together (two queries). The bulk check (`entitled_many`) runs
 another script that answers yes/no inside Redis from the entry's text, so only misses cost Python
 work per user.
+
+Kept in process memory (issue 18): the versions and entries the read script returned are remembered
+by payments_project.redis_cache.TrackedReads, which Redis tells of every change to a key under our
+prefixes (a bump, an entry written, expired or evicted, a flush) and which applies what it was told
+before every lookup. So a remembered answer is never staler than the delivery of Redis's push: a
+bump acknowledged to the process that made it has been pushed to ours too, and our next check reads
+it (over a network, one network delay later). The version is still read first, then the entry under
+it; a lost or silent connection to Redis forgets everything remembered.
 
 Any cache failure answers from the database, is logged and counted
 (`payments_entitlements_cache_unavailable_total`); it never fails the request. After a few failures
@@ -36,7 +45,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -52,6 +60,7 @@ from prometheus_client import Counter
 
 from entitlements.resolution import Entitlements, GrantedFeature, Source
 from payments_project.cache_serializer import UnreadableCacheValue
+from payments_project.redis_cache import tracked_reads
 
 log = structlog.get_logger(__name__)
 
@@ -62,20 +71,12 @@ VERSION_TTL_SECONDS = 7 * 24 * 3600
 LOOKUPS = Counter(
     "payments_entitlements_cache_lookups_total", "Users looked up in the entitlement cache, by outcome", ["outcome"]
 )
+_HITS, _MISSES = LOOKUPS.labels("hit"), LOOKUPS.labels("miss")  # labels() looks the child up under a lock
 UNAVAILABLE = Counter(
     "payments_entitlements_cache_unavailable_total",
     "Entitlement cache operations that failed or were skipped; reads were answered from the database",
     ["operation", "reason"],
 )
-
-
-@dataclass
-class HitCounter:
-    """A rate limit's counter to INCR in the same round trip as a read; `count` is its value after."""
-
-    name: str  # its cache key, before the cache's own prefix
-    ttl: int
-    count: int | None = None
 
 
 class Loader(Protocol):
@@ -193,24 +194,23 @@ class _Store:
             return {key for key, done in zip(values, pipeline.execute(), strict=True) if done}
         return {key for key, value in values.items() if self.backend.add(key, value, timeout)}
 
-    def read(
-        self, user_ids: list[uuid.UUID], counter: HitCounter | None = None
-    ) -> tuple[dict[uuid.UUID, int], dict[uuid.UUID, Any], set[uuid.UUID]]:
+    def read(self, user_ids: list[uuid.UUID]) -> tuple[dict[uuid.UUID, int], dict[uuid.UUID, Any], set[uuid.UUID]]:
         """Each user's version and entry under it, a fresh version SET for users without one, in one
         round trip with Redis (`_READ_LUA`, atomic), which also counts a rate limit's hit when given
         one (`counter.count` is set). Returns (versions, entries found, users whose version this call
         set)."""
         token = _new_version()
         if isinstance(self.backend, RedisCache):
-            client = self.backend._cache.get_client(write=True)
             make_key = self.backend.make_key
             prefixes = [make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":")]
-            counted = [make_key(counter.name), counter.ttl] if counter else ["", 0]
+            local = tracked_reads(self.backend, tuple(prefixes), settings.ENTITLEMENTS_LOCAL_CACHE_KEYS)
+            (versions, entries), generation = local.lookup(lambda get: _remembered(get, make_key, user_ids))
+            if len(entries) == len(user_ids):
+                return versions, entries, set()
+            client = self.backend._cache.get_client(write=True)
             reply = _script(client, _READ_LUA)(
-                keys=[], args=[token, VERSION_TTL_SECONDS, *prefixes, *counted, *map(str, user_ids)], client=client
+                keys=[], args=[token, VERSION_TTL_SECONDS, *prefixes, *map(str, user_ids)], client=client
             )
-            if counter is not None:
-                counter.count = int(reply[-1])
             versions, entries, fresh = {}, {}, set()
             for n, user_id in enumerate(user_ids):
                 version, entry = reply[2 * n], reply[2 * n + 1]
@@ -223,10 +223,8 @@ class _Store:
                 versions[user_id] = int(version)
                 if entry is not None:
                     entries[user_id] = entry
+            local.remember(_to_remember(make_key, versions, entries, fresh), generation)
             return versions, entries, fresh
-        if counter is not None:
-            self.backend.add(counter.name, 0, counter.ttl)
-            counter.count = int(self.backend.incr(counter.name))
         found = self.backend.get_many([version_key(user_id) for user_id in user_ids])
         versions = {u: found[version_key(u)] for u in user_ids if isinstance(found.get(version_key(u)), int)}
         unversioned = {version_key(u): u for u in user_ids if u not in versions}
@@ -284,34 +282,64 @@ class _Store:
         self.backend.set_many(dict(values), timeout)
 
 
-# ARGV: a fresh version, its TTL, the version and entry key prefixes, a rate-limit counter's key ("":
-# none) and TTL, then the user ids. For each user in turn, returns its version and the entry under it
-# (nil entry: none; nil version: ARGV[1] was set), then the counter's value after INCR (nil: none).
+def _remembered(
+    get: Callable[[bytes], bytes | None], make_key: Callable[[str], str], user_ids: list[uuid.UUID]
+) -> tuple[dict[uuid.UUID, int], dict[uuid.UUID, Any]]:
+    """The versions and entries this process remembers (TrackedReads), read in the script's order:
+    the version first, then the entry under it."""
+    versions: dict[uuid.UUID, int] = {}
+    entries: dict[uuid.UUID, Any] = {}
+    for user_id in user_ids:
+        version = get(make_key(version_key(user_id)).encode())
+        if version is None:
+            break
+        versions[user_id] = int(version)
+        entry = get(make_key(entry_key(user_id, versions[user_id])).encode())
+        if entry is None:
+            break
+        entries[user_id] = entry
+    return versions, entries
+
+
+def _to_remember(
+    make_key: Callable[[str], str],
+    versions: dict[uuid.UUID, int],
+    entries: dict[uuid.UUID, Any],
+    fresh: set[uuid.UUID],
+) -> dict[bytes, bytes]:
+    """What the read script found, as Redis holds it (a version set by the script itself is not
+    remembered: its own push would take it back)."""
+    found = {}
+    for user_id, version in versions.items():
+        if user_id not in fresh:
+            found[make_key(version_key(user_id)).encode()] = str(version).encode()
+            if user_id in entries:
+                found[make_key(entry_key(user_id, version)).encode()] = entries[user_id]
+    return found
+
+
+# ARGV: a fresh version, its TTL, the version and entry key prefixes, then the user ids. For each user
+# in turn, returns its version and the entry under it (nil entry: none; nil version: ARGV[1] was set).
 # It builds its keys itself (none in KEYS): fine on one Redis (ours), not on Redis Cluster.
 _READ_LUA = """
 local out = {}
 local token, ttl, ver, val = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-for i = 7, #ARGV do
+for i = 5, #ARGV do
   local user = ARGV[i]
   local key = ver .. user
   local version = redis.call('GET', key)
   if version then
-    out[2 * i - 13] = version
-    out[2 * i - 12] = redis.call('GET', val .. user .. ':' .. version)
+    out[2 * i - 9] = version
+    out[2 * i - 8] = redis.call('GET', val .. user .. ':' .. version)
   else
     redis.call('SET', key, token, 'EX', ttl)
-    out[2 * i - 13] = false
-    out[2 * i - 12] = false
+    out[2 * i - 9] = false
+    out[2 * i - 8] = false
   end
-end
-out[2 * (#ARGV - 6) + 1] = false
-if ARGV[5] ~= '' then
-  out[2 * (#ARGV - 6) + 1] = redis.call('INCR', ARGV[5])
-  redis.call('EXPIRE', ARGV[5], ARGV[6])
 end
 return out
 """
-# The bulk check: ARGV as _READ_LUA's, then now (epoch microseconds) and ";<feature>:" before the user
+# The bulk check: ARGV as _READ_LUA's, but now (epoch microseconds) and ";<feature>:" before the user
 # ids. For each user: 1 or 0 when a live entry answers; else its version (nil: ARGV[1] was set).
 _CHECK_LUA = """
 local token, ttl, ver, val = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -426,10 +454,10 @@ def _guarded(operation: str, func: Callable[[], Any]) -> Any:
 
 
 def _read(
-    store: _Store, user_ids: list[uuid.UUID], now: datetime, counter: HitCounter | None = None
+    store: _Store, user_ids: list[uuid.UUID], now: datetime
 ) -> tuple[dict[uuid.UUID, Entitlements], dict[uuid.UUID, int]]:
     """The cached entitlements found, and the version under which each missing user may be cached."""
-    versions, entries, _ = store.read(user_ids, counter)
+    versions, entries, _ = store.read(user_ids)
     found: dict[uuid.UUID, Entitlements] = {}
     for user_id, entry in entries.items():
         try:
@@ -441,23 +469,20 @@ def _read(
     return found, versions
 
 
-def entitlements_get_many(
-    *, user_ids: Collection[uuid.UUID], load: Loader, counter: HitCounter | None = None
-) -> dict[uuid.UUID, Entitlements]:
+def entitlements_get_many(*, user_ids: Collection[uuid.UUID], load: Loader) -> dict[uuid.UUID, Entitlements]:
     """Every user's entitlements: from the cache where it has them, the rest from `load` in one go
-    (then cached). A cache failure or outage answers everything from `load` (and leaves `counter`
-    uncounted). `counter`, when given, is counted in the same round trip as the read."""
+    (then cached). A cache failure or outage answers everything from `load`."""
     ids = list(dict.fromkeys(user_ids))
     if not ids:
         return {}
     now = timezone.now()
     store = _store()
     try:
-        found, versions = _guarded("read", lambda: _read(store, ids, now, counter))
+        found, versions = _guarded("read", lambda: _read(store, ids, now))
     except Exception:
         return load(user_ids=ids, now=now)
     missing = [user_id for user_id in ids if user_id not in found]
-    LOOKUPS.labels("hit").inc(len(found))
+    _HITS.inc(len(found))
     if missing:
         found.update(_load_and_cache(store, missing, versions, load, now))
     return found
@@ -477,7 +502,7 @@ def entitled_many(*, user_ids: Collection[str], feature: str, load: Loader) -> d
     except Exception:
         loaded = load(user_ids=[uuid.UUID(user_id) for user_id in ids], now=now)
         return {str(user_id): found.has(feature) for user_id, found in loaded.items()}
-    LOOKUPS.labels("hit").inc(len(answers))
+    _HITS.inc(len(answers))
     if len(answers) < len(ids):
         missing = {uuid.UUID(user_id): user_id for user_id in ids if user_id not in answers}
         known = {user: versions[text] for user, text in missing.items() if text in versions}
@@ -490,7 +515,7 @@ def _load_and_cache(
     store: _Store, missing: list[uuid.UUID], versions: Mapping[uuid.UUID, int], load: Loader, now: datetime
 ) -> dict[uuid.UUID, Entitlements]:
     """The missing users from `load`, each then cached under the version read before the load."""
-    LOOKUPS.labels("miss").inc(len(missing))
+    _MISSES.inc(len(missing))
     loaded = load(user_ids=missing, now=now)
     entries = {}
     for user_id in missing:

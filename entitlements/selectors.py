@@ -164,10 +164,9 @@ def entitlements_from_database(
     )
 
 
-def user_entitlements(*, user_id: uuid.UUID, counter: cache.HitCounter | None = None) -> Entitlements:
-    """One user's entitlements: the hot path (cache first, the database on a miss or a cache outage).
-    `counter`: a rate limit's counter to count in the same round trip (cache.HitCounter)."""
-    return cache.entitlements_get_many(user_ids=[user_id], load=entitlements_from_database, counter=counter)[user_id]
+def user_entitlements(*, user_id: uuid.UUID) -> Entitlements:
+    """One user's entitlements: the hot path (cache first, the database on a miss or a cache outage)."""
+    return cache.entitlements_get_many(user_ids=[user_id], load=entitlements_from_database)[user_id]
 
 
 def users_entitled(*, user_ids: Collection[uuid.UUID], feature: str) -> dict[uuid.UUID, bool]:

@@ -7,7 +7,9 @@ from http import HTTPStatus
 
 import structlog
 from django.conf import settings
+from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponse
+from django.middleware.security import SecurityMiddleware
 from django.urls import Resolver404, resolve
 from opentelemetry import trace
 
@@ -19,6 +21,7 @@ from payments_project.errors import (
     database_busy,
     problem_response,
 )
+from payments_project.request_timing import RequestDurationMiddleware
 
 # An incoming id is echoed only when it cannot smuggle anything into logs or headers.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
@@ -33,7 +36,7 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        incoming = request.headers.get("X-Request-ID", "")
+        incoming = request.META.get("HTTP_X_REQUEST_ID", "")  # not request.headers: it copies every header
         request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         request.request_id = request_id  # type: ignore[attr-defined]
         structlog.contextvars.clear_contextvars()
@@ -108,39 +111,52 @@ class BodySizeLimitMiddleware:
         return self.get_response(request)
 
 
-# Paths whose views need none of the middleware after HotPathMiddleware (sessions, CSRF, Django auth,
-# OTP, messages, frame options, django-prometheus' per-view metrics, django-axes, django-ratelimit's):
-# stateless JSON reads other services call on every request they serve (issue 18), and Stripe's
-# webhook deliveries, authenticated by their signature alone (issue 17).
+# Paths whose views need none of the project's middleware but request ids, problem+json, the body size
+# limit, timing and security headers: stateless JSON reads other services call on every request they
+# serve (issue 18), and Stripe's webhook deliveries, authenticated by their signature alone (issue 17).
 HOT_PATH_PREFIXES = ("/api/v1/entitlements", "/internal/v1/entitlements/", "/internal/v1/users/", "/webhooks/")
 HOT_URLCONF = "payments_project.hot_urls"  # their routes only: resolving them skips every other pattern
 
 
 class HotPathMiddleware:
-    """On HOT_PATH_PREFIXES, call the view straight away, skipping the middleware below this one.
+    """First in MIDDLEWARE: on HOT_PATH_PREFIXES, call the view through only the middleware it needs.
 
-    Only what Django's handler would do for these views is done: resolve, call (a plain view's errors
-    answered as ProblemJsonMiddleware.process_exception would), render (DRF's responses are template
-    responses). A path that does not resolve goes down the whole stack as usual (404s, APPEND_SLASH).
-    Their requests are still timed (RequestDurationMiddleware), carry a request id and answer
-    problem+json (above this one), and get the security headers.
+    Those are the same classes MIDDLEWARE lists (request timing, request id, problem+json, body size
+    limit) and SecurityMiddleware's headers, chained once here; the rest (django-prometheus, WhiteNoise,
+    sessions, CSRF, Django auth, OTP, messages, frame options, axes, django-ratelimit) never runs, and
+    neither does Django's per-middleware exception wrapping. Only what Django's handler would do for
+    these views is done: resolve, call, render (DRF's responses are template responses). A path that
+    does not resolve goes down the whole stack as usual (404s, APPEND_SLASH).
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        self._security = SecurityMiddleware(get_response)  # its process_request/_response only
+        # An exception in the view goes to ProblemJsonMiddleware.process_exception, as Django's handler
+        # would send it (ApplicationError -> its problem); any other becomes Django's 500 here, so it is
+        # still timed, id'd and problem+json.
+        view = convert_exception_to_response(self._view)
+        self._problems = ProblemJsonMiddleware(BodySizeLimitMiddleware(view))
+        self._hot = RequestDurationMiddleware(RequestIdMiddleware(self._problems))
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not request.path_info.startswith(HOT_PATH_PREFIXES):
             return self.get_response(request)
         try:
-            match = resolve(request.path_info, urlconf=HOT_URLCONF)
+            request.resolver_match = resolve(request.path_info, urlconf=HOT_URLCONF)
         except Resolver404:
             return self.get_response(request)
-        request.resolver_match = match
+        redirect = self._security.process_request(request)  # SECURE_SSL_REDIRECT
+        return self._security.process_response(request, redirect or self._hot(request))
+
+    def _view(self, request: HttpRequest) -> HttpResponse:
+        match = request.resolver_match
+        assert match is not None  # set by __call__
         try:
             response = match.func(request, *match.args, **match.kwargs)
-        except Exception as exc:  # as Django's handler would: the middleware's process_exception (ours)
-            if (problem := exception_problem(request, exc)) is None:
+        except Exception as exc:
+            problem = self._problems.process_exception(request, exc)
+            if problem is None:
                 raise
             return problem
         if callable(getattr(response, "render", None)):

@@ -13,7 +13,9 @@
 - Over the limit: 429 problem+json with Retry-After (errors.RateLimited).
 """
 
+import functools
 import ipaddress
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 from django_ratelimit.exceptions import Ratelimited
 from redis.exceptions import RedisError
@@ -103,6 +107,7 @@ def _key_kind(group: str, by: KeyKind) -> KeyKind:
 _PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+@functools.cache  # a handful of distinct rates; the hot entitlement check parses one per request
 def _split_rate(rate: str) -> tuple[int, int]:
     """ "100/5m" -> (100, 300): settings/parsing.py has checked the shape."""
     count, period = rate.split("/")
@@ -131,19 +136,81 @@ def window_for(request: HttpRequest | Request, group: str, *, by: KeyKind = "aut
     return Window(group, key, limit, f"rl:{group}:{period}:{key}:{window}", period + 1, left)
 
 
-def _hit(window: Window) -> int:
-    """Count one hit; the hits so far in the window. With Redis: INCR and EXPIRE in one pipeline, one
-    round trip. Other caches: add, then incr."""
+def _hit(window: Window, hits: int = 1) -> int:
+    """Count `hits` hits; the hits so far in the window, every process's. With Redis: INCRBY and EXPIRE
+    in one pipeline, one round trip. Other caches: add, then incr."""
     cache = caches["default"]
     if isinstance(cache, RedisCache):
         cache_key = cache.make_key(window.name)
         pipeline = cache._cache.get_client(write=True).pipeline(transaction=False)
-        pipeline.incr(cache_key)
+        pipeline.incrby(cache_key, hits)
         pipeline.expire(cache_key, window.ttl)
         count, _ = pipeline.execute()
         return int(count)
     cache.add(window.name, 0, window.ttl)
-    return int(cache.incr(window.name))
+    return int(cache.incr(window.name, hits))
+
+
+class _BatchedHits:
+    """A process's hits, reported to the shared counter in batches: most checks cost no round trip.
+
+    A caller's hits are sent (INCRBY) once `batch` of them have gathered here, `batch` being 1/50 of the
+    limit (1 for limits under 100: every hit reported, as `_hit` does). The answer is the shared count
+    last seen plus the hits gathered since, so each process lets a caller past the limit by at most
+    `batch - 1` hits a window: with N processes, at most limit * (1 + N/50). An attacker is still limited
+    (and, once over, refused here without a round trip). Entries of ended windows are dropped every
+    second, and all of them past MAX_KEYS (their unreported hits forgiven): bounded memory.
+    """
+
+    SHARE = 50
+    MAX_KEYS = 50_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._windows: dict[str, list[float]] = {}  # name -> [unreported, shared count seen, window's end]
+        self._sweep_at = 0.0
+
+    def hit(self, window: Window) -> int:
+        batch = max(1, window.limit // self.SHARE)
+        now = time.time()
+        with self._lock:
+            if now >= self._sweep_at or len(self._windows) >= self.MAX_KEYS:
+                live = {k: v for k, v in self._windows.items() if v[2] > now}
+                self._windows, self._sweep_at = live if len(live) < self.MAX_KEYS else {}, now + 1
+            counts = self._windows.setdefault(window.name, [0, 0, now + window.left])
+            counts[0] += 1
+            if counts[0] < batch:
+                return int(counts[0] + counts[1])
+            unreported, counts[0] = int(counts[0]), 0
+        shared = _hit(window, unreported)  # raises when the cache is down: the caller fails open
+        with self._lock:
+            counts[1] = max(counts[1], shared)
+            return int(counts[0] + counts[1])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._windows = {}
+
+
+_batched = _BatchedHits()
+
+
+def check_batched(request: HttpRequest | Request, group: str, *, by: KeyKind = "auto") -> None:
+    """check_rate_limit, with the hits reported in batches (_BatchedHits): for the hot entitlement check."""
+    window = window_for(request, group, by=by)
+    try:
+        count: int | None = _batched.hit(window)
+    except (RedisError, OSError, ValueError) as exc:  # the cache is down: fail open (availability first), loudly
+        log.warning("rate_limit_cache_unavailable", group=group, error=repr(exc))
+        return
+    enforce(window, count)
+
+
+@receiver(setting_changed)
+def _forget_batched(*, setting: str, **kwargs: Any) -> None:
+    # Other limits or another cache (tests) start from zero.
+    if setting in ("RATE_LIMITS", "CACHES"):
+        _batched.clear()
 
 
 def enforce(window: Window, count: int | None) -> None:

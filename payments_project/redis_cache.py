@@ -7,10 +7,22 @@ of the pool), so one per pool is shared by every thread of the process. Everythi
 serializer, options — is Django's.
 """
 
-from typing import Any
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import structlog
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.core.cache.backends.redis import RedisCacheClient
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from redis.exceptions import ConnectionError, RedisError
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class ReusingRedisCacheClient(RedisCacheClient):
@@ -30,3 +42,149 @@ class RedisCache(DjangoRedisCache):
     def __init__(self, server: Any, params: dict[str, Any]) -> None:
         super().__init__(server, params)
         self._class = ReusingRedisCacheClient
+
+
+class TrackedReads:
+    """Values of Redis keys under some prefixes, kept in this process and forgotten as soon as Redis says
+    they changed: a hit costs no round trip (issue 18, the entitlement check).
+
+    redis-py's own client-side cache (`cache_config`) would do this, but it refuses servers older than
+    Redis 7.4 and ours is 7.0; so this is the same mechanism, on one dedicated RESP3 connection asking
+    for broadcast tracking of the prefixes (CLIENT TRACKING ON BCAST PREFIX ...): Redis pushes an
+    invalidation for every change to a key under them (write, expiry, eviction; FLUSHDB: all).
+
+    Never stale beyond the push's delivery: `lookup` reads every pending push (a non-blocking read of
+    that socket) before it answers, under the lock `remember` takes. Redis writes the push in the same
+    event-loop pass as the changing command's reply, so once a bump has been acknowledged, its push is
+    in our socket (one network delay later across hosts), and the next lookup applies it. A value read
+    from Redis is remembered only if no push was applied since before that read (`generation`), and only
+    while the tracking connection is up. If the connection fails, is closed, or stops answering its PING
+    within HEALTH_SECONDS (pushes may have been lost), everything is forgotten and lookups miss until a
+    new connection tracks again (tried at most once per RECONNECT_SECONDS); so is it when no PONG came
+    in the last 2 x HEALTH_SECONDS (an idle process: a silently dead connection would not say so).
+    """
+
+    HEALTH_SECONDS = 1.0
+    RECONNECT_SECONDS = 1.0
+
+    def __init__(self, pool: Any, prefixes: list[str], max_keys: int) -> None:
+        self._pool = pool
+        self._prefixes = prefixes
+        self._max_keys = max_keys
+        self._lock = threading.Lock()
+        self._values: dict[bytes, bytes] = {}
+        self._generation = 0  # +1 on every applied push and every flush
+        self._connection: Any = None
+        self._pid = 0
+        self._retry_at = 0.0
+        self._pong_at = 0.0  # when the connection last proved alive (connected, or a PONG read)
+        self._pinged = 0.0  # when the PING in flight was sent (0: none)
+
+    def lookup(self, keys: Callable[[Callable[[bytes], bytes | None]], T]) -> tuple[T, int]:
+        """Call `keys(get)` with the pending pushes applied (get: a remembered value, or None), and the
+        generation to hand to `remember` for values then read from Redis."""
+        with self._lock:
+            self._sync()
+            return keys(self._values.get), self._generation
+
+    def remember(self, values: dict[bytes, bytes], generation: int) -> None:
+        with self._lock:
+            if generation != self._generation or self._connection is None:
+                return
+            if len(self._values) + len(values) > self._max_keys:  # bounded memory: start afresh
+                self._values = {}
+            self._values.update(values)
+
+    def _sync(self) -> None:
+        now = time.monotonic()
+        if self._pid != os.getpid():  # a forked child must not read its parent's socket
+            self._connection, self._pid = None, os.getpid()
+            self._forget()
+        if self._connection is None:
+            if now < self._retry_at:
+                return
+            self._retry_at = now + self.RECONNECT_SECONDS
+            self._connect()
+            return
+        try:
+            while self._connection.can_read(timeout=0):
+                if self._connection.read_response(push_request=True) == b"PONG":
+                    self._pinged, self._pong_at = 0.0, now
+            if self._pinged and now - self._pinged > self.HEALTH_SECONDS:
+                raise ConnectionError("no PONG in time")
+            if not self._pinged and now - self._pong_at >= self.HEALTH_SECONDS:
+                self._connection.send_command("PING")
+                self._pinged = now
+        except (RedisError, OSError) as exc:
+            log.warning("redis_tracking_lost", error=repr(exc))
+            self._disconnect()
+            return
+        if now - self._pong_at > 2 * self.HEALTH_SECONDS:
+            # Nothing proved the connection alive lately (an idle process): pushes may have been lost
+            # without the socket saying so; what was remembered is not trusted.
+            self._forget()
+
+    def _connect(self) -> None:
+        connection = self._pool.connection_class(**{**self._pool.connection_kwargs, "protocol": 3})
+        try:
+            connection.connect()
+            connection._parser.set_invalidation_push_handler(self._invalidate)  # as redis-py's own cache
+            prefixes = [word for prefix in self._prefixes for word in ("PREFIX", prefix)]
+            connection.send_command("CLIENT", "TRACKING", "ON", "BCAST", *prefixes)
+            connection.read_response()
+        except (RedisError, OSError) as exc:
+            log.warning("redis_tracking_unavailable", error=repr(exc))
+            connection.disconnect()
+            return
+        self._connection, self._pinged, self._pong_at = connection, 0.0, time.monotonic()
+        self._forget()
+
+    def _invalidate(self, push: list[Any]) -> None:
+        # [b"invalidate", [keys]] or [b"invalidate", None]: the whole database was flushed.
+        self._generation += 1
+        if push[1] is None:
+            self._values.clear()
+            return
+        for key in push[1]:
+            self._values.pop(key, None)
+
+    def _forget(self) -> None:
+        self._generation += 1
+        self._values = {}
+
+    def _disconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            self._connection.disconnect()
+        self._connection = None
+        self._forget()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._disconnect()
+
+
+_tracked: dict[tuple[Any, ...], TrackedReads] = {}
+_tracked_lock = threading.Lock()
+
+
+def tracked_reads(cache: RedisCache, prefixes: tuple[str, ...], max_keys: int) -> TrackedReads:
+    """The process's TrackedReads of these prefixes on this cache's Redis (the cache objects are
+    per thread; what they remember is shared by the process's threads)."""
+    key = (tuple(cache._servers), prefixes)
+    found = _tracked.get(key)
+    if found is None:
+        with _tracked_lock:
+            pool = cache._cache._get_connection_pool(False)  # type: ignore[attr-defined]
+            found = _tracked.setdefault(key, TrackedReads(pool, list(prefixes), max_keys))
+    return found
+
+
+@receiver(setting_changed)
+def _forget_tracked(*, setting: str, **kwargs: Any) -> None:
+    # Another cache (tests pointing it elsewhere and back) starts with nothing remembered.
+    if setting == "CACHES":
+        with _tracked_lock:
+            for tracked in _tracked.values():
+                tracked.close()
+            _tracked.clear()

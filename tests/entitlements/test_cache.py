@@ -169,6 +169,89 @@ def test_a_check_racing_a_purchase_never_leaves_the_old_denial_in_the_cache(seen
     assert entitled(buyer, "hd")  # ...but it was not left in the cache for the next check
 
 
+# --- process memory (TrackedReads) ---------------------------------------------------------------
+
+
+def _remembered(user_id: uuid.UUID, feature: str, round_trips: type[CountingConnectionPool]) -> bool:
+    """A check answered from this process's memory: no round trip to Redis."""
+    round_trips.checkouts = 0
+    answer = entitled(user_id, feature)
+    assert round_trips.checkouts == 0, "not answered from memory"
+    return answer
+
+
+def _kill_tracking_connections() -> None:
+    """Close, from Redis's side, the connections that receive this database's invalidations."""
+    redis = caches["default"]._cache.get_client()  # type: ignore[attr-defined]
+    for client in redis.client_list():
+        if "t" in client["flags"] and client["db"] == _redis_db():
+            redis.client_kill_filter(_id=client["id"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancellation_is_seen_at_the_next_check_though_the_grant_was_answered_from_memory(
+    round_trips: type[CountingConnectionPool],
+) -> None:
+    buyer = uuid.uuid4()
+    subscription = purchase(buyer, "hd")
+    assert entitled(buyer, "hd")  # read from the database, then written to Redis
+    assert entitled(buyer, "hd")  # read back from Redis, and remembered
+    assert _remembered(buyer, "hd", round_trips)
+
+    with transaction.atomic():
+        Subscription.objects.filter(pk=subscription.pk).update(status=Subscription.Status.CANCELED)
+        entitlements_refresh(user_ids={buyer})
+
+    assert not entitled(buyer, "hd")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_purchase_is_seen_at_the_next_check_though_the_denial_was_answered_from_memory(
+    round_trips: type[CountingConnectionPool],
+) -> None:
+    buyer = uuid.uuid4()
+    assert not entitled(buyer, "hd")
+    assert not entitled(buyer, "hd")
+    assert not _remembered(buyer, "hd", round_trips)
+
+    purchase(buyer, "hd")
+
+    assert entitled(buyer, "hd")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_when_the_connection_told_of_changes_is_lost_what_was_remembered_is_forgotten(
+    round_trips: type[CountingConnectionPool],
+) -> None:
+    buyer = uuid.uuid4()
+    subscription = purchase(buyer, "hd")
+    assert entitled(buyer, "hd")
+    assert entitled(buyer, "hd")
+    assert _remembered(buyer, "hd", round_trips)
+
+    _kill_tracking_connections()  # the cancellation's invalidation will never reach this process
+    with transaction.atomic():
+        Subscription.objects.filter(pk=subscription.pk).update(status=Subscription.Status.CANCELED)
+        entitlements_refresh(user_ids={buyer})
+
+    assert not entitled(buyer, "hd")  # the closed connection was noticed: Redis was asked again
+
+
+@pytest.mark.django_db
+def test_a_flushed_redis_forgets_what_the_process_remembered(round_trips: type[CountingConnectionPool]) -> None:
+    user = uuid.uuid4()
+    subscribe(user, plan_with(["hd"]))
+    assert entitled(user, "hd")
+    assert entitled(user, "hd")
+    assert _remembered(user, "hd", round_trips)
+
+    caches["default"].clear()  # FLUSHDB
+
+    round_trips.checkouts = 0
+    assert entitled(user, "hd")
+    assert round_trips.checkouts > 0
+
+
 # --- expiry -------------------------------------------------------------------------------------
 
 

@@ -1,14 +1,19 @@
-"""The single entitlement check is what other services call on every request: a cached one costs one
-Redis round trip (the rate limit counted in the same script as the cache read), no query, no signature
-check for a token seen before — and it is still rate limited."""
+"""The single entitlement check is what other services call on every request: once this process has
+read a user's cached answer it costs no Redis round trip (remembered, kept true by Redis's pushes), no
+query, no signature check for a token seen before, and its rate limit's hits go to Redis in batches —
+and it is still rate limited."""
 
+import time
 import uuid
 
 import pytest
+import time_machine
 from django.conf import settings
+from django.core.cache import caches
 from django.db import connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from payments_project import auth
 from tests.entitlements.conftest import CountingConnectionPool, as_user
@@ -17,7 +22,8 @@ from tests.entitlements.factories import plan_with, subscribe
 pytestmark = pytest.mark.django_db
 
 
-def test_a_cached_check_costs_one_round_trip_and_no_query(
+@override_settings(RATE_LIMITS={**settings.RATE_LIMITS, "api_read": "1000/m"})  # hits reported 20 at a time
+def test_a_cached_check_costs_one_round_trip_then_none_and_no_query(
     client: Client, round_trips: type[CountingConnectionPool]
 ) -> None:
     user = uuid.uuid4()
@@ -25,12 +31,15 @@ def test_a_cached_check_costs_one_round_trip_and_no_query(
     headers = as_user(user)
     assert client.get("/api/v1/entitlements/hd", **headers).json() == {"feature": "hd", "entitled": True}
 
-    round_trips.checkouts = 0
-    with CaptureQueriesContext(connection) as queries:
-        response = client.get("/api/v1/entitlements/hd", **headers)
+    costs = []
+    for _ in range(2):
+        round_trips.checkouts = 0
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get("/api/v1/entitlements/hd", **headers)
+        assert response.json() == {"feature": "hd", "entitled": True}
+        costs.append((len(queries), round_trips.checkouts))
 
-    assert response.json() == {"feature": "hd", "entitled": True}
-    assert (len(queries), round_trips.checkouts) == (0, 1)
+    assert costs == [(0, 1), (0, 0)]  # read from Redis (and remembered), then from memory
     assert len(auth.client_token_backend().verified) >= 1
 
 
@@ -46,3 +55,31 @@ def test_the_check_is_still_rate_limited_per_user(client: Client) -> None:
     assert limited["Content-Type"] == "application/problem+json"
     assert 1 <= int(limited["Retry-After"]) <= 60
     assert other.status_code == 200
+
+
+def test_with_its_hits_reported_in_batches_the_check_still_stops_at_the_limit(
+    client: Client, round_trips: type[CountingConnectionPool]
+) -> None:
+    alice = uuid.uuid4()
+    headers = as_user(alice)
+    with (
+        time_machine.travel(timezone.now(), tick=False),  # one rate-limit window throughout
+        override_settings(RATE_LIMITS={**settings.RATE_LIMITS, "api_read": "100/m"}),  # reported 2 at a time
+    ):
+        statuses = [client.get("/api/v1/entitlements/hd", **headers).status_code for _ in range(101)]
+        window = int(time.time() // 60)
+
+    assert statuses == [200] * 100 + [429]
+    assert caches["default"].get(f"rl:api_read:60:user:{alice}:{window}") == 100  # every pair of hits reported
+
+
+def test_the_plain_check_view_answers_as_the_drf_view_does(client: Client) -> None:
+    headers = as_user(uuid.uuid4())
+    plain = client.get("/api/v1/entitlements/hd", **headers)
+    # An Accept header the plain view leaves to EntitlementDetailApi (DRF's content negotiation).
+    drf = client.get("/api/v1/entitlements/hd", HTTP_ACCEPT="application/json, text/plain", **headers)
+
+    assert (plain.status_code, plain.content) == (drf.status_code, drf.content)
+    assert {name: plain.get(name) for name in ("Content-Type", "Vary", "Allow")} == {
+        name: drf.get(name) for name in ("Content-Type", "Vary", "Allow")
+    }
