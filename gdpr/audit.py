@@ -31,7 +31,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
@@ -216,7 +216,8 @@ def audit_seal_pending(*, batch_size: int = SEAL_BATCH_SIZE) -> int:
     hash unique constraints refuse a double assignment whatever happens. Beat runs it every few seconds.
     """
     _lock_chain()
-    last = AuditEvent.objects.filter(seq__isnull=False).order_by("-seq").values_list("seq", "hash").first()
+    sealed = AuditEvent.objects.filter(seq__isnull=False)  # whose hash is set too (audit_sealed_whole)
+    last = cast(tuple[int, str] | None, sealed.order_by("-seq").values_list("seq", "hash").first())
     seq, prev_hash = last if last else (0, GENESIS_HASH)
     pending = list(AuditEvent.objects.filter(seq__isnull=True).order_by("occurred_at", "id")[:batch_size])
     for event in pending:
@@ -261,7 +262,7 @@ def verify_chain(*, chunk_size: int = 2000) -> tuple[int, ChainBreak | None]:
         for event in _events_in_chain_order(chunk_size):
             reason = _break_in(event, expected_seq=expected_seq, expected_prev=expected_prev)
             if reason is not None:
-                return checked, ChainBreak(seq=event.seq, event_id=str(event.id), reason=reason)
+                return checked, ChainBreak(seq=cast(int, event.seq), event_id=str(event.id), reason=reason)
             checked += 1
-            expected_seq, expected_prev = event.seq + 1, event.hash
+            expected_seq, expected_prev = expected_seq + 1, cast(str, event.hash)  # as checked just now
     return checked, None
