@@ -55,8 +55,7 @@ def entitlements_export(*, subject: DataSubject) -> Tables:
 def entitlements_erase(*, subject: DataSubject) -> None:
     user_id = subject.user_id
     affected = {user_id}
-    # Lock order of entitlements: audit chain → family group rows → invitation → snapshot rows.
-    audit.chain_lock()
+    # Lock order of entitlements: family group rows → invitation → snapshot rows.
     owned = FamilyGroup.objects.select_for_update().filter(owner_user_id=user_id).first()
     if owned is not None:
         members = set(owned.memberships.filter(role=MembershipRole.MEMBER).values_list("user_id", flat=True))

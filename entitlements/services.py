@@ -1,8 +1,7 @@
 """Writes: refreshing entitlements after any change that may affect them, and the family lifecycle.
 
 Lock order (every writer here follows it, so two of them never wait on each other in a cycle):
-the audit chain (gdpr.audit.chain_lock: a webhook holds it from billing's audit row on) → family group rows
-(by id) → invitation row → entitlement snapshot rows (by user id).
+family group rows (by id) → invitation row → entitlement snapshot rows (by user id).
 """
 
 import hashlib
@@ -72,8 +71,6 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
         return
     now = timezone.now()
     owned = FamilyGroup.objects.filter(owner_user_id__in=user_ids)
-    if owned.exists():
-        audit.chain_lock()  # before the group rows (the lock order above)
     groups = list(owned.select_for_update().order_by("id"))
     members = set(
         FamilyMembership.objects.filter(group__in=groups, role=MembershipRole.MEMBER).values_list("user_id", flat=True)
@@ -261,7 +258,6 @@ def family_group_create(
 
 
 def _owned_group_locked(owner_user_id: uuid.UUID) -> FamilyGroup:
-    audit.chain_lock()  # before the group row (the lock order above)
     group = FamilyGroup.objects.select_for_update().filter(owner_user_id=owner_user_id).first()
     if group is not None:
         return group
@@ -319,7 +315,6 @@ def family_invitation_accept(
     if found is None:
         raise InvitationNotFound("No invitation has this token")
     invitation_id, group_id = found
-    audit.chain_lock()  # before the group row (the lock order above)
     group = FamilyGroup.objects.select_for_update().get(id=group_id)
     invitation = FamilyInvitation.objects.select_for_update().get(id=invitation_id)
     if not email or _normalise_email(email) != invitation.email:
@@ -369,7 +364,6 @@ def family_member_remove(
     group_id = FamilyMembership.objects.filter(user_id=member_user_id).values_list("group_id", flat=True).first()
     if group_id is None:
         raise MemberNotFound("No such family member")
-    audit.chain_lock()  # before the group row (the lock order above)
     group = FamilyGroup.objects.select_for_update().get(id=group_id)
     membership = FamilyMembership.objects.filter(group=group, user_id=member_user_id).first()
     allowed = bool(staff_id) or actor_user_id in (group.owner_user_id, member_user_id)

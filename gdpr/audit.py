@@ -1,7 +1,8 @@
-"""The audit trail's public API: `record(...)` appends one event to the hash chain, in the caller's
-transaction; `verify_chain()` finds the first broken link.
+"""The audit trail's public API: `record(...)` appends one event, in the caller's transaction;
+`audit_seal_pending()` chains appended events into the hash chain; `verify_chain()` finds the first broken
+link.
 
-Chain rules (also what `manage.py verify_audit_chain` checks):
+Chain rules (also what `manage.py verify_audit_chain` checks), for sealed rows:
 - rows are ordered by `seq` (1, 2, 3, ... without gaps); row 1's `prev_hash` is GENESIS_HASH;
 - `hash = sha256(canonical_json(seq, id, occurred_at, actor_type, actor_id, action, target_type, target_id,
   request_id, metadata, prev_hash))`: every column of the row.
@@ -13,8 +14,16 @@ target, the metadata values under PERSONAL_REFERENCE_KEYS. The rest of what is p
 metadata under PERSONAL_METADATA_KEYS) goes to the event's AuditEventPersonal row, outside the chain:
 erasure deletes that row and updates nothing. The price is that this side data is not tamper-evident.
 
-Appends take a transaction-scoped PostgreSQL advisory lock before reading the previous hash, so
-concurrent writers make one chain (SQLite serialises writers itself: `transaction_mode=IMMEDIATE`).
+Why sealing is apart from appending: chaining a row needs the previous row's hash, so appends that chained
+themselves had to take one global lock and hold it until their transaction committed, which serialised
+every audited write of the service (checkout, each webhook event, GDPR, admin). `record` now inserts the row
+without seq, prev_hash or hash: still atomic with the change it describes, and no lock. The sealer (beat,
+every few seconds, and `verify_audit_chain`) takes the chain's lock, a transaction-scoped PostgreSQL
+advisory lock (SQLite serialises writers itself: `transaction_mode=IMMEDIATE`), and chains the committed
+unsealed rows in batches, in (occurred_at, id) order within a batch. So the chain's order is sealing order:
+a row whose transaction commits after a batch was sealed joins a later batch, after rows newer than it.
+Until then a row is pending, not broken; the trigger refuses any UPDATE of it but sealing
+(gdpr/migrations/0009), and nothing deletes it.
 """
 
 import hashlib
@@ -22,7 +31,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
@@ -44,6 +53,7 @@ __all__ = [
     "AuditEventPersonal",
     "ChainBreak",
     "NotInTransaction",
+    "audit_seal_pending",
     "record",
     "verify_chain",
 ]
@@ -51,6 +61,8 @@ __all__ = [
 GENESIS_HASH = "0" * 64
 # pg_advisory_xact_lock key of the audit chain: any constant no other lock in this database uses.
 AUDIT_CHAIN_LOCK_KEY = 0x4A1A_A0D1
+# Rows one sealing transaction chains: a few thousand rows' hashes and one UPDATE, well under a second.
+SEAL_BATCH_SIZE = 1000
 # Metadata keys whose values are personal data: kept in the event's AuditEventPersonal row, outside the
 # chain, where erasure deletes them. Add keys here rather than putting personal data under another name.
 PERSONAL_METADATA_KEYS = frozenset(
@@ -139,14 +151,6 @@ def _lock_chain() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_CHAIN_LOCK_KEY])
 
 
-def chain_lock() -> None:
-    """Take the audit chain's lock now (held until commit; taking it again is free). A transaction that
-    locks rows and audits afterwards, while others audit first and then lock the same rows (a webhook:
-    billing's audit row, then the owner's family), takes it first, so the two never wait on each other
-    in a cycle."""
-    _lock_chain()
-
-
 def record(
     *,
     action: AuditAction,
@@ -157,7 +161,8 @@ def record(
     metadata: Mapping[str, Any] | None = None,
     request: HttpRequest | None = None,
 ) -> AuditEvent:
-    """Append one audit event inside the caller's transaction (raises NotInTransaction outside one).
+    """Append one audit event inside the caller's transaction (raises NotInTransaction outside one),
+    unsealed: the sealer gives it its seq and hashes after the transaction commits.
 
     Pass user ids as they are: `record` writes them as pseudonyms (see the module docstring). `request`,
     when given, supplies the client ip (through the trusted-proxy rule of
@@ -185,11 +190,7 @@ def record(
         user_agent = request.META.get("HTTP_USER_AGENT", "")[:_USER_AGENT_MAX]
         request_id = str(getattr(request, "request_id", "") or "")[:128]
 
-    _lock_chain()
-    previous = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
-    seq, prev_hash = (previous[0] + 1, previous[1]) if previous else (1, GENESIS_HASH)
     event = AuditEvent(
-        seq=seq,
         occurred_at=timezone.now(),
         actor_type=actor_type.value,
         actor_id=actor_id,
@@ -198,14 +199,45 @@ def record(
         target_id=target_id,
         request_id=request_id,
         metadata=plain,
-        prev_hash=prev_hash,
     )
-    event.hash = event_hash(event)
     event._appending = True  # type: ignore[attr-defined]
     event.save()
     if ip or user_agent or personal:
         AuditEventPersonal.objects.create(event=event, ip=ip, user_agent=user_agent, metadata=personal)
     return event
+
+
+@transaction.atomic(durable=True)
+def audit_seal_pending(*, batch_size: int = SEAL_BATCH_SIZE) -> int:
+    """Chain up to `batch_size` committed unsealed events after the last sealed one; return how many.
+
+    One sealer at a time (the chain's lock, held until commit), so seq stays gap-free and each row is
+    sealed once: a second sealer waits, then reads (READ COMMITTED) what the first committed. The seq and
+    hash unique constraints refuse a double assignment whatever happens. Beat runs it every few seconds.
+    """
+    _lock_chain()
+    sealed = AuditEvent.objects.filter(seq__isnull=False)  # whose hash is set too (audit_sealed_whole)
+    last = cast(tuple[int, str] | None, sealed.order_by("-seq").values_list("seq", "hash").first())
+    seq, prev_hash = last if last else (0, GENESIS_HASH)
+    pending = list(AuditEvent.objects.filter(seq__isnull=True).order_by("occurred_at", "id")[:batch_size])
+    for event in pending:
+        seq += 1
+        event.seq, event.prev_hash = seq, prev_hash
+        event.hash = prev_hash = event_hash(event)
+    # The one update of an audit row there is: the ORM's AuditEvent manager refuses updates, and the trigger
+    # lets only this one through (chain columns of an unsealed row, nothing else). executemany, not
+    # bulk_update: psycopg pipelines it, where bulk_update's CASE per row grows with the batch squared.
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            "UPDATE gdpr_auditevent SET seq = %s, prev_hash = %s, hash = %s WHERE id = %s",
+            [(e.seq, e.prev_hash, e.hash, AuditEvent._meta.pk.get_db_prep_value(e.id, connection)) for e in pending],
+        )
+    return len(pending)
+
+
+def pending_count() -> int:
+    """Events appended but not sealed yet: not part of the chain so far, and not a break."""
+    return AuditEvent.objects.filter(seq__isnull=True).count()
 
 
 def _break_in(event: AuditEvent, *, expected_seq: int, expected_prev: str) -> str | None:
@@ -219,17 +251,18 @@ def _break_in(event: AuditEvent, *, expected_seq: int, expected_prev: str) -> st
 
 
 def _events_in_chain_order(chunk_size: int) -> Iterator[AuditEvent]:
-    return AuditEvent.objects.order_by("seq").iterator(chunk_size=chunk_size)
+    return AuditEvent.objects.filter(seq__isnull=False).order_by("seq").iterator(chunk_size=chunk_size)
 
 
 def verify_chain(*, chunk_size: int = 2000) -> tuple[int, ChainBreak | None]:
-    """Walk the whole chain; return how many rows were checked and the first broken link, if any."""
+    """Walk the sealed chain; return how many rows were checked and the first broken link, if any
+    (unsealed rows are pending: `pending_count()`)."""
     expected_seq, expected_prev, checked = 1, GENESIS_HASH, 0
-    with transaction.atomic():  # one snapshot (REPEATABLE READ is not needed: appends only add rows)
+    with transaction.atomic():  # one snapshot (REPEATABLE READ is not needed: sealing only adds to the end)
         for event in _events_in_chain_order(chunk_size):
             reason = _break_in(event, expected_seq=expected_seq, expected_prev=expected_prev)
             if reason is not None:
-                return checked, ChainBreak(seq=event.seq, event_id=str(event.id), reason=reason)
+                return checked, ChainBreak(seq=cast(int, event.seq), event_id=str(event.id), reason=reason)
             checked += 1
-            expected_seq, expected_prev = event.seq + 1, event.hash
+            expected_seq, expected_prev = expected_seq + 1, cast(str, event.hash)  # as checked just now
     return checked, None

@@ -1,9 +1,11 @@
 """The audit trail: append-only and hash-chained, with people kept out of the chain.
 
 Each row's `hash` covers its canonical content and the previous row's hash (`prev_hash`), in the order
-of `seq`. A data subject appears in the hashed columns only as their stable pseudonym; everything else
-personal (ip, user agent, addresses, ...) sits beside the row in AuditEventPersonal, outside the chain,
-where erasure deletes it. So nothing in the trail is ever updated (see gdpr/audit.py).
+of `seq`. A row is written unsealed (no seq, prev_hash or hash) in its change's transaction and chained
+soon after by the sealer (gdpr.audit.audit_seal_pending), so audited writes never wait on each other.
+A data subject appears in the hashed columns only as their stable pseudonym; everything else personal
+(ip, user agent, addresses, ...) sits beside the row in AuditEventPersonal, outside the chain, where
+erasure deletes it. So nothing in the trail is ever updated but by sealing (see gdpr/audit.py).
 
 Data-subject requests (export, erasure) and the erasure's steps follow the audit trail below.
 """
@@ -113,7 +115,8 @@ class AuditEvent(models.Model):
     hashed. Its personal part, if any, is `event.personal` (AuditEventPersonal)."""
 
     id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
-    seq = models.BigIntegerField(unique=True, editable=False)  # position in the chain, 1, 2, 3, ...
+    # Position in the chain, 1, 2, 3, ...; null until the sealer chains the row (with prev_hash and hash).
+    seq = models.BigIntegerField(unique=True, null=True, editable=False)
     occurred_at = models.DateTimeField(default=timezone.now, editable=False)
     actor_type = models.CharField(max_length=16, choices=ActorType.choices)
     actor_id = models.CharField(max_length=255, blank=True)  # a user actor's pseudonym; staff pk, service, ...
@@ -123,8 +126,9 @@ class AuditEvent(models.Model):
     request_id = models.CharField(max_length=128, blank=True)
     metadata = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
     # The chain.
-    prev_hash = models.CharField(max_length=64, editable=False)
-    hash = models.CharField(max_length=64, unique=True, editable=False)
+    # Null, not '', until sealed: many unsealed rows under the unique `hash`.
+    prev_hash = models.CharField(max_length=64, null=True, editable=False)  # noqa: DJ001
+    hash = models.CharField(max_length=64, unique=True, null=True, editable=False)  # noqa: DJ001
 
     objects = AuditEventQuerySet.as_manager()
 
@@ -135,14 +139,22 @@ class AuditEvent(models.Model):
             models.Index(fields=["target_type", "target_id"], name="audit_target_idx"),
             models.Index(fields=["action", "occurred_at"], name="audit_action_idx"),
             models.Index(fields=["occurred_at"], name="audit_occurred_idx"),
+            # The sealer's queue, in sealing order; empty most of the time.
+            models.Index(fields=["occurred_at", "id"], condition=Q(seq__isnull=True), name="audit_unsealed_idx"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(actor_type__in=ActorType.values), name="audit_actor_type_valid"),
             models.CheckConstraint(condition=Q(seq__gte=1), name="audit_seq_positive"),
+            # Sealed means all three chain columns, unsealed none of them.
+            models.CheckConstraint(
+                condition=Q(seq__isnull=True, prev_hash__isnull=True, hash__isnull=True)
+                | Q(seq__isnull=False, prev_hash__isnull=False, hash__isnull=False),
+                name="audit_sealed_whole",
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"#{self.seq} {self.action} by {self.actor_type}:{self.actor_id or '-'}"
+        return f"#{self.seq or '(unsealed)'} {self.action} by {self.actor_type}:{self.actor_id or '-'}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:

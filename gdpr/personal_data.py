@@ -78,7 +78,7 @@ def gdpr_export(*, subject: DataSubject) -> Tables:
         ),
         *about.order_by("seq").values(*_EVENT_COLUMNS),
     ]
-    events.sort(key=lambda event: event["seq"])
+    events.sort(key=lambda event: (event["seq"] is None, event["seq"] or 0))  # unsealed ones last
     requests = DataSubjectRequest.objects.filter(subject=subject.pseudonym)
     return {
         "audit_events": events,

@@ -4,6 +4,7 @@ import uuid
 
 from celery import shared_task
 
+from gdpr.audit import audit_seal_pending
 from gdpr.services import (
     Outcome,
     data_requests_alert_overdue,
@@ -53,3 +54,12 @@ def exports_purge_task() -> int:
 def data_requests_alert_overdue_task() -> int:
     """Beat: metric and error log for requests still open close to the one-month limit."""
     return data_requests_alert_overdue()
+
+
+@shared_task(base=BaseTask, name="gdpr.audit_seal", queue=TaskQueue.GDPR)
+def audit_seal_task() -> int:
+    """Beat: chain the audit events appended since the last run (all of them, batch by batch)."""
+    sealed = 0
+    while batch := audit_seal_pending():
+        sealed += batch
+    return sealed

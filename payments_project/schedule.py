@@ -16,6 +16,7 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "reconciliation-events-gap-fill": {"task": "reconciliation.events_gap_fill", "schedule": 300.0},
     "reconciliation-state-compare": {"task": "reconciliation.state_compare", "schedule": crontab(hour=3, minute=17)},
     "gdpr-sweep": {"task": "gdpr.sweep", "schedule": 60.0},
+    "gdpr-audit-seal": {"task": "gdpr.audit_seal", "schedule": 5.0},
     "gdpr-purge-exports": {"task": "gdpr.purge_exports", "schedule": 900.0},
     "gdpr-alert-overdue": {"task": "gdpr.alert_overdue", "schedule": crontab(minute=7)},
     "webhooks-purge-raw-payloads": {"task": "webhooks.purge_raw_payloads", "schedule": crontab(hour=4, minute=23)},

@@ -46,7 +46,9 @@ def test_a_partial_refund_goes_through_stripe_and_is_recorded_audited_and_announ
     payment.refresh_from_db()
     assert payment.refunded_amount == 1500
     assert list(
-        AuditEvent.objects.filter(target_id=str(done.id)).order_by("seq").values_list("action", "actor_id")
+        AuditEvent.objects.filter(target_id=str(done.id))
+        .order_by("occurred_at", "id")
+        .values_list("action", "actor_id")
     ) == [
         ("refund.requested", "finance-anna"),
         ("refund.succeeded", "stripe"),

@@ -13,7 +13,15 @@ from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.test import Client, RequestFactory
 
-from gdpr.audit import ActorType, AuditAction, AuditEvent, AuditEventPersonal, record, verify_chain
+from gdpr.audit import (
+    ActorType,
+    AuditAction,
+    AuditEvent,
+    AuditEventPersonal,
+    audit_seal_pending,
+    record,
+    verify_chain,
+)
 from gdpr.registry import pseudonym_for
 from payments_project.roles import Role, RoleRestrictedAdmin, has_role
 from tests.support.auth import signed_in
@@ -41,7 +49,10 @@ def _event(**overrides: Any) -> AuditEvent:
     fields: dict[str, Any] = {"action": AuditAction.REFUND_REQUESTED, "actor_type": ActorType.STAFF, "actor_id": "7"}
     fields.update(overrides)
     with transaction.atomic():
-        return record(**fields)
+        event = record(**fields)
+    audit_seal_pending()  # as beat's sealer would a moment later
+    event.refresh_from_db()
+    return event
 
 
 # --- roles -----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from gdpr.audit import (
     AuditAction,
     AuditEvent,
     NotInTransaction,
+    audit_seal_pending,
     record,
     verify_chain,
 )
@@ -35,7 +36,10 @@ def _record(**overrides: object) -> AuditEvent:
     }
     fields.update(overrides)
     with transaction.atomic():
-        return record(**fields)  # type: ignore[arg-type]
+        event = record(**fields)  # type: ignore[arg-type]
+    audit_seal_pending()  # what beat's sealer does a moment later
+    event.refresh_from_db()
+    return event
 
 
 # --- what is written ---------------------------------------------------------------------------------
@@ -51,6 +55,18 @@ def test_record_writes_one_event_with_a_uuid7_and_the_given_fields() -> None:
     assert (stored.target_type, stored.target_id) == ("payment", "pay_1")
     assert stored.metadata == {"amount": 1299, "currency": "eur"}
     assert stored.occurred_at is not None
+
+
+def test_record_appends_the_event_unsealed_and_the_sealer_chains_it() -> None:
+    with transaction.atomic():
+        event = record(action=AuditAction.ORDER_CREATED, actor_type=ActorType.SYSTEM)
+    assert (event.seq, event.prev_hash, event.hash) == (None, None, None)
+
+    assert audit_seal_pending() == 1
+
+    event.refresh_from_db()
+    assert (event.seq, event.prev_hash) == (1, GENESIS_HASH)
+    assert verify_chain() == (1, None)
 
 
 def test_the_first_event_links_to_genesis_and_each_next_to_the_previous() -> None:
@@ -175,6 +191,8 @@ def test_the_event_rolls_back_with_the_change_it_describes() -> None:
     assert not AuditEvent.objects.exists()
     with transaction.atomic():
         event = record(action=AuditAction.ORDER_CREATED, actor_type=ActorType.SYSTEM)
+    assert audit_seal_pending() == 1
+    event.refresh_from_db()
     assert event.seq == 1  # the rolled-back row left no gap in the chain
 
 

@@ -1,5 +1,7 @@
-"""The hash chain: tampering is found, erasure is not tampering, concurrent writers make one chain."""
+"""The hash chain: tampering is found, erasure is not tampering, concurrent writers make one chain, the
+sealer chains each row once."""
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +12,17 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 from django.test import RequestFactory
 
-from gdpr.audit import ActorType, AuditAction, AuditEvent, AuditEventPersonal, event_hash, record, verify_chain
+from gdpr.audit import (
+    ActorType,
+    AuditAction,
+    AuditEvent,
+    AuditEventPersonal,
+    audit_seal_pending,
+    event_hash,
+    pending_count,
+    record,
+    verify_chain,
+)
 from gdpr.registry import DataSubject, pseudonym_for
 from gdpr.services import audit_personal_erase
 from tests.support.races import race, raised
@@ -20,7 +32,7 @@ pytestmark = pytest.mark.django_db
 ALICE, BOB = str(uuid.uuid4()), str(uuid.uuid4())
 
 
-def _record(actor_id: str = ALICE, **metadata: object) -> AuditEvent:
+def _append(actor_id: str = ALICE, **metadata: object) -> AuditEvent:
     request = RequestFactory().post("/", REMOTE_ADDR="198.51.100.7", HTTP_USER_AGENT="app/2.1")
     with transaction.atomic():
         return record(
@@ -32,6 +44,32 @@ def _record(actor_id: str = ALICE, **metadata: object) -> AuditEvent:
             metadata={"email": "member@example.com", "seats": 3, **metadata},
             request=request,
         )
+
+
+def _record(actor_id: str = ALICE, **metadata: object) -> AuditEvent:
+    """An event appended and sealed, as beat's sealer would do a moment later."""
+    event = _append(actor_id, **metadata)
+    audit_seal_pending()
+    event.refresh_from_db()
+    return event
+
+
+def _all_sealed() -> int:
+    sealed = 0
+    while batch := audit_seal_pending():
+        sealed += batch
+    return sealed
+
+
+def _write(n: int, count: int) -> None:
+    for i in range(count):
+        with transaction.atomic():
+            record(
+                action=AuditAction.PAYMENT_RECORDED,
+                actor_type=ActorType.PROVIDER,
+                actor_id="stripe",
+                target_id=f"{n}-{i}",
+            )
 
 
 @contextmanager
@@ -183,6 +221,7 @@ def test_erasing_a_user_deletes_their_side_data_and_the_chain_still_verifies() -
     assert list(AuditEvent.objects.order_by("seq").values())[:4] == chain_before  # nothing updated
     assert not AuditEvent.objects.filter(actor_id=ALICE).exists()
     assert AuditEvent.objects.filter(action="audit.personal_erased", target_id=pseudonym_for(ALICE)).count() == 1
+    assert _all_sealed() == 1  # the erasure's own event
     assert verify_chain() == (5, None)
 
 
@@ -241,19 +280,89 @@ def test_the_side_data_can_be_deleted_but_never_changed() -> None:
 def test_concurrent_writers_on_their_own_connections_make_one_unbroken_chain() -> None:
     writers, per_writer = 8, 15
 
-    def write(n: int) -> None:
-        for i in range(per_writer):
-            with transaction.atomic():
-                record(
-                    action=AuditAction.PAYMENT_RECORDED,
-                    actor_type=ActorType.PROVIDER,
-                    actor_id="stripe",
-                    target_id=f"{n}-{i}",
-                )
-
-    outcomes = race(*[lambda n=n: write(n) for n in range(writers)])
+    outcomes = race(*[lambda n=n: _write(n, per_writer) for n in range(writers)], _all_sealed, _all_sealed)
 
     assert raised(outcomes) == []
+    _all_sealed()  # what the racing sealers did not see committed yet
     seqs = list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, writers * per_writer + 1))
     assert verify_chain() == (writers * per_writer, None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_sealers_racing_seal_each_row_once() -> None:
+    _write(0, 40)
+
+    outcomes = race(*[lambda: audit_seal_pending(batch_size=7) for _ in range(6)])
+
+    assert raised(outcomes) == []
+    assert sum(outcomes) == 40  # 6 batches of 7 at most: every row once, none twice
+    assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == list(range(1, 41))
+    assert verify_chain() == (40, None)
+
+
+def test_sealing_again_changes_nothing() -> None:
+    events = [_record() for _ in range(3)]
+    chain_before = list(AuditEvent.objects.order_by("seq").values())
+
+    assert audit_seal_pending() == 0
+
+    assert list(AuditEvent.objects.order_by("seq").values()) == chain_before
+    assert [event.seq for event in events] == [1, 2, 3]
+
+
+def test_unsealed_events_are_pending_not_broken(capsys: pytest.CaptureFixture[str]) -> None:
+    _record()
+    _record()
+    _append()
+
+    assert verify_chain() == (2, None)
+    assert pending_count() == 1
+    call_command("verify_audit_chain")  # seals what is pending first
+    assert "3 events verified" in capsys.readouterr().out
+    assert pending_count() == 0
+
+
+def test_sealing_cannot_rewrite_the_content_of_a_row() -> None:
+    event = _append()
+
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        _sql(
+            "UPDATE gdpr_auditevent SET seq = 1, prev_hash = %s, hash = %s, target_id = 'fam_2' WHERE id = %s",
+            ["0" * 64, "f" * 64, event.pk],
+        )
+    with pytest.raises(DatabaseError), transaction.atomic():  # half sealed: the check constraint
+        _sql("UPDATE gdpr_auditevent SET seq = 1 WHERE id = %s", [event.pk])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_committed_after_a_sealed_batch_is_chained_in_a_later_one() -> None:
+    # given: an event appended (earlier occurred_at) in a transaction still open while another commits
+    appended, sealed = threading.Event(), threading.Event()
+
+    def slow_writer() -> AuditEvent:
+        with transaction.atomic():
+            event = record(action=AuditAction.ORDER_CREATED, actor_type=ActorType.SYSTEM, target_id="slow")
+            appended.set()
+            assert sealed.wait(timeout=60)
+        return event
+
+    def fast_writer_then_seal() -> int:
+        assert appended.wait(timeout=60)
+        _write(1, 1)
+        count = _all_sealed()
+        sealed.set()
+        return count
+
+    slow, sealed_first = race(slow_writer, fast_writer_then_seal)
+
+    # when: the sealer runs again
+    assert sealed_first == 1
+    assert _all_sealed() == 1
+
+    # then: the late one follows, by sealing order, and the chain holds
+    late = AuditEvent.objects.get(pk=slow.pk)
+    first = AuditEvent.objects.get(seq=1)
+    assert (first.target_id, late.seq, late.prev_hash) == ("1-0", 2, first.hash)
+    assert late.occurred_at < first.occurred_at
+    assert verify_chain() == (2, None)

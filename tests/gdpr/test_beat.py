@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
+from gdpr.audit import ActorType, AuditAction, pending_count, record, verify_chain
 from gdpr.models import AuditEvent, DataSubjectRequest, RequestKind, RequestStatus
 from gdpr.services import (
     data_request_cancel,
@@ -43,8 +45,9 @@ def test_the_beat_schedule_runs_each_job_on_its_queue() -> None:
     app.loader.import_default_modules()  # what a worker does at start: every app's tasks module
     scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
 
-    assert {"gdpr.sweep", "gdpr.purge_exports", "gdpr.alert_overdue", "webhooks.purge_raw_payloads"} <= scheduled
-    for name in ("gdpr.sweep", "gdpr.purge_exports", "gdpr.alert_overdue", "gdpr.export_process"):
+    assert {"gdpr.sweep", "gdpr.purge_exports", "gdpr.alert_overdue", "gdpr.audit_seal"} <= scheduled
+    assert "webhooks.purge_raw_payloads" in scheduled
+    for name in ("gdpr.sweep", "gdpr.purge_exports", "gdpr.alert_overdue", "gdpr.export_process", "gdpr.audit_seal"):
         assert app.tasks[name].queue == "gdpr"
     assert app.tasks["webhooks.purge_raw_payloads"].queue == "webhooks"
 
@@ -69,6 +72,26 @@ def test_the_sweeper_runs_requests_nobody_picked_up_and_those_of_a_dead_worker(e
 
     assert DataSubjectRequest.objects.get(id=fresh.id).status == RequestStatus.PENDING  # its nudge may still come
     assert DataSubjectRequest.objects.get(id=abandoned.id).attempts == 1  # counted once, when it was re-run
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_audit_sealer_on_a_worker_chains_what_was_appended() -> None:
+    for n in range(3):
+        with transaction.atomic():
+            record(action=AuditAction.ORDER_CREATED, actor_type=ActorType.SYSTEM, target_id=f"order-{n}")
+    assert (pending_count(), verify_chain()) == (3, (0, None))
+
+    with celery_worker(["gdpr"]):
+        app.send_task("gdpr.audit_seal")  # what beat sends every 5 s
+        assert wait_until(lambda: pending_count() == 0, timeout=60)
+
+    assert verify_chain() == (3, None)
+    assert list(AuditEvent.objects.order_by("seq").values_list("target_id", flat=True)) == [
+        "order-0",
+        "order-1",
+        "order-2",
+    ]
 
 
 @pytest.mark.django_db

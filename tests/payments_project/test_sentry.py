@@ -157,5 +157,10 @@ def test_beats_jobs_of_a_minute_or_more_are_sentry_crons_monitors(sentry: Record
     assert celery is not None
     assert celery.monitor_beat_tasks is True
     # Sentry Crons takes whole minutes: the jobs of every 10 or 30 s are watched by the Prometheus alert instead
-    assert set(celery.exclude_beat_tasks or []) == {"outbox-dispatch", "outbox-measure", "webhooks-sweep"}
+    assert set(celery.exclude_beat_tasks or []) == {
+        "outbox-dispatch",
+        "outbox-measure",
+        "webhooks-sweep",
+        "gdpr-audit-seal",
+    }
     assert "reconciliation-state-compare" in BEAT_SCHEDULE

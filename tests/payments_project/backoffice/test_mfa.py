@@ -114,7 +114,9 @@ def test_every_later_sign_in_asks_for_a_code_and_only_the_right_one_opens_the_ad
     assert throttled.status_code == 200  # even the right code waits out the throttle
     assert (right.status_code, right["Location"]) == (302, PAYMENTS)
     assert client.get(PAYMENTS).status_code == 200
-    actions = list(AuditEvent.objects.filter(actor_id=str(user.pk)).order_by("seq").values_list("action", flat=True))
+    actions = list(
+        AuditEvent.objects.filter(actor_id=str(user.pk)).order_by("occurred_at", "id").values_list("action", flat=True)
+    )
     assert actions[-4:] == ["admin.login", "admin.mfa_failed", "admin.mfa_failed", "admin.mfa_verified"]
 
 
