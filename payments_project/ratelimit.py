@@ -196,7 +196,8 @@ _batched = _BatchedHits()
 
 
 def check_batched(request: HttpRequest | Request, group: str, *, by: KeyKind = "auto") -> None:
-    """check_rate_limit, with the hits reported in batches (_BatchedHits): for the hot entitlement check."""
+    """check_rate_limit, with the hits reported in batches (_BatchedHits): for the hot paths (the entitlement
+    check, accepted webhook deliveries)."""
     window = window_for(request, group, by=by)
     try:
         count: int | None = _batched.hit(window)
