@@ -10,6 +10,7 @@
 """
 
 import json
+import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -177,8 +178,10 @@ def _noop(ctx: Context, worker: Worker) -> dict[str, Any]:
 def run(ctx: Context) -> list[Row]:
     c = ctx.config
     limits = {"RATE_LIMIT_WEBHOOK": "1000000/s"}  # measure ingestion, not the limiter's 429s
-    with baseline_server(c.gunicorn) as baseline, project_server(c.gunicorn, env=limits) as project:
-        rows = _ingestion(ctx, baseline, project)
+    rows = []
+    if os.environ.get("BENCH_WEBHOOKS_PART") != "e2e":  # end to end only, while iterating on processing
+        with baseline_server(c.gunicorn) as baseline, project_server(c.gunicorn, env=limits) as project:
+            rows = _ingestion(ctx, baseline, project)
     # A server's publisher threads (tasks/base.py) go on sending what the ingestion's requests enqueued
     # after they were answered, until the server stops: purged only then, so none of it runs in the
     # no-op or end-to-end measurements (which get a server of their own).
