@@ -56,7 +56,9 @@ AuditAction = audit.AuditAction
 # --- Refresh ------------------------------------------------------------------------------------
 
 
-@transaction.atomic
+# No savepoint of its own (two round trips per webhook event): it runs in its caller's transaction, and
+# a failure rolls that back; no caller catches one and carries on.
+@transaction.atomic(savepoint=False)
 def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
     """Recompute the entitlements of these users and of everyone who depends on them, in the
     caller's transaction (the webhook processor's, right after the billing change).
@@ -71,10 +73,11 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
     if not user_ids:
         return
     now = timezone.now()
-    owned = FamilyGroup.objects.filter(owner_user_id__in=user_ids)
-    if owned.exists():
+    owned = FamilyGroup.objects.filter(owner_user_id__in=user_ids).order_by("id")
+    groups = list(owned)  # mostly none: one plain read, and no lock to take
+    if groups:
         audit.chain_lock()  # before the group rows (the lock order above)
-    groups = list(owned.select_for_update().order_by("id"))
+        groups = list(owned.select_for_update())
     members = set(
         FamilyMembership.objects.filter(group__in=groups, role=MembershipRole.MEMBER).values_list("user_id", flat=True)
     )

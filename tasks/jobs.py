@@ -60,7 +60,10 @@ def claim_batch(
     candidates = _claimable(jobs, reclaim_running=reclaim_running).select_for_update(skip_locked=True)
     batch = jobs.model._default_manager.filter(pk__in=candidates.order_by(order_by).values("pk")[:limit])
     with transaction.atomic(using=jobs.db):  # Django compiles FOR UPDATE only inside a transaction
-        return _claim(batch, fields, {})
+        claimed = _claim(batch, [*fields, order_by], {})
+    # RETURNING comes back in whatever order the UPDATE met the rows, not the subquery's.
+    claimed.sort(key=lambda row: row.pop(order_by))
+    return claimed
 
 
 def _claimable(jobs: QuerySet[J], *, reclaim_running: bool) -> QuerySet[J]:

@@ -11,6 +11,7 @@ from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
+from tasks.models import OutboxMessage
 from tests.support.races import race
 from tests.support.stripe_events import delivery, stripe_event
 from tests.support.worker import celery_worker, wait_until
@@ -144,6 +145,8 @@ def test_a_drain_runs_every_waiting_event_once_and_leaves_the_rest(client: Clien
     assert webhook_events_drain() == len(waiting)
 
     assert all(effects(event.object_id) == 1 for event in waiting)
+    ran_in = OutboxMessage.objects.filter(type="test.effect").order_by("id").values_list("subject", flat=True)
+    assert list(ran_in) == [f"object:{event.object_id}" for event in waiting]  # oldest first
     assert set(WebhookEvent.objects.filter(id__in=[e.id for e in waiting]).values_list("status", "attempts")) == {
         (Status.PROCESSED, 1)
     }
