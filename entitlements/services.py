@@ -85,11 +85,7 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
 
     # Lock the snapshots before reading what they will be compared with: a concurrent refresh of the
     # same user waits here, then reads (READ COMMITTED) what this one committed.
-    EntitlementSnapshot.objects.bulk_create([EntitlementSnapshot(user_id=u) for u in affected], ignore_conflicts=True)
-    snapshots = {
-        snapshot.user_id: snapshot
-        for snapshot in EntitlementSnapshot.objects.select_for_update().filter(user_id__in=affected).order_by("user_id")
-    }
+    snapshots = _snapshots_locked(affected, now=now)
 
     inputs = selectors.resolver_inputs(user_ids=affected)
     grace = selectors.past_due_grace()
@@ -125,6 +121,20 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
     log.info("entitlements_refreshed", users=len(affected), changed=len(changed))
     # Always bump, changed keys or not: an expiry shown in the cached body may have moved.
     transaction.on_commit(lambda: entitlements_cache_invalidate(user_ids=affected), robust=True)
+
+
+def _snapshots_locked(user_ids: list[uuid.UUID], *, now: datetime) -> dict[uuid.UUID, EntitlementSnapshot]:
+    """The users' snapshot rows (`user_ids` sorted: the lock order), each made if missing and locked, in one
+    statement: an insert meeting an existing row locks it instead (a no-op update of its key) and RETURNING
+    reads it. One round trip where an insert-if-missing then SELECT … FOR UPDATE took two."""
+    table = transaction.get_connection().ops.quote_name(EntitlementSnapshot._meta.db_table)
+    values = ", ".join(["(%s, '[]'::jsonb, %s)"] * len(user_ids))
+    sql = (
+        f"INSERT INTO {table} (user_id, features, updated_at) VALUES {values} "  # noqa: S608 - identifiers from the model
+        "ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id RETURNING user_id, features, updated_at"
+    )
+    params = [value for user_id in user_ids for value in (user_id, now)]
+    return {snapshot.user_id: snapshot for snapshot in EntitlementSnapshot.objects.raw(sql, params)}
 
 
 # Grants that end by time alone (past_due beyond the grace period, the period end of a subscription
