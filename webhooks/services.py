@@ -200,14 +200,14 @@ def webhook_events_drain(*, reclaim: bool = False) -> int:
         try:
             for payload_fields in claimed:
                 event_id = unstarted.pop(0)
-                _, wakes = _process_claimed(event_id, payload_fields)
-                if wakes:
-                    wake.add(wakes)
+                _, waking = _process_claimed(event_id, payload_fields)
+                if waking:
+                    wake.add(waking)
                 ran += 1
         finally:
             if unstarted:  # stopped mid-batch (a time limit, a lost database): the rest wait for the next run
                 _release(unstarted)
-        _wake_waiting_on(wake)
+            _wake_waiting_on(wake)  # what the events that did run let go
         if len(claimed) < DRAIN_BATCH:
             return ran
     _enqueue_processing()  # more waiting than one run takes: the next run goes on
