@@ -178,9 +178,12 @@ def _noop(ctx: Context, worker: Worker) -> dict[str, Any]:
 def run(ctx: Context) -> list[Row]:
     c = ctx.config
     limits = {"RATE_LIMIT_WEBHOOK": "1000000/s"}  # measure ingestion, not the limiter's 429s
-    with baseline_server(c.gunicorn) as baseline, project_server(c.gunicorn, env=limits) as project:
-        rows = _ingestion(ctx, baseline, project)
-    if os.environ.get("BENCH_WEBHOOKS_INGESTION_ONLY"):  # iterating on target 1 alone
+    part = os.environ.get("BENCH_WEBHOOKS_PART", "")  # "ingestion" or "e2e": that half only, while iterating
+    rows = []
+    if part != "e2e":
+        with baseline_server(c.gunicorn) as baseline, project_server(c.gunicorn, env=limits) as project:
+            rows = _ingestion(ctx, baseline, project)
+    if part == "ingestion":
         return rows
     # A server's publisher threads (tasks/base.py) go on sending what the ingestion's requests enqueued
     # after they were answered, until the server stops: purged only then, so none of it runs in the

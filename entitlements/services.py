@@ -55,7 +55,9 @@ AuditAction = audit.AuditAction
 # --- Refresh ------------------------------------------------------------------------------------
 
 
-@transaction.atomic
+# No savepoint of its own (two round trips per webhook event): it runs in its caller's transaction, and
+# a failure rolls that back; no caller catches one and carries on.
+@transaction.atomic(savepoint=False)
 def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
     """Recompute the entitlements of these users and of everyone who depends on them, in the
     caller's transaction (the webhook processor's, right after the billing change).
@@ -70,8 +72,10 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
     if not user_ids:
         return
     now = timezone.now()
-    owned = FamilyGroup.objects.filter(owner_user_id__in=user_ids)
-    groups = list(owned.select_for_update().order_by("id"))
+    owned = FamilyGroup.objects.filter(owner_user_id__in=user_ids).order_by("id")
+    groups = list(owned)  # mostly none: one plain read, and no lock to take
+    if groups:
+        groups = list(owned.select_for_update())
     members = set(
         FamilyMembership.objects.filter(group__in=groups, role=MembershipRole.MEMBER).values_list("user_id", flat=True)
     )
@@ -79,11 +83,7 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
 
     # Lock the snapshots before reading what they will be compared with: a concurrent refresh of the
     # same user waits here, then reads (READ COMMITTED) what this one committed.
-    EntitlementSnapshot.objects.bulk_create([EntitlementSnapshot(user_id=u) for u in affected], ignore_conflicts=True)
-    snapshots = {
-        snapshot.user_id: snapshot
-        for snapshot in EntitlementSnapshot.objects.select_for_update().filter(user_id__in=affected).order_by("user_id")
-    }
+    snapshots = _snapshots_locked(affected, now=now)
 
     inputs = selectors.resolver_inputs(user_ids=affected)
     grace = selectors.past_due_grace()
@@ -119,6 +119,20 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
     log.info("entitlements_refreshed", users=len(affected), changed=len(changed))
     # Always bump, changed keys or not: an expiry shown in the cached body may have moved.
     transaction.on_commit(lambda: entitlements_cache_invalidate(user_ids=affected), robust=True)
+
+
+def _snapshots_locked(user_ids: list[uuid.UUID], *, now: datetime) -> dict[uuid.UUID, EntitlementSnapshot]:
+    """The users' snapshot rows (`user_ids` sorted: the lock order), each made if missing and locked, in one
+    statement: an insert meeting an existing row locks it instead (a no-op update of its key) and RETURNING
+    reads it. One round trip where an insert-if-missing then SELECT … FOR UPDATE took two."""
+    table = transaction.get_connection().ops.quote_name(EntitlementSnapshot._meta.db_table)
+    values = ", ".join(["(%s, '[]'::jsonb, %s)"] * len(user_ids))
+    sql = (
+        f"INSERT INTO {table} (user_id, features, updated_at) VALUES {values} "  # noqa: S608 - identifiers from the model
+        "ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id RETURNING user_id, features, updated_at"
+    )
+    params = [value for user_id in user_ids for value in (user_id, now)]
+    return {snapshot.user_id: snapshot for snapshot in EntitlementSnapshot.objects.raw(sql, params)}
 
 
 # Grants that end by time alone (past_due beyond the grace period, the period end of a subscription

@@ -164,13 +164,25 @@ class _Publisher:
 
     def _run(self) -> None:
         while True:
-            context, task, args = self._queue.get()
-            try:
-                context.run(self._send, task, args)
-            except Exception:
-                NUDGES_DROPPED.labels(task.name).inc()
-                log.warning("task_send_failed", task=task.name, exc_info=True)
-            finally:
+            pending = [self._queue.get()]
+            while True:  # everything submitted meanwhile goes in this round
+                try:
+                    pending.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            sent: set[tuple[str, str]] = set()
+            for context, task, args in pending:
+                # Identical sends coalesce: each was submitted after its commit, and the one send made now
+                # follows all those commits (a burst of drain or outbox nudges costs one message, not one each).
+                if (key := (task.name, repr(args))) in sent:
+                    continue
+                sent.add(key)
+                try:
+                    context.run(self._send, task, args)
+                except Exception:
+                    NUDGES_DROPPED.labels(task.name).inc()
+                    log.warning("task_send_failed", task=task.name, exc_info=True)
+            for _ in pending:
                 self._queue.task_done()
 
     @staticmethod

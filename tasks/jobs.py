@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import F, Q, QuerySet
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
@@ -46,9 +46,34 @@ def claim_returning(
 ) -> dict[str, Any] | None:
     """claim(), also reading `fields` of the claimed job in the same statement (`UPDATE … RETURNING`): what
     the run needs before its transaction costs no second round trip. None when the job was not taken."""
+    claimed = _claim(_claimable(jobs, reclaim_running=reclaim_running), fields, also)
+    return claimed[0] if claimed else None
+
+
+def claim_batch(
+    jobs: QuerySet[J], fields: Sequence[str], *, limit: int, order_by: str, reclaim_running: bool = False
+) -> list[dict[str, Any]]:
+    """claim_returning() for up to `limit` jobs of `jobs` at once, in `order_by` order: one
+    `UPDATE … WHERE pk IN (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING` and one commit for the whole
+    batch, each job's attempt counted and its lease set as claim() does. A job another worker is claiming
+    or running is skipped, never waited for. Call it outside any transaction, as claim()."""
+    candidates = _claimable(jobs, reclaim_running=reclaim_running).select_for_update(skip_locked=True)
+    batch = jobs.model._default_manager.filter(pk__in=candidates.order_by(order_by).values("pk")[:limit])
+    with transaction.atomic(using=jobs.db):  # Django compiles FOR UPDATE only inside a transaction
+        claimed = _claim(batch, [*fields, order_by], {})
+    # RETURNING comes back in whatever order the UPDATE met the rows, not the subquery's.
+    claimed.sort(key=lambda row: row.pop(order_by))
+    return claimed
+
+
+def _claimable(jobs: QuerySet[J], *, reclaim_running: bool) -> QuerySet[J]:
     statuses, now = jobs.model.statuses, timezone.now()
     running = Q(status=statuses.running) if reclaim_running else Q(status=statuses.running, lease_until__lt=now)
-    claimable = jobs.filter(Q(status__in=statuses.waiting) | running)
+    return jobs.filter(Q(status__in=statuses.waiting) | running)
+
+
+def _claim(claimable: QuerySet[J], fields: Sequence[str], also: dict[str, Any]) -> list[dict[str, Any]]:
+    statuses, now = claimable.model.statuses, timezone.now()
     update = claimable.query.chain(UpdateQuery)
     assert isinstance(update, UpdateQuery)
     update.add_update_values(
@@ -56,21 +81,23 @@ def claim_returning(
     )
     sql, params = update.get_compiler(claimable.db).as_sql()
     connection = connections[claimable.db]
-    meta = jobs.model._meta
+    meta = claimable.model._meta
     cols = [(meta.pk if name == "pk" else meta.get_field(name)).get_col(meta.db_table) for name in fields]  # type: ignore[union-attr]
     columns = ", ".join(connection.ops.quote_name(str(col.target.column)) for col in cols)
     with connection.cursor() as cursor:
         cursor.execute(f"{sql} RETURNING {columns}", params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
+        rows = cursor.fetchall()
     # What the ORM would make of each value (SQLite hands back naive datetimes as text, for one).
-    values = []
-    for col, value in zip(cols, row, strict=True):
-        for convert in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
-            value = convert(value, col, connection)
-        values.append(value)
-    return dict(zip(fields, values, strict=True))
+    converters = [connection.ops.get_db_converters(col) + col.get_db_converters(connection) for col in cols]
+    claimed = []
+    for row in rows:
+        values = []
+        for col, convert_all, value in zip(cols, converters, row, strict=True):
+            for convert in convert_all:
+                value = convert(value, col, connection)
+            values.append(value)
+        claimed.append(dict(zip(fields, values, strict=True)))
+    return claimed
 
 
 def record_failure(

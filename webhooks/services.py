@@ -10,6 +10,8 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Now
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -21,7 +23,7 @@ from payments_project.json_body import json_loads
 from payments_project.tracing import current_traceparent, job_span
 from tasks.base import enqueue_on_commit
 from tasks.errors import NotYetKnown, is_transient
-from tasks.jobs import claim_returning, outcome_fields, record_failure, sweep
+from tasks.jobs import claim_batch, claim_returning, due, outcome_fields, record_failure
 from webhooks import metrics
 from webhooks.errors import WebhookRejected
 from webhooks.handlers import HANDLERS, REFETCHERS
@@ -127,7 +129,7 @@ def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> bool:
     status = _insert_unless_present(candidate, erased=erased, instead=instead)
     metrics.EVENTS_RECEIVED.labels(envelope.type, "duplicate" if status is None else "new").inc()
     if status == Status.RECEIVED:
-        _enqueue_processing(candidate.id)
+        _enqueue_processing()
     return status is None
 
 
@@ -191,10 +193,71 @@ def _metadata_user_ids(obj: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _enqueue_processing(event_id: uuid.UUID) -> None:
-    from webhooks.tasks import webhook_event_process_task  # imported here: the task module imports this one
+def _enqueue_processing() -> None:
+    """Nudge a drain once the event is committed. The nudge names no event: the drain takes every waiting
+    one, so the nudges of a burst coalesce into a few messages (tasks.base._Publisher), not one per event."""
+    from webhooks.tasks import webhook_events_drain_task  # imported here: the task module imports this one
 
-    enqueue_on_commit(webhook_event_process_task, str(event_id))
+    enqueue_on_commit(webhook_events_drain_task)
+
+
+# Events claimed per statement (and per claim commit) by a drain, and batches per drain run: a run stays
+# seconds long, far inside its time limit, and leaves the rest to the next run.
+DRAIN_BATCH = 20
+DRAIN_MAX_BATCHES = 25
+
+
+def webhook_events_drain(*, reclaim: bool = False) -> int:
+    """Process the events waiting in the inbox (received, or failed and due), oldest first, in batches:
+    each batch is claimed in one statement (`tasks.jobs.claim_batch`: attempts counted, leases set, one
+    commit), then every event runs as webhook_event_process runs it, in a transaction of its own. Returns
+    how many events it ran.
+
+    `reclaim`: also take back events claimed but not being run (not row-locked): a redelivered drain's
+    worker died mid-batch, and what it claimed need not wait for its lease (a live drain whose unstarted
+    events are taken back walks away from them at their row lock; their attempt is counted twice).
+    """
+    ran = 0
+    for _ in range(DRAIN_MAX_BATCHES):
+        claimed = claim_batch(
+            _WAITING, ("pk", *_PAYLOAD_FIELDS), limit=DRAIN_BATCH, order_by="next_attempt_at", reclaim_running=reclaim
+        )
+        reclaim = False
+        unstarted = [row.pop("pk") for row in claimed]
+        wake: set[str] = set()
+        try:
+            for payload_fields in claimed:
+                event_id = unstarted.pop(0)
+                _, waking = _process_claimed(event_id, payload_fields)
+                if waking:
+                    wake.add(waking)
+                ran += 1
+        finally:
+            if unstarted:  # stopped mid-batch (a time limit, a lost database): the rest wait for the next run
+                _release(unstarted)
+            _wake_waiting_on(wake)  # what the events that did run let go
+        if len(claimed) < DRAIN_BATCH:
+            return ran
+    _enqueue_processing()  # more waiting than one run takes: the next run goes on
+    return ran
+
+
+# What a drain takes: fresh events whatever their pickup grace (which only keeps the sweeper off them),
+# failed ones whose backoff has passed, and claimed ones whose worker's lease ran out (claim_batch decides).
+_WAITING = WebhookEvent.objects.filter(
+    Q(status__in=[Status.RECEIVED, Status.PROCESSING]) | Q(status=Status.FAILED, next_attempt_at__lte=Now())
+)
+
+
+def _release(event_ids: list[uuid.UUID]) -> None:
+    """Give claimed events that were never run back to waiting, their claim uncounted: a first claim was
+    a received event, a later one a failed event (now due)."""
+    WebhookEvent.objects.filter(id__in=event_ids, status=Status.PROCESSING).update(
+        status=Case(When(attempts=1, then=Value(Status.RECEIVED)), default=Value(Status.FAILED)),
+        attempts=F("attempts") - 1,
+        lease_until=None,
+        next_attempt_at=Now(),
+    )
 
 
 def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
@@ -209,6 +272,15 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
     claimed = claim_returning(WebhookEvent.objects.filter(id=event_id), _PAYLOAD_FIELDS, reclaim_running=True)
     if claimed is None:
         return None
+    status, wakes = _process_claimed(event_id, claimed)
+    if wakes:
+        _wake_waiting_on({wakes})
+    return status
+
+
+def _process_claimed(event_id: uuid.UUID, claimed: dict[str, Any]) -> tuple[str | None, str]:
+    """Run a claimed event (see webhook_event_process); returns its new status (None: not ours to run) and
+    the customer whose waiting events may go now ("" for none)."""
     payload, trace = _payload(**claimed)  # before the transaction: it may have to ask Stripe
     with job_span("webhook.process", **trace) as span, transaction.atomic(durable=True):
         event = (
@@ -218,13 +290,14 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
             .first()
         )
         if event is None:
-            return None
+            return None, ""
         span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
         customer_missing = _run_handler(event, payload)
         event.save(update_fields=[*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
         span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
         status, event_type, received_at = event.status, event.type, event.received_at
         transaction.on_commit(lambda: _count(event_type, status, received_at))
+    log.info("webhook_event_processed", event_id=event.event_id, type=event.type, status=event.status)
     # Committed. Whatever an applied event changed, or merely linked (a customer.created naming a user we
     # know), its customer's waiting events may go now: one lookup in a partial index, mostly empty. An event
     # that found its customer missing looks once more, now that its waiting is committed: either it sees
@@ -233,24 +306,22 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
         event.status == Status.PROCESSED
         or (customer_missing and Customer.objects.filter(stripe_customer_id=event.customer_id).exists())
     ):
-        _wake_waiting_on(event.customer_id)
-    log.info("webhook_event_processed", event_id=event.event_id, type=event.type, status=event.status)
-    return event.status
+        return event.status, event.customer_id
+    return event.status, ""
 
 
-def _wake_waiting_on(customer_id: str) -> None:
-    """Enqueue now the failed events waiting on `customer_id` (their customer, or what hangs off it, was not
-    there yet; an event of that customer has just been applied). Outside any transaction: it must see
-    what committed just before; two wakers enqueueing one event twice is harmless (the claim decides)."""
-    woken = list(WebhookEvent.objects.filter(status=Status.FAILED, waiting_on=customer_id).values_list("id", flat=True))
-    if not woken:
+def _wake_waiting_on(customer_ids: set[str]) -> None:
+    """Make due now the failed events waiting on these customers (their customer, or what hangs off it, was
+    not there yet; an event of theirs has just been applied), and nudge a drain. Outside any transaction:
+    it must see what committed just before. One statement (a partial index) for a whole batch."""
+    if not customer_ids:
         return
-    WebhookEvent.objects.filter(id__in=woken, status=Status.FAILED).update(
-        waiting_on="", next_attempt_at=timezone.now() + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS)
+    woken = WebhookEvent.objects.filter(status=Status.FAILED, waiting_on__in=customer_ids).update(
+        waiting_on="", next_attempt_at=Now()
     )
-    log.info("webhook_events_woken", customer_id=customer_id, count=len(woken))
-    for event_id in woken:
-        _enqueue_processing(event_id)
+    if woken:
+        log.info("webhook_events_woken", customers=len(customer_ids), count=woken)
+        _enqueue_processing()
 
 
 Payload = tuple[Mapping[str, Any], datetime] | Exception
@@ -330,18 +401,18 @@ def _count(event_type: str, status: str, received_at: datetime) -> None:
         metrics.PROCESSING_LATENCY.observe((timezone.now() - received_at).total_seconds())
 
 
-@transaction.atomic(durable=True)
 def webhook_events_sweep() -> int:
-    """Re-enqueue every event that is due: never picked up, failed and due, or claimed by a worker
-    that died (tasks.jobs.sweep)."""
-    due = sweep(WebhookEvent, grace=timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS))
-    for event_id in due:
-        _enqueue_processing(event_id)
+    """Nudge a drain when any event is due: never picked up (its nudge was lost), failed and due, or
+    claimed by a worker that died (its lease ran out). Returns how many are due. The drain takes them; a
+    lost lease's event goes back through the claim, its used attempt still counted."""
+    due_now = due(WebhookEvent).count()
+    if due_now:
+        _enqueue_processing()
     metrics.BACKLOG.set(
         WebhookEvent.objects.filter(status__in=[Status.RECEIVED, Status.FAILED, Status.PROCESSING]).count()
     )
     metrics.DEAD.set(WebhookEvent.objects.filter(status=Status.DEAD).count())
-    return len(due)
+    return due_now
 
 
 @transaction.atomic(durable=True)
@@ -354,7 +425,7 @@ def webhook_event_replay(*, event_id: uuid.UUID, staff_id: str, request: HttpReq
     event.next_attempt_at = timezone.now() + timedelta(seconds=settings.WEBHOOK_PICKUP_GRACE_SECONDS)
     event.save(update_fields=["status", "attempts", "last_error", "processed_at", "next_attempt_at"])
     _audit_staff_action(audit.AuditAction.WEBHOOK_REPLAYED, event, previous, staff_id=staff_id, request=request)
-    _enqueue_processing(event.id)
+    _enqueue_processing()
     return event
 
 

@@ -7,6 +7,7 @@ from tasks.queues import TaskQueue
 from webhooks.reconciliation import events_gap_fill, state_compare
 from webhooks.services import (
     webhook_event_process,
+    webhook_events_drain,
     webhook_events_prune,
     webhook_events_sweep,
     webhook_payloads_purge,
@@ -15,13 +16,21 @@ from webhooks.services import (
 
 @shared_task(base=BaseTask, name="webhooks.process_event", queue=TaskQueue.WEBHOOKS)
 def webhook_event_process_task(event_id: str) -> str | None:
-    """Process one inbox row (safe to run twice: the claim decides)."""
+    """Process one inbox row (safe to run twice: the claim decides). Events are nudged to the drain now;
+    this runs the messages queued before it, and one named event when a person or a test asks."""
     return webhook_event_process(event_id=uuid.UUID(event_id))
+
+
+@shared_task(base=BaseTask, bind=True, name="webhooks.drain", queue=TaskQueue.WEBHOOKS)
+def webhook_events_drain_task(self: BaseTask) -> int:
+    """Process the waiting events; nudged after each commit that stores or wakes one, and by the sweeper.
+    A redelivered run (its worker died mid-batch) takes back at once what that worker had claimed."""
+    return webhook_events_drain(reclaim=bool((self.request.delivery_info or {}).get("redelivered")))
 
 
 @shared_task(base=BaseTask, name="webhooks.sweep", queue=TaskQueue.WEBHOOKS)
 def webhook_events_sweep_task() -> int:
-    """Beat: re-enqueue events that are due (missed nudges, retries, dead workers)."""
+    """Beat: nudge a drain when events are due (missed nudges, retries, dead workers)."""
     return webhook_events_sweep()
 
 

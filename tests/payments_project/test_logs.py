@@ -69,8 +69,8 @@ def test_every_line_of_the_tasks_a_request_caused_carries_its_request_id_and_tra
     lines = json_lines(Path(f"/tmp/{node}.log"), only=False)  # Celery's banner is not a log line
     [ingestion] = [s for s in traced.spans() if s.name == "POST webhooks/stripe/"]
 
-    task_lines = [line for line in lines if line.get("task_name") in {"webhooks.process_event", "outbox.dispatch"}]
-    assert {line["task_name"] for line in task_lines} == {"webhooks.process_event", "outbox.dispatch"}
+    task_lines = [line for line in lines if line.get("task_name") in {"webhooks.drain", "outbox.dispatch"}]
+    assert {line["task_name"] for line in task_lines} == {"webhooks.drain", "outbox.dispatch"}
     assert all(line.get("request_id") == "req-logs-0001" for line in task_lines), task_lines
     assert all(line.get("trace_id") == ingestion.trace_id for line in task_lines), task_lines
 

@@ -116,8 +116,8 @@ def test_a_checkout_the_webhook_it_causes_the_entitlement_change_and_the_publish
     assert processing.links == [ingestion.traceparent_ids()]
     assert processing.attributes["jia.webhook.type"] == "customer.subscription.created"
     assert processing.attributes["jia.webhook.status"] == "processed"
-    # the Celery task that ran it is the ingestion request's child (Celery's headers)
-    task_run = one(worker_spans, "run/webhooks.process_event")
+    # the drain that ran it is the ingestion request's child (Celery's headers: the nudge was sent in its context)
+    task_run = one(worker_spans, "run/webhooks.drain")
     assert task_run.trace_id == ingestion.trace_id
     # every published event carries the trace: the checkout's own, and those of the entitlement change
     assert set(events) >= {"order.created", "subscription.activated", "entitlements.changed"}

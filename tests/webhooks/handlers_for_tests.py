@@ -41,6 +41,11 @@ if "test.effect" not in HANDLERS:
             time.sleep(60)
         return set()
 
+    @handles("test.exit")
+    def exit_effect(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+        """The worker is told to shut down in the middle of it (not a failure of the event)."""
+        raise SystemExit("the worker is shutting down")
+
     @handles("test.stubborn")
     def stubborn_effect(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
         """On its first run, deaf to its soft time limit (as code stuck outside Python is): only the hard

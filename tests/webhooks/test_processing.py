@@ -11,12 +11,13 @@ from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
+from tasks.models import OutboxMessage
 from tests.support.races import race
 from tests.support.stripe_events import delivery, stripe_event
 from tests.support.worker import celery_worker, wait_until
 from tests.webhooks.handlers_for_tests import effects
 from webhooks.models import WebhookEvent
-from webhooks.services import webhook_event_process, webhook_events_sweep
+from webhooks.services import DRAIN_BATCH, webhook_event_process, webhook_events_drain, webhook_events_sweep
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = WebhookEvent.Status
@@ -114,8 +115,10 @@ def test_two_workers_racing_for_one_event_apply_it_once(client: Client) -> None:
     assert all(effects(event.object_id) == 1 for event in events)
 
 
-def test_the_sweeper_enqueues_events_that_are_due_and_leaves_fresh_ones_alone(client: Client) -> None:
-    fresh = receive(client)
+def test_the_sweeper_counts_the_events_that_are_due_and_nudges_a_drain_that_runs_every_waiting_one(
+    client: Client,
+) -> None:
+    fresh = receive(client)  # its own nudge is purged as the worker starts
     missed = receive(client)
     retry_due = receive(client)
     retry_later = receive(client)
@@ -125,11 +128,71 @@ def test_the_sweeper_enqueues_events_that_are_due_and_leaves_fresh_ones_alone(cl
     WebhookEvent.objects.filter(id=retry_later.id).update(status=Status.FAILED)
 
     with celery_worker(["webhooks"], include="tests.webhooks.handlers_for_tests"):
-        assert webhook_events_sweep() == 2
-        assert wait_until(lambda: effects(missed.object_id) == 1 and effects(retry_due.object_id) == 1)
+        assert webhook_events_sweep() == 2  # a fresh event is left to its nudge: not counted
+        assert wait_until(lambda: all(effects(e.object_id) == 1 for e in (missed, retry_due, fresh)))
 
-    assert WebhookEvent.objects.get(id=fresh.id).status == Status.RECEIVED
-    assert WebhookEvent.objects.get(id=retry_later.id).status == Status.FAILED
+    assert WebhookEvent.objects.get(id=retry_later.id).status == Status.FAILED  # its backoff has not passed
+    assert WebhookEvent.objects.get(id=retry_later.id).attempts == 0
+
+
+def test_a_drain_runs_every_waiting_event_once_and_leaves_the_rest(client: Client) -> None:
+    waiting = [receive(client) for _ in range(DRAIN_BATCH + 3)]  # more than one batch
+    backing_off = receive(client)
+    WebhookEvent.objects.filter(id=backing_off.id).update(status=Status.FAILED)
+    dead = receive(client)
+    WebhookEvent.objects.filter(id=dead.id).update(status=Status.DEAD)
+
+    assert webhook_events_drain() == len(waiting)
+
+    assert all(effects(event.object_id) == 1 for event in waiting)
+    ran_in = OutboxMessage.objects.filter(type="test.effect").order_by("id").values_list("subject", flat=True)
+    assert list(ran_in) == [f"object:{event.object_id}" for event in waiting]  # oldest first
+    assert set(WebhookEvent.objects.filter(id__in=[e.id for e in waiting]).values_list("status", "attempts")) == {
+        (Status.PROCESSED, 1)
+    }
+    assert [effects(backing_off.object_id), effects(dead.object_id)] == [0, 0]
+    assert webhook_events_drain() == 0
+
+
+def test_drains_racing_run_each_event_once(client: Client) -> None:
+    events = [receive(client) for _ in range(3 * DRAIN_BATCH)]
+
+    ran = race(*[webhook_events_drain] * 4)
+
+    assert sum(ran) == len(events)
+    assert all(effects(event.object_id) == 1 for event in events)
+    assert set(WebhookEvent.objects.filter(id__in=[e.id for e in events]).values_list("attempts", flat=True)) == {1}
+
+
+def test_a_drain_takes_back_an_event_whose_worker_lost_its_lease_counting_the_lost_attempt(client: Client) -> None:
+    lost = receive(client)
+    running = receive(client)  # claimed by a live worker, under its lease
+    past, future = timezone.now() - timedelta(seconds=1), timezone.now() + timedelta(minutes=5)
+    WebhookEvent.objects.filter(id=lost.id).update(status=Status.PROCESSING, attempts=1, lease_until=past)
+    WebhookEvent.objects.filter(id=running.id).update(status=Status.PROCESSING, attempts=1, lease_until=future)
+
+    assert webhook_events_drain() == 1
+
+    assert (WebhookEvent.objects.get(id=lost.id).status, WebhookEvent.objects.get(id=lost.id).attempts) == (
+        Status.PROCESSED,
+        2,
+    )
+    assert WebhookEvent.objects.get(id=running.id).status == Status.PROCESSING
+    assert webhook_events_drain(reclaim=True) == 1  # a redelivered drain: that worker died
+    assert effects(running.object_id) == 1
+
+
+def test_a_drain_stopped_mid_batch_gives_back_what_it_had_not_started(client: Client) -> None:
+    stopping = receive(client, "test.exit")  # the worker shuts down in the middle of it
+    unstarted = receive(client)
+
+    with pytest.raises(SystemExit):
+        webhook_events_drain()
+
+    assert WebhookEvent.objects.filter(id=stopping.id, status=Status.PROCESSING, attempts=1).exists()  # its lease
+    unstarted.refresh_from_db()
+    assert (unstarted.status, unstarted.attempts, unstarted.lease_until) == (Status.RECEIVED, 0, None)
+    assert webhook_events_drain() == 1
 
 
 @pytest.mark.slow
