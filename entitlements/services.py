@@ -125,13 +125,20 @@ def _snapshots_locked(user_ids: list[uuid.UUID], *, now: datetime) -> dict[uuid.
     """The users' snapshot rows (`user_ids` sorted: the lock order), each made if missing and locked, in one
     statement: an insert meeting an existing row locks it instead (a no-op update of its key) and RETURNING
     reads it. One round trip where an insert-if-missing then SELECT … FOR UPDATE took two."""
-    table = transaction.get_connection().ops.quote_name(EntitlementSnapshot._meta.db_table)
-    values = ", ".join(["(%s, '[]'::jsonb, %s)"] * len(user_ids))
+    connection = transaction.get_connection()
+    table = connection.ops.quote_name(EntitlementSnapshot._meta.db_table)
+    values = ", ".join(["(%s, %s, %s)"] * len(user_ids))
     sql = (
         f"INSERT INTO {table} (user_id, features, updated_at) VALUES {values} "  # noqa: S608 - identifiers from the model
         "ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id RETURNING user_id, features, updated_at"
     )
-    params = [value for user_id in user_ids for value in (user_id, now)]
+    # Values as the fields write them (SQLite, for make run and make demo, binds no UUID and has no jsonb).
+    fields = [EntitlementSnapshot._meta.get_field(name) for name in ("user_id", "features", "updated_at")]
+    params = [
+        field.get_db_prep_save(value, connection)
+        for user_id in user_ids
+        for field, value in zip(fields, (user_id, [], now), strict=True)
+    ]
     return {snapshot.user_id: snapshot for snapshot in EntitlementSnapshot.objects.raw(sql, params)}
 
 
