@@ -133,7 +133,8 @@ def _snapshots_locked(user_ids: list[uuid.UUID], *, now: datetime) -> dict[uuid.
         "ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id RETURNING user_id, features, updated_at"
     )
     # Values as the fields write them (SQLite, for make run and make demo, binds no UUID and has no jsonb).
-    fields = [EntitlementSnapshot._meta.get_field(name) for name in ("user_id", "features", "updated_at")]
+    by_name = {field.name: field for field in EntitlementSnapshot._meta.concrete_fields}
+    fields = [by_name[name] for name in ("user_id", "features", "updated_at")]
     params = [
         field.get_db_prep_save(value, connection)
         for user_id in user_ids

@@ -4,6 +4,7 @@ import re
 import uuid
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import cast
 
 import structlog
 from django.conf import settings
@@ -135,7 +136,7 @@ class HotPathMiddleware:
         # An exception in the view goes to ProblemJsonMiddleware.process_exception, as Django's handler
         # would send it (ApplicationError -> its problem); any other becomes Django's 500 here, so it is
         # still timed, id'd and problem+json.
-        view = convert_exception_to_response(self._view)
+        view = cast(Callable[[HttpRequest], HttpResponse], convert_exception_to_response(self._view))  # sync
         self._problems = ProblemJsonMiddleware(BodySizeLimitMiddleware(view))
         self._hot = RequestDurationMiddleware(RequestIdMiddleware(self._problems))
 

@@ -168,10 +168,10 @@ _tracked: dict[tuple[Any, ...], TrackedReads] = {}
 _tracked_lock = threading.Lock()
 
 
-def tracked_reads(cache: RedisCache, prefixes: tuple[str, ...], max_keys: int) -> TrackedReads:
+def tracked_reads(cache: DjangoRedisCache, prefixes: tuple[str, ...], max_keys: int) -> TrackedReads:
     """The process's TrackedReads of these prefixes on this cache's Redis (the cache objects are
     per thread; what they remember is shared by the process's threads)."""
-    key = (tuple(cache._servers), prefixes)
+    key = (tuple(cache._servers), prefixes)  # type: ignore[attr-defined]  # set by Django's __init__
     found = _tracked.get(key)
     if found is None:
         with _tracked_lock:

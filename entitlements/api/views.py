@@ -107,7 +107,7 @@ def entitlement_check(request: HttpRequest, feature_key: str) -> HttpResponse:
         principal = _bearer_principal(request) if _FEATURE_KEY.fullmatch(feature_key) else None
     if principal is None:
         return cast(HttpResponse, _check_drf(request, feature_key=feature_key))
-    request.user = principal  # the rate limit's key
+    request.user = principal  # type: ignore[assignment]  # the rate limit's key, as DRF's authentication sets it
     ratelimit.check_batched(request, "api_read")  # RateLimited: HotPathMiddleware answers its problem
     entitled = selectors.user_entitlements(user_id=principal.id).has(feature_key)
     # The bytes DRF's JSONRenderer wrote, and its headers: the same answer as EntitlementDetailApi's.
