@@ -2,6 +2,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.test import Client, override_settings
@@ -9,6 +10,7 @@ from prometheus_client import REGISTRY
 
 from payments_project.celery import app
 from tasks.base import sends_flush
+from tests.entitlements.conftest import CountingConnectionPool, round_trips  # noqa: F401 - a fixture
 from tests.support.races import race
 from tests.support.stripe_events import delivery, signed, stripe_event
 from tests.support.worker import purge
@@ -216,6 +218,22 @@ def test_the_webhook_is_rate_limited_by_client_ip(client: Client, settings) -> N
     assert answers[2]["Content-Type"] == PROBLEM
     assert int(answers[2]["Retry-After"]) > 0
     assert other_ip.status_code == 200
+    assert WebhookEvent.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_accepted_deliveries_count_their_limit_in_batches_costing_no_redis_round_trip(
+    client: Client,
+    settings: Any,  # pytest-django's settings fixture
+    round_trips: type[CountingConnectionPool],  # noqa: F811 - the fixture imported above
+) -> None:
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "webhook": "1200/m"}  # hits reported 24 at a time
+
+    round_trips.checkouts = 0
+    answers = [client.post(URL, **delivery(subscription_updated())) for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert round_trips.checkouts == 0
     assert WebhookEvent.objects.count() == 3
 
 
