@@ -214,8 +214,8 @@ def webhook_events_drain(*, reclaim: bool = False) -> int:
     how many events it ran.
 
     `reclaim`: also take back events claimed but not being run (not row-locked): a redelivered drain's
-    worker died mid-batch, and what it claimed need not wait for its lease (a live drain whose unstarted
-    events are taken back walks away from them at their row lock; their attempt is counted twice).
+    worker died mid-batch, and what it claimed need not wait for its lease (if that drain was alive after all,
+    whichever of the two reaches an event first runs it and the other walks away; its attempt is counted twice).
     """
     ran = 0
     for _ in range(DRAIN_MAX_BATCHES):
@@ -228,10 +228,10 @@ def webhook_events_drain(*, reclaim: bool = False) -> int:
         try:
             for payload_fields in claimed:
                 event_id = unstarted.pop(0)
-                _, waking = _process_claimed(event_id, payload_fields)
+                status, waking = _process_claimed(event_id, payload_fields)
                 if waking:
                     wake.add(waking)
-                ran += 1
+                ran += status is not None
         finally:
             if unstarted:  # stopped mid-batch (a time limit, a lost database): the rest wait for the next run
                 _release(unstarted)
@@ -264,9 +264,9 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
     """Process one inbox row exactly once; returns its new status, or None if it was not ours to run.
 
     First the claim is counted in its own commit, so a worker that dies mid-event (or an event that
-    kills workers) still uses up an attempt. Then, in one transaction holding the row lock
-    (SKIP LOCKED: a second worker with the same event walks away), the handler's domain writes and
-    the status change commit together. A failing handler runs in a savepoint, so none of its writes
+    kills workers) still uses up an attempt. Then, in one transaction holding the row lock (a second
+    worker with the same event waits, then finds it no longer `processing` and walks away), the handler's
+    domain writes and the status change commit together. A failing handler runs in a savepoint, so none of its writes
     survive, and the failure is recorded in the same transaction.
     """
     claimed = claim_returning(WebhookEvent.objects.filter(id=event_id), _PAYLOAD_FIELDS, reclaim_running=True)
@@ -283,8 +283,12 @@ def _process_claimed(event_id: uuid.UUID, claimed: dict[str, Any]) -> tuple[str 
     the customer whose waiting events may go now ("" for none)."""
     payload, trace = _payload(**claimed)  # before the transaction: it may have to ask Stripe
     with job_span("webhook.process", **trace) as span, transaction.atomic(durable=True):
+        # Wait for the row lock, never skip it: a claim or sweep statement racing ours may hold it for a
+        # moment (PostgreSQL keeps the lock of a row whose re-check failed until that statement commits),
+        # and skipping would strand the event until its lease ran out. Whoever runs it first leaves it not
+        # `processing`, so a second run (a reclaimed or redelivered one) waits, then walks away.
         event = (
-            WebhookEvent.objects.select_for_update(skip_locked=True)
+            WebhookEvent.objects.select_for_update()
             .filter(id=event_id, status=Status.PROCESSING)
             .defer("raw_body")  # read with the claim
             .first()

@@ -41,6 +41,14 @@ if "test.effect" not in HANDLERS:
             time.sleep(60)
         return set()
 
+    @handles("test.pause")
+    def pausing_effect(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+        """Says it started (in the cache), then takes `pause` seconds: another session acts meanwhile."""
+        emit("test.effect", f"object:{obj['id']}", {})
+        cache.set(f"pause-started:{obj['id']}", 1)
+        time.sleep(obj["pause"])
+        return set()
+
     @handles("test.exit")
     def exit_effect(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
         """The worker is told to shut down in the middle of it (not a failure of the event)."""
