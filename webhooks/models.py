@@ -37,7 +37,7 @@ class WebhookEvent(DurableJob):
     event_id = models.CharField(max_length=255)
     type = models.CharField(max_length=128)
     object_id = models.CharField(max_length=255, blank=True)
-    customer_id = models.CharField(max_length=255, blank=True, db_index=True)  # the provider's customer id
+    customer_id = models.CharField(max_length=255, blank=True)  # the provider's customer id
     livemode = models.BooleanField()
     api_version = models.CharField(max_length=32, blank=True)
     provider_created_at = models.DateTimeField()
@@ -70,6 +70,9 @@ class WebhookEvent(DurableJob):
             # The dead gauge (webhooks.sweep, every 30 s) counts these among a million processed rows.
             models.Index(fields=["received_at"], condition=Q(status="dead"), name="webhook_event_dead_idx"),
             models.Index(fields=["type", "status"], name="webhook_event_type_idx"),
+            # Exact lookups only (erasure, admin search): a plain index, not db_index's extra LIKE index on
+            # PostgreSQL, which every insert and status change would maintain for nothing.
+            models.Index(fields=["customer_id"], name="webhook_event_customer_idx"),
             models.Index(fields=["received_at"], name="webhook_event_received_idx"),
         ]
 
