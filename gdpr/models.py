@@ -128,7 +128,7 @@ class AuditEvent(models.Model):
     # The chain.
     # Null, not '', until sealed: many unsealed rows under the unique `hash`.
     prev_hash = models.CharField(max_length=64, null=True, editable=False)  # noqa: DJ001
-    hash = models.CharField(max_length=64, unique=True, null=True, editable=False)  # noqa: DJ001
+    hash = models.CharField(max_length=64, null=True, editable=False)  # noqa: DJ001 (unique: Meta)
 
     objects = AuditEventQuerySet.as_manager()
 
@@ -145,6 +145,8 @@ class AuditEvent(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(actor_type__in=ActorType.values), name="audit_actor_type_valid"),
             models.CheckConstraint(condition=Q(seq__gte=1), name="audit_seq_positive"),
+            # A constraint rather than unique=True, which on PostgreSQL also adds a LIKE index nothing uses.
+            models.UniqueConstraint(fields=["hash"], name="gdpr_auditevent_hash_key"),
             # Sealed means all three chain columns, unsealed none of them.
             models.CheckConstraint(
                 condition=Q(seq__isnull=True, prev_hash__isnull=True, hash__isnull=True)
