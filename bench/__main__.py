@@ -23,7 +23,15 @@ from bench.results import BENCHMARKS, Context, Row, quantity
 from bench.wrk import wrk_binary, wrk_version
 
 # The benchmark modules, in the order they run; each registers its benchmark with @benchmark(name).
-MODULES = ["bench.webhooks", "bench.outbox", "bench.healing", "bench.entitlements", "bench.checkout", "bench.audit"]
+MODULES = [
+    "bench.webhooks",
+    "bench.scale",
+    "bench.outbox",
+    "bench.healing",
+    "bench.entitlements",
+    "bench.checkout",
+    "bench.audit",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

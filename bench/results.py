@@ -27,7 +27,7 @@ class Target:
 
     def describe(self) -> str:
         sign = "≥" if self.op == ">=" else "≤"
-        return f"{sign} {self.limit:g}x baseline" if self.on == "ratio" else f"{sign} {self.limit:g} {self.unit}"
+        return f"{sign} {self.limit:.3g}x baseline" if self.on == "ratio" else f"{sign} {self.limit:.3g} {self.unit}"
 
 
 def at_least(limit: float) -> Target:
