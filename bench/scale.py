@@ -46,7 +46,7 @@ def run(ctx: Context) -> list[Row]:
         with project_server(c.gunicorn, env=limits) as project, celery_worker([QUEUE], c.worker) as worker:
             empty = _end_to_end(ctx, project, worker)
             _seed_a_million_each(ctx)
-            at_scale = _end_to_end(ctx, project, worker)
+            at_scale = _end_to_end(ctx, project, worker, keep_processed=True)
     finally:
         _empty_tables()
         purge_queues()

@@ -124,7 +124,7 @@ def _ingestion(ctx: Context, baseline: Server, project: Server) -> list[Row]:
     ]
 
 
-def _end_to_end(ctx: Context, project: Server, worker: Worker) -> dict[str, Any]:
+def _end_to_end(ctx: Context, project: Server, worker: Worker, *, keep_processed: bool = False) -> dict[str, Any]:
     from django.utils import timezone
 
     from webhooks.models import WebhookEvent
@@ -132,8 +132,8 @@ def _end_to_end(ctx: Context, project: Server, worker: Worker) -> dict[str, Any]
     events = ctx.config.events
     tag = f"bench{uuid.uuid4().hex[:12]}"
     _seed_subscriptions(tag, events)
-    # No unprocessed rows or queued jobs of the ingestion run; processed rows (bench.scale's million) stay.
-    WebhookEvent.objects.exclude(status="processed").delete()
+    # From nothing (no rows or queued jobs of the ingestion run), or with only processed rows (bench.scale).
+    (WebhookEvent.objects.exclude(status="processed") if keep_processed else WebhookEvent.objects.all()).delete()
     purge_queues()
     ours = WebhookEvent.objects.filter(received_at__gte=timezone.now())  # the rows this run's POSTs make
 
