@@ -292,9 +292,9 @@ class _Store:
         token = _new_version()
         client = self.backend._cache.get_client(write=True)
         reply = _script(client, _READ_LUA)(keys=[], args=[token, VERSION_TTL_SECONDS, *prefixes, *rest], client=client)
+        decided = {entry: entitled_in(entry, wanted, micros) for entry in set(reply[1::2]) if entry is not None}
         remember = {}
-        for n, text in enumerate(rest):
-            version, entry = reply[2 * n], reply[2 * n + 1]
+        for text, version, entry in zip(rest, reply[0::2], reply[1::2], strict=True):
             if version is None:
                 versions[text] = token  # set by the script: not remembered (its own push takes it back)
                 continue
@@ -304,7 +304,7 @@ class _Store:
             answer = None
             if entry is not None:
                 remember[val + keys[text] + b":" + version] = entry
-                answer = entitled_in(entry, wanted, micros)
+                answer = decided[entry]
             if answer is None:
                 versions[text] = int(version)
             else:
