@@ -21,9 +21,9 @@ Why this never serves a stale answer, grant or denial
 Round trips, whatever the number of users: none when this process remembers every version and the
 entry under it (below); else one script (EVALSHA) reading every version and the entry under it, and
 setting a version where there is none; one pipeline writing the missed entries. The
-database is asked once, for all misses together (two queries). The bulk check (`entitled_many`) runs
-another script that answers yes/no inside Redis from the entry's text, so only misses cost Python
-work per user.
+database is asked once, for all misses together (two queries). The bulk check (`entitled_many`) reads
+the same way, user by user (what this process remembers, the read script for the rest), and answers
+yes/no from each entry's text (`entitled_in`), so only misses are decoded.
 
 Kept in process memory (issue 18): the versions and entries the read script returned are remembered
 by payments_project.redis_cache.TrackedReads, which Redis tells of every change to a key under our
@@ -139,6 +139,19 @@ def decode(user_id: uuid.UUID, entry: Entry | bytes) -> Entitlements:
     return Entitlements(user_id=user_id, features=tuple(granted), valid_until=_moment(valid_until))
 
 
+def entitled_in(entry: bytes, wanted: bytes, now: int) -> bool | None:
+    """Whether the entry, as Redis holds it, grants `wanted` (b";<key>:") at `now` (epoch microseconds),
+    found in its text without decoding it (the bulk check: a thousand entries a call); None when it
+    has ended or is not an entry of this format (a miss)."""
+    bar = entry.find(b"|")
+    if bar < 0 or entry[:1] != b'"':
+        return None
+    valid_until = entry[1:bar]
+    if valid_until and (not valid_until.isdigit() or now >= int(valid_until)):
+        return None
+    return entry.find(wanted, bar) >= 0
+
+
 def entry_timeout(entitlements: Entitlements, *, now: datetime) -> int:
     """Seconds to keep an entry: the TTL, cut to end before the first grant in it ends (0: don't)."""
     ttl = int(settings.ENTITLEMENTS_CACHE_TTL_SECONDS)
@@ -236,8 +249,9 @@ class _Store:
         return versions, entries, fresh
 
     def check(self, user_ids: list[str], feature: str, now: datetime) -> tuple[dict[str, bool], dict[str, int]]:
-        """Whether each cached user (a canonical UUID string) has `feature`, decided inside Redis
-        (`_CHECK_LUA`, one round trip); for the others, the version under which they may be cached."""
+        """Whether each cached user (a canonical UUID string) has `feature`, decided from the entry's text
+        (`entitled_in`) without decoding it; for the others, the version under which they may be cached.
+        With Redis, users this process remembers (TrackedReads) cost nothing, the rest one read script."""
         if not isinstance(self.backend, RedisCache):
             read_versions, entries, _ = self.read([uuid.UUID(user_id) for user_id in user_ids])
             answers = {}
@@ -247,26 +261,60 @@ class _Store:
                     if entitlements.valid_until is None or now < entitlements.valid_until:
                         answers[str(user_id)] = entitlements.has(feature)
             return answers, {str(u): v for u, v in read_versions.items() if str(u) not in answers}
+        make_key = self.backend.make_key
+        prefixes = (make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":"))
+        ver, val = (prefix.encode() for prefix in prefixes)
+        wanted, micros = f";{feature}:".encode(), (now - _EPOCH) // _MICROSECOND
+        # The ids as bytes in one pass (canonical UUIDs hold no comma).
+        keys = dict(zip(user_ids, ",".join(user_ids).encode().split(b","), strict=True))
+        local = tracked_reads(self.backend, prefixes, settings.ENTITLEMENTS_LOCAL_CACHE_KEYS)
+
+        def remembered(get: Callable[[bytes], bytes | None]) -> tuple[dict[str, bool], list[str]]:
+            # As the script reads them: each version, then the entry under it (b"": no version, no entry).
+            # Whole lists through map and one answer per distinct entry: a thousand users a call.
+            versions = list(map(get, [ver + key for key in keys.values()]))
+            pairs = zip(keys.values(), versions, strict=True)
+            entries = list(map(get, [val + key + b":" + version if version else b"" for key, version in pairs]))
+            answers = {entry: entitled_in(entry, wanted, micros) for entry in set(entries) if entry is not None}
+            found, rest = {}, []
+            for text, entry in zip(keys, entries, strict=True):
+                answer = answers.get(entry) if entry is not None else None
+                if answer is None:
+                    rest.append(text)
+                else:
+                    found[text] = answer
+            return found, rest
+
+        (found, rest), generation = local.lookup(remembered)
+        versions: dict[str, int] = {}
+        if not rest:
+            return found, versions
         token = _new_version()
         client = self.backend._cache.get_client(write=True)
-        make_key = self.backend.make_key
-        prefixes = [make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":")]
-        args = [token, VERSION_TTL_SECONDS, *prefixes, _micros(now), f";{feature}:", *user_ids]
-        reply = _script(client, _CHECK_LUA)(keys=[], args=args, client=client)
-        found: dict[str, bool] = {}
-        versions: dict[str, int] = {}
-        for text, answer in zip(user_ids, reply, strict=True):
+        reply = _script(client, _READ_LUA)(keys=[], args=[token, VERSION_TTL_SECONDS, *prefixes, *rest], client=client)
+        decided = {entry: entitled_in(entry, wanted, micros) for entry in set(reply[1::2]) if entry is not None}
+        remember = {}
+        for text, version, entry in zip(rest, reply[0::2], reply[1::2], strict=True):
+            if version is None:
+                versions[text] = token  # set by the script: not remembered (its own push takes it back)
+                continue
+            if not version.isdigit():  # not a version we wrote (planted?): a miss, not cached
+                continue
+            remember[ver + keys[text]] = version
+            answer = None
+            if entry is not None:
+                remember[val + keys[text] + b":" + version] = entry
+                answer = decided[entry]
             if answer is None:
-                versions[text] = token
-            elif isinstance(answer, int):
-                found[text] = answer == 1
-            elif answer.isdigit():  # else not a version we wrote (planted?): a miss, not cached
-                versions[text] = int(answer)
+                versions[text] = int(version)
+            else:
+                found[text] = answer
+        local.remember(remember, generation)
         return found, versions
 
     def set_each(self, values: Mapping[str, tuple[Entry, int]]) -> None:
         """SET each entry with its own timeout (seconds, > 0); with Redis, as the text itself (unpickled:
-        the check script reads it)."""
+        the bulk check reads it, `entitled_in`)."""
         if not values:
             return
         if isinstance(self.backend, RedisCache):
@@ -335,35 +383,6 @@ for i = 5, #ARGV do
     redis.call('SET', key, token, 'EX', ttl)
     out[2 * i - 9] = false
     out[2 * i - 8] = false
-  end
-end
-return out
-"""
-# The bulk check: ARGV as _READ_LUA's, but now (epoch microseconds) and ";<feature>:" before the user
-# ids. For each user: 1 or 0 when a live entry answers; else its version (nil: ARGV[1] was set).
-_CHECK_LUA = """
-local token, ttl, ver, val = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now, wanted = tonumber(ARGV[5]), ARGV[6]
-local out = {}
-for i = 7, #ARGV do
-  local user = ARGV[i]
-  local key = ver .. user
-  local version = redis.call('GET', key)
-  if version then
-    out[i - 6] = version
-    local entry = redis.call('GET', val .. user .. ':' .. version)
-    if entry then
-      local bar = string.find(entry, '|', 1, true)
-      if bar and string.sub(entry, 1, 1) == '"' then
-        local valid_until = tonumber(string.sub(entry, 2, bar - 1))
-        if valid_until == nil or now < valid_until then
-          out[i - 6] = string.find(entry, wanted, bar, true) and 1 or 0
-        end
-      end
-    end
-  else
-    redis.call('SET', key, token, 'EX', ttl)
-    out[i - 6] = false
   end
 end
 return out

@@ -272,6 +272,15 @@ class RateLimitThrottle(BaseThrottle):
         return True
 
 
+class BatchedRateLimitThrottle(RateLimitThrottle):
+    """RateLimitThrottle with the hits reported in batches (check_batched): for an API view other services
+    call on every request they serve (the internal bulk entitlement check)."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        check_batched(request, getattr(view, "rate_limit_group", "") or _method_group(request))
+        return True
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:
     """DRF's EXCEPTION_HANDLER: a 401 counts against the caller's IP, then errors.exception_handler renders.
 
@@ -296,6 +305,7 @@ def ratelimited_view(request: HttpRequest, exception: Exception) -> HttpResponse
 
 __all__ = [
     "IP_KEYED_GROUPS",
+    "BatchedRateLimitThrottle",
     "RateLimitThrottle",
     "Ratelimited",
     "check_rate_limit",

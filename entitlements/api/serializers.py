@@ -15,9 +15,9 @@ from entitlements.resolution import Entitlements, Source
 from payments_project.inputs import StrictInput, StrictUUIDField
 
 FEATURE_KEY_PATTERN = r"^[-a-zA-Z0-9_]{1,64}$"  # billing's Feature.key: a slug of at most 64
-_CANONICAL_UUID = re.compile(
-    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-)  # what str(uuid.UUID) writes
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # what str(uuid.UUID) writes
+# Canonical ids joined by commas: a thousand checked in one match, not one call each.
+_CANONICAL_UUIDS = re.compile(f"{_UUID}(?:,{_UUID})*")
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -53,6 +53,17 @@ class EntitlementCheckOutput(serializers.Serializer[Any]):
     entitled = serializers.BooleanField()
 
 
+def _canonical_ids(data: list[Any]) -> bool:
+    """Whether every item is a canonical UUID string (lower case, hyphens: what str(UUID) gives), checked
+    in one match over the joined list rather than one call per item (a thousand ids a call)."""
+    try:
+        joined = ",".join(data)
+    except TypeError:  # an item that is no string
+        return False
+    # As many ids as items (36 characters each, one comma between): no item hides a comma.
+    return len(joined) == 37 * len(data) - 1 and _CANONICAL_UUIDS.fullmatch(joined) is not None
+
+
 class _BoundedUUIDList(serializers.ListField):
     """A list of UUIDs, as canonical strings, whose length is checked before any item is parsed."""
 
@@ -63,10 +74,10 @@ class _BoundedUUIDList(serializers.ListField):
         if isinstance(data, list) and len(data) > limit:
             raise serializers.ValidationError(f"At most {limit} user ids per request, not {len(data)}.")
         if isinstance(data, list) and data and all(type(item) is str for item in data):
-            # Canonical ids (lower case, hyphens: what str(UUID) gives) stay strings; others are parsed
-            # and written canonically, as UUIDField would accept them. Either way without UUIDField's
-            # per-item machinery (a thousand ids a call); a bad item goes the long way round, for its error.
-            if all(_CANONICAL_UUID.fullmatch(item) for item in data):
+            # Canonical ids stay strings; others are parsed and written canonically, as UUIDField would
+            # accept them. Either way without UUIDField's per-item machinery (a thousand ids a call); a
+            # bad item goes the long way round, for its error.
+            if _canonical_ids(data):
                 return data
             with contextlib.suppress(ValueError):
                 return [str(uuid.UUID(item)) for item in data]
@@ -76,6 +87,28 @@ class _BoundedUUIDList(serializers.ListField):
 class BulkCheckInput(StrictInput):
     user_ids = _BoundedUUIDList(allow_empty=False)
     feature = serializers.RegexField(FEATURE_KEY_PATTERN, max_length=64)
+
+
+_FEATURE_KEY = re.compile(FEATURE_KEY_PATTERN)
+
+
+def bulk_check_input(data: Any) -> dict[str, Any]:
+    """BulkCheckInput's validated data. The common body (other services send str(UUID)s and a slug) is
+    recognised in a few whole-list operations, without the serializer's per-call field copies; anything
+    else goes through BulkCheckInput, which names what is wrong or writes the ids canonically."""
+    if type(data) is dict and data.keys() == {"user_ids", "feature"}:
+        user_ids, feature = data["user_ids"], data["feature"]
+        if (
+            type(user_ids) is list
+            and 0 < len(user_ids) <= settings.ENTITLEMENTS_BULK_MAX_IDS
+            and type(feature) is str
+            and _FEATURE_KEY.fullmatch(feature)
+            and _canonical_ids(user_ids)
+        ):
+            return {"user_ids": user_ids, "feature": feature}
+    body = BulkCheckInput(data=data)
+    body.is_valid(raise_exception=True)
+    return dict(body.validated_data)
 
 
 class BulkCheckOutput(serializers.Serializer[Any]):

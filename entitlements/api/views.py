@@ -2,7 +2,7 @@
 
 import re
 import uuid
-from typing import Any, cast
+from typing import cast
 
 from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -22,6 +22,7 @@ from entitlements.api.serializers import (
     InvitationAcceptInput,
     InvitationCreatedOutput,
     InvitationInput,
+    bulk_check_input,
     entitlements_body,
 )
 from entitlements.errors import (
@@ -263,6 +264,7 @@ class InternalUserEntitlementsApi(InternalAPIView):
 
 class InternalEntitlementCheckApi(InternalAPIView):
     required_service_scope = "entitlements.read"
+    throttle_classes = [ratelimit.BatchedRateLimitThrottle]  # "internal", most calls without a round trip
 
     @extend_schema(
         operation_id="internal_entitlements_check",
@@ -271,7 +273,5 @@ class InternalEntitlementCheckApi(InternalAPIView):
         summary="Whether each user may use a feature (up to ENTITLEMENTS_BULK_MAX_IDS users)",
     )
     def post(self, request: Request) -> Response:
-        body = BulkCheckInput(data=request.data)
-        body.is_valid(raise_exception=True)
-        data: dict[str, Any] = body.validated_data
+        data = bulk_check_input(request.data)
         return Response({"results": selectors.users_entitled_by_id(user_ids=data["user_ids"], feature=data["feature"])})

@@ -1,18 +1,22 @@
 """The entitlement endpoints: client (JWT) and internal (SPIFFE service identity)."""
 
 import json
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
+from django.conf import settings
+from django.core.cache import caches
 from django.db import connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing.models import Subscription
-from tests.entitlements.conftest import STRANGER, CountingConnectionPool, as_user
+from tests.entitlements.conftest import CALLER, STRANGER, CountingConnectionPool, as_user
 from tests.entitlements.factories import family_of, plan_with, subscribe
 from tests.support.auth import SpiffePki
 
@@ -148,12 +152,32 @@ def test_the_bulk_check_costs_the_same_for_one_user_as_for_a_thousand(
     assert warm[0][0] == 0
 
 
+@override_settings(RATE_LIMITS={**settings.RATE_LIMITS, "internal": "1000/m"})  # hits reported 20 at a time
+def test_a_bulk_check_this_process_remembers_costs_no_query_and_no_round_trip(
+    client: Client, service: dict[str, str], round_trips: type[CountingConnectionPool]
+) -> None:
+    thousand = [uuid.uuid4() for _ in range(1000)]
+    subscribe(thousand[0], plan_with(["hd"]))
+    check(client, service, thousand)  # from the database, then cached
+    check(client, service, thousand)  # read back from Redis, and remembered
+
+    round_trips.checkouts = 0
+    with CaptureQueriesContext(connection) as queries:
+        response = check(client, service, thousand)
+
+    assert response.json()["results"] == {str(user): user == thousand[0] for user in thousand}
+    assert (len(queries), round_trips.checkouts) == (0, 0)
+
+
 @pytest.mark.parametrize(
     ("payload", "field"),
     [
         ({"user_ids": [str(uuid.uuid4()) for _ in range(1001)], "feature": "hd"}, "user_ids"),
         ({"user_ids": [], "feature": "hd"}, "user_ids"),
         ({"user_ids": ["not-a-uuid"], "feature": "hd"}, "user_ids[0]"),
+        # two well-formed ids in one item, beside another: not two ids
+        ({"user_ids": [f"{uuid.uuid4()},{uuid.uuid4()}", str(uuid.uuid4())], "feature": "hd"}, "user_ids[0]"),
+        ({"user_ids": [str(uuid.uuid4()), 7], "feature": "hd"}, "user_ids[1]"),
         ({"user_ids": "abc", "feature": "hd"}, "user_ids"),
         ({"user_ids": [str(uuid.uuid4())]}, "feature"),
         ({"user_ids": [str(uuid.uuid4())], "feature": "no spaces"}, "feature"),
@@ -199,3 +223,22 @@ def test_the_bulk_check_answers_each_id_in_canonical_form_however_it_was_written
 
     assert response.status_code == 200
     assert response.json() == {"results": {str(buyer): True, str(other): False}}
+
+
+def test_the_bulk_check_is_rate_limited_per_service_with_its_hits_reported_in_batches(
+    client: Client, service: dict[str, str], pki: SpiffePki
+) -> None:
+    users = [uuid.uuid4()]
+    with (
+        time_machine.travel(timezone.now(), tick=False),  # one rate-limit window throughout
+        override_settings(RATE_LIMITS={**settings.RATE_LIMITS, "internal": "100/m"}),  # reported 2 at a time
+    ):
+        statuses = [check(client, service, users).status_code for _ in range(101)]
+        # A refused certificate is counted against the caller's IP, in the same group.
+        refused = check(client, {"HTTP_X_FORWARDED_CLIENT_CERT": pki.xfcc(pki.leaf(CALLER, expired=True))}, users)
+        window = int(time.time() // 60)
+
+    assert statuses == [200] * 100 + [429]
+    assert caches["default"].get(f"rl:internal:60:user:{CALLER}:{window}") == 100  # every pair of hits reported
+    problem(refused, 401, "service_unauthenticated")
+    assert caches["default"].get(f"rl:internal:60:ip:127.0.0.1:{window}") == 1

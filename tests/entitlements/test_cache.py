@@ -108,6 +108,27 @@ def test_a_bulk_check_costs_the_same_queries_and_round_trips_for_one_user_as_for
     # warm: the read script alone; no database
     assert warm_one[:2] == warm_thousand[:2] == (0, 1)
     assert cold_thousand[2] == warm_thousand[2] == 100
+    # remembered by this process since the warm read: no round trip either
+    assert cost(one) == (0, 0, 0)
+    assert cost(thousand) == (0, 0, 100)
+
+
+@pytest.mark.django_db
+def test_a_bulk_check_of_users_partly_remembered_costs_one_round_trip(
+    round_trips: type[CountingConnectionPool],
+) -> None:
+    remembered, cached, unknown = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    subscribe(remembered, plan_with(["hd"]))
+    selectors.users_entitled(user_ids=[remembered, cached], feature="hd")  # cached in Redis
+    selectors.users_entitled(user_ids=[remembered], feature="hd")  # read back, and remembered
+
+    round_trips.checkouts = 0
+    with CaptureQueriesContext(connection) as queries:
+        found = selectors.users_entitled(user_ids=[remembered, cached, unknown], feature="hd")
+
+    assert found == {remembered: True, cached: False, unknown: False}
+    # the read script for the two others; the unknown user loaded (two queries) and written (one pipeline)
+    assert (len(queries), round_trips.checkouts) == (2, 2)
 
 
 # --- invalidation -------------------------------------------------------------------------------
@@ -373,6 +394,41 @@ def test_the_bulk_check_never_serves_a_cached_grant_past_its_end() -> None:
 
     with time_machine.travel(end + timedelta(seconds=1)):  # Redis still holds the entry
         assert entitled_in_bulk([user], "hd") == {user: False}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancellation_is_seen_at_the_next_bulk_check_though_the_grant_was_answered_from_memory(
+    round_trips: type[CountingConnectionPool],
+) -> None:
+    buyer, other = uuid.uuid4(), uuid.uuid4()
+    subscription = purchase(buyer, "hd")
+    for _ in range(2):  # read from the database, then back from Redis (and remembered)
+        assert entitled_in_bulk([buyer, other], "hd") == {buyer: True, other: False}
+    round_trips.checkouts = 0
+    assert entitled_in_bulk([buyer, other], "hd") == {buyer: True, other: False}
+    assert round_trips.checkouts == 0, "not answered from memory"
+
+    with transaction.atomic():
+        Subscription.objects.filter(pk=subscription.pk).update(status=Subscription.Status.CANCELED)
+        entitlements_refresh(user_ids={buyer})
+
+    assert entitled_in_bulk([buyer, other], "hd") == {buyer: False, other: False}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_purchase_is_seen_at_the_next_bulk_check_though_the_denial_was_answered_from_memory(
+    round_trips: type[CountingConnectionPool],
+) -> None:
+    buyer, other = uuid.uuid4(), uuid.uuid4()
+    for _ in range(2):
+        assert entitled_in_bulk([buyer, other], "hd") == {buyer: False, other: False}
+    round_trips.checkouts = 0
+    assert entitled_in_bulk([buyer, other], "hd") == {buyer: False, other: False}
+    assert round_trips.checkouts == 0, "not answered from memory"
+
+    purchase(buyer, "hd")
+
+    assert entitled_in_bulk([buyer, other], "hd") == {buyer: True, other: False}
 
 
 @pytest.mark.django_db(transaction=True)
