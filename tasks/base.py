@@ -17,6 +17,7 @@ from billiard.pool import SIG_SOFT_TIMEOUT
 from billiard.process import current_process
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import before_task_publish, task_prerun
+from django.conf import settings
 from django.db import transaction
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
@@ -128,8 +129,9 @@ NUDGES_DROPPED = Counter(
 
 
 class _Publisher:
-    """One daemon thread per process that sends the tasks enqueued on commit, one at a time, each with
-    bounded waits. Started on first use and again in a forked child (a thread does not survive fork)."""
+    """One daemon thread per process that sends the tasks enqueued on commit, in rounds at most one per
+    TASK_SEND_LINGER_SECONDS, one send at a time, each with bounded waits. Started on first use and again in
+    a forked child (a thread does not survive fork)."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[tuple[contextvars.Context, celery.Task, tuple[Any, ...]]] = queue.Queue(
@@ -163,13 +165,20 @@ class _Publisher:
                 self._pid = os.getpid()
 
     def _run(self) -> None:
+        last_round = -float("inf")
         while True:
             pending = [self._queue.get()]
-            while True:  # everything submitted meanwhile goes in this round
+            # A round starts at once after a quiet spell, and at most once per linger otherwise: what is
+            # submitted meanwhile joins it, so a burst of nudges costs a message per linger, not one each.
+            # Held, never dropped: every submit is sent in the round that follows it (issue 17).
+            start_at = last_round + settings.TASK_SEND_LINGER_SECONDS
+            while True:
+                wait = start_at - time.monotonic()
                 try:
-                    pending.append(self._queue.get_nowait())
+                    pending.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
                 except queue.Empty:
                     break
+            last_round = time.monotonic()
             sent: set[tuple[str, str]] = set()
             for context, task, args in pending:
                 # Identical sends coalesce: each was submitted after its commit, and the one send made now

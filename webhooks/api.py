@@ -42,7 +42,8 @@ def _verified_envelope(request: HttpRequest) -> StripeEnvelope:
     if int(request.META.get("CONTENT_LENGTH") or 0) > limit or len(request.body) > limit:
         raise PayloadTooLarge(f"The body is larger than {limit // 1024} KiB")
     try:
-        stripe_signature_verify(payload=request.body, header=request.headers.get("Stripe-Signature"))
+        # META, not request.headers: that would copy every header of the request to read one (issue 17)
+        stripe_signature_verify(payload=request.body, header=request.META.get("HTTP_STRIPE_SIGNATURE"))
         return stripe_event_parse(request.body)
     except WebhookRejected as rejected:
         metrics.EVENTS_REJECTED.labels(rejected.reason).inc()

@@ -411,6 +411,9 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 # A run past the soft limit fails as transient (retried); the hard limit kills it (its message is requeued).
 CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_TIME_LIMIT - 30, CELERY_TASK_TIME_LIMIT // 2)
 CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)
+# A process's sends after commit go out at once after a quiet spell, and under load at most once per this
+# (tasks.base._Publisher): the nudges of a burst become one message, each at most this late.
+TASK_SEND_LINGER_SECONDS = 0.1
 
 # --- Outbox -----------------------------------------------------------------------------------
 OUTBOX_EXCHANGE = "payments.events"

@@ -255,3 +255,47 @@ def test_a_new_delivery_is_stored_in_one_write_and_never_read_back(client: Clien
     assert len(again.captured_queries) == len(new.captured_queries) and duplicate.json()["duplicate"] is True
     assert WebhookEvent.objects.filter(event_id="evt_one_statement").count() == 1
     assert queued(webhooks_queue) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_of_deliveries_costs_fewer_drain_messages_than_deliveries(
+    client: Client,
+    webhooks_queue: str,
+    settings: Any,  # pytest-django's settings fixture
+) -> None:
+    settings.TASK_SEND_LINGER_SECONDS = 3  # far longer than the burst takes: no timing in the assertion
+    assert client.post(URL, **delivery(subscription_updated())).status_code == 200  # the publisher connects
+    before = queued(webhooks_queue)
+
+    answers = [client.post(URL, **delivery(subscription_updated())) for _ in range(10)]
+
+    assert [a.status_code for a in answers] == [200] * 10
+    assert WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED).count() == 11
+    # Sent less than a linger after the previous round, the ten nudges wait for the next and go as one
+    # message, sent after all their commits.
+    assert queued(webhooks_queue) - before == 1
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_an_event_stored_after_a_drain_ran_is_woken_by_its_held_nudge_without_the_sweeper(
+    client: Client,
+    settings: Any,  # pytest-django's settings fixture
+) -> None:
+    from tests.support.worker import celery_worker, wait_until
+    from tests.webhooks.handlers_for_tests import effects
+
+    settings.TASK_SEND_LINGER_SECONDS = 5  # the second event's nudge waits in the publisher's next round
+    first, second = (f"obj_{uuid.uuid4().hex[:12]}" for _ in range(2))
+    status = lambda obj_id: WebhookEvent.objects.get(object_id=obj_id).status  # noqa: E731
+
+    with celery_worker(["webhooks"], include="tests.webhooks.handlers_for_tests"):
+        assert client.post(URL, **delivery(stripe_event("test.effect", {"id": first}))).status_code == 200
+        assert wait_until(lambda: status(first) == WebhookEvent.Status.PROCESSED)
+        # The drain that ran the first event has made its last claim: only a nudge sent after this commit
+        # wakes another (no beat runs here, and the sweeper's pickup grace is a minute).
+        assert client.post(URL, **delivery(stripe_event("test.effect", {"id": second}))).status_code == 200
+
+        assert wait_until(lambda: status(second) == WebhookEvent.Status.PROCESSED)
+
+    assert (effects(first), effects(second)) == (1, 1)
