@@ -1,5 +1,6 @@
 """Request id and problem+json middleware (the outermost of our own HTTP layer)."""
 
+import functools
 import re
 import uuid
 from collections.abc import Callable
@@ -119,8 +120,11 @@ HOT_PATH_PREFIXES = ("/api/v1/entitlements", "/internal/v1/entitlements/", "/int
 HOT_URLCONF = "payments_project.hot_urls"  # their routes only: resolving them skips every other pattern
 
 
+@functools.lru_cache(maxsize=1024)
 def hot_route(path_info: str) -> ResolverMatch | None:
-    """The hot route a path names, or None when it is not one (the whole stack answers it)."""
+    """The hot route a path names, or None when it is not one (the whole stack answers it). Remembered by
+    path: resolving cost as much CPU as the rest of Django's handler, and the hot paths are few (one per
+    feature key); a path beyond the bound costs a resolve. Nothing changes a ResolverMatch once made."""
     if not path_info.startswith(HOT_PATH_PREFIXES):
         return None
     try:
