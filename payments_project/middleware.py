@@ -1,5 +1,6 @@
 """Request id and problem+json middleware (the outermost of our own HTTP layer)."""
 
+import functools
 import re
 import uuid
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from django.conf import settings
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponse
 from django.middleware.security import SecurityMiddleware
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, ResolverMatch, resolve
 from opentelemetry import trace
 
 from payments_project.errors import (
@@ -119,6 +120,19 @@ HOT_PATH_PREFIXES = ("/api/v1/entitlements", "/internal/v1/entitlements/", "/int
 HOT_URLCONF = "payments_project.hot_urls"  # their routes only: resolving them skips every other pattern
 
 
+@functools.lru_cache(maxsize=256)
+def hot_route(path_info: str) -> ResolverMatch | None:
+    """The hot route a path names, or None when it is not one (the whole stack answers it). Remembered by
+    path: resolving cost as much CPU as the rest of Django's handler, and the hot paths are few (one per
+    feature key); a path beyond the bound costs a resolve. Nothing changes a ResolverMatch once made."""
+    if not path_info.startswith(HOT_PATH_PREFIXES):
+        return None
+    try:
+        return resolve(path_info, urlconf=HOT_URLCONF)
+    except Resolver404:
+        return None
+
+
 class HotPathMiddleware:
     """First in MIDDLEWARE: on HOT_PATH_PREFIXES, call the view through only the middleware it needs.
 
@@ -141,12 +155,15 @@ class HotPathMiddleware:
         self._hot = RequestDurationMiddleware(RequestIdMiddleware(self._problems))
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if not request.path_info.startswith(HOT_PATH_PREFIXES):
+        match = hot_route(request.path_info)
+        if match is None:
             return self.get_response(request)
-        try:
-            request.resolver_match = resolve(request.path_info, urlconf=HOT_URLCONF)
-        except Resolver404:
-            return self.get_response(request)
+        request.resolver_match = match
+        return self.respond(request)
+
+    def respond(self, request: HttpRequest) -> HttpResponse:
+        """The answer of the hot route in request.resolver_match (payments_project.hot_path calls it
+        from outside Django's handler)."""
         redirect = self._security.process_request(request)  # SECURE_SSL_REDIRECT
         return self._security.process_response(request, redirect or self._hot(request))
 

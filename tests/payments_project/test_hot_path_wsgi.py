@@ -1,0 +1,195 @@
+"""The hot routes are answered before Django's handler (payments_project.hot_path), through the real WSGI
+application gunicorn serves, exactly as Django's handler answers them: same statuses, bodies and headers,
+same rate limits, same database connection handling, and traced when tracing is on."""
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.wsgi import get_wsgi_application
+from django.db import connection
+from django.test import RequestFactory, override_settings
+
+from payments_project.hot_path import HotPathApplication
+from payments_project.wsgi import application, django_application
+from tests.entitlements.factories import plan_with, subscribe
+from tests.support.auth import bearer
+from tests.support.otlp import Traced
+from tests.support.stripe_events import delivery, stripe_event
+from webhooks.models import WebhookEvent
+
+# close_old_connections runs as in production (no test transaction around the request to break)
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
+REQUEST_ID = "abcdefgh-1234"
+
+
+def call(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body, read as a WSGI server reads them (the iterable closed at the end)."""
+    started: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        started.update(status=int(status.split()[0]), headers=headers)
+
+    body = app(environ, start_response)
+    try:
+        content = b"".join(body)
+    finally:
+        getattr(body, "close", lambda: None)()
+    return started["status"], dict(started["headers"]), content
+
+
+def environ(method: str, path: str, **extra: Any) -> dict[str, Any]:
+    request = RequestFactory().generic(method, path, HTTP_X_REQUEST_ID=REQUEST_ID, **extra)
+    return dict(request.environ)
+
+
+def answered_alike(make: Callable[[], dict[str, Any]]) -> tuple[int, dict[str, str], bytes]:
+    """The answer of the WSGI application and of Django's handler to the same request, asserted equal
+    (but for Server-Timing, a duration)."""
+    fast, django = call(application, make()), call(django_application, make())
+    for answer in (fast, django):
+        assert answer[1].pop("Server-Timing").startswith("app;dur=")
+    assert fast == django
+    return fast
+
+
+@pytest.fixture
+def alice() -> str:
+    user = uuid.uuid4()
+    subscribe(user, plan_with(["hd"]))
+    return bearer(user)
+
+
+def test_the_wsgi_application_answers_the_hot_routes_before_djangos_handler() -> None:
+    assert isinstance(application, HotPathApplication)
+    assert application.enabled  # production's middleware and settings: nothing wraps the handler
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "authorized", "status"),
+    [
+        ("GET", "/api/v1/entitlements/hd", True, 200),
+        ("GET", "/api/v1/entitlements/offline", True, 200),
+        ("GET", "/api/v1/entitlements/hd", False, 401),
+        ("GET", "/api/v1/entitlements/no%20spaces", True, 400),
+        ("GET", "/api/v1/entitlements/%C3%A9t%C3%A9", True, 400),  # not latin-1: decoded once, as Django does
+        ("POST", "/api/v1/entitlements/hd", True, 405),
+        ("OPTIONS", "/api/v1/entitlements/hd", True, 200),
+        ("GET", "/api/v1/entitlements/hd/extra/", True, 404),
+        ("GET", "/api/v1/entitlements", True, 200),
+    ],
+)
+def test_an_entitlement_check_is_answered_as_djangos_handler_answers_it(
+    alice: str, method: str, path: str, authorized: bool, status: int
+) -> None:
+    headers = {"HTTP_AUTHORIZATION": alice} if authorized else {}
+
+    answer = answered_alike(lambda: environ(method, path, **headers))
+
+    assert answer[0] == status, answer
+    assert answer[1]["X-Request-ID"] == REQUEST_ID
+    assert answer[1]["X-Content-Type-Options"] == "nosniff"
+    if status >= 400:
+        assert answer[1]["Content-Type"] == "application/problem+json"
+
+
+def test_a_refused_token_is_answered_as_djangos_handler_answers_it() -> None:
+    answer = answered_alike(lambda: environ("GET", "/api/v1/entitlements/hd", HTTP_AUTHORIZATION="Bearer not.a.jwt"))
+
+    assert answer[0] == 401
+    assert "WWW-Authenticate" in answer[1]
+
+
+def test_an_entitled_check_says_so(alice: str) -> None:
+    status, _, body = call(application, environ("GET", "/api/v1/entitlements/hd", HTTP_AUTHORIZATION=alice))
+
+    assert (status, body) == (200, b'{"feature":"hd","entitled":true}')
+
+
+def test_the_check_is_still_rate_limited_per_user() -> None:
+    alice, bob = bearer(uuid.uuid4()), bearer(uuid.uuid4())
+
+    def check(token: str) -> int:
+        return call(application, environ("GET", "/api/v1/entitlements/hd", HTTP_AUTHORIZATION=token))[0]
+
+    with override_settings(RATE_LIMITS={**settings.RATE_LIMITS, "api_read": "3/m"}):
+        statuses = [check(alice) for _ in range(4)]
+        other = check(bob)
+
+    assert statuses == [200, 200, 200, 429]
+    assert other == 200
+
+
+def webhook(event_id: str, **overrides: Any) -> dict[str, Any]:
+    event = stripe_event("customer.created", {"id": f"cus_{event_id}", "object": "customer"}, id=event_id)
+    return environ("POST", "/webhooks/stripe/", **{**delivery(event), **overrides})
+
+
+def test_a_webhook_delivery_is_stored_and_answered_as_djangos_handler_answers_it() -> None:
+    ids = iter(["evt_wsgi_1", "evt_wsgi_2"])  # a new event for each, so that neither is a duplicate
+
+    answer = answered_alike(lambda: webhook(next(ids)))
+
+    assert answer[0] == 200
+    assert answer[2] == b'{"received": true, "duplicate": false}'
+    assert set(WebhookEvent.objects.values_list("event_id", flat=True)) == {"evt_wsgi_1", "evt_wsgi_2"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status"),
+    [
+        ({"HTTP_STRIPE_SIGNATURE": "t=1,v1=00"}, 400),
+        ({"content_type": "text/plain"}, 415),
+        ({"CONTENT_LENGTH": str(10 * 1024 * 1024)}, 413),
+        ({"REQUEST_METHOD": "GET"}, 405),
+    ],
+)
+def test_a_refused_webhook_delivery_is_answered_as_djangos_handler_answers_it(
+    overrides: dict[str, Any], status: int
+) -> None:
+    answer = answered_alike(lambda: webhook("evt_refused", **overrides))
+
+    assert answer[0] == status, answer
+    assert answer[1]["Content-Type"] == "application/problem+json"
+    assert not WebhookEvent.objects.exists()
+
+
+def test_the_database_connection_is_handled_as_djangos_handler_handles_it() -> None:
+    # given an open connection past its CONN_MAX_AGE (0 in the test settings)
+    connection.ensure_connection()
+
+    # when a check that needs no query is answered (in this thread: the connection is this thread's)
+    call(application, environ("GET", "/api/v1/entitlements/hd", HTTP_AUTHORIZATION=bearer(uuid.uuid4())))
+
+    # then it was closed at the end of the request, as request_finished closes it
+    assert connection.connection is None
+
+
+@pytest.fixture
+def traced_application(traced: Traced) -> Iterator[WSGIApp]:
+    """The WSGI application as payments_project.wsgi builds it in a process that traces."""
+    yield HotPathApplication(get_wsgi_application())
+
+
+def test_with_tracing_on_a_check_goes_through_djangos_handler_and_is_traced(
+    traced: Traced, traced_application: HotPathApplication
+) -> None:
+    status, _, _ = call(
+        traced_application, environ("GET", "/api/v1/entitlements/hd", HTTP_AUTHORIZATION=bearer(uuid.uuid4()))
+    )
+
+    assert status == 200
+    assert not traced_application.enabled
+    requests = [span.name for span in traced.spans() if span.name.startswith("GET ")]
+    assert requests == ["GET api/v1/entitlements/<str:feature_key>"]
+
+
+def test_under_debug_every_request_goes_through_djangos_handler() -> None:
+    # (not "enabled" without DEBUG: once a test has started Sentry, its DjangoIntegration wraps the handler)
+    with override_settings(DEBUG=True):
+        assert not HotPathApplication(WSGIHandler()).enabled
