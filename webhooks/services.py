@@ -5,6 +5,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -210,8 +211,8 @@ DRAIN_MAX_BATCHES = 25
 def webhook_events_drain(*, reclaim: bool = False) -> int:
     """Process the events waiting in the inbox (received, or failed and due), oldest first, in batches:
     each batch is claimed in one statement (`tasks.jobs.claim_batch`: attempts counted, leases set, one
-    commit), then every event runs as webhook_event_process runs it, in a transaction of its own. Returns
-    how many events it ran.
+    commit), then run in order in as few transactions as it can (_run_chunk: each event in a savepoint of
+    its own, one commit for many). Returns how many events it ran.
 
     `reclaim`: also take back events claimed but not being run (not row-locked): a redelivered drain's
     worker died mid-batch, and what it claimed need not wait for its lease (if that drain was alive after all,
@@ -220,20 +221,22 @@ def webhook_events_drain(*, reclaim: bool = False) -> int:
     ran = 0
     for _ in range(DRAIN_MAX_BATCHES):
         claimed = claim_batch(
-            _WAITING, ("pk", *_PAYLOAD_FIELDS), limit=DRAIN_BATCH, order_by="next_attempt_at", reclaim_running=reclaim
+            _WAITING, ("pk", *_CLAIM_FIELDS), limit=DRAIN_BATCH, order_by="next_attempt_at", reclaim_running=reclaim
         )
         reclaim = False
-        unstarted = [row.pop("pk") for row in claimed]
+        waiting = [(row.pop("pk"), row) for row in claimed]
         wake: set[str] = set()
+        running: list[uuid.UUID] = []  # the event a chunk was running when it stopped: it keeps its lease
         try:
-            for payload_fields in claimed:
-                event_id = unstarted.pop(0)
-                status, waking = _process_claimed(event_id, payload_fields)
-                if waking:
-                    wake.add(waking)
-                ran += status is not None
+            while waiting:
+                chunk = _chunk(waiting)
+                outcomes = _run_chunk(chunk, running=running)
+                del waiting[: len(chunk)]
+                wake.update(waking for _, waking in outcomes if waking)
+                ran += sum(status is not None for status, _ in outcomes)
         finally:
-            if unstarted:  # stopped mid-batch (a time limit, a lost database): the rest wait for the next run
+            # Stopped mid-batch (a time limit, a lost database): what did not commit waits for the next run.
+            if unstarted := [event_id for event_id, _ in waiting if event_id not in running]:
                 _release(unstarted)
             _wake_waiting_on(wake)  # what the events that did run let go
         if len(claimed) < DRAIN_BATCH:
@@ -247,6 +250,112 @@ def webhook_events_drain(*, reclaim: bool = False) -> int:
 _WAITING = WebhookEvent.objects.filter(
     Q(status__in=[Status.RECEIVED, Status.PROCESSING]) | Q(status=Status.FAILED, next_attempt_at__lte=Now())
 )
+
+Claimed = tuple[uuid.UUID, dict[str, Any]]  # an event's id and its _CLAIM_FIELDS, as the claim read them
+
+
+def _chunk(claimed: list[Claimed]) -> list[Claimed]:
+    """The longest run of claimed events, from the first, that share one transaction: no two about the same
+    customer or object. So each event's payload, read before the transaction (a refetch compares it with
+    our row), is what it would be had the events before it committed alone, and the events of one customer
+    keep their order and see each other's effects as before."""
+    seen: set[str] = set()
+    for n, (_, fields) in enumerate(claimed):
+        keys = {key for key in (f"c:{fields['customer_id']}", f"o:{fields['object_id']}") if len(key) > 2}
+        if n and keys & seen:
+            return claimed[:n]
+        seen |= keys
+    return claimed
+
+
+class _RefreshTogetherFailed(Exception):
+    """The one entitlement refresh of a chunk's changed users failed: the chunk reruns refreshing per event."""
+
+
+# (new status or None when it was not ours to run, the customer whose waiting events may go now or "")
+Outcome = tuple[str | None, str]
+
+
+def _run_chunk(chunk: list[Claimed], *, running: list[uuid.UUID]) -> list[Outcome]:
+    """Run claimed events in one transaction: each under its row lock, its handler in a savepoint (a failing
+    handler rolls back only its own writes, and its failure is recorded), its status saved; then the
+    entitlements of every user they changed are refreshed at once, and all of it commits together.
+
+    Should that shared refresh fail, the whole chunk rolls back and runs again with each event refreshing
+    its own users in its savepoint, so one user's failing refresh fails only the event that changed them.
+    `running` names the event being run (or its payload fetched) when an exception ends the chunk."""
+    payloads = []
+    for event_id, fields in chunk:
+        running[:] = [event_id]
+        payloads.append(_payload(**{name: fields[name] for name in _PAYLOAD_FIELDS}))  # may ask Stripe
+    try:
+        applied = _apply_chunk(chunk, payloads, running=running, refresh_together=True)
+    except _RefreshTogetherFailed:
+        applied = _apply_chunk(chunk, payloads, running=running, refresh_together=False)
+    running.clear()
+    # Committed. Whatever an applied event changed, or merely linked (a customer.created naming a user we
+    # know), its customer's waiting events may go now: one lookup in a partial index, mostly empty. An event
+    # that found its customer missing looks once more, now that its waiting is committed: either it sees
+    # the customer, or the event bringing it commits later and then finds it waiting. No wake-up is lost.
+    outcomes: list[Outcome] = []
+    for event, customer_missing in applied:
+        if event is None:
+            outcomes.append((None, ""))
+            continue
+        log.info("webhook_event_processed", event_id=event.event_id, type=event.type, status=event.status)
+        wakes = event.customer_id and (
+            event.status == Status.PROCESSED
+            or (customer_missing and Customer.objects.filter(stripe_customer_id=event.customer_id).exists())
+        )
+        outcomes.append((event.status, event.customer_id if wakes else ""))
+    return outcomes
+
+
+def _apply_chunk(
+    chunk: list[Claimed],
+    payloads: list[tuple["Payload", dict[str, Any]]],
+    *,
+    running: list[uuid.UUID],
+    refresh_together: bool,
+) -> list[tuple[WebhookEvent | None, bool]]:
+    """_run_chunk's transaction; for each event, its row as saved (None: not ours to run) and whether it
+    failed for want of its customer."""
+    applied: list[tuple[WebhookEvent | None, bool]] = []
+    changed_users: set[uuid.UUID] = set()
+    with transaction.atomic(durable=True):
+        for (event_id, _), (payload, trace) in zip(chunk, payloads, strict=True):
+            running[:] = [event_id]
+            with job_span("webhook.process", **trace) as span:
+                # Wait for the row lock, never skip it: a claim or sweep statement racing ours may hold it
+                # for a moment (PostgreSQL keeps the lock of a row whose re-check failed until that statement
+                # commits), and skipping would strand the event until its lease ran out. Whoever runs it
+                # first leaves it not `processing`, so a second run (a reclaimed or redelivered one) waits,
+                # then walks away.
+                event = (
+                    WebhookEvent.objects.select_for_update()
+                    .filter(id=event_id, status=Status.PROCESSING)
+                    .defer("raw_body")  # read with the claim
+                    .first()
+                )
+                if event is None:
+                    applied.append((None, False))
+                    continue
+                span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
+                customer_missing, users = _run_handler(event, payload, refresh=not refresh_together)
+                event.save(update_fields=[*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
+                span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
+            changed_users |= users
+            applied.append((event, customer_missing))
+            transaction.on_commit(partial(_count, event.type, event.status, event.received_at))
+        running.clear()
+        if changed_users:
+            try:
+                with transaction.atomic():  # a billing change reaches the apps above billing
+                    entitlements_refresh(user_ids=changed_users)
+            except Exception as exc:
+                log.warning("webhook_events_refresh_together_failed", users=len(changed_users), error=repr(exc))
+                raise _RefreshTogetherFailed from exc
+    return applied
 
 
 def _release(event_ids: list[uuid.UUID]) -> None:
@@ -269,49 +378,13 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
     domain writes and the status change commit together. A failing handler runs in a savepoint, so none of its writes
     survive, and the failure is recorded in the same transaction.
     """
-    claimed = claim_returning(WebhookEvent.objects.filter(id=event_id), _PAYLOAD_FIELDS, reclaim_running=True)
+    claimed = claim_returning(WebhookEvent.objects.filter(id=event_id), _CLAIM_FIELDS, reclaim_running=True)
     if claimed is None:
         return None
-    status, wakes = _process_claimed(event_id, claimed)
+    [(status, wakes)] = _run_chunk([(event_id, claimed)], running=[])
     if wakes:
         _wake_waiting_on({wakes})
     return status
-
-
-def _process_claimed(event_id: uuid.UUID, claimed: dict[str, Any]) -> tuple[str | None, str]:
-    """Run a claimed event (see webhook_event_process); returns its new status (None: not ours to run) and
-    the customer whose waiting events may go now ("" for none)."""
-    payload, trace = _payload(**claimed)  # before the transaction: it may have to ask Stripe
-    with job_span("webhook.process", **trace) as span, transaction.atomic(durable=True):
-        # Wait for the row lock, never skip it: a claim or sweep statement racing ours may hold it for a
-        # moment (PostgreSQL keeps the lock of a row whose re-check failed until that statement commits),
-        # and skipping would strand the event until its lease ran out. Whoever runs it first leaves it not
-        # `processing`, so a second run (a reclaimed or redelivered one) waits, then walks away.
-        event = (
-            WebhookEvent.objects.select_for_update()
-            .filter(id=event_id, status=Status.PROCESSING)
-            .defer("raw_body")  # read with the claim
-            .first()
-        )
-        if event is None:
-            return None, ""
-        span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
-        customer_missing = _run_handler(event, payload)
-        event.save(update_fields=[*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
-        span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
-        status, event_type, received_at = event.status, event.type, event.received_at
-        transaction.on_commit(lambda: _count(event_type, status, received_at))
-    log.info("webhook_event_processed", event_id=event.event_id, type=event.type, status=event.status)
-    # Committed. Whatever an applied event changed, or merely linked (a customer.created naming a user we
-    # know), its customer's waiting events may go now: one lookup in a partial index, mostly empty. An event
-    # that found its customer missing looks once more, now that its waiting is committed: either it sees
-    # the customer, or the event bringing it commits later and then finds it waiting. No wake-up is lost.
-    if event.customer_id and (
-        event.status == Status.PROCESSED
-        or (customer_missing and Customer.objects.filter(stripe_customer_id=event.customer_id).exists())
-    ):
-        return event.status, event.customer_id
-    return event.status, ""
 
 
 def _wake_waiting_on(customer_ids: set[str]) -> None:
@@ -334,6 +407,8 @@ TRACE_CONTINUATION = timedelta(hours=1)
 
 
 _PAYLOAD_FIELDS = ("type", "raw_body", "provider_created_at", "traceparent")
+# Read with the claim: the payload's, and what decides which events share a transaction (_chunk).
+_CLAIM_FIELDS = (*_PAYLOAD_FIELDS, "customer_id", "object_id")
 
 
 def _payload(
@@ -365,25 +440,28 @@ def _trace(obj: Mapping[str, Any], created: datetime, *, ingestion: str) -> dict
     return {"links": [ingestion, checkout]}
 
 
-def _run_handler(event: WebhookEvent, payload: Payload) -> bool:
+def _run_handler(event: WebhookEvent, payload: Payload, *, refresh: bool) -> tuple[bool, set[uuid.UUID]]:
     """Run the event's handler in a savepoint and set the resulting status on `event` (not saved). Returns
-    whether it failed for want of its customer."""
+    whether it failed for want of its customer, and the users whose billing state it changed: their
+    entitlements are refreshed in the savepoint when `refresh`, otherwise the caller refreshes them in
+    the same transaction."""
     now = timezone.now()
     handler = HANDLERS.get(event.type)
     event.waiting_on = ""
     if event.attempts > event.retry_policy.max_attempts:  # its claims used them up: workers died on it
         event.status, event.last_error = Status.DEAD, f"gave up after {event.attempts - 1} attempts; {event.last_error}"
-        return False
+        return False, set()
     if handler is None:
         event.status, event.last_error, event.processed_at = Status.IGNORED, "no handler for this type", now
-        return False
+        return False, set()
     try:
         if isinstance(payload, Exception):
             raise payload
         with transaction.atomic():
             obj, version = payload
             changed_users = handler(obj, version)
-            entitlements_refresh(user_ids=changed_users)  # a billing change reaches the apps above billing
+            if refresh:
+                entitlements_refresh(user_ids=changed_users)  # a billing change reaches the apps above billing
     except Exception as exc:
         # Transient: back off and retry. Bad data or a bug: dead at once, a person replays it once fixed.
         dead = record_failure(event, exc) is None
@@ -394,9 +472,9 @@ def _run_handler(event: WebhookEvent, payload: Payload) -> bool:
             log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
         else:
             log.exception("webhook_event_dead", event_id=event.event_id)
-        return waits and isinstance(exc, NotYetKnown) and exc.customer_missing
+        return waits and isinstance(exc, NotYetKnown) and exc.customer_missing, set()
     event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
-    return False
+    return False, changed_users
 
 
 def _count(event_type: str, status: str, received_at: datetime) -> None:
