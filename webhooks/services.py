@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -278,16 +279,15 @@ Outcome = tuple[str | None, str]
 
 def _run_chunk(chunk: list[Claimed], *, running: list[uuid.UUID]) -> list[Outcome]:
     """Run claimed events in one transaction: each under its row lock, its handler in a savepoint (a failing
-    handler rolls back only its own writes, and its failure is recorded), its status saved; then the
-    entitlements of every user they changed are refreshed at once, and all of it commits together.
+    handler rolls back only its own writes, and its failure is recorded); then every event's outcome is
+    saved and the entitlements of every user they changed are refreshed, at once, and all of it commits
+    together.
 
     Should that shared refresh fail, the whole chunk rolls back and runs again with each event refreshing
     its own users in its savepoint, so one user's failing refresh fails only the event that changed them.
     `running` names the event being run (or its payload fetched) when an exception ends the chunk."""
-    payloads = []
-    for event_id, fields in chunk:
-        running[:] = [event_id]
-        payloads.append(_payload(**{name: fields[name] for name in _PAYLOAD_FIELDS}))  # may ask Stripe
+    running[:] = [event_id for event_id, _ in chunk]
+    payloads = _payloads([fields for _, fields in chunk])  # before the transaction: it may ask Stripe
     try:
         applied = _apply_chunk(chunk, payloads, running=running, refresh_together=True)
     except _RefreshTogetherFailed:
@@ -342,12 +342,13 @@ def _apply_chunk(
                     continue
                 span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
                 customer_missing, users = _run_handler(event, payload, refresh=not refresh_together)
-                event.save(update_fields=[*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
                 span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
             changed_users |= users
             applied.append((event, customer_missing))
             transaction.on_commit(partial(_count, event.type, event.status, event.received_at))
         running.clear()
+        if ran := [event for event, _ in applied if event is not None]:  # every outcome in one statement
+            WebhookEvent.objects.bulk_update(ran, [*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
         if changed_users:
             try:
                 with transaction.atomic():  # a billing change reaches the apps above billing
@@ -411,20 +412,28 @@ _PAYLOAD_FIELDS = ("type", "raw_body", "provider_created_at", "traceparent")
 _CLAIM_FIELDS = (*_PAYLOAD_FIELDS, "customer_id", "object_id")
 
 
-def _payload(
-    *, type: str, raw_body: str, provider_created_at: datetime, traceparent: str
-) -> tuple[Payload, dict[str, Any]]:
-    """The object to apply and its version time: the event's own, or — when the event cannot decide
-    (see webhooks.handlers.REFETCHERS) — the object as Stripe has it now. Or the error fetching it.
-    Also where its processing span belongs (_trace)."""
-    event_type, created = type, provider_created_at
-    obj = json.loads(raw_body)["data"]["object"]
-    trace = _trace(obj, created, ingestion=traceparent)
-    refetch = REFETCHERS.get(event_type)
-    try:
-        return (refetch(obj, created) if refetch else None) or (obj, created), trace
-    except Exception as exc:  # recorded with the event, in the processing transaction
-        return exc, trace
+def _payloads(claimed: list[dict[str, Any]]) -> list[tuple[Payload, dict[str, Any]]]:
+    """For each claimed event (its _PAYLOAD_FIELDS), the object to apply and its version time: the event's
+    own, or — when the event cannot decide (see webhooks.handlers.REFETCHERS) — the object as Stripe has it
+    now. Or the error fetching it. Also where its processing span belongs (_trace). The events of one type
+    are refetched together: what their refetcher reads costs one query."""
+    versions: list[tuple[Mapping[str, Any], datetime]] = []
+    traces, refetching = [], defaultdict(list)
+    for n, fields in enumerate(claimed):
+        obj, created = json.loads(fields["raw_body"])["data"]["object"], fields["provider_created_at"]
+        versions.append((obj, created))
+        traces.append(_trace(obj, created, ingestion=fields["traceparent"]))
+        if refetch := REFETCHERS.get(fields["type"]):
+            refetching[refetch].append(n)
+    payloads: list[Payload] = list(versions)
+    for refetch, numbers in refetching.items():
+        try:
+            refetched = refetch([versions[n] for n in numbers])
+        except Exception as exc:  # recorded with each event, in the processing transaction
+            refetched = [exc] * len(numbers)
+        for n, found in zip(numbers, refetched, strict=True):
+            payloads[n] = found or versions[n]
+    return list(zip(payloads, traces, strict=True))
 
 
 def _trace(obj: Mapping[str, Any], created: datetime, *, ingestion: str) -> dict[str, Any]:
