@@ -269,8 +269,12 @@ def _chunk(claimed: list[Claimed]) -> list[Claimed]:
     return claimed
 
 
-class _RefreshTogetherFailed(Exception):
-    """The one entitlement refresh of a chunk's changed users failed: the chunk reruns refreshing per event."""
+class _Rerun(Exception):
+    """A chunk's run met a failure it cannot isolate: the chunk rolls back and runs again, more carefully."""
+
+    def __init__(self, *, refresh: bool) -> None:
+        super().__init__("the shared entitlement refresh failed" if refresh else "a handler failed")
+        self.refresh = refresh
 
 
 # (new status or None when it was not ours to run, the customer whose waiting events may go now or "")
@@ -278,20 +282,26 @@ Outcome = tuple[str | None, str]
 
 
 def _run_chunk(chunk: list[Claimed], *, running: list[uuid.UUID]) -> list[Outcome]:
-    """Run claimed events in one transaction: each under its row lock, its handler in a savepoint (a failing
-    handler rolls back only its own writes, and its failure is recorded); then every event's outcome is
-    saved and the entitlements of every user they changed are refreshed, at once, and all of it commits
-    together.
+    """Run claimed events in one transaction: each under its row lock, its handler's writes made; then every
+    event's outcome is saved and the entitlements of every user they changed are refreshed, at once, and all
+    of it commits together.
 
-    Should that shared refresh fail, the whole chunk rolls back and runs again with each event refreshing
-    its own users in its savepoint, so one user's failing refresh fails only the event that changed them.
-    `running` names the event being run (or its payload fetched) when an exception ends the chunk."""
+    A failure never costs another event its writes: when a handler fails, the chunk rolls back and runs
+    again with each handler in a savepoint of its own (a failing one rolls back only its own writes, and its
+    failure is recorded); when the shared refresh fails, it runs again with each event refreshing its own
+    users in its savepoint too, so one user's failing refresh fails only the event that changed them. Most
+    chunks fail nothing, and pay for no savepoint. `running` names the event being run (or the events whose
+    payloads are being fetched) when an exception ends the chunk."""
     running[:] = [event_id for event_id, _ in chunk]
     payloads = _payloads([fields for _, fields in chunk])  # before the transaction: it may ask Stripe
-    try:
-        applied = _apply_chunk(chunk, payloads, running=running, refresh_together=True)
-    except _RefreshTogetherFailed:
-        applied = _apply_chunk(chunk, payloads, running=running, refresh_together=False)
+    isolate, refresh_together = False, True
+    while True:  # at most three runs: each rerun isolates more
+        try:
+            applied = _apply_chunk(chunk, payloads, running=running, isolate=isolate, refresh_together=refresh_together)
+            break
+        except _Rerun as rerun:
+            log.info("webhook_events_chunk_rerun", events=len(chunk), reason=str(rerun))
+            isolate, refresh_together = True, refresh_together and not rerun.refresh
     running.clear()
     # Committed. Whatever an applied event changed, or merely linked (a customer.created naming a user we
     # know), its customer's waiting events may go now: one lookup in a partial index, mostly empty. An event
@@ -316,10 +326,11 @@ def _apply_chunk(
     payloads: list[tuple["Payload", dict[str, Any]]],
     *,
     running: list[uuid.UUID],
+    isolate: bool,
     refresh_together: bool,
 ) -> list[tuple[WebhookEvent | None, bool]]:
-    """_run_chunk's transaction; for each event, its row as saved (None: not ours to run) and whether it
-    failed for want of its customer."""
+    """_run_chunk's transaction (see there for `isolate` and `refresh_together`); for each event, its row as
+    saved (None: not ours to run) and whether it failed for want of its customer. Raises _Rerun."""
     applied: list[tuple[WebhookEvent | None, bool]] = []
     changed_users: set[uuid.UUID] = set()
     with transaction.atomic(durable=True):
@@ -341,7 +352,9 @@ def _apply_chunk(
                     applied.append((None, False))
                     continue
                 span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
-                customer_missing, users = _run_handler(event, payload, refresh=not refresh_together)
+                customer_missing, users = _run_handler(
+                    event, payload, isolate=isolate, refresh=isolate and not refresh_together
+                )
                 span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
             changed_users |= users
             applied.append((event, customer_missing))
@@ -349,13 +362,12 @@ def _apply_chunk(
         running.clear()
         if ran := [event for event, _ in applied if event is not None]:  # every outcome in one statement
             WebhookEvent.objects.bulk_update(ran, [*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
-        if changed_users:
+        if changed_users and refresh_together:
             try:
-                with transaction.atomic():  # a billing change reaches the apps above billing
-                    entitlements_refresh(user_ids=changed_users)
+                entitlements_refresh(user_ids=changed_users)  # a billing change reaches the apps above billing
             except Exception as exc:
                 log.warning("webhook_events_refresh_together_failed", users=len(changed_users), error=repr(exc))
-                raise _RefreshTogetherFailed from exc
+                raise _Rerun(refresh=True) from exc
     return applied
 
 
@@ -449,11 +461,12 @@ def _trace(obj: Mapping[str, Any], created: datetime, *, ingestion: str) -> dict
     return {"links": [ingestion, checkout]}
 
 
-def _run_handler(event: WebhookEvent, payload: Payload, *, refresh: bool) -> tuple[bool, set[uuid.UUID]]:
-    """Run the event's handler in a savepoint and set the resulting status on `event` (not saved). Returns
-    whether it failed for want of its customer, and the users whose billing state it changed: their
-    entitlements are refreshed in the savepoint when `refresh`, otherwise the caller refreshes them in
-    the same transaction."""
+def _run_handler(event: WebhookEvent, payload: Payload, *, isolate: bool, refresh: bool) -> tuple[bool, set[uuid.UUID]]:
+    """Run the event's handler and set the resulting status on `event` (not saved). Returns whether it
+    failed for want of its customer, and the users whose billing state it changed. `isolate`: in a
+    savepoint, its failure recorded; otherwise a failure raises _Rerun (the caller's transaction rolls
+    back). `refresh`: their entitlements are refreshed in that savepoint, otherwise the caller refreshes
+    them in the same transaction."""
     now = timezone.now()
     handler = HANDLERS.get(event.type)
     event.waiting_on = ""
@@ -463,27 +476,37 @@ def _run_handler(event: WebhookEvent, payload: Payload, *, refresh: bool) -> tup
     if handler is None:
         event.status, event.last_error, event.processed_at = Status.IGNORED, "no handler for this type", now
         return False, set()
+    if isinstance(payload, Exception):  # nothing written: recorded as any failure
+        return _record_handler_failure(event, payload), set()
+    obj, version = payload
     try:
-        if isinstance(payload, Exception):
-            raise payload
-        with transaction.atomic():
-            obj, version = payload
-            changed_users = handler(obj, version)
-            if refresh:
-                entitlements_refresh(user_ids=changed_users)  # a billing change reaches the apps above billing
-    except Exception as exc:
-        # Transient: back off and retry. Bad data or a bug: dead at once, a person replays it once fixed.
-        dead = record_failure(event, exc) is None
-        waits = isinstance(exc, NotYetKnown) and not dead
-        if waits:
-            event.waiting_on = event.customer_id  # woken when an event of its customer lands
-        if is_transient(exc):
-            log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
+        if isolate:
+            with transaction.atomic():
+                changed_users = handler(obj, version)
+                if refresh:
+                    entitlements_refresh(user_ids=changed_users)  # a billing change reaches the apps above billing
         else:
-            log.exception("webhook_event_dead", event_id=event.event_id)
-        return waits and isinstance(exc, NotYetKnown) and exc.customer_missing, set()
+            changed_users = handler(obj, version)
+    except Exception as exc:
+        if not isolate:
+            raise _Rerun(refresh=False) from exc
+        return _record_handler_failure(event, exc), set()
     event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
     return False, changed_users
+
+
+def _record_handler_failure(event: WebhookEvent, exc: Exception) -> bool:
+    """Set `event` failed (unsaved); returns whether it failed for want of its customer."""
+    # Transient: back off and retry. Bad data or a bug: dead at once, a person replays it once fixed.
+    dead = record_failure(event, exc) is None
+    waits = isinstance(exc, NotYetKnown) and not dead
+    if waits:
+        event.waiting_on = event.customer_id  # woken when an event of its customer lands
+    if is_transient(exc):
+        log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
+    else:
+        log.exception("webhook_event_dead", event_id=event.event_id, exc_info=exc)
+    return waits and isinstance(exc, NotYetKnown) and exc.customer_missing
 
 
 def _count(event_type: str, status: str, received_at: datetime) -> None:
