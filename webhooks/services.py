@@ -270,11 +270,12 @@ def _chunk(claimed: list[Claimed]) -> list[Claimed]:
 
 
 class _Rerun(Exception):
-    """A chunk's run met a failure it cannot isolate: the chunk rolls back and runs again, more carefully."""
+    """A chunk's run met a failure it cannot isolate: the chunk rolls back and runs again, more carefully.
+    `failed`: the event whose handler failed, and how (None: the shared entitlement refresh failed)."""
 
-    def __init__(self, *, refresh: bool) -> None:
-        super().__init__("the shared entitlement refresh failed" if refresh else "a handler failed")
-        self.refresh = refresh
+    def __init__(self, failed: tuple[uuid.UUID, Exception] | None) -> None:
+        super().__init__("a handler failed" if failed else "the shared entitlement refresh failed")
+        self.failed = failed
 
 
 # (new status or None when it was not ours to run, the customer whose waiting events may go now or "")
@@ -289,19 +290,28 @@ def _run_chunk(chunk: list[Claimed], *, running: list[uuid.UUID]) -> list[Outcom
     A failure never costs another event its writes: when a handler fails, the chunk rolls back and runs
     again with each handler in a savepoint of its own (a failing one rolls back only its own writes, and its
     failure is recorded); when the shared refresh fails, it runs again with each event refreshing its own
-    users in its savepoint too, so one user's failing refresh fails only the event that changed them. Most
-    chunks fail nothing, and pay for no savepoint. `running` names the event being run (or the events whose
+    users in its savepoint too, so one user's failing refresh fails only the event that changed them. A
+    failed handler is not run again: its failure is recorded as it happened. Most chunks fail nothing, and
+    pay for no savepoint. `running` names the event being run (or the events whose
     payloads are being fetched) when an exception ends the chunk."""
     running[:] = [event_id for event_id, _ in chunk]
     payloads = _payloads([fields for _, fields in chunk])  # before the transaction: it may ask Stripe
     isolate, refresh_together = False, True
-    while True:  # at most three runs: each rerun isolates more
+    while True:  # at most three runs: the second isolates each handler, the third each refresh too
         try:
             applied = _apply_chunk(chunk, payloads, running=running, isolate=isolate, refresh_together=refresh_together)
             break
         except _Rerun as rerun:
             log.info("webhook_events_chunk_rerun", events=len(chunk), reason=str(rerun))
-            isolate, refresh_together = True, refresh_together and not rerun.refresh
+            if rerun.failed is None:
+                refresh_together = False
+            else:  # its failure stands in for its payload: recorded, not run again
+                failed_id, exc = rerun.failed
+                payloads = [
+                    (exc, trace) if event_id == failed_id else (payload, trace)
+                    for (event_id, _), (payload, trace) in zip(chunk, payloads, strict=True)
+                ]
+            isolate = True
     running.clear()
     # Committed. Whatever an applied event changed, or merely linked (a customer.created naming a user we
     # know), its customer's waiting events may go now: one lookup in a partial index, mostly empty. An event
@@ -367,7 +377,7 @@ def _apply_chunk(
                 entitlements_refresh(user_ids=changed_users)  # a billing change reaches the apps above billing
             except Exception as exc:
                 log.warning("webhook_events_refresh_together_failed", users=len(changed_users), error=repr(exc))
-                raise _Rerun(refresh=True) from exc
+                raise _Rerun(None) from exc
     return applied
 
 
@@ -489,7 +499,7 @@ def _run_handler(event: WebhookEvent, payload: Payload, *, isolate: bool, refres
             changed_users = handler(obj, version)
     except Exception as exc:
         if not isolate:
-            raise _Rerun(refresh=False) from exc
+            raise _Rerun((event.id, exc)) from exc
         return _record_handler_failure(event, exc), set()
     event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
     return False, changed_users
