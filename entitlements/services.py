@@ -44,7 +44,7 @@ from entitlements.resolution import family_seats, resolve
 from gdpr import audit
 from tasks.base import enqueue_on_commit
 from tasks.errors import TransientError
-from tasks.outbox import emit
+from tasks.outbox import emit_many
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +98,7 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
         now=now,
         past_due_grace=grace,
     )
-    changed = []
+    changed, events = [], []
     for user_id in affected:
         snapshot = snapshots[user_id]
         before, after = set(snapshot.features), resolved[user_id].keys
@@ -107,7 +107,9 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
         added, removed = sorted(after - before), sorted(before - after)
         snapshot.features, snapshot.updated_at = sorted(after), now
         changed.append(snapshot)
-        emit("entitlements.changed", f"user:{user_id}", {"user_id": str(user_id), "added": added, "removed": removed})
+        events.append(
+            ("entitlements.changed", f"user:{user_id}", {"user_id": str(user_id), "added": added, "removed": removed})
+        )
         audit.record(
             action=AuditAction.ENTITLEMENTS_CHANGED,
             actor_type=ActorType.SYSTEM,
@@ -115,6 +117,7 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
             target_id=str(user_id),
             metadata={"added": added, "removed": removed},
         )
+    emit_many(events)  # one statement for all the changed users (a drain refreshes a whole batch's at once)
     EntitlementSnapshot.objects.bulk_update(changed, ["features", "updated_at"])
     log.info("entitlements_refreshed", users=len(affected), changed=len(changed))
     # Always bump, changed keys or not: an expiry shown in the cached body may have moved.

@@ -7,7 +7,7 @@ at least once (a crash between publish and commit republishes), so consumers ded
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import amqp.exceptions
@@ -41,19 +41,30 @@ PUBLISH_FAILURES = Counter(
 
 def emit(event_type: str, subject: str, data: Mapping[str, Any]) -> OutboxMessage:
     """Record a domain event in the caller's transaction; it is published only if that commits."""
+    [message] = emit_many([(event_type, subject, data)])
+    return message
+
+
+def emit_many(events: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[OutboxMessage]:
+    """emit() for several (type, subject, data) events at once, in that order: one INSERT."""
     if not transaction.get_connection().in_atomic_block:
         raise OutboxError("emit() must run inside the transaction that makes the change")
-    try:
-        payload = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
-    except (TypeError, ValueError) as exc:
-        raise OutboxError(f"event data is not JSON-serialisable: {exc}") from exc
-    message = OutboxMessage.objects.create(
-        type=event_type, subject=subject, data=payload, traceparent=current_traceparent()
-    )
+    messages = []
+    for event_type, subject, data in events:
+        try:
+            payload = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+        except (TypeError, ValueError) as exc:
+            raise OutboxError(f"event data is not JSON-serialisable: {exc}") from exc
+        messages.append(
+            OutboxMessage(type=event_type, subject=subject, data=payload, traceparent=current_traceparent())
+        )
+    if not messages:
+        return []
+    OutboxMessage.objects.bulk_create(messages)
     from tasks.tasks import outbox_dispatch  # imported here: the task module imports this one
 
     enqueue_on_commit(outbox_dispatch)
-    return message
+    return messages
 
 
 def cloudevent(message: OutboxMessage) -> dict[str, Any]:

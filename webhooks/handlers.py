@@ -7,15 +7,17 @@ the processor may run one twice (replay, redelivery), and the services ignore st
 """
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 Handler = Callable[[Mapping[str, Any], datetime], set[uuid.UUID]]
-# Given an event's object and time, return the object as the provider has it now (and the time it
-# was fetched) when the event alone cannot decide the order of changes; None when it can. Runs
-# outside any transaction, since it may call the provider.
-Refetch = Callable[[Mapping[str, Any], datetime], tuple[Mapping[str, Any], datetime] | None]
+# Given events' objects and times (a drain's events of one type, at most one per object), return for each
+# the object as the provider has it now (and the time it was fetched) when the event alone cannot decide
+# the order of changes; None when it can; the exception when fetching it failed. Runs outside any
+# transaction, since it may call the provider; one call for many events, so what it reads costs one query.
+Refetched = tuple[Mapping[str, Any], datetime] | None | Exception
+Refetch = Callable[[Sequence[tuple[Mapping[str, Any], datetime]]], list[Refetched]]
 
 HANDLERS: dict[str, Handler] = {}
 REFETCHERS: dict[str, Refetch] = {}

@@ -2,9 +2,11 @@
 
 import json
 import uuid
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -210,8 +212,8 @@ DRAIN_MAX_BATCHES = 25
 def webhook_events_drain(*, reclaim: bool = False) -> int:
     """Process the events waiting in the inbox (received, or failed and due), oldest first, in batches:
     each batch is claimed in one statement (`tasks.jobs.claim_batch`: attempts counted, leases set, one
-    commit), then every event runs as webhook_event_process runs it, in a transaction of its own. Returns
-    how many events it ran.
+    commit), then run in order in as few transactions as it can (_run_chunk: each event in a savepoint of
+    its own, one commit for many). Returns how many events it ran.
 
     `reclaim`: also take back events claimed but not being run (not row-locked): a redelivered drain's
     worker died mid-batch, and what it claimed need not wait for its lease (if that drain was alive after all,
@@ -220,20 +222,22 @@ def webhook_events_drain(*, reclaim: bool = False) -> int:
     ran = 0
     for _ in range(DRAIN_MAX_BATCHES):
         claimed = claim_batch(
-            _WAITING, ("pk", *_PAYLOAD_FIELDS), limit=DRAIN_BATCH, order_by="next_attempt_at", reclaim_running=reclaim
+            _WAITING, ("pk", *_CLAIM_FIELDS), limit=DRAIN_BATCH, order_by="next_attempt_at", reclaim_running=reclaim
         )
         reclaim = False
-        unstarted = [row.pop("pk") for row in claimed]
+        waiting = [(row.pop("pk"), row) for row in claimed]
         wake: set[str] = set()
+        running: list[uuid.UUID] = []  # the event a chunk was running when it stopped: it keeps its lease
         try:
-            for payload_fields in claimed:
-                event_id = unstarted.pop(0)
-                status, waking = _process_claimed(event_id, payload_fields)
-                if waking:
-                    wake.add(waking)
-                ran += status is not None
+            while waiting:
+                chunk = _chunk(waiting)
+                outcomes = _run_chunk(chunk, running=running)
+                del waiting[: len(chunk)]
+                wake.update(waking for _, waking in outcomes if waking)
+                ran += sum(status is not None for status, _ in outcomes)
         finally:
-            if unstarted:  # stopped mid-batch (a time limit, a lost database): the rest wait for the next run
+            # Stopped mid-batch (a time limit, a lost database): what did not commit waits for the next run.
+            if unstarted := [event_id for event_id, _ in waiting if event_id not in running]:
                 _release(unstarted)
             _wake_waiting_on(wake)  # what the events that did run let go
         if len(claimed) < DRAIN_BATCH:
@@ -247,6 +251,134 @@ def webhook_events_drain(*, reclaim: bool = False) -> int:
 _WAITING = WebhookEvent.objects.filter(
     Q(status__in=[Status.RECEIVED, Status.PROCESSING]) | Q(status=Status.FAILED, next_attempt_at__lte=Now())
 )
+
+Claimed = tuple[uuid.UUID, dict[str, Any]]  # an event's id and its _CLAIM_FIELDS, as the claim read them
+
+
+def _chunk(claimed: list[Claimed]) -> list[Claimed]:
+    """The longest run of claimed events, from the first, that share one transaction: no two about the same
+    customer or object. So each event's payload, read before the transaction (a refetch compares it with
+    our row), is what it would be had the events before it committed alone, and the events of one customer
+    keep their order and see each other's effects as before."""
+    seen: set[str] = set()
+    for n, (_, fields) in enumerate(claimed):
+        keys = {key for key in (f"c:{fields['customer_id']}", f"o:{fields['object_id']}") if len(key) > 2}
+        if n and keys & seen:
+            return claimed[:n]
+        seen |= keys
+    return claimed
+
+
+class _Rerun(Exception):
+    """A chunk's run met a failure it cannot isolate: the chunk rolls back and runs again, more carefully.
+    `failed`: the event whose handler failed, and how (None: the shared entitlement refresh failed)."""
+
+    def __init__(self, failed: tuple[uuid.UUID, Exception] | None) -> None:
+        super().__init__("a handler failed" if failed else "the shared entitlement refresh failed")
+        self.failed = failed
+
+
+# (new status or None when it was not ours to run, the customer whose waiting events may go now or "")
+Outcome = tuple[str | None, str]
+
+
+def _run_chunk(chunk: list[Claimed], *, running: list[uuid.UUID]) -> list[Outcome]:
+    """Run claimed events in one transaction: each under its row lock, its handler's writes made; then every
+    event's outcome is saved and the entitlements of every user they changed are refreshed, at once, and all
+    of it commits together.
+
+    A failure never costs another event its writes: when a handler fails, the chunk rolls back and runs
+    again with each handler in a savepoint of its own (a failing one rolls back only its own writes, and its
+    failure is recorded); when the shared refresh fails, it runs again with each event refreshing its own
+    users in its savepoint too, so one user's failing refresh fails only the event that changed them. A
+    failed handler is not run again: its failure is recorded as it happened. Most chunks fail nothing, and
+    pay for no savepoint. `running` names the event being run (or the events whose
+    payloads are being fetched) when an exception ends the chunk."""
+    running[:] = [event_id for event_id, _ in chunk]
+    payloads = _payloads([fields for _, fields in chunk])  # before the transaction: it may ask Stripe
+    isolate, refresh_together = False, True
+    while True:  # at most three runs: the second isolates each handler, the third each refresh too
+        try:
+            applied = _apply_chunk(chunk, payloads, running=running, isolate=isolate, refresh_together=refresh_together)
+            break
+        except _Rerun as rerun:
+            log.info("webhook_events_chunk_rerun", events=len(chunk), reason=str(rerun))
+            if rerun.failed is None:
+                refresh_together = False
+            else:  # its failure stands in for its payload: recorded, not run again
+                failed_id, exc = rerun.failed
+                payloads = [
+                    (exc, trace) if event_id == failed_id else (payload, trace)
+                    for (event_id, _), (payload, trace) in zip(chunk, payloads, strict=True)
+                ]
+            isolate = True
+    running.clear()
+    # Committed. Whatever an applied event changed, or merely linked (a customer.created naming a user we
+    # know), its customer's waiting events may go now: one lookup in a partial index, mostly empty. An event
+    # that found its customer missing looks once more, now that its waiting is committed: either it sees
+    # the customer, or the event bringing it commits later and then finds it waiting. No wake-up is lost.
+    outcomes: list[Outcome] = []
+    for event, customer_missing in applied:
+        if event is None:
+            outcomes.append((None, ""))
+            continue
+        log.info("webhook_event_processed", event_id=event.event_id, type=event.type, status=event.status)
+        wakes = event.customer_id and (
+            event.status == Status.PROCESSED
+            or (customer_missing and Customer.objects.filter(stripe_customer_id=event.customer_id).exists())
+        )
+        outcomes.append((event.status, event.customer_id if wakes else ""))
+    return outcomes
+
+
+def _apply_chunk(
+    chunk: list[Claimed],
+    payloads: list[tuple["Payload", dict[str, Any]]],
+    *,
+    running: list[uuid.UUID],
+    isolate: bool,
+    refresh_together: bool,
+) -> list[tuple[WebhookEvent | None, bool]]:
+    """_run_chunk's transaction (see there for `isolate` and `refresh_together`); for each event, its row as
+    saved (None: not ours to run) and whether it failed for want of its customer. Raises _Rerun."""
+    applied: list[tuple[WebhookEvent | None, bool]] = []
+    changed_users: set[uuid.UUID] = set()
+    with transaction.atomic(durable=True):
+        for (event_id, _), (payload, trace) in zip(chunk, payloads, strict=True):
+            running[:] = [event_id]
+            with job_span("webhook.process", **trace) as span:
+                # Wait for the row lock, never skip it: a claim or sweep statement racing ours may hold it
+                # for a moment (PostgreSQL keeps the lock of a row whose re-check failed until that statement
+                # commits), and skipping would strand the event until its lease ran out. Whoever runs it
+                # first leaves it not `processing`, so a second run (a reclaimed or redelivered one) waits,
+                # then walks away.
+                event = (
+                    WebhookEvent.objects.select_for_update()
+                    .filter(id=event_id, status=Status.PROCESSING)
+                    .defer("raw_body")  # read with the claim
+                    .first()
+                )
+                if event is None:
+                    applied.append((None, False))
+                    continue
+                span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
+                customer_missing, users = _run_handler(
+                    event, payload, isolate=isolate, refresh=isolate and not refresh_together
+                )
+                span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
+            changed_users |= users
+            applied.append((event, customer_missing))
+            transaction.on_commit(partial(_count, event.type, event.status, event.received_at))
+        running.clear()
+        if ran := [event for event, _ in applied if event is not None]:  # every outcome in one statement
+            WebhookEvent.objects.bulk_update(ran, [*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
+        if changed_users and refresh_together:
+            try:
+                entitlements_refresh(user_ids=changed_users)  # a billing change reaches the apps above billing
+            except Exception as exc:
+                log.warning("webhook_events_refresh_together_failed", users=len(changed_users), error=repr(exc))
+                raise _Rerun(None) from exc
+    return applied
 
 
 def _release(event_ids: list[uuid.UUID]) -> None:
@@ -269,49 +401,13 @@ def webhook_event_process(*, event_id: uuid.UUID) -> str | None:
     domain writes and the status change commit together. A failing handler runs in a savepoint, so none of its writes
     survive, and the failure is recorded in the same transaction.
     """
-    claimed = claim_returning(WebhookEvent.objects.filter(id=event_id), _PAYLOAD_FIELDS, reclaim_running=True)
+    claimed = claim_returning(WebhookEvent.objects.filter(id=event_id), _CLAIM_FIELDS, reclaim_running=True)
     if claimed is None:
         return None
-    status, wakes = _process_claimed(event_id, claimed)
+    [(status, wakes)] = _run_chunk([(event_id, claimed)], running=[])
     if wakes:
         _wake_waiting_on({wakes})
     return status
-
-
-def _process_claimed(event_id: uuid.UUID, claimed: dict[str, Any]) -> tuple[str | None, str]:
-    """Run a claimed event (see webhook_event_process); returns its new status (None: not ours to run) and
-    the customer whose waiting events may go now ("" for none)."""
-    payload, trace = _payload(**claimed)  # before the transaction: it may have to ask Stripe
-    with job_span("webhook.process", **trace) as span, transaction.atomic(durable=True):
-        # Wait for the row lock, never skip it: a claim or sweep statement racing ours may hold it for a
-        # moment (PostgreSQL keeps the lock of a row whose re-check failed until that statement commits),
-        # and skipping would strand the event until its lease ran out. Whoever runs it first leaves it not
-        # `processing`, so a second run (a reclaimed or redelivered one) waits, then walks away.
-        event = (
-            WebhookEvent.objects.select_for_update()
-            .filter(id=event_id, status=Status.PROCESSING)
-            .defer("raw_body")  # read with the claim
-            .first()
-        )
-        if event is None:
-            return None, ""
-        span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
-        customer_missing = _run_handler(event, payload)
-        event.save(update_fields=[*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
-        span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
-        status, event_type, received_at = event.status, event.type, event.received_at
-        transaction.on_commit(lambda: _count(event_type, status, received_at))
-    log.info("webhook_event_processed", event_id=event.event_id, type=event.type, status=event.status)
-    # Committed. Whatever an applied event changed, or merely linked (a customer.created naming a user we
-    # know), its customer's waiting events may go now: one lookup in a partial index, mostly empty. An event
-    # that found its customer missing looks once more, now that its waiting is committed: either it sees
-    # the customer, or the event bringing it commits later and then finds it waiting. No wake-up is lost.
-    if event.customer_id and (
-        event.status == Status.PROCESSED
-        or (customer_missing and Customer.objects.filter(stripe_customer_id=event.customer_id).exists())
-    ):
-        return event.status, event.customer_id
-    return event.status, ""
 
 
 def _wake_waiting_on(customer_ids: set[str]) -> None:
@@ -334,22 +430,32 @@ TRACE_CONTINUATION = timedelta(hours=1)
 
 
 _PAYLOAD_FIELDS = ("type", "raw_body", "provider_created_at", "traceparent")
+# Read with the claim: the payload's, and what decides which events share a transaction (_chunk).
+_CLAIM_FIELDS = (*_PAYLOAD_FIELDS, "customer_id", "object_id")
 
 
-def _payload(
-    *, type: str, raw_body: str, provider_created_at: datetime, traceparent: str
-) -> tuple[Payload, dict[str, Any]]:
-    """The object to apply and its version time: the event's own, or — when the event cannot decide
-    (see webhooks.handlers.REFETCHERS) — the object as Stripe has it now. Or the error fetching it.
-    Also where its processing span belongs (_trace)."""
-    event_type, created = type, provider_created_at
-    obj = json.loads(raw_body)["data"]["object"]
-    trace = _trace(obj, created, ingestion=traceparent)
-    refetch = REFETCHERS.get(event_type)
-    try:
-        return (refetch(obj, created) if refetch else None) or (obj, created), trace
-    except Exception as exc:  # recorded with the event, in the processing transaction
-        return exc, trace
+def _payloads(claimed: list[dict[str, Any]]) -> list[tuple[Payload, dict[str, Any]]]:
+    """For each claimed event (its _PAYLOAD_FIELDS), the object to apply and its version time: the event's
+    own, or — when the event cannot decide (see webhooks.handlers.REFETCHERS) — the object as Stripe has it
+    now. Or the error fetching it. Also where its processing span belongs (_trace). The events of one type
+    are refetched together: what their refetcher reads costs one query."""
+    versions: list[tuple[Mapping[str, Any], datetime]] = []
+    traces, refetching = [], defaultdict(list)
+    for n, fields in enumerate(claimed):
+        obj, created = json.loads(fields["raw_body"])["data"]["object"], fields["provider_created_at"]
+        versions.append((obj, created))
+        traces.append(_trace(obj, created, ingestion=fields["traceparent"]))
+        if refetch := REFETCHERS.get(fields["type"]):
+            refetching[refetch].append(n)
+    payloads: list[Payload] = list(versions)
+    for refetch, numbers in refetching.items():
+        try:
+            refetched = refetch([versions[n] for n in numbers])
+        except Exception as exc:  # recorded with each event, in the processing transaction
+            refetched = [exc] * len(numbers)
+        for n, found in zip(numbers, refetched, strict=True):
+            payloads[n] = found or versions[n]
+    return list(zip(payloads, traces, strict=True))
 
 
 def _trace(obj: Mapping[str, Any], created: datetime, *, ingestion: str) -> dict[str, Any]:
@@ -365,38 +471,52 @@ def _trace(obj: Mapping[str, Any], created: datetime, *, ingestion: str) -> dict
     return {"links": [ingestion, checkout]}
 
 
-def _run_handler(event: WebhookEvent, payload: Payload) -> bool:
-    """Run the event's handler in a savepoint and set the resulting status on `event` (not saved). Returns
-    whether it failed for want of its customer."""
+def _run_handler(event: WebhookEvent, payload: Payload, *, isolate: bool, refresh: bool) -> tuple[bool, set[uuid.UUID]]:
+    """Run the event's handler and set the resulting status on `event` (not saved). Returns whether it
+    failed for want of its customer, and the users whose billing state it changed. `isolate`: in a
+    savepoint, its failure recorded; otherwise a failure raises _Rerun (the caller's transaction rolls
+    back). `refresh`: their entitlements are refreshed in that savepoint, otherwise the caller refreshes
+    them in the same transaction."""
     now = timezone.now()
     handler = HANDLERS.get(event.type)
     event.waiting_on = ""
     if event.attempts > event.retry_policy.max_attempts:  # its claims used them up: workers died on it
         event.status, event.last_error = Status.DEAD, f"gave up after {event.attempts - 1} attempts; {event.last_error}"
-        return False
+        return False, set()
     if handler is None:
         event.status, event.last_error, event.processed_at = Status.IGNORED, "no handler for this type", now
-        return False
+        return False, set()
+    if isinstance(payload, Exception):  # nothing written: recorded as any failure
+        return _record_handler_failure(event, payload), set()
+    obj, version = payload
     try:
-        if isinstance(payload, Exception):
-            raise payload
-        with transaction.atomic():
-            obj, version = payload
-            changed_users = handler(obj, version)
-            entitlements_refresh(user_ids=changed_users)  # a billing change reaches the apps above billing
-    except Exception as exc:
-        # Transient: back off and retry. Bad data or a bug: dead at once, a person replays it once fixed.
-        dead = record_failure(event, exc) is None
-        waits = isinstance(exc, NotYetKnown) and not dead
-        if waits:
-            event.waiting_on = event.customer_id  # woken when an event of its customer lands
-        if is_transient(exc):
-            log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
+        if isolate:
+            with transaction.atomic():
+                changed_users = handler(obj, version)
+                if refresh:
+                    entitlements_refresh(user_ids=changed_users)  # a billing change reaches the apps above billing
         else:
-            log.exception("webhook_event_dead", event_id=event.event_id)
-        return waits and isinstance(exc, NotYetKnown) and exc.customer_missing
+            changed_users = handler(obj, version)
+    except Exception as exc:
+        if not isolate:
+            raise _Rerun((event.id, exc)) from exc
+        return _record_handler_failure(event, exc), set()
     event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
-    return False
+    return False, changed_users
+
+
+def _record_handler_failure(event: WebhookEvent, exc: Exception) -> bool:
+    """Set `event` failed (unsaved); returns whether it failed for want of its customer."""
+    # Transient: back off and retry. Bad data or a bug: dead at once, a person replays it once fixed.
+    dead = record_failure(event, exc) is None
+    waits = isinstance(exc, NotYetKnown) and not dead
+    if waits:
+        event.waiting_on = event.customer_id  # woken when an event of its customer lands
+    if is_transient(exc):
+        log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
+    else:
+        log.exception("webhook_event_dead", event_id=event.event_id, exc_info=exc)
+    return waits and isinstance(exc, NotYetKnown) and exc.customer_missing
 
 
 def _count(event_type: str, status: str, received_at: datetime) -> None:

@@ -5,7 +5,7 @@ one it already applied (out-of-order delivery), and returns the users whose bill
 """
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +14,7 @@ from django.utils import timezone
 from billing import gateway
 from billing import services as billing
 from billing.models import Subscription
-from webhooks.handlers import handles
+from webhooks.handlers import Refetched, handles
 
 
 @handles("checkout.session.completed")
@@ -37,20 +37,30 @@ def checkout_session_expired(obj: Mapping[str, Any], created: datetime) -> set[u
     return billing.order_expire_from_stripe(session=obj, event_created=created)
 
 
-def subscription_refetch(obj: Mapping[str, Any], created: datetime) -> tuple[Mapping[str, Any], datetime] | None:
+def subscription_refetch(versions: Sequence[tuple[Mapping[str, Any], datetime]]) -> list[Refetched]:
     """Stripe's `created` has one-second resolution: two different versions of a subscription in the
     same second cannot be ordered from their events, so ask Stripe for the current one."""
-    applied = (
-        Subscription.objects.filter(stripe_subscription_id=obj.get("id"))
-        .values_list("stripe_updated_at", "status", "cancel_at_period_end")
-        .first()
-    )
-    if applied is None or applied[0] != created:
-        return None  # the event's time decides
-    if applied[1:] == (obj.get("status"), bool(obj.get("cancel_at_period_end"))):
-        return None  # the same version again (a replay or a duplicate)
-    fetched_at = timezone.now()
-    return gateway.subscription_retrieve(str(obj["id"])), fetched_at
+    ids = {str(obj["id"]) for obj, _ in versions if obj.get("id")}
+    applied = {
+        row[0]: row[1:]
+        for row in Subscription.objects.filter(stripe_subscription_id__in=ids).values_list(
+            "stripe_subscription_id", "stripe_updated_at", "status", "cancel_at_period_end"
+        )
+    }
+    refetched: list[Refetched] = []
+    for obj, created in versions:
+        state = applied.get(str(obj.get("id")))
+        if state is None or state[0] != created:
+            refetched.append(None)  # the event's time decides
+        elif state[1:] == (obj.get("status"), bool(obj.get("cancel_at_period_end"))):
+            refetched.append(None)  # the same version again (a replay or a duplicate)
+        else:
+            try:
+                fetched_at = timezone.now()
+                refetched.append((gateway.subscription_retrieve(str(obj["id"])), fetched_at))
+            except Exception as exc:  # this event's failure, recorded with it
+                refetched.append(exc)
+    return refetched
 
 
 @handles(

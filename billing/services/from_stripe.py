@@ -217,14 +217,20 @@ def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, eve
     stripe_price_id = so.subscription_price_id(stripe_subscription)
     if not stripe_price_id:
         raise StripeObjectInvalid(f"subscription {stripe_subscription_id} has no price")
-    price = Price.objects.select_related("plan").filter(stripe_price_id=stripe_price_id).first()
+    known = _subscription_locked_of(stripe_subscription_id, so.stripe_id(stripe_subscription.get("customer")))
+    price = known.price if known and known.price and known.price.stripe_price_id == stripe_price_id else None
+    price = price or Price.objects.select_related("plan").filter(stripe_price_id=stripe_price_id).first()
     if price is None:
         raise StripeObjectInvalid(
             f"subscription {stripe_subscription_id} is for price {stripe_price_id}, which is not in our catalog "
             "(import it, then replay the event)"
         )
-    customer = customer_for_stripe(
-        stripe_subscription.get("customer"), fallback_user_id=so.metadata_uuid(stripe_subscription, "user_id")
+    customer = (
+        known.customer
+        if known
+        else customer_for_stripe(
+            stripe_subscription.get("customer"), fallback_user_id=so.metadata_uuid(stripe_subscription, "user_id")
+        )
     )
     if customer is None:
         # Its customer.created (with metadata.user_id) may simply not have been processed yet.
@@ -242,10 +248,14 @@ def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, eve
         "ended_at": so.timestamp(stripe_subscription.get("ended_at")),
         "trial_end": so.timestamp(stripe_subscription.get("trial_end")),
     }
-    subscription, created = lock_or_create(
-        Subscription,
-        {"stripe_subscription_id": stripe_subscription_id},
-        {**values, "stripe_updated_at": event_created},
+    subscription, created = (
+        (known, False)
+        if known
+        else lock_or_create(
+            Subscription,
+            {"stripe_subscription_id": stripe_subscription_id},
+            {**values, "stripe_updated_at": event_created},
+        )
     )
     was_status = None if created else subscription.status
     if not created:
@@ -263,6 +273,21 @@ def subscription_upsert_from_stripe(*, stripe_subscription: so.StripeObject, eve
     )
     emit(event_type, f"subscription:{subscription.id}", subscription_event_data(subscription, customer.user_id))
     return {customer.user_id}
+
+
+def _subscription_locked_of(stripe_subscription_id: str, stripe_customer_id: str | None) -> Subscription | None:
+    """Our row of a subscription, locked, when it belongs to our customer linked to this Stripe customer,
+    with that customer, its price and plan: a later version of a known subscription, the common case, in
+    one statement. None otherwise, and nothing locked, so the caller finds (or links) the customer before
+    it locks the subscription (the lock order)."""
+    if not stripe_customer_id:
+        return None
+    return (
+        Subscription.objects.select_for_update(of=("self",))
+        .select_related("customer", "price__plan")
+        .filter(stripe_subscription_id=stripe_subscription_id, customer__stripe_customer_id=stripe_customer_id)
+        .first()
+    )
 
 
 @transaction.atomic

@@ -156,6 +156,27 @@ def test_a_drain_runs_every_waiting_event_once_and_leaves_the_rest(client: Clien
     assert webhook_events_drain() == 0
 
 
+def test_a_failing_event_of_a_drain_rolls_back_only_its_own_writes(client: Client) -> None:
+    # given events a drain runs in one transaction, two of them failing after writing
+    before = receive(client)
+    dead = receive(client, fail="permanent")
+    retrying = receive(client, fail="transient")
+    after = receive(client)
+
+    # when
+    assert webhook_events_drain() == 4
+
+    # then the failures are recorded without their writes, and the others' writes commit
+    assert [effects(e.object_id) for e in (before, dead, retrying, after)] == [1, 0, 0, 1]
+    statuses = dict(WebhookEvent.objects.values_list("id", "status"))
+    assert [statuses[e.id] for e in (before, dead, retrying, after)] == [
+        Status.PROCESSED,
+        Status.DEAD,
+        Status.FAILED,
+        Status.PROCESSED,
+    ]
+
+
 def test_drains_racing_run_each_event_once(client: Client) -> None:
     events = [receive(client) for _ in range(3 * DRAIN_BATCH)]
 

@@ -198,3 +198,30 @@ def test_an_update_of_a_known_subscription_spends_no_round_trip_it_can_avoid(cli
     lazy = [sql for sql in statements if lazy_load.match(sql)]
     assert lazy == []  # related rows the service already holds are not read again
     assert Subscription.objects.get().status == "active"
+
+
+def test_a_drain_applies_updates_of_known_subscriptions_in_few_statements_each(client: Client) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from webhooks.services import webhook_events_drain
+
+    # given ten users' incomplete subscriptions, known, and an update activating each
+    def of(n: int, status: str) -> dict[str, Any]:
+        customer = {"id": f"cus_{n}", "object": "customer", "metadata": {"user_id": str(uuid.UUID(int=n + 1))}}
+        return subscription_object(status, id=f"sub_{n}", customer=customer, metadata={})
+
+    for n in range(10):
+        deliver_and_process(client, stripe_event("customer.subscription.created", of(n, "incomplete"), created=1))
+    for n in range(10):
+        update = stripe_event("customer.subscription.updated", of(n, "active"))
+        assert client.post("/webhooks/stripe/", **delivery(update)).status_code == 200
+
+    # when a drain runs them
+    with CaptureQueriesContext(connection) as queries:
+        assert webhook_events_drain() == 10
+
+    # then each is applied, audited, emitted and its entitlements refreshed, sharing the batch's statements
+    assert set(Subscription.objects.values_list("status", flat=True)) == {"active"}
+    assert OutboxMessage.objects.filter(type="subscription.activated").count() == 10
+    assert len(queries.captured_queries) <= 10 * 8  # 18 each when every event had a transaction of its own
