@@ -79,11 +79,12 @@ def order_start_checkout(
     """
     if not gateway.is_configured():
         raise StripeNotConfigured()  # before writing anything: no order can get a session now
-    price = Price.objects.select_related("plan").filter(pk=price_id, active=True, plan__active=True).first()
-    if price is None:
+    try:  # get(), not first(): no ORDER BY to build for a primary key
+        price = Price.objects.select_related("plan").get(pk=price_id, active=True, plan__active=True)
+    except Price.DoesNotExist:
         raise ValidationFailed(
             "No active price has this id", errors=[{"field": "price_id", "message": "No active price has this id"}]
-        )
+        ) from None
     fingerprint = checkout_fingerprint(price_id=price_id, success_url=success_url, cancel_url=cancel_url)
     order, created, holds_lease = _order_record_intent(
         user_id=user_id,
