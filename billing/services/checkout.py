@@ -1,7 +1,7 @@
 """Checkout: an order per (customer, Idempotency-Key), and its Stripe Checkout session.
 
-Stripe is called between two durable transactions: the order (with its lease) is committed first, the
-session or the failure after.
+Stripe is called between two commits: the order (with its lease) is committed first (for a new key, its
+INSERT alone), the session or the failure after (one durable transaction with its audit and outbox rows).
 """
 
 import contextlib
