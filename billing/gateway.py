@@ -88,7 +88,41 @@ def _breaker_storage() -> pybreaker.CircuitBreakerStorage:
             client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
             _redis_clients[settings.REDIS_URL] = client
     # If Redis is unreachable pybreaker falls back to "closed": Stripe calls go on, unprotected.
-    return pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=_breaker_namespace())
+    return _RedisBreakerStorage(pybreaker.STATE_CLOSED, client, namespace=_breaker_namespace())
+
+
+class _RedisBreakerStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage without its write after every success: the state is read together with
+    the failure count (one MGET, the round trip pybreaker makes anyway), and a success that found no failure
+    counted leaves the count alone instead of setting it to 0 again. A failure another process counts during
+    the call is then cleared by the next success rather than this one. One object per breaker, so per thread.
+    """
+
+    _failures_seen: int | None = None  # the count read with the state; None: unknown, so a success resets it
+
+    def _read_state(self) -> str:
+        try:
+            state, failures = self._redis.mget(self._namespace("state"), self._namespace("fail_counter"))
+        except redis.RedisError:
+            self._failures_seen = None
+            return str(pybreaker.CircuitRedisStorage.state.fget(self))  # type: ignore[attr-defined]
+        if state is None:  # missing: pybreaker initialises it
+            self._failures_seen = None
+            return str(pybreaker.CircuitRedisStorage.state.fget(self))  # type: ignore[attr-defined]
+        self._failures_seen = int(failures or 0)
+        return state.decode() if isinstance(state, bytes) else str(state)
+
+    state = property(_read_state, pybreaker.CircuitRedisStorage.state.fset)  # type: ignore[attr-defined]
+
+    def increment_counter(self) -> None:
+        self._failures_seen = None
+        super().increment_counter()
+
+    def reset_counter(self) -> None:
+        if self._failures_seen == 0:
+            return
+        super().reset_counter()
+        self._failures_seen = 0
 
 
 def _breaker_namespace() -> str:

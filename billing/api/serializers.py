@@ -1,6 +1,7 @@
 """The client API's shapes (API.md): what goes in, what comes out."""
 
-from typing import Any
+import copy
+from typing import Any, ClassVar
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -52,6 +53,15 @@ class OrderOutput(serializers.ModelSerializer[Order]):
             "currency",
             "created_at",
         ]
+
+    # Every checkout answers with one: the fields DRF derives from the model are derived once per process
+    # (ModelSerializer otherwise repeats it for each instance); each instance gets its own copies.
+    _derived_fields: ClassVar[dict[str, serializers.Field[Any, Any, Any, Any]] | None] = None
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        if OrderOutput._derived_fields is None:
+            OrderOutput._derived_fields = super().get_fields()
+        return copy.deepcopy(OrderOutput._derived_fields)
 
     def get_checkout_url(self, order: Order) -> str | None:
         # A URL the client may still open; a completed, expired or failed order has none.

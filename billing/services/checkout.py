@@ -1,7 +1,7 @@
 """Checkout: an order per (customer, Idempotency-Key), and its Stripe Checkout session.
 
-Stripe is called between two durable transactions: the order (with its lease) is committed first, the
-session or the failure after.
+Stripe is called between two commits: the order (with its lease) is committed first (for a new key, its
+INSERT alone), the session or the failure after (one durable transaction with its audit and outbox rows).
 """
 
 import contextlib
@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -30,7 +30,6 @@ from billing.models import Customer, Order, Price
 from billing.services._leases import Lease, lease_expiry
 from billing.services._shared import (
     audit_record,
-    create_or_lock,
     customer_get_or_create,
     customer_link_stripe,
     update_fields,
@@ -79,11 +78,12 @@ def order_start_checkout(
     """
     if not gateway.is_configured():
         raise StripeNotConfigured()  # before writing anything: no order can get a session now
-    price = Price.objects.select_related("plan").filter(pk=price_id, active=True, plan__active=True).first()
-    if price is None:
+    try:  # get(), not first(): no ORDER BY to build for a primary key
+        price = Price.objects.select_related("plan").get(pk=price_id, active=True, plan__active=True)
+    except Price.DoesNotExist:
         raise ValidationFailed(
             "No active price has this id", errors=[{"field": "price_id", "message": "No active price has this id"}]
-        )
+        ) from None
     fingerprint = checkout_fingerprint(price_id=price_id, success_url=success_url, cancel_url=cancel_url)
     order, created, holds_lease = _order_record_intent(
         user_id=user_id,
@@ -105,7 +105,6 @@ def order_start_checkout(
     return CheckoutResult(order=order, created=created)
 
 
-@transaction.atomic(durable=True)
 def _order_record_intent(
     *,
     user_id: uuid.UUID,
@@ -116,25 +115,38 @@ def _order_record_intent(
     idempotency_key: str,
     fingerprint: str,
 ) -> tuple[Order, bool, bool]:
-    """Insert the order with a lease, or find the one this key made; returns (order, created, holds_lease)."""
+    """Insert the order with a lease, or find the one this key made; returns (order, created, holds_lease).
+
+    The usual case, a new key, is one INSERT committed by itself (autocommit): no transaction, savepoint
+    or lock to pay for. Only when the unique constraint says the key made an order already is that order
+    locked and looked at, in a transaction of its own.
+    """
+    if connection.in_atomic_block:  # the order must be committed before Stripe is called
+        raise RuntimeError("order_start_checkout inside a database transaction")
     customer = customer_get_or_create(user_id=user_id, email=email)
     now = timezone.now()
-    order, created = create_or_lock(
-        Order,
-        {"customer": customer, "idempotency_key": idempotency_key},
-        {
-            "price": price,
-            "amount": price.unit_amount,
-            "currency": price.currency,
-            "request_fingerprint": fingerprint,
-            "success_url": success_url,
-            "cancel_url": cancel_url,
-            "lease_until": lease_expiry(now),
-            "traceparent": current_traceparent(),
-        },
-    )
-    if created:
-        return order, True, True
+    try:
+        order = Order.objects.create(
+            customer=customer,
+            idempotency_key=idempotency_key,
+            price=price,
+            amount=price.unit_amount,
+            currency=price.currency,
+            request_fingerprint=fingerprint,
+            success_url=success_url,
+            cancel_url=cancel_url,
+            lease_until=lease_expiry(now),
+            traceparent=current_traceparent(),
+        )
+    except IntegrityError:  # this key's order exists (a replay, or a concurrent request just made it)
+        return _order_take_existing(customer=customer, idempotency_key=idempotency_key, fingerprint=fingerprint)
+    return order, True, True
+
+
+@transaction.atomic(durable=True)
+def _order_take_existing(*, customer: Customer, idempotency_key: str, fingerprint: str) -> tuple[Order, bool, bool]:
+    order = Order.objects.select_for_update().get(customer=customer, idempotency_key=idempotency_key)
+    order.customer = customer
     if order.request_fingerprint != fingerprint:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was already used with another request body; use a new key for a new checkout"
@@ -142,7 +154,7 @@ def _order_record_intent(
     # Its holder died, or it failed for a reason that may have passed: this request tries again.
     holds_lease = ORDER_LEASE.take(
         order,
-        now=now,
+        now=timezone.now(),
         retry=order.status == Order.Status.FAILED and order.failure_code in _RETRYABLE_FAILURES,
         reset={"failure_code": "", "failure_message": ""},
     )

@@ -5,8 +5,9 @@ import uuid
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing import services
@@ -179,6 +180,21 @@ def test_stripe_is_called_after_the_order_is_committed_and_outside_any_transacti
     assert checkout(api, uuid.uuid4(), price).status_code == 201
 
     assert seen == {"in_transaction": False, "committed_status": "pending"}
+
+
+def test_a_new_checkout_writes_its_order_in_one_statement_without_a_savepoint_or_lock(
+    api: Client, stripe_fake: StripeFake, price: Price
+) -> None:
+    user_id = uuid.uuid4()
+    assert checkout(api, user_id, price, key="first").status_code == 201  # the customer exists now
+
+    with CaptureQueriesContext(connection) as queries:
+        assert checkout(api, user_id, price, key="second").status_code == 201
+
+    statements = [query["sql"].split()[0].upper() for query in queries.captured_queries]
+    assert "SAVEPOINT" not in statements
+    assert not any("FOR UPDATE" in query["sql"] for query in queries.captured_queries)
+    assert Order.objects.get(idempotency_key="second").status == Order.Status.OPEN
 
 
 def test_a_created_order_is_audited_and_announced_as_an_event(

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+import redis
 from django.test import Client
 
 from billing import gateway
@@ -198,3 +199,42 @@ def test_every_process_sees_the_same_breaker(api: Client, stripe_fake: StripeFak
     )
 
     assert other.stdout.strip().splitlines()[-1] == "open"
+
+
+def test_a_success_clears_the_failures_counted_before_it(
+    api: Client, stripe_fake: StripeFake, price: Price, settings: Any
+) -> None:
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    assert checkout(api, uuid.uuid4(), price).status_code == 201  # this user's Stripe customer exists now
+    user = uuid.uuid4()
+    assert checkout(api, user, price, key="first").status_code == 201
+    outage = {"type": "api_error", "message": "Something went wrong"}
+
+    for attempt in range(2):  # one failure short of opening, twice, with a success between
+        for n in range(settings.STRIPE_BREAKER_FAIL_MAX - 1):
+            stripe_fake.fail_next(SESSIONS, 500, outage)
+            assert checkout(api, user, price, key=f"down-{attempt}-{n}").status_code == 503
+        assert checkout(api, user, price, key=f"up-{attempt}").status_code == 201
+
+    assert gateway.breaker_state() == "closed"
+
+
+def test_a_success_with_no_failure_counted_writes_nothing_to_the_breaker(
+    api: Client, stripe_fake: StripeFake, price: Price, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = uuid.uuid4()
+    assert checkout(api, user, price, key="first").status_code == 201
+    sent: list[tuple[Any, ...]] = []
+    execute = redis.Redis.execute_command
+
+    def counted(client: redis.Redis, *args: Any, **options: Any) -> Any:
+        sent.append(args)
+        return execute(client, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counted)  # redis-py's, not ours
+
+    assert checkout(api, user, price, key="second").status_code == 201
+
+    breaker_commands = [args[0] for args in sent if any(":stripe:" in str(arg) for arg in args[1:])]
+    assert breaker_commands == ["MGET"]  # the state, read with the failure count; no write
+    assert gateway.breaker_state() == "closed"
