@@ -76,8 +76,23 @@ with transaction.atomic():
         "INSERT INTO webhooks_webhookevent (id, provider, event_id, type, object_id, customer_id, livemode, api_version, provider_created_at, raw_body, status, received_at, traceparent, attempts, next_attempt_at, last_error, waiting_on) VALUES (%s, 'stripe', 'evt_seed_500000', 't', '', '', false, '', now(), '{}', 'received', now(), '', 0, now(), '', '') ON CONFLICT (provider, event_id) DO NOTHING RETURNING id",
         [uuid.uuid4()],
     )
-    # claim
+    # the drain's claim: a batch of what is waiting, in one statement (tasks.jobs.claim_batch)
     from django.db.models import F, Q
+
+    from tasks.jobs import _claimable
+    from webhooks.services import _CLAIM_FIELDS, _WAITING, DRAIN_BATCH
+
+    candidates = _claimable(_WAITING, reclaim_running=False).select_for_update(skip_locked=True)
+    batch = WebhookEvent.objects.filter(pk__in=candidates.order_by("next_attempt_at").values("pk")[:DRAIN_BATCH])
+    upd = batch.query.chain(UpdateQuery)
+    upd.add_update_values({"status": "processing", "attempts": F("attempts") + 1, "lease_until": now + lease()})
+    sql, params = upd.get_compiler(batch.db).as_sql()
+    explain(
+        f"drain: claim a batch of {DRAIN_BATCH} (UPDATE … WHERE id IN (… FOR UPDATE SKIP LOCKED) RETURNING the payload)",
+        sql + f" RETURNING id, {', '.join(_CLAIM_FIELDS)}, next_attempt_at",
+        params,
+    )
+    # one event's claim (webhooks.process_event)
 
     claimable = WebhookEvent.objects.filter(id=e.id).filter(
         Q(status__in=["received", "failed"]) | Q(status="processing")
@@ -91,9 +106,9 @@ with transaction.atomic():
         params,
     )
     sql, params = qs_sql(
-        WebhookEvent.objects.select_for_update(skip_locked=True).filter(id=e.id, status="processing").defer("raw_body")
+        WebhookEvent.objects.select_for_update().filter(id=e.id, status="processing").defer("raw_body")
     )
-    explain("processing 2: lock the claimed row", sql, params)
+    explain("processing 2: lock the claimed row (waits for it: see webhooks.services._apply_chunk)", sql, params)
     sql, params = qs_sql(
         WebhookEvent.objects.filter(status="failed", waiting_on="cus_due_2").values_list("id", flat=True)
     )
