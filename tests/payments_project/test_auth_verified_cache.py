@@ -48,16 +48,17 @@ def test_a_repeated_token_is_verified_once_and_answered_the_same(client: Client)
 
 def test_a_remembered_token_is_refused_once_it_expires(client: Client) -> None:
     """Revocation by exp: memory never stretches a token's life, leeway included."""
-    authorization = bearer(ALICE, ttl=60)
+    expires = int(time.time()) + 60  # travelled to from here, not from a later clock reading
+    authorization = bearer(ALICE, exp=expires)
     assert _get(client, authorization).status_code == 200
     assert _remembered() == 1
 
     with override_settings(JWT_LEEWAY_SECONDS=30):
         auth._backend = None
         assert _get(client, authorization).status_code == 200
-        with time_machine.travel(time.time() + 60 + 29, tick=False):
+        with time_machine.travel(expires + 29, tick=False):
             assert _get(client, authorization).status_code == 200  # within the leeway, as PyJWT says
-        with time_machine.travel(time.time() + 60 + 31, tick=False):
+        with time_machine.travel(expires + 31, tick=False):
             response = _get(client, authorization)
     assert response.status_code == 401
     assert response.json()["status"] == 401
