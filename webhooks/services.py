@@ -16,6 +16,7 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Now
 from django.http import HttpRequest
 from django.utils import timezone
+from opentelemetry.trace import NonRecordingSpan, SpanContext, use_span
 
 from billing.models import Customer
 from entitlements.services import entitlements_refresh
@@ -342,7 +343,10 @@ def _apply_chunk(
     """_run_chunk's transaction (see there for `isolate` and `refresh_together`); for each event, its row as
     saved (None: not ours to run) and whether it failed for want of its customer. Raises _Rerun."""
     applied: list[tuple[WebhookEvent | None, bool]] = []
-    changed_users: set[uuid.UUID] = set()
+    # The users each event changed, by the span that ran it: their refresh (and its entitlements.changed
+    # events) belongs to that span, as when each event refreshed its own. With tracing off every span is the
+    # same invalid one: one refresh for the whole chunk.
+    changed_users: dict[tuple[int, int], tuple[SpanContext, set[uuid.UUID]]] = {}  # by (trace id, span id)
     with transaction.atomic(durable=True):
         for (event_id, _), (payload, trace) in zip(chunk, payloads, strict=True):
             running[:] = [event_id]
@@ -366,7 +370,9 @@ def _apply_chunk(
                     event, payload, isolate=isolate, refresh=isolate and not refresh_together
                 )
                 span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
-            changed_users |= users
+                if users:
+                    ran_in = span.get_span_context()
+                    changed_users.setdefault((ran_in.trace_id, ran_in.span_id), (ran_in, set()))[1].update(users)
             applied.append((event, customer_missing))
             transaction.on_commit(partial(_count, event.type, event.status, event.received_at))
         running.clear()
@@ -374,9 +380,11 @@ def _apply_chunk(
             WebhookEvent.objects.bulk_update(ran, [*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
         if changed_users and refresh_together:
             try:
-                entitlements_refresh(user_ids=changed_users)  # a billing change reaches the apps above billing
+                for span_context, users in changed_users.values():
+                    with use_span(NonRecordingSpan(span_context)):
+                        entitlements_refresh(user_ids=users)  # a billing change reaches the apps above billing
             except Exception as exc:
-                log.warning("webhook_events_refresh_together_failed", users=len(changed_users), error=repr(exc))
+                log.warning("webhook_events_refresh_together_failed", spans=len(changed_users), error=repr(exc))
                 raise _Rerun(None) from exc
     return applied
 
@@ -486,10 +494,12 @@ def _run_handler(event: WebhookEvent, payload: Payload, *, isolate: bool, refres
     if handler is None:
         event.status, event.last_error, event.processed_at = Status.IGNORED, "no handler for this type", now
         return False, set()
-    if isinstance(payload, Exception):  # nothing written: recorded as any failure
-        return _record_handler_failure(event, payload), set()
-    obj, version = payload
     try:
+        # A failed refetch, or this handler's failure in the chunk's first run: nothing written, recorded as
+        # any failure (raised here so that it is logged, and reaches Sentry, with its traceback).
+        if isinstance(payload, Exception):
+            raise payload
+        obj, version = payload
         if isolate:
             with transaction.atomic():
                 changed_users = handler(obj, version)
@@ -498,7 +508,7 @@ def _run_handler(event: WebhookEvent, payload: Payload, *, isolate: bool, refres
         else:
             changed_users = handler(obj, version)
     except Exception as exc:
-        if not isolate:
+        if not isolate and exc is not payload:
             raise _Rerun((event.id, exc)) from exc
         return _record_handler_failure(event, exc), set()
     event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
@@ -506,7 +516,8 @@ def _run_handler(event: WebhookEvent, payload: Payload, *, isolate: bool, refres
 
 
 def _record_handler_failure(event: WebhookEvent, exc: Exception) -> bool:
-    """Set `event` failed (unsaved); returns whether it failed for want of its customer."""
+    """Set `event` failed (unsaved); returns whether it failed for want of its customer. Called in the
+    `except` that caught `exc`: log.exception logs it from there."""
     # Transient: back off and retry. Bad data or a bug: dead at once, a person replays it once fixed.
     dead = record_failure(event, exc) is None
     waits = isinstance(exc, NotYetKnown) and not dead
@@ -515,7 +526,7 @@ def _record_handler_failure(event: WebhookEvent, exc: Exception) -> bool:
     if is_transient(exc):
         log.warning("webhook_event_failed", event_id=event.event_id, error=event.last_error, dead=dead)
     else:
-        log.exception("webhook_event_dead", event_id=event.event_id, exc_info=exc)
+        log.exception("webhook_event_dead", event_id=event.event_id)
     return waits and isinstance(exc, NotYetKnown) and exc.customer_missing
 
 
