@@ -7,7 +7,7 @@ family group rows (by id) → invitation row → entitlement snapshot rows (by u
 import hashlib
 import secrets
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
 import structlog
@@ -58,7 +58,7 @@ AuditAction = audit.AuditAction
 # No savepoint of its own (two round trips per webhook event): it runs in its caller's transaction, and
 # a failure rolls that back; no caller catches one and carries on.
 @transaction.atomic(savepoint=False)
-def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
+def entitlements_refresh(*, user_ids: set[uuid.UUID], traceparents: Mapping[uuid.UUID, str] | None = None) -> None:
     """Recompute the entitlements of these users and of everyone who depends on them, in the
     caller's transaction (the webhook processor's, right after the billing change).
 
@@ -68,6 +68,9 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
     - Each user whose feature keys differ from their snapshot gets `entitlements.changed` (outbox
       and audit) with the keys added and removed, and a new snapshot.
     - After commit, every affected user's cache version is bumped, so the next check sees the change.
+
+    `traceparents`: the trace each user's change continues, when it is not the active span's (a webhook
+    drain refreshes the users of many events at once; each event's users continue its trace).
     """
     if not user_ids:
         return
@@ -98,7 +101,7 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
         now=now,
         past_due_grace=grace,
     )
-    changed, events = [], []
+    changed, events, traces = [], [], []
     for user_id in affected:
         snapshot = snapshots[user_id]
         before, after = set(snapshot.features), resolved[user_id].keys
@@ -110,6 +113,7 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
         events.append(
             ("entitlements.changed", f"user:{user_id}", {"user_id": str(user_id), "added": added, "removed": removed})
         )
+        traces.append((traceparents or {}).get(user_id, ""))
         audit.record(
             action=AuditAction.ENTITLEMENTS_CHANGED,
             actor_type=ActorType.SYSTEM,
@@ -117,7 +121,9 @@ def entitlements_refresh(*, user_ids: set[uuid.UUID]) -> None:
             target_id=str(user_id),
             metadata={"added": added, "removed": removed},
         )
-    emit_many(events)  # one statement for all the changed users (a drain refreshes a whole batch's at once)
+    emit_many(
+        events, traceparents=traces
+    )  # one statement for all the changed users (a drain refreshes a whole batch's at once)
     EntitlementSnapshot.objects.bulk_update(changed, ["features", "updated_at"])
     log.info("entitlements_refreshed", users=len(affected), changed=len(changed))
     # Always bump, changed keys or not: an expiry shown in the cached body may have moved.

@@ -45,19 +45,21 @@ def emit(event_type: str, subject: str, data: Mapping[str, Any]) -> OutboxMessag
     return message
 
 
-def emit_many(events: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[OutboxMessage]:
-    """emit() for several (type, subject, data) events at once, in that order: one INSERT."""
+def emit_many(
+    events: Sequence[tuple[str, str, Mapping[str, Any]]], *, traceparents: Sequence[str] | None = None
+) -> list[OutboxMessage]:
+    """emit() for several (type, subject, data) events at once, in that order: one INSERT. `traceparents`:
+    the trace each event continues, "" for the active span's (by default every event continues that)."""
     if not transaction.get_connection().in_atomic_block:
         raise OutboxError("emit() must run inside the transaction that makes the change")
     messages = []
-    for event_type, subject, data in events:
+    here = current_traceparent()
+    for (event_type, subject, data), traceparent in zip(events, traceparents or [""] * len(events), strict=True):
         try:
             payload = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
         except (TypeError, ValueError) as exc:
             raise OutboxError(f"event data is not JSON-serialisable: {exc}") from exc
-        messages.append(
-            OutboxMessage(type=event_type, subject=subject, data=payload, traceparent=current_traceparent())
-        )
+        messages.append(OutboxMessage(type=event_type, subject=subject, data=payload, traceparent=traceparent or here))
     if not messages:
         return []
     OutboxMessage.objects.bulk_create(messages)

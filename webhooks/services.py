@@ -16,7 +16,6 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Now
 from django.http import HttpRequest
 from django.utils import timezone
-from opentelemetry.trace import NonRecordingSpan, SpanContext, use_span
 
 from billing.models import Customer
 from entitlements.services import entitlements_refresh
@@ -343,10 +342,9 @@ def _apply_chunk(
     """_run_chunk's transaction (see there for `isolate` and `refresh_together`); for each event, its row as
     saved (None: not ours to run) and whether it failed for want of its customer. Raises _Rerun."""
     applied: list[tuple[WebhookEvent | None, bool]] = []
-    # The users each event changed, by the span that ran it: their refresh (and its entitlements.changed
-    # events) belongs to that span, as when each event refreshed its own. With tracing off every span is the
-    # same invalid one: one refresh for the whole chunk.
-    changed_users: dict[tuple[int, int], tuple[SpanContext, set[uuid.UUID]]] = {}  # by (trace id, span id)
+    # The users the chunk's events changed, each with the trace of the span that ran its event: refreshed
+    # together, their entitlements.changed events still continue those traces.
+    changed_users: dict[uuid.UUID, str] = {}
     with transaction.atomic(durable=True):
         for (event_id, _), (payload, trace) in zip(chunk, payloads, strict=True):
             running[:] = [event_id]
@@ -371,8 +369,7 @@ def _apply_chunk(
                 )
                 span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
                 if users:
-                    ran_in = span.get_span_context()
-                    changed_users.setdefault((ran_in.trace_id, ran_in.span_id), (ran_in, set()))[1].update(users)
+                    changed_users |= dict.fromkeys(users - changed_users.keys(), current_traceparent())
             applied.append((event, customer_missing))
             transaction.on_commit(partial(_count, event.type, event.status, event.received_at))
         running.clear()
@@ -380,11 +377,10 @@ def _apply_chunk(
             WebhookEvent.objects.bulk_update(ran, [*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
         if changed_users and refresh_together:
             try:
-                for span_context, users in changed_users.values():
-                    with use_span(NonRecordingSpan(span_context)):
-                        entitlements_refresh(user_ids=users)  # a billing change reaches the apps above billing
+                # a billing change reaches the apps above billing
+                entitlements_refresh(user_ids=set(changed_users), traceparents=changed_users)
             except Exception as exc:
-                log.warning("webhook_events_refresh_together_failed", spans=len(changed_users), error=repr(exc))
+                log.warning("webhook_events_refresh_together_failed", users=len(changed_users), error=repr(exc))
                 raise _Rerun(None) from exc
     return applied
 
