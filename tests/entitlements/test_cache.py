@@ -5,6 +5,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 
 import pytest
+import redis
 import time_machine
 from django.conf import settings
 from django.core.cache import caches
@@ -271,6 +272,36 @@ def test_a_flushed_redis_forgets_what_the_process_remembered(round_trips: type[C
     round_trips.checkouts = 0
     assert entitled(user, "hd")
     assert round_trips.checkouts > 0
+
+
+@pytest.mark.django_db
+def test_a_flush_of_another_database_on_the_server_keeps_what_the_process_remembered() -> None:
+    # given: the cache in another database of the server than the test's own (which this test flushes)
+    databases = int(caches["default"]._cache.get_client().config_get("databases")["databases"])  # type: ignore[attr-defined]
+    cache_db = (int(_redis_db()) + 1) % databases
+    cache_url = f"{settings.REDIS_URL.rsplit('/', 1)[0]}/{cache_db}"
+    user = uuid.uuid4()
+    subscribe(user, plan_with(["hd"]))
+    with override_settings(CACHES=cache_at(cache_url, pool_class=CountingConnectionPool)):
+        try:
+            assert entitled(user, "hd")
+            assert entitled(user, "hd")
+            assert _remembered(user, "hd", CountingConnectionPool)
+
+            # when: Redis pushes "everything changed" to every tracking connection, whichever database
+            # was flushed
+            redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+            # then: this database's keys were not touched, so neither is what the process remembered
+            assert _remembered(user, "hd", CountingConnectionPool)
+            caches["default"].clear()  # the cache's own database: forgotten
+            CountingConnectionPool.checkouts = 0
+            assert entitled(user, "hd")
+            assert CountingConnectionPool.checkouts > 0
+        finally:
+            client = caches["default"]._cache.get_client()  # type: ignore[attr-defined]
+            for key in client.scan_iter(match=f"*{user}*"):  # only this test's keys: the database may be in use
+                client.delete(key)
 
 
 # --- expiry -------------------------------------------------------------------------------------
