@@ -61,8 +61,9 @@ class TrackedReads:
     from Redis is remembered only if no push was applied since before that read (`generation`), and only
     while the tracking connection is up. If the connection fails, is closed, or stops answering its PING
     within HEALTH_SECONDS (pushes may have been lost), everything is forgotten and lookups miss until a
-    new connection tracks again (tried at most once per RECONNECT_SECONDS); so is it when no PONG came
-    in the last 2 x HEALTH_SECONDS (an idle process: a silently dead connection would not say so).
+    new connection tracks again (tried at most once per RECONNECT_SECONDS). When no PONG came in the
+    last 2 x HEALTH_SECONDS (an idle process: a silently dead connection would not say so), the lookup
+    waits for one before it answers.
 
     A flush of ANY database on the server pushes "everything changed" to every tracking connection, and
     the push does not say which database: another service's (or a test suite's) FLUSHDB on a shared
@@ -128,17 +129,21 @@ class TrackedReads:
                 self._check_sentinel()
             if self._pinged and now - self._pinged > self.HEALTH_SECONDS:
                 raise ConnectionError("no PONG in time")
-            if not self._pinged and now - self._pong_at >= self.HEALTH_SECONDS:
+            if now - self._pong_at > 2 * self.HEALTH_SECONDS:
+                # Nothing proved the connection alive lately (an idle process): pushes may have been lost
+                # without the socket saying so. A PONG read now proves they were not: Redis wrote every
+                # push due before it ahead of it, on this connection (forgetting instead sent every
+                # check of the next seconds back to Redis, one user at a time).
+                if not self._pinged:
+                    self._connection.send_command("PING")
+                self._connection.read_response()  # pushes on the way are applied; then the PONG
+                self._pinged, self._pong_at = 0.0, time.monotonic()
+            elif not self._pinged and now - self._pong_at >= self.HEALTH_SECONDS:
                 self._connection.send_command("PING")
                 self._pinged = now
         except (RedisError, OSError) as exc:
             log.warning("redis_tracking_lost", error=repr(exc))
             self._disconnect()
-            return
-        if now - self._pong_at > 2 * self.HEALTH_SECONDS:
-            # Nothing proved the connection alive lately (an idle process): pushes may have been lost
-            # without the socket saying so; what was remembered is not trusted.
-            self._forget()
 
     def _connect(self) -> None:
         connection = self._pool.connection_class(**{**self._pool.connection_kwargs, "protocol": 3})
