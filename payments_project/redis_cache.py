@@ -164,7 +164,7 @@ class TrackedReads:
         self._forget()
 
     def _set_sentinel(self) -> None:
-        self._token = uuid.uuid4().hex.encode()
+        self._token = f'"{uuid.uuid4().hex}"'.encode()  # a JSON string: Redis holds nothing else of ours
         self._connection.send_command("SET", self._sentinel, self._token, "EX", self.SENTINEL_SECONDS)
         self._connection.read_response()
 
