@@ -3,21 +3,40 @@ WSGI level, without Django's handler around them: about a third of a remembered 
 itself (request signals and their dispatch, the per-thread urlconf, the middleware chain's wrapping), and a
 fifth of a webhook delivery's (issues 17 and 18)."""
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+import sentry_sdk
+import sentry_sdk.utils
 from django.conf import settings
 from django.core.cache import close_caches
+from django.core.handlers.base import BaseHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIHandler, get_path_info, get_script_name
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
-from django.urls import set_script_prefix
+from django.urls import ResolverMatch, set_script_prefix
 from django.utils.log import log_response
+from sentry_sdk.integrations.django import DjangoIntegration
+from sentry_sdk.integrations.wsgi import SentryWsgiMiddleware
 
 from payments_project.middleware import HotPathMiddleware, hot_route
 
 _HOT_PATH_MIDDLEWARE = f"{HotPathMiddleware.__module__}.{HotPathMiddleware.__qualname__}"
+_DJANGO_CALL = inspect.unwrap(WSGIHandler.__call__)  # Django's own, whatever wraps it
+
+
+def _wrapped_by() -> str | None:
+    """What wraps Django's WSGIHandler.__call__: None (nothing), "sentry" (Sentry's DjangoIntegration
+    alone, from its first initialisation on: its wrapper takes Django's name, so it is told by the file
+    its code is in) or "other"."""
+    call = WSGIHandler.__call__
+    if call is _DJANGO_CALL and call.__module__ == WSGIHandler.__module__:
+        return None
+    if getattr(call, "__wrapped__", None) is _DJANGO_CALL and call.__code__.co_filename == sentry_sdk.utils.__file__:
+        return "sentry"
+    return "other"
 
 
 class HotPathApplication:
@@ -31,32 +50,80 @@ class HotPathApplication:
     exception becomes the response Django's handler would make of it; a 4xx or 5xx is logged by
     `django.request`; the request's files are closed. Not done: the per-thread urlconf (the default one is
     already in force) and reset_queries (queries are logged only under DEBUG).
+
+    With Sentry on, what its DjangoIntegration adds to Django's handler is kept: the request runs inside
+    its WSGI middleware (the request's scope and data, its trace, an exception that escapes), and the
+    response is got through BaseHandler.get_response, which the integration wraps (the transaction's
+    name and the request's data on every event); exceptions are reported as in Django's handler, by its
+    patched response_for_exception and the got_request_exception signal. What reaches Sentry is scrubbed
+    by payments_project.logging's before_send, as for any other request.
     """
 
     def __init__(self, handler: WSGIHandler) -> None:
         self.handler = handler
         self._hot = HotPathMiddleware(cast(Callable[[HttpRequest], HttpResponse], handler.get_response))  # respond only
         self._respond = cast(Callable[[HttpRequest], HttpResponse], convert_exception_to_response(self._hot.respond))
-        # Skip the handler only where it would do nothing more: not when something wraps it (Sentry's
-        # DjangoIntegration patches WSGIHandler.__call__) or runs before HotPathMiddleware in it
-        # (OpenTelemetry's DjangoInstrumentor puts its middleware first), nor under DEBUG.
+        self._sentry_handler = BaseHandler()  # its get_response around ours: see _sentry_call
+        self._sentry_handler._middleware_chain = self._respond  # type: ignore[attr-defined]
+        # Skip the handler only where it would do nothing more: not when something else than Sentry wraps
+        # it or runs before HotPathMiddleware in it (OpenTelemetry's DjangoInstrumentor puts its
+        # middleware first), nor under DEBUG.
         self.enabled = (
-            not settings.DEBUG
-            and list(settings.MIDDLEWARE[:1]) == [_HOT_PATH_MIDDLEWARE]
-            and WSGIHandler.__call__.__module__ == WSGIHandler.__module__
+            not settings.DEBUG and list(settings.MIDDLEWARE[:1]) == [_HOT_PATH_MIDDLEWARE] and _wrapped_by() != "other"
         )
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         match = hot_route(get_path_info(environ) or "/") if self.enabled else None
         if match is None:
             return cast(Iterable[bytes], self.handler(environ, start_response))
+        if WSGIHandler.__call__ is not _DJANGO_CALL:  # wrapped since (Sentry initialised), or at the start
+            wrapped_by = _wrapped_by()
+            if wrapped_by == "other":
+                return cast(Iterable[bytes], self.handler(environ, start_response))
+            # Sentry's wrapper calls Django's alone while its integration is off (not initialised again).
+            integration = sentry_sdk.get_client().get_integration(DjangoIntegration)
+            if integration is not None:
+                return self._sentry_call(environ, start_response, match, integration)
+        return self._call(environ, start_response, match)
+
+    def _sentry_call(
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        match: ResolverMatch,
+        integration: DjangoIntegration,
+    ) -> Iterable[bytes]:
+        """As the integration's patched WSGIHandler.__call__ and BaseHandler.get_response (which also
+        logs a 4xx or 5xx, as our own path does)."""
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            return self._call(environ, start_response, match, sentry=True)
+
+        middleware = SentryWsgiMiddleware(
+            app,
+            settings.USE_X_FORWARDED_HOST,
+            span_origin=DjangoIntegration.origin,
+            http_methods_to_capture=integration.http_methods_to_capture,
+        )
+        return cast(Iterable[bytes], middleware(environ, start_response))
+
+    def _call(
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        match: ResolverMatch,
+        *,
+        sentry: bool = False,
+    ) -> Iterable[bytes]:
         set_script_prefix(get_script_name(environ))
         close_old_connections()  # request_started
         request = self.handler.request_class(environ)
         request.resolver_match = match
         try:
-            response = self._respond(request)
-            if response.status_code >= 400:
+            response = (
+                cast(HttpResponse, self._sentry_handler.get_response(request)) if sentry else self._respond(request)
+            )
+            if response.status_code >= 400 and not sentry:  # BaseHandler.get_response logs it itself
                 log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
             body = response.content  # the hot views' responses are never streamed
         finally:

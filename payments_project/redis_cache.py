@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -60,16 +61,30 @@ class TrackedReads:
     from Redis is remembered only if no push was applied since before that read (`generation`), and only
     while the tracking connection is up. If the connection fails, is closed, or stops answering its PING
     within HEALTH_SECONDS (pushes may have been lost), everything is forgotten and lookups miss until a
-    new connection tracks again (tried at most once per RECONNECT_SECONDS); so is it when no PONG came
-    in the last 2 x HEALTH_SECONDS (an idle process: a silently dead connection would not say so).
+    new connection tracks again (tried at most once per RECONNECT_SECONDS). When no PONG came in the
+    last 2 x HEALTH_SECONDS (an idle process: a silently dead connection would not say so), the lookup
+    waits for one before it answers.
+
+    A flush of ANY database on the server pushes "everything changed" to every tracking connection, and
+    the push does not say which database: another service's (or a test suite's) FLUSHDB on a shared
+    server emptied this memory each time, and the checks went back to Redis (issue 18's run-to-run
+    swing). So the connection keeps a sentinel key of its own in our database (`sentinel`, a random
+    token, outside the tracked prefixes); after such a push it reads the sentinel back on the same
+    connection, after the push: still there, our database was not flushed (a FLUSHDB empties a database
+    at once) and only what the push's generation bump drops is lost; gone or unreadable, everything is
+    forgotten and a new sentinel written.
     """
 
     HEALTH_SECONDS = 1.0
     RECONNECT_SECONDS = 1.0
+    SENTINEL_SECONDS = 24 * 3600  # one key per process, left behind when it stops: expires a day later
 
-    def __init__(self, pool: Any, prefixes: list[str], max_keys: int) -> None:
+    def __init__(self, pool: Any, prefixes: list[str], max_keys: int, sentinel: str) -> None:
         self._pool = pool
         self._prefixes = prefixes
+        self._sentinel = sentinel
+        self._token = b""  # the sentinel's value while the connection is up
+        self._flushed = False  # a flush push arrived: is the sentinel still there?
         self._max_keys = max_keys
         self._lock = threading.Lock()
         self._values: dict[bytes, bytes] = {}
@@ -110,19 +125,25 @@ class TrackedReads:
             while self._connection.can_read(timeout=0):
                 if self._connection.read_response(push_request=True) == b"PONG":
                     self._pinged, self._pong_at = 0.0, now
+            if self._flushed:
+                self._check_sentinel()
             if self._pinged and now - self._pinged > self.HEALTH_SECONDS:
                 raise ConnectionError("no PONG in time")
-            if not self._pinged and now - self._pong_at >= self.HEALTH_SECONDS:
+            if now - self._pong_at > 2 * self.HEALTH_SECONDS:
+                # Nothing proved the connection alive lately (an idle process): pushes may have been lost
+                # without the socket saying so. A PONG read now proves they were not: Redis wrote every
+                # push due before it ahead of it, on this connection (forgetting instead sent every
+                # check of the next seconds back to Redis, one user at a time).
+                if not self._pinged:
+                    self._connection.send_command("PING")
+                self._connection.read_response()  # pushes on the way are applied; then the PONG
+                self._pinged, self._pong_at = 0.0, time.monotonic()
+            elif not self._pinged and now - self._pong_at >= self.HEALTH_SECONDS:
                 self._connection.send_command("PING")
                 self._pinged = now
         except (RedisError, OSError) as exc:
             log.warning("redis_tracking_lost", error=repr(exc))
             self._disconnect()
-            return
-        if now - self._pong_at > 2 * self.HEALTH_SECONDS:
-            # Nothing proved the connection alive lately (an idle process): pushes may have been lost
-            # without the socket saying so; what was remembered is not trusted.
-            self._forget()
 
     def _connect(self) -> None:
         connection = self._pool.connection_class(**{**self._pool.connection_kwargs, "protocol": 3})
@@ -132,18 +153,38 @@ class TrackedReads:
             prefixes = [word for prefix in self._prefixes for word in ("PREFIX", prefix)]
             connection.send_command("CLIENT", "TRACKING", "ON", "BCAST", *prefixes)
             connection.read_response()
+            self._connection, self._pinged, self._flushed = connection, 0.0, False
+            self._set_sentinel()
         except (RedisError, OSError) as exc:
             log.warning("redis_tracking_unavailable", error=repr(exc))
+            self._connection = None
             connection.disconnect()
             return
-        self._connection, self._pinged, self._pong_at = connection, 0.0, time.monotonic()
+        self._pong_at = time.monotonic()
         self._forget()
 
+    def _set_sentinel(self) -> None:
+        self._token = f'"{uuid.uuid4().hex}"'.encode()  # a JSON string: Redis holds nothing else of ours
+        self._connection.send_command("SET", self._sentinel, self._token, "EX", self.SENTINEL_SECONDS)
+        self._connection.read_response()
+
+    def _check_sentinel(self) -> None:
+        """After a flush push: forget everything only if it was our database that was flushed."""
+        self._flushed = False
+        self._connection.send_command("GET", self._sentinel)
+        if self._pinged:  # replies come in order: the PING's first
+            self._connection.read_response()
+            self._pinged, self._pong_at = 0.0, time.monotonic()
+        if self._connection.read_response() != self._token:
+            self._forget()
+            self._set_sentinel()
+
     def _invalidate(self, push: list[Any]) -> None:
-        # [b"invalidate", [keys]] or [b"invalidate", None]: the whole database was flushed.
+        # [b"invalidate", [keys]] or [b"invalidate", None]: a database was flushed, ours or another
+        # (_check_sentinel tells, before the next lookup answers).
         self._generation += 1
         if push[1] is None:
-            self._values.clear()
+            self._flushed = True
             return
         for key in push[1]:
             self._values.pop(key, None)
@@ -161,6 +202,9 @@ class TrackedReads:
     def close(self) -> None:
         with self._lock:
             if self._connection is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    self._connection.send_command("DEL", self._sentinel)
+                    self._connection.read_response()
                 self._disconnect()
 
 
@@ -176,7 +220,8 @@ def tracked_reads(cache: DjangoRedisCache, prefixes: tuple[str, ...], max_keys: 
     if found is None:
         with _tracked_lock:
             pool = cache._cache._get_connection_pool(False)  # type: ignore[attr-defined]
-            found = _tracked.setdefault(key, TrackedReads(pool, list(prefixes), max_keys))
+            sentinel = cache.make_key(f"tracked-reads:{uuid.uuid4().hex}")
+            found = _tracked.setdefault(key, TrackedReads(pool, list(prefixes), max_keys, sentinel))
     return found
 
 

@@ -1,10 +1,12 @@
 """The entitlement cache: hits, misses, invalidation on commit, expiry, and Redis outages."""
 
+import time
 import uuid
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
 import pytest
+import redis
 import time_machine
 from django.conf import settings
 from django.core.cache import caches
@@ -18,6 +20,7 @@ from billing.models import Subscription
 from entitlements import cache, selectors
 from entitlements.resolution import Entitlements
 from entitlements.services import entitlements_refresh
+from payments_project.redis_cache import TrackedReads
 from tests.entitlements.conftest import CountingConnectionPool, cache_at
 from tests.entitlements.factories import family_of, plan_with, subscribe
 from tests.support.proxy import TcpProxy, closed_port
@@ -258,6 +261,30 @@ def test_when_the_connection_told_of_changes_is_lost_what_was_remembered_is_forg
     assert not entitled(buyer, "hd")  # the closed connection was noticed: Redis was asked again
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_process_idle_for_a_while_answers_from_memory_once_redis_has_answered_its_ping(
+    round_trips: type[CountingConnectionPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(TrackedReads, "HEALTH_SECONDS", 0.1)
+    buyer = uuid.uuid4()
+    subscription = purchase(buyer, "hd")
+    assert entitled(buyer, "hd")
+    assert entitled(buyer, "hd")
+    time.sleep(0.2)
+    assert _remembered(buyer, "hd", round_trips)  # sends a PING (the last PONG is old) ...
+    time.sleep(0.02)
+    assert _remembered(buyer, "hd", round_trips)  # ... and reads its PONG: none is in flight any more
+
+    time.sleep(0.5)  # no check, so no PONG, for more than 2 x HEALTH_SECONDS
+    assert _remembered(buyer, "hd", round_trips)  # the PING went on the tracking connection, not the pool's
+
+    with transaction.atomic():
+        Subscription.objects.filter(pk=subscription.pk).update(status=Subscription.Status.CANCELED)
+        entitlements_refresh(user_ids={buyer})
+    time.sleep(0.5)
+    assert not entitled(buyer, "hd")  # the invalidation came in before the PONG
+
+
 @pytest.mark.django_db
 def test_a_flushed_redis_forgets_what_the_process_remembered(round_trips: type[CountingConnectionPool]) -> None:
     user = uuid.uuid4()
@@ -271,6 +298,34 @@ def test_a_flushed_redis_forgets_what_the_process_remembered(round_trips: type[C
     round_trips.checkouts = 0
     assert entitled(user, "hd")
     assert round_trips.checkouts > 0
+
+
+@pytest.mark.django_db
+def test_a_flush_of_another_database_on_the_server_keeps_what_the_process_remembered() -> None:
+    # given: the cache in another database of the server than the test's own (which this test flushes;
+    # the other may be in use: only this test's keys are written there, and deleted)
+    databases = int(caches["default"]._cache.get_client().config_get("databases")["databases"])  # type: ignore[attr-defined]
+    cache_db = (int(_redis_db()) + 1) % databases
+    cache_url = f"{settings.REDIS_URL.rsplit('/', 1)[0]}/{cache_db}"
+    user = uuid.uuid4()
+    subscribe(user, plan_with(["hd"]))
+    with override_settings(CACHES=cache_at(cache_url, pool_class=CountingConnectionPool)):
+        try:
+            assert entitled(user, "hd")
+            assert entitled(user, "hd")
+            assert _remembered(user, "hd", CountingConnectionPool)
+
+            # when: Redis pushes "everything changed" to every tracking connection, whichever database
+            # was flushed
+            redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+            # then: this database's keys were not touched, so neither is what the process remembered (a
+            # flush of the cache's own database forgets it: the test above)
+            assert _remembered(user, "hd", CountingConnectionPool)
+        finally:
+            client = caches["default"]._cache.get_client()  # type: ignore[attr-defined]
+            for key in client.scan_iter(match=f"*{user}*"):  # only this test's keys: the database may be in use
+                client.delete(key)
 
 
 # --- expiry -------------------------------------------------------------------------------------

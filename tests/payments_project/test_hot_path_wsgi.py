@@ -190,6 +190,5 @@ def test_with_tracing_on_a_check_goes_through_djangos_handler_and_is_traced(
 
 
 def test_under_debug_every_request_goes_through_djangos_handler() -> None:
-    # (not "enabled" without DEBUG: once a test has started Sentry, its DjangoIntegration wraps the handler)
     with override_settings(DEBUG=True):
         assert not HotPathApplication(WSGIHandler()).enabled

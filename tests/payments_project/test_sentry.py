@@ -16,8 +16,10 @@ from sentry_sdk.transport import Transport
 from billing.models import Price
 from payments_project.logging import sentry_init
 from payments_project.schedule import BEAT_SCHEDULE
+from payments_project.wsgi import application
 from tests.billing.checkout.support import SESSIONS, URL
 from tests.billing.factories import PriceFactory
+from tests.payments_project.test_hot_path_wsgi import REQUEST_ID, answered_alike, environ
 from tests.support.auth import token
 from tests.support.stripe_events import signed, stripe_event
 from tests.support.stripe_fake import StripeFake
@@ -164,3 +166,32 @@ def test_beats_jobs_of_a_minute_or_more_are_sentry_crons_monitors(sentry: Record
         "gdpr-audit-seal",
     }
     assert "reconciliation-state-compare" in BEAT_SCHEDULE
+
+
+def test_an_entitlement_check_answered_before_djangos_handler_reaches_sentry_as_djangos_handler_sends_it(
+    sentry: RecordingTransport,
+) -> None:
+    # given a client's token that carries its owner's email and name
+    jwt = token(uuid.uuid4(), email=EMAIL, email_verified=True, name=NAME)
+
+    def check() -> dict[str, Any]:
+        return environ("GET", "/api/v1/entitlements/hd", HTTP_AUTHORIZATION=f"Bearer {jwt}")
+
+    # when the WSGI application answers it on its fast path, Sentry on, and Django's handler too; and a
+    # refused token likewise
+    assert application.enabled
+    answer = answered_alike(check)
+    refused = answered_alike(lambda: environ("GET", "/api/v1/entitlements/hd", HTTP_AUTHORIZATION="Bearer not.a.jwt"))
+
+    # then the same answers (asserted), and a transaction reached Sentry for each request: its route, the
+    # request's method and allowed headers, and neither the token nor the email nor the name
+    assert (answer[0], refused[0]) == (200, 401)
+    transactions = [t for t in sentry.items("transaction") if t["transaction"] == "/api/v1/entitlements/{feature_key}"]
+    assert len(transactions) == 4
+    for transaction in transactions:
+        assert transaction["release"] == RELEASE
+        assert transaction["request"]["method"] == "GET"
+        assert transaction["request"]["url"].endswith("/api/v1/entitlements/hd")
+        assert transaction["request"]["headers"]["Authorization"] == "[Filtered]"
+        assert transaction["request"]["headers"]["X-Request-Id"] == REQUEST_ID
+    assert_no_personal_data(sentry.sent(), jwt, jwt.split(".")[1][:16])
