@@ -115,8 +115,15 @@ class BodySizeLimitMiddleware:
 
 # Paths whose views need none of the project's middleware but request ids, problem+json, the body size
 # limit, timing and security headers: stateless JSON reads other services call on every request they
-# serve (issue 18), and Stripe's webhook deliveries, authenticated by their signature alone (issue 17).
-HOT_PATH_PREFIXES = ("/api/v1/entitlements", "/internal/v1/entitlements/", "/internal/v1/users/", "/webhooks/")
+# serve (issue 18), Stripe's webhook deliveries, authenticated by their signature alone (issue 17), and the
+# checkout, a JWT-authenticated JSON POST that no browser middleware concerns (issue 18, target 3).
+HOT_PATH_PREFIXES = (
+    "/api/v1/entitlements",
+    "/api/v1/checkout/sessions",
+    "/internal/v1/entitlements/",
+    "/internal/v1/users/",
+    "/webhooks/",
+)
 HOT_URLCONF = "payments_project.hot_urls"  # their routes only: resolving them skips every other pattern
 
 
