@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 from django.test import Client
+from prometheus_client import REGISTRY
 
 from billing.models import Price
 from tests.billing.checkout.support import checkout
@@ -75,6 +76,7 @@ def test_a_checkout_skips_the_browser_middleware_but_keeps_ids_timing_and_securi
     price: Price = PriceFactory(stripe_price_id="price_hot", unit_amount=1299)
 
     body = {"price_id": str(price.id), "success_url": "https://app.example/ok", "cancel_url": "https://app.example/no"}
+    counted_before = {status: responses_counted(status, "billing-checkout") for status in ("201", "400")}
 
     response = client.post(
         "/api/v1/checkout/sessions",
@@ -94,3 +96,11 @@ def test_a_checkout_skips_the_browser_middleware_but_keeps_ids_timing_and_securi
     assert response["Location"] == f"/api/v1/orders/{response.json()['order_id']}"
     assert missing_key.status_code == 400
     assert missing_key["Content-Type"] == "application/problem+json"
+    # still counted where the HighServerErrorRate alert looks, as django-prometheus's middleware counts
+    for status in ("201", "400"):
+        assert responses_counted(status, "billing-checkout") == counted_before[status] + 1
+
+
+def responses_counted(status: str, view: str) -> float:
+    labels = {"status": status, "view": view, "method": "POST"}
+    return REGISTRY.get_sample_value("django_http_responses_total_by_status_view_method_total", labels) or 0.0
