@@ -1,12 +1,18 @@
-"""The entitlement checks skip the middleware they do not need (HotPathMiddleware), and keep what they do."""
+"""The entitlement checks and the checkout skip the middleware they do not need (HotPathMiddleware), and
+keep what they do."""
 
 import uuid
 
 import pytest
 from django.test import Client
+from prometheus_client import REGISTRY
 
+from billing.models import Price
+from tests.billing.checkout.support import checkout
+from tests.billing.factories import PriceFactory
 from tests.support.auth import bearer
 from tests.support.stripe_events import delivery, stripe_event
+from tests.support.stripe_fake import StripeFake
 
 pytestmark = pytest.mark.django_db
 
@@ -61,3 +67,40 @@ def test_a_webhook_delivery_skips_the_browser_middleware_and_its_errors_keep_the
         assert response.status_code == status, response.content
         assert response["Content-Type"] == "application/problem+json"
         assert response.json()["type"] == "urn:jia:payments:problem:" + code
+
+
+@pytest.mark.django_db(transaction=True)  # the order is committed before Stripe is called
+def test_a_checkout_skips_the_browser_middleware_but_keeps_ids_timing_and_security_headers(
+    client: Client, stripe_fake: StripeFake
+) -> None:
+    price: Price = PriceFactory(stripe_price_id="price_hot", unit_amount=1299)
+
+    body = {"price_id": str(price.id), "success_url": "https://app.example/ok", "cancel_url": "https://app.example/no"}
+    counted_before = {status: responses_counted(status, "billing-checkout") for status in ("201", "400")}
+
+    response = client.post(
+        "/api/v1/checkout/sessions",
+        body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=bearer(uuid.uuid4()),
+        HTTP_IDEMPOTENCY_KEY="key-1",
+        HTTP_X_REQUEST_ID="abcdefgh-1234",
+    )
+    missing_key = checkout(client, uuid.uuid4(), price, key=None)
+
+    assert response.status_code == 201, response.content
+    assert "X-Frame-Options" not in response  # XFrameOptionsMiddleware (and the rest below) never ran
+    assert response["X-Request-ID"] == "abcdefgh-1234"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Server-Timing"].startswith("app;dur=")
+    assert response["Location"] == f"/api/v1/orders/{response.json()['order_id']}"
+    assert missing_key.status_code == 400
+    assert missing_key["Content-Type"] == "application/problem+json"
+    # still counted where the HighServerErrorRate alert looks, as django-prometheus's middleware counts
+    for status in ("201", "400"):
+        assert responses_counted(status, "billing-checkout") == counted_before[status] + 1
+
+
+def responses_counted(status: str, view: str) -> float:
+    labels = {"status": status, "view": view, "method": "POST"}
+    return REGISTRY.get_sample_value("django_http_responses_total_by_status_view_method_total", labels) or 0.0

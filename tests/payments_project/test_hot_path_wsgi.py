@@ -2,6 +2,7 @@
 application gunicorn serves, exactly as Django's handler answers them: same statuses, bodies and headers,
 same rate limits, same database connection handling, and traced when tracing is on."""
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,12 +14,16 @@ from django.core.wsgi import get_wsgi_application
 from django.db import connection
 from django.test import RequestFactory, override_settings
 
+from billing.models import Order, Price
 from payments_project.hot_path import HotPathApplication
 from payments_project.wsgi import application, django_application
+from tests.billing.checkout.support import SESSIONS
+from tests.billing.factories import PriceFactory
 from tests.entitlements.factories import plan_with, subscribe
 from tests.support.auth import bearer
 from tests.support.otlp import Traced
 from tests.support.stripe_events import delivery, stripe_event
+from tests.support.stripe_fake import StripeFake
 from webhooks.models import WebhookEvent
 
 # close_old_connections runs as in production (no test transaction around the request to break)
@@ -192,3 +197,51 @@ def test_with_tracing_on_a_check_goes_through_djangos_handler_and_is_traced(
 def test_under_debug_every_request_goes_through_djangos_handler() -> None:
     with override_settings(DEBUG=True):
         assert not HotPathApplication(WSGIHandler()).enabled
+
+
+def checkout_request(token: str, price_id: str, **extra: Any) -> dict[str, Any]:
+    body = {"price_id": price_id, "success_url": "https://app.example/ok", "cancel_url": "https://app.example/no"}
+    return environ(
+        "POST",
+        "/api/v1/checkout/sessions",
+        data=json.dumps(body),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=token,
+        **extra,
+    )
+
+
+def test_a_replayed_checkout_is_answered_as_djangos_handler_answers_it(stripe_fake: StripeFake) -> None:
+    price: Price = PriceFactory(stripe_price_id="price_wsgi")
+    price_id, token = str(price.id), bearer(uuid.uuid4())
+    first = call(application, checkout_request(token, price_id, HTTP_IDEMPOTENCY_KEY="key-1"))
+
+    replay = answered_alike(lambda: checkout_request(token, price_id, HTTP_IDEMPOTENCY_KEY="key-1"))
+
+    assert first[0] == 201, first
+    assert replay[0] == 200
+    assert json.loads(replay[2]) == json.loads(first[2])
+    assert replay[1]["Location"] == first[1]["Location"]
+    assert len(stripe_fake.sent(SESSIONS)) == 1
+
+
+@pytest.mark.parametrize(
+    ("token", "extra", "status"),
+    [
+        (True, {}, 400),  # no Idempotency-Key
+        (False, {"HTTP_IDEMPOTENCY_KEY": "key-1"}, 401),
+        (True, {"HTTP_IDEMPOTENCY_KEY": "key-1", "CONTENT_TYPE": "text/plain"}, 415),
+        (True, {"HTTP_IDEMPOTENCY_KEY": "key-1", "REQUEST_METHOD": "GET"}, 405),
+        (True, {"HTTP_IDEMPOTENCY_KEY": "key-1", "CONTENT_LENGTH": str(10 * 1024 * 1024)}, 413),
+    ],
+)
+def test_a_refused_checkout_is_answered_as_djangos_handler_answers_it(
+    token: bool, extra: dict[str, Any], status: int
+) -> None:
+    authorization = bearer(uuid.uuid4()) if token else ""
+
+    answer = answered_alike(lambda: checkout_request(authorization, str(uuid.uuid4()), **extra))
+
+    assert answer[0] == status, answer
+    assert answer[1]["Content-Type"] == "application/problem+json"
+    assert not Order.objects.exists()
