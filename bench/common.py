@@ -235,6 +235,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every core of this machine spent busy so far (/proc/stat: all but idle and iowait), whoever
+    used it: over a run, the machine's load beside what the run's own processes used."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Server:
     """A running gunicorn: its URL, its master, and what its workers use."""
@@ -284,6 +291,7 @@ def baseline_server(config: GunicornConfig) -> AbstractContextManager[Server]:
 class Worker:
     node: str
     process: subprocess.Popen[bytes]
+    processes: int  # its pool's concurrency
 
     def pids(self) -> list[int]:
         return [self.process.pid, *children(self.process.pid)]
@@ -306,4 +314,4 @@ def celery_worker(
         command += ["--include", ",".join(include)]
     ready = lambda: bool(app.control.ping(destination=[node], timeout=0.5))  # noqa: E731
     with managed_process(command, name=node.split("@")[0], ready=ready, env=env) as process:
-        yield Worker(node, process)
+        yield Worker(node, process, config.concurrency)

@@ -7,12 +7,18 @@
    (a real billing write, audit row, outbox row, entitlement refresh), POSTed once each by wrk; events/s
    from the first POST until every one is `processed` by a real worker, beside no-op Celery tasks/s
    through a worker of the same configuration (bench/noop_tasks.py), in the same run.
+3. Scaling: the end-to-end run again with one worker process (a worker at concurrency 1), beside the same
+   run with two (concurrency 2), one after the other through the same server, each worker warmed by the
+   no-op batch first. Each run also records the cores the whole machine was busy meanwhile (on a shared
+   machine, what others take is what two processes cannot get), and the note the no-op tasks' own ratio.
+   BENCH_WEBHOOKS_SCALING=0 skips it.
 """
 
 import json
 import os
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +31,7 @@ from bench.common import (
     baseline_server,
     celery_worker,
     cpu_seconds,
+    machine_busy_seconds,
     project_server,
     purge_queues,
 )
@@ -142,7 +149,7 @@ def _end_to_end(ctx: Context, project: Server, worker: Worker, *, keep_processed
 
     runs = {"connections": ctx.config.connections, "threads": ctx.config.wrk_threads}
     posting = Wrk("end-to-end POSTs", project, event, count=events, seconds=E2E_TIMEOUT, once=True, **runs)
-    cpu_before = cpu_seconds(worker.pids())
+    cpu_before, machine_before = cpu_seconds(worker.pids()), machine_busy_seconds()
     with posting as run:  # the clock starts with wrk, once the signed events are written
         started = run.started
         while (processed := ours.filter(status="processed").count()) < events:
@@ -162,9 +169,15 @@ def _end_to_end(ctx: Context, project: Server, worker: Worker, *, keep_processed
         "post_errors": posts.errors,
         "generator_cpu": posts.generator_cpu,
         "server_cpu": (cpu_seconds(worker.pids()) - cpu_before) / elapsed,  # the worker's
+        "machine_cpu": (machine_busy_seconds() - machine_before) / elapsed,  # every process's, ours or not
+        "worker_processes": worker.processes,
         "worker_rss_mb": worker.rss_mb(),
     }
-    ctx.progress(f"  end to end: {events} events in {elapsed:.1f} s = {result['rate']:.1f} events/s")
+    ctx.progress(
+        f"  end to end, {worker.processes} worker process(es): {events} events in {elapsed:.1f} s"
+        f" = {result['rate']:.1f} events/s (cores: worker {result['server_cpu']:.2f},"
+        f" machine {result['machine_cpu']:.2f})"
+    )
     return result
 
 
@@ -193,12 +206,19 @@ def run(ctx: Context) -> list[Row]:
     # after they were answered, until the server stops: purged only then, so none of it runs in the
     # no-op or end-to-end measurements (which get a server of their own).
     purge_queues()
-    with (
-        project_server(c.gunicorn, env=limits) as project,
-        celery_worker([QUEUE], c.worker, include=["bench.noop_tasks"]) as worker,
-    ):
-        noop = _noop(ctx, worker)
-        e2e = _end_to_end(ctx, project, worker)
+    scaling = os.environ.get("BENCH_WEBHOOKS_SCALING", "1") != "0"
+    with project_server(c.gunicorn, env=limits) as project:
+        with celery_worker([QUEUE], c.worker, include=["bench.noop_tasks"]) as worker:
+            noop = _noop(ctx, worker)
+            e2e = _end_to_end(ctx, project, worker)
+        by_processes = {c.worker.concurrency: {**e2e, "noop_rate": noop["rate"]}}
+        for processes in (1, 2) if scaling else ():
+            if processes not in by_processes:
+                purge_queues()  # the nudges the last run's drains left behind
+                config = replace(c.worker, concurrency=processes)
+                with celery_worker([QUEUE], config, include=["bench.noop_tasks"]) as worker:
+                    warm = _noop(ctx, worker)  # as the first worker's: the same history before its run
+                    by_processes[processes] = {**_end_to_end(ctx, project, worker), "noop_rate": warm["rate"]}
     purge_queues()  # what processing queued for queues no worker here consumes (outbox, default)
     note = f"{e2e['post_errors']} POSTs answered with an error" if e2e["post_errors"] else ""
     rows.append(
@@ -216,4 +236,23 @@ def run(ctx: Context) -> list[Row]:
             baseline_measurement=noop,
         )
     )
+    if scaling:
+        one, two = by_processes[1], by_processes[2]
+        rows.append(
+            Row(
+                "webhooks",
+                "end to end, 2 worker processes",
+                two["rate"],
+                "events/s",
+                baseline="1 worker process",
+                baseline_value=one["rate"],
+                target=at_least(1.6),
+                note=(
+                    f"machine busy {two['machine_cpu']:.2f} / {one['machine_cpu']:.2f} cores (all processes);"
+                    f" no-op tasks {two['noop_rate'] / one['noop_rate']:.2f}x"
+                ),
+                measurement=two,
+                baseline_measurement=one,
+            )
+        )
     return rows

@@ -218,13 +218,19 @@ def webhook_events_drain(*, reclaim: bool = False) -> int:
     `reclaim`: also take back events claimed but not being run (not row-locked): a redelivered drain's
     worker died mid-batch, and what it claimed need not wait for its lease (if that drain was alive after all,
     whichever of the two reaches an event first runs it and the other walks away; its attempt is counted twice).
+
+    A run whose first claim is a full batch nudges one more drain at once: a backlog woken by one nudge (the
+    sweeper's, a reconciliation's commit) is shared by every idle worker process, not run by one while the
+    others wait for its next nudge. The extra run takes what is left unclaimed, or nothing.
     """
     ran = 0
-    for _ in range(DRAIN_MAX_BATCHES):
+    for n in range(DRAIN_MAX_BATCHES):
         claimed = claim_batch(
             _WAITING, ("pk", *_CLAIM_FIELDS), limit=DRAIN_BATCH, order_by="next_attempt_at", reclaim_running=reclaim
         )
         reclaim = False
+        if n == 0 and len(claimed) == DRAIN_BATCH:
+            _enqueue_processing()  # outside any transaction: handed to the publisher thread now
         waiting = [(row.pop("pk"), row) for row in claimed]
         wake: set[str] = set()
         running: list[uuid.UUID] = []  # the event a chunk was running when it stopped: it keeps its lease

@@ -49,6 +49,17 @@ if "test.effect" not in HANDLERS:
         time.sleep(obj["pause"])
         return set()
 
+    @handles("test.await")
+    def awaiting_effect(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
+        """Waits (for `within` seconds at most) until the test.pause event about object `awaits` has started
+        elsewhere, and says in the cache whether it did: two events running at once."""
+        emit("test.effect", f"object:{obj['id']}", {})
+        deadline = time.monotonic() + obj["within"]
+        while not (started := cache.get(f"pause-started:{obj['awaits']}")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cache.set(f"awaited:{obj['id']}", bool(started))
+        return set()
+
     @handles("test.exit")
     def exit_effect(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
         """The worker is told to shut down in the middle of it (not a failure of the event)."""

@@ -20,6 +20,7 @@ from tests.support.worker import celery_worker, wait_until
 from tests.webhooks.handlers_for_tests import effects
 from webhooks.models import WebhookEvent
 from webhooks.services import DRAIN_BATCH, webhook_event_process, webhook_events_drain, webhook_events_sweep
+from webhooks.tasks import webhook_events_drain_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = WebhookEvent.Status
@@ -185,6 +186,24 @@ def test_drains_racing_run_each_event_once(client: Client) -> None:
     assert sum(ran) == len(events)
     assert all(effects(event.object_id) == 1 for event in events)
     assert set(WebhookEvent.objects.filter(id__in=[e.id for e in events]).values_list("attempts", flat=True)) == {1}
+
+
+@pytest.mark.slow
+def test_a_backlog_woken_by_one_nudge_is_shared_by_two_worker_processes(client: Client) -> None:
+    # given a backlog of more than a batch, the first event of the first batch waiting for an event of the second
+    awaited = f"obj_{uuid.uuid4().hex[:12]}"
+    first = receive(client, "test.await", awaits=awaited, within=15)
+    batch = [receive(client) for _ in range(DRAIN_BATCH - 1)]
+    second = receive(client, "test.pause", id=awaited, pause=0)
+
+    # when one drain is nudged (the deliveries' own nudges are purged as the worker starts)
+    with celery_worker(["webhooks"], concurrency=2, include="tests.webhooks.handlers_for_tests"):
+        webhook_events_drain_task.delay()
+        assert wait_until(lambda: cache.get(f"awaited:{first.object_id}") is not None, timeout=30)
+
+    # then the second batch ran in the other process while the first batch's drain was still running
+    assert cache.get(f"awaited:{first.object_id}") is True
+    assert all(effects(event.object_id) == 1 for event in [first, *batch, second])
 
 
 def test_a_claimed_event_momentarily_locked_by_another_session_is_still_run_by_its_drain(client: Client) -> None:
