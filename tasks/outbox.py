@@ -22,6 +22,7 @@ from django.utils import timezone
 from prometheus_client import Counter
 
 from payments_project.tracing import current_traceparent
+from payments_project.write_batch import defer
 from tasks.base import enqueue_on_commit
 from tasks.errors import OutboxError, OutboxPublishFailed, TransientError
 from tasks.jobs import due, outcome_fields, record_failure
@@ -62,11 +63,17 @@ def emit_many(
         messages.append(OutboxMessage(type=event_type, subject=subject, data=payload, traceparent=traceparent or here))
     if not messages:
         return []
-    OutboxMessage.objects.bulk_create(messages)
+    if not defer(_insert_many, messages):  # else inserted with the rest of the batch (write_batch)
+        _insert_many([messages])
     from tasks.tasks import outbox_dispatch  # imported here: the task module imports this one
 
-    enqueue_on_commit(outbox_dispatch)
+    enqueue_on_commit(outbox_dispatch)  # here, not with the insert: the nudge carries this caller's trace
     return messages
+
+
+def _insert_many(batches: list[list[OutboxMessage]]) -> None:
+    """One INSERT for the messages of one or more emit_many calls, in that order."""
+    OutboxMessage.objects.bulk_create([message for messages in batches for message in messages])
 
 
 def cloudevent(message: OutboxMessage) -> dict[str, Any]:

@@ -8,6 +8,7 @@ the processor may run one twice (replay, redelivery), and the services ignore st
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -19,11 +20,19 @@ Handler = Callable[[Mapping[str, Any], datetime], set[uuid.UUID]]
 Refetched = tuple[Mapping[str, Any], datetime] | None | Exception
 Refetch = Callable[[Sequence[tuple[Mapping[str, Any], datetime]]], list[Refetched]]
 
+# Given a drain chunk's objects of one type (at most one event per object and per customer), a block inside
+# which their handlers find the rows they lock already locked: all of them in one statement, in a documented
+# order, in the chunk's transaction, where each handler would have taken one statement of its own.
+LockAhead = Callable[[Sequence[Mapping[str, Any]]], AbstractContextManager[None]]
+
 HANDLERS: dict[str, Handler] = {}
 REFETCHERS: dict[str, Refetch] = {}
+LOCKS_AHEAD: dict[str, LockAhead] = {}
 
 
-def handles(*event_types: str, refetch: Refetch | None = None) -> Callable[[Handler], Handler]:
+def handles(
+    *event_types: str, refetch: Refetch | None = None, lock_ahead: LockAhead | None = None
+) -> Callable[[Handler], Handler]:
     """Register a handler for one or more event types (older API versions' names included)."""
 
     def register(handler: Handler) -> Handler:
@@ -33,6 +42,8 @@ def handles(*event_types: str, refetch: Refetch | None = None) -> Callable[[Hand
             HANDLERS[event_type] = handler
             if refetch is not None:
                 REFETCHERS[event_type] = refetch
+            if lock_ahead is not None:
+                LOCKS_AHEAD[event_type] = lock_ahead
         return handler
 
     return register

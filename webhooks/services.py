@@ -4,6 +4,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -23,12 +24,13 @@ from gdpr import audit
 from gdpr.selectors import completed_erasures
 from payments_project.json_body import json_loads
 from payments_project.tracing import current_traceparent, job_span
+from payments_project.write_batch import write_batch
 from tasks.base import enqueue_on_commit
 from tasks.errors import NotYetKnown, is_transient
 from tasks.jobs import claim_batch, claim_returning, due, outcome_fields, record_failure
 from webhooks import metrics
 from webhooks.errors import WebhookRejected
-from webhooks.handlers import HANDLERS, REFETCHERS
+from webhooks.handlers import HANDLERS, LOCKS_AHEAD, REFETCHERS, LockAhead
 from webhooks.models import WebhookEvent
 
 log = structlog.get_logger(__name__)
@@ -352,43 +354,109 @@ def _apply_chunk(
     # together, their entitlements.changed events still continue those traces.
     changed_users: dict[uuid.UUID, str] = {}
     with transaction.atomic(durable=True):
-        for (event_id, _), (payload, trace) in zip(chunk, payloads, strict=True):
-            running[:] = [event_id]
-            with job_span("webhook.process", **trace) as span:
-                # Wait for the row lock, never skip it: a claim or sweep statement racing ours may hold it
-                # for a moment (PostgreSQL keeps the lock of a row whose re-check failed until that statement
-                # commits), and skipping would strand the event until its lease ran out. Whoever runs it
-                # first leaves it not `processing`, so a second run (a reclaimed or redelivered one) waits,
-                # then walks away.
-                event = (
-                    WebhookEvent.objects.select_for_update()
-                    .filter(id=event_id, status=Status.PROCESSING)
-                    .defer("raw_body")  # read with the claim
-                    .first()
-                )
-                if event is None:
-                    applied.append((None, False))
-                    continue
-                span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
-                customer_missing, users = _run_handler(
-                    event, payload, isolate=isolate, refresh=isolate and not refresh_together
-                )
-                span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
-                if users:
-                    changed_users |= dict.fromkeys(users - changed_users.keys(), current_traceparent())
-            applied.append((event, customer_missing))
-            transaction.on_commit(partial(_count, event.type, event.status, event.received_at))
-        running.clear()
-        if ran := [event for event, _ in applied if event is not None]:  # every outcome in one statement
-            WebhookEvent.objects.bulk_update(ran, [*outcome_fields(WebhookEvent), "processed_at", "waiting_on"])
-        if changed_users and refresh_together:
-            try:
-                # a billing change reaches the apps above billing
-                entitlements_refresh(user_ids=set(changed_users), traceparents=changed_users)
-            except Exception as exc:
-                log.warning("webhook_events_refresh_together_failed", users=len(changed_users), error=repr(exc))
-                raise _Rerun(None) from exc
+        written = False
+        try:
+            # The audit events and outbox messages the chunk's handlers and refresh write outside a savepoint
+            # go in one INSERT each when the chunk's work is done, in its transaction.
+            with write_batch(), ExitStack() as ahead:
+                locked = _lock_chunk([event_id for event_id, _ in chunk], running=running)
+                if not isolate:  # a rerun leaves each handler to lock its rows in its savepoint: a failure is its own
+                    try:
+                        _lock_ahead(
+                            ahead,
+                            [
+                                (locked.get(event_id), payload)
+                                for (event_id, _), (payload, _) in zip(chunk, payloads, strict=True)
+                            ],
+                        )
+                    except Exception as exc:
+                        log.warning("webhook_events_lock_ahead_failed", events=len(chunk), error=repr(exc))
+                        raise _Rerun(None) from exc
+                for (event_id, _), (payload, trace) in zip(chunk, payloads, strict=True):
+                    event = locked.get(event_id)
+                    if event is None:
+                        applied.append((None, False))
+                        continue
+                    running[:] = [event_id]
+                    with job_span("webhook.process", **trace) as span:
+                        span.set_attributes({"jia.webhook.event_id": event.event_id, "jia.webhook.type": event.type})
+                        customer_missing, users = _run_handler(
+                            event, payload, isolate=isolate, refresh=isolate and not refresh_together
+                        )
+                        span.set_attributes({"jia.webhook.status": event.status, "jia.webhook.attempt": event.attempts})
+                        if users:
+                            changed_users |= dict.fromkeys(users - changed_users.keys(), current_traceparent())
+                    applied.append((event, customer_missing))
+                    transaction.on_commit(partial(_count, event.type, event.status, event.received_at))
+                running.clear()
+                _save_outcomes([event for event, _ in applied if event is not None])
+                if changed_users and refresh_together:
+                    try:
+                        # a billing change reaches the apps above billing
+                        entitlements_refresh(user_ids=set(changed_users), traceparents=changed_users)
+                    except Exception as exc:
+                        log.warning("webhook_events_refresh_together_failed", users=len(changed_users), error=repr(exc))
+                        raise _Rerun(None) from exc
+                written = True
+        except _Rerun:
+            raise
+        except Exception as exc:
+            if not written:
+                raise
+            # Writing the batch failed: run again with every event's writes in its own savepoint, so that
+            # whatever failed fails only its event.
+            log.warning("webhook_events_batch_write_failed", events=len(chunk), error=repr(exc))
+            raise _Rerun(None) from exc
     return applied
+
+
+def _lock_chunk(event_ids: list[uuid.UUID], *, running: list[uuid.UUID]) -> dict[uuid.UUID, WebhookEvent]:
+    """Lock a chunk's claimed events in one statement, in id order (the lock order: two runs holding
+    events of one chunk never wait on each other in a cycle), and read them; those no longer `processing`
+    are left out (not ours to run).
+
+    It waits for each row lock, never skips one: a claim or sweep statement racing ours may hold it for a
+    moment (PostgreSQL keeps the lock of a row whose re-check failed until that statement commits), and
+    skipping would strand the event until its lease ran out. Whoever runs an event first leaves it not
+    `processing`, so a second run (a reclaimed or redelivered one) waits, then walks away."""
+    running[:] = event_ids
+    rows = (
+        WebhookEvent.objects.select_for_update()
+        .filter(id__in=event_ids, status=Status.PROCESSING)
+        .defer("raw_body")  # read with the claim
+        .order_by("id")
+    )
+    return {event.id: event for event in rows}
+
+
+def _lock_ahead(stack: ExitStack, events: list[tuple[WebhookEvent | None, "Payload"]]) -> None:
+    """Enter, on `stack`, the lock-ahead block of each handler that has one (webhooks.handlers.LOCKS_AHEAD)
+    with the objects of the chunk's events it will handle: what their handlers would lock one statement each
+    is locked in one."""
+    objects: dict[LockAhead, list[Mapping[str, Any]]] = defaultdict(list)
+    for event, payload in events:
+        if event is not None and not isinstance(payload, Exception) and (lock := LOCKS_AHEAD.get(event.type)):
+            objects[lock].append(payload[0])
+    for lock, found in objects.items():
+        stack.enter_context(lock(found))
+
+
+_OUTCOME_FIELDS = [*outcome_fields(WebhookEvent), "processed_at", "waiting_on"]
+
+
+def _save_outcomes(events: list[WebhookEvent]) -> None:
+    """Every run event's outcome, in one round trip (psycopg pipelines executemany): bulk_update's CASE per
+    row and column cost more CPU than the rest of the chunk's statements together."""
+    if not events:
+        return
+    connection = transaction.get_connection()
+    quote, fields = connection.ops.quote_name, [WebhookEvent._meta.get_field(name) for name in _OUTCOME_FIELDS]
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)  # type: ignore[union-attr]
+    sql = f"UPDATE {quote(WebhookEvent._meta.db_table)} SET {assignments} WHERE id = %s"  # noqa: S608 - identifiers from the model
+    fields.append(WebhookEvent._meta.pk)  # the WHERE's; values as the fields write them (SQLite binds no UUID)
+    rows = [[field.get_db_prep_save(getattr(event, field.attname), connection) for field in fields] for event in events]  # type: ignore[union-attr]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 def _release(event_ids: list[uuid.UUID]) -> None:

@@ -6,6 +6,7 @@ one it already applied (out-of-order delivery), and returns the users whose bill
 
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -63,11 +64,16 @@ def subscription_refetch(versions: Sequence[tuple[Mapping[str, Any], datetime]])
     return refetched
 
 
+def subscriptions_lock_ahead(objects: Sequence[Mapping[str, Any]]) -> AbstractContextManager[None]:
+    return billing.subscriptions_locked_ahead(stripe_subscriptions=objects)
+
+
 @handles(
     "customer.subscription.created",
     "customer.subscription.updated",
     "customer.subscription.deleted",
     refetch=subscription_refetch,
+    lock_ahead=subscriptions_lock_ahead,
 )
 def subscription_changed(obj: Mapping[str, Any], created: datetime) -> set[uuid.UUID]:
     return billing.subscription_upsert_from_stripe(stripe_subscription=obj, event_created=created)

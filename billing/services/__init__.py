@@ -29,6 +29,7 @@ from billing.services.from_stripe import (
     refund_record_from_charge,
     subscription_trial_will_end_from_stripe,
     subscription_upsert_from_stripe,
+    subscriptions_locked_ahead,
 )
 from billing.services.invoices import invoice_upsert_from_stripe
 from billing.services.portal import billing_portal_session_create
@@ -59,4 +60,5 @@ __all__ = [
     "subscription_resume",
     "subscription_trial_will_end_from_stripe",
     "subscription_upsert_from_stripe",
+    "subscriptions_locked_ahead",
 ]

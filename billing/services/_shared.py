@@ -1,11 +1,13 @@
 """What billing's services share: changing a row, applying a Stripe version, finding customers, auditing."""
 
+import functools
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from django.db import IntegrityError, models, transaction
+from django.apps import apps
+from django.db import DatabaseError, IntegrityError, models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -29,8 +31,31 @@ def update_fields(obj: models.Model, values: Mapping[str, Any]) -> list[str]:
         for name in changed:
             setattr(obj, name, values[name])
         obj.updated_at = timezone.now()  # type: ignore[attr-defined]
-        obj.save(update_fields=[*changed, "updated_at"])
+        _save_fields(obj, [*changed, "updated_at"])
     return changed
+
+
+def _save_fields(obj: models.Model, names: list[str]) -> None:
+    """What `obj.save(update_fields=names)` sends, without compiling the statement anew each time (billing's
+    models have no save() of their own and nothing listens to their save signals): for a webhook event, the
+    ORM's compiling cost more CPU than PostgreSQL's running it."""
+    connection = transaction.get_connection()
+    meta = obj._meta
+    fields = [meta.get_field(name) for name in names]
+    sql = _update_statement(connection.vendor, meta.label, tuple(names))
+    params = [field.get_db_prep_save(field.pre_save(obj, False), connection) for field in fields]  # type: ignore[union-attr]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, meta.pk.get_db_prep_save(obj.pk, connection)])
+        if cursor.rowcount == 0:
+            raise DatabaseError("Save with update_fields did not affect any rows.")  # as save() says it
+
+
+@functools.lru_cache(maxsize=256)
+def _update_statement(vendor: str, label: str, names: tuple[str, ...]) -> str:
+    meta = apps.get_model(label)._meta
+    quote = transaction.get_connection().ops.quote_name
+    assignments = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in names)
+    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608 - identifiers from the model
 
 
 def _current(obj: models.Model, name: str, value: Any) -> Any:

@@ -224,4 +224,14 @@ def test_a_drain_applies_updates_of_known_subscriptions_in_few_statements_each(c
     # then each is applied, audited, emitted and its entitlements refreshed, sharing the batch's statements
     assert set(Subscription.objects.values_list("status", flat=True)) == {"active"}
     assert OutboxMessage.objects.filter(type="subscription.activated").count() == 10
-    assert len(queries.captured_queries) <= 10 * 8  # 18 each when every event had a transaction of its own
+    # (18 each when every event had a transaction of its own, 6.5 when a chunk's events locked their rows and
+    # subscriptions, saved their outcomes and appended their audit and outbox rows one by one): each event's
+    # subscription is updated, and the chunk shares the rest
+    statements = [query["sql"] for query in queries.captured_queries]
+    assert len(statements) <= 10 * 1 + 18
+    subscription_locks = [sql for sql in statements if 'FROM "billing_subscription" s ' in sql]
+    assert len(subscription_locks) == 1 and subscription_locks[0].endswith("ORDER BY s.id FOR UPDATE OF s")
+    row_locks = [sql for sql in statements if sql.startswith("SELECT") and 'FROM "webhooks_webhookevent"' in sql]
+    assert len(row_locks) == 1 and row_locks[0].endswith("FOR UPDATE")  # the chunk's event rows, together
+    assert sum(sql.startswith('INSERT INTO "gdpr_auditevent"') for sql in statements) == 1
+    assert sum(sql.startswith('INSERT INTO "tasks_outboxmessage"') for sql in statements) == 1
