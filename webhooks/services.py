@@ -212,17 +212,24 @@ def _erased_subject_condition(envelope: StripeEnvelope) -> tuple[str, list[Any]]
     (metadata.user_id) a user whose erasure completed; None when it names no one."""
     conditions, params = [], []
     if envelope.customer_id:
-        quote, meta = transaction.get_connection().ops.quote_name, Customer._meta
-        conditions.append(
-            f"EXISTS (SELECT 1 FROM {quote(meta.db_table)} WHERE {quote(meta.get_field('stripe_customer_id').column)}"  # noqa: S608
-            f" = %s AND {quote(meta.get_field('erased_at').column)} IS NOT NULL)"
-        )
+        conditions.append(_erased_customer_sql(transaction.get_connection().vendor))
         params.append(envelope.customer_id)
     if (erasures := completed_erasures(envelope.user_ids)) is not None:  # rare: only our checkout's objects
         sql, erasure_params = erasures.values("pk").query.sql_with_params()
         conditions.append(f"EXISTS ({sql})")
         params += erasure_params
     return (" OR ".join(conditions), params) if conditions else None
+
+
+@functools.cache
+def _erased_customer_sql(vendor: str) -> str:
+    """SQL true when the customer (one parameter: its Stripe id) was erased. Made once: it was a fiftieth of
+    a delivery's Python time. `vendor` keys it: quoting is the vendor's."""
+    quote, meta = transaction.get_connection().ops.quote_name, Customer._meta
+    return (
+        f"EXISTS (SELECT 1 FROM {quote(meta.db_table)} WHERE {quote(meta.get_field('stripe_customer_id').column)}"  # noqa: S608
+        f" = %s AND {quote(meta.get_field('erased_at').column)} IS NOT NULL)"
+    )
 
 
 def _metadata_user_ids(obj: Mapping[str, Any]) -> tuple[str, ...]:
