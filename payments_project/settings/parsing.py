@@ -70,6 +70,10 @@ def database_config(
         config["CONN_HEALTH_CHECKS"] = True
         options = config.setdefault("OPTIONS", {})
         options["connect_timeout"] = 5
+        # psycopg prepares a statement a connection has run this many times (Django's default: never). Only
+        # cursors that bind on the server prepare: the webhook inbox's insert (webhooks.services), planned once
+        # per connection, not per delivery; Django's own cursors bind client side and never do.
+        options["prepare_threshold"] = 5
         if session_timeouts:
             names = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
             pairs = zip(names, session_timeouts, strict=True)

@@ -258,6 +258,23 @@ def test_a_new_delivery_is_stored_in_one_write_and_never_read_back(client: Clien
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_connection_prepares_the_inbox_insert_once_and_reuses_it(client: Client, webhooks_queue: str) -> None:
+    from django.db import connection
+
+    # when: more deliveries on one connection than psycopg's prepare_threshold
+    for n in range(8):
+        assert client.post(URL, **delivery(subscription_updated(id=f"evt_prepared_{n}"))).status_code == 200
+
+    # then: PostgreSQL holds the insert as this session's prepared statement (parsed and planned once),
+    # and every delivery was stored
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [statement for (statement,) in cursor.fetchall()]
+    assert any('INSERT INTO "webhooks_webhookevent"' in statement for statement in prepared)
+    assert WebhookEvent.objects.filter(event_id__startswith="evt_prepared_").count() == 8
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_burst_of_deliveries_costs_fewer_drain_messages_than_deliveries(
     client: Client,
     webhooks_queue: str,
