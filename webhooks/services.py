@@ -155,6 +155,9 @@ def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> bool:
     )
     connection = transaction.get_connection()
     sql = _inbox_insert_sql(connection.vendor, tuple(row), erased[0] if erased else None, tuple(instead))
+    if connection.vendor != "postgresql":  # psycopg adapts UUIDs and datetimes; sqlite3 takes what the fields write
+        fields = {field.attname: field for field in WebhookEvent._meta.local_concrete_fields}
+        row = {column: fields[column].get_db_prep_save(value, connection) for column, value in row.items()}
     values = list(erased[1]) if erased else []
     for column, value in row.items():
         if column in instead:

@@ -351,8 +351,9 @@ def _from_db_value(field: Any, value: Any, connection: Any) -> Any:
     """A column's value as the ORM's select would give it (the backend's converters, then the field's)."""
     if value is None:
         return None
-    for converter in connection.ops.get_db_converters(field) + field.get_db_converters(connection):
-        value = converter(value, field, connection)
+    column = field.cached_col  # the backend's converters take an expression (SQLite's read its output_field)
+    for converter in connection.ops.get_db_converters(column) + field.get_db_converters(connection):
+        value = converter(value, column, connection)
     return value
 
 
