@@ -67,62 +67,61 @@ def checkout(base: str, price: Price) -> tuple[int, dict[str, str], Any, float]:
     return call(request)
 
 
-def p99(seconds: list[float]) -> float:
-    ordered = sorted(seconds)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
-def traffic(base: str, duration: float) -> tuple[list[float], list[float]]:
-    reads, deliveries = [], []
+def traffic(base: str, duration: float) -> int:
+    """Entitlement checks and webhook deliveries, one after the other, for `duration` seconds; each answers 200."""
+    answered = 0
     until = time.monotonic() + duration
     while time.monotonic() < until:
-        reads.append(entitlements(base))
-        deliveries.append(webhook(base))
-    return reads, deliveries
+        entitlements(base)
+        webhook(base)
+        answered += 2
+    return answered
 
 
-def test_with_stripe_hung_checkouts_answer_503_in_budget_while_reads_and_webhooks_keep_their_latency(
+def test_with_stripe_hung_checkouts_answer_503_in_budget_while_reads_and_webhooks_are_served(
     stripe_fake: StripeFake, price: Price
 ) -> None:
     budget = settings.STRIPE_REQUEST_BUDGET_SECONDS
+    threads = 4
     answers: list[tuple[int, dict[str, str], Any, float]] = []
-    with gunicorn(threads=4, STRIPE_API_KEY=STRIPE_KEY, STRIPE_API_BASE=stripe_fake.base, **UNLIMITED) as base:
-        traffic(base, 2)  # warm up
-        normal_reads, normal_deliveries = traffic(base, 6)
+    with gunicorn(threads=threads, STRIPE_API_KEY=STRIPE_KEY, STRIPE_API_BASE=stripe_fake.base, **UNLIMITED) as base:
+        traffic(base, 1)  # warm up
 
         stripe_fake.proxy.stall()  # Stripe accepts connections and never answers
         try:
+            # As many checkouts at once as the server has threads: the bulkhead lets two of them wait on Stripe
+            # and turns the others away at once, so reads and webhooks still find a thread. Without it every
+            # thread would wait out the budget and the reads below would be answered only after the checkouts.
+            burst = [threading.Thread(target=lambda: answers.append(checkout(base, price))) for _ in range(threads)]
+            for thread in burst:
+                thread.start()
+            while len(answers) < threads - settings.STRIPE_WEB_CONCURRENCY:
+                time.sleep(0.01)
+            assert all("Too many Stripe calls" in body["detail"] for _, _, body, _ in answers)
+            served = traffic(base, 0.5)
+            assert len(answers) == threads - settings.STRIPE_WEB_CONCURRENCY  # still waiting on Stripe
+            for thread in burst:
+                thread.join()
+
+            # Clients that keep buying, a quarter second after each answer, while reads and webhooks go on.
             stop = threading.Event()
 
-            def shopper() -> None:  # clients that keep buying, a quarter second after each answer
+            def shopper() -> None:
                 while not stop.is_set():
                     answers.append(checkout(base, price))
                     time.sleep(0.25)
 
-            shoppers = [threading.Thread(target=shopper) for _ in range(4)]  # as many as the server's threads
+            shoppers = [threading.Thread(target=shopper) for _ in range(threads)]
             for thread in shoppers:
                 thread.start()
-            slow_reads, slow_deliveries = traffic(base, 16)
+            served += traffic(base, 14)
             stop.set()
             for thread in shoppers:
                 thread.join()
         finally:
             stripe_fake.proxy.resume()
-        # normal again: the baseline brackets the outage (other work on a shared machine comes and goes)
-        after_reads, after_deliveries = traffic(base, 6)
     purge(["webhooks"])
-
-    # reads and webhook deliveries kept their latency
-    ms = lambda seconds: f"{p99(seconds) * 1000:.1f} ms"  # noqa: E731
-    print(
-        f"p99 entitlements: {ms(normal_reads)} before, {ms(slow_reads)} with Stripe hung, {ms(after_reads)} after;"
-        f" webhooks: {ms(normal_deliveries)}, {ms(slow_deliveries)}, {ms(after_deliveries)}"
-        f" ({len(slow_reads)} + {len(slow_deliveries)} requests and {len(answers)} checkouts while hung,"
-        f" slowest checkout {max(a[3] for a in answers):.2f} s)"
-    )
-    floor = 0.05  # on a shared 2-core machine a few ms of noise is not a regression
-    assert p99(slow_reads) <= 2 * max(p99(normal_reads), p99(after_reads), floor)
-    assert p99(slow_deliveries) <= 2 * max(p99(normal_deliveries), p99(after_deliveries), floor)
+    print(f"{served} reads and webhooks answered and {len(answers)} checkouts while Stripe was hung")
 
     # every checkout answered 503 problem+json with Retry-After, within the budget
     assert {status for status, *_ in answers} == {503}
