@@ -82,8 +82,13 @@ def row(
     value: float | None = None,
 ) -> Row:
     """A row from wrk measurements: `metric` is a Measurement attribute ("rps", "p99_ms", ...), unless
-    `value` is given. Errors in either run, and requests that had to be unique but repeated, are noted."""
+    `value` is given. Errors in either run, and requests that had to be unique but repeated, are noted;
+    so is each pair's ratio when both sides are medians of alternating pairs (bench.wrk.measure_pairs)."""
     notes = [note] if note else []
+    if baseline and value is None and measured.runs and baseline[1].runs:
+        pairs = zip(measured.runs, baseline[1].runs, strict=True)
+        ratios = [f"{m[metric] / b[metric]:.2f}" if m[metric] and b[metric] else "-" for m, b in pairs]
+        notes.append(f"median of {len(ratios)} alternating pairs of runs; each pair's ratio {', '.join(ratios)}")
     for run in (measured, baseline[1] if baseline else None):
         if run is not None and run.errors:
             notes.append(f"{run.name}: {run.errors} errors {run.statuses or run.error_detail}")
