@@ -1,6 +1,7 @@
 """What every benchmark needs: its configuration, a migrated database, and the real processes (gunicorn,
 Celery workers) on free ports, waited for until they answer, and always stopped."""
 
+import math
 import os
 import signal
 import socket
@@ -75,7 +76,8 @@ class WorkerConfig:
 class Config:
     """A run's settings, from BENCH_* variables (bench/README.md)."""
 
-    seconds: int = 10  # each measured wrk run
+    seconds: int = 10  # each measured wrk run; a ratio's side: in total over its pairs
+    pairs: int = 3  # a ratio's figure and baseline: alternating pairs of runs (bench.wrk.measure_pairs)
     warmup_seconds: int = 2  # before the first measured run against a server
     connections: int = 8  # wrk -c
     wrk_threads: int = 1  # wrk -t
@@ -88,6 +90,7 @@ class Config:
         threads = _env_int("BENCH_GUNICORN_THREADS", 4)
         return cls(
             seconds=_env_int("BENCH_SECONDS", 10),
+            pairs=max(1, _env_int("BENCH_PAIRS", 3)),
             warmup_seconds=_env_int("BENCH_WARMUP_SECONDS", 2),
             connections=_env_int("BENCH_CONNECTIONS", 8),
             wrk_threads=_env_int("BENCH_WRK_THREADS", 1),
@@ -104,8 +107,14 @@ class Config:
             ),
         )
 
+    @property
+    def pair_seconds(self) -> int:
+        """Each run of an alternating pair: a side's `seconds` shared over the pairs, at least 2 s (wrk
+        takes whole seconds; 10 s over 3 pairs: 4 s a run, 12 s a side)."""
+        return max(2, math.ceil(self.seconds / self.pairs))
+
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "pair_seconds": self.pair_seconds}
 
 
 # --- the database --------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Against the project's gunicorn, under wrk, with the cache warm:
 1. cached single checks: `GET /api/v1/entitlements/{key}` by one of USERS users (each request another
-   user's JWT), beside the bare constant-JSON view (bench/baseline_app.py) under the same gunicorn settings;
+   user's JWT), beside the bare constant-JSON view (bench/baseline_app.py) under the same gunicorn settings,
+   the two in alternating pairs of runs (bench.wrk.measure_pairs);
 2. bulk checks: `POST /internal/v1/entitlements/check` with 1000 user ids (SPIFFE certificate chain
    verified from the XFCC header on every request): the server time at p50 and p99, from the
    `Server-Timing` header's `app` (or first) metric when the response has one, otherwise wrk's latency
@@ -20,7 +21,7 @@ from typing import Any
 
 from bench.common import baseline_server, project_server
 from bench.results import Context, Row, Target, at_least, at_most, benchmark, row
-from bench.wrk import Measurement, Request, measure
+from bench.wrk import Measurement, Request, Side, measure, measure_pairs
 
 USERS = 5000
 BULK = 1000
@@ -140,14 +141,18 @@ def run(ctx: Context) -> list[Row]:
     runs: dict[str, Any] = {"connections": c.connections, "threads": c.wrk_threads}
     with baseline_server(c.gunicorn) as baseline, project_server(c.gunicorn, env=settings) as project:
         measure("warm-up", baseline, constant, count=1, seconds=c.warmup_seconds, **runs)
-        base = ctx.report(measure("bare constant-JSON view", baseline, constant, count=1, seconds=c.seconds, **runs))
         # Warm-up: every user's entry cached (the bulk bodies cover every user), every process started.
         measure("warm-up", project, bulk, count=len(bulk_bodies), seconds=max(3, c.warmup_seconds), **runs)
         # Each gunicorn process remembers the entries it has read (TrackedReads): a full run's length of
         # single checks passes over every user in every process, so the figure is the steady state.
         measure("warm-up", project, single, count=USERS, seconds=max(c.seconds, c.warmup_seconds), **runs)
-        checks = ctx.report(
-            measure("GET /api/v1/entitlements/{key}", project, single, count=USERS, seconds=c.seconds, **runs)
+        checks, base = measure_pairs(
+            Side("GET /api/v1/entitlements/{key}", project, single, count=USERS),
+            Side("bare constant-JSON view", baseline, constant, count=1),
+            pairs=c.pairs,
+            seconds=c.pair_seconds,
+            report=ctx.report,
+            **runs,
         )
         # Twice more on the same server: the workers' RSS after the 2nd and the 3rd run must not differ
         # (the 1st fills each process's bounded memory of verified tokens with the users' JWTs).

@@ -4,6 +4,7 @@ baseline measured in the same run (a ratio) or against an absolute limit, with i
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from statistics import median
 from typing import Any, Literal
 
 from bench.common import Config
@@ -82,8 +83,17 @@ def row(
     value: float | None = None,
 ) -> Row:
     """A row from wrk measurements: `metric` is a Measurement attribute ("rps", "p99_ms", ...), unless
-    `value` is given. Errors in either run, and requests that had to be unique but repeated, are noted."""
+    `value` is given. Errors in either run, and requests that had to be unique but repeated, are noted;
+    so is each pair's ratio when both sides are medians of alternating pairs (bench.wrk.measure_pairs)."""
     notes = [note] if note else []
+    if baseline and value is None and measured.runs and baseline[1].runs:
+        pairs = zip(measured.runs, baseline[1].runs, strict=True)
+        ratios = [f"{m[metric] / b[metric]:.2f}" if m[metric] and b[metric] else "-" for m, b in pairs]
+        notes.append(f"median of {len(ratios)} alternating pairs of runs; each pair's ratio {', '.join(ratios)}")
+    if baseline and metric == "rps" and value is None:
+        costs = [_cpu_per_request(measured), _cpu_per_request(baseline[1])]
+        if None not in costs:  # what a request cost each server: a figure others' load moves less than a rate
+            notes.append(f"server CPU per request {costs[0]:.2f} / {costs[1]:.2f} ms (median of the runs)")
     for run in (measured, baseline[1] if baseline else None):
         if run is not None and run.errors:
             notes.append(f"{run.name}: {run.errors} errors {run.statuses or run.error_detail}")
@@ -101,6 +111,13 @@ def row(
         measurement=measured.as_dict(),
         baseline_measurement=baseline[1].as_dict() if baseline else None,
     )
+
+
+def _cpu_per_request(measured: Measurement) -> float | None:
+    """Milliseconds of the server's CPU per request: the median over the runs behind a median (median_of)."""
+    runs = measured.runs or [measured.as_dict()]
+    costs = [r["server_cpu"] / r["rps"] * 1000 for r in runs if r["server_cpu"] and r["rps"]]
+    return median(costs) if costs else None
 
 
 def quantity(value: float | None, unit: str) -> str:

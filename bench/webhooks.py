@@ -2,7 +2,8 @@
 
 1. Ingestion: `POST /webhooks/stripe/` requests/s and p99 under wrk, each request a different event
    signed just before the run, beside the bare one-INSERT view (bench/baseline_app.py) under the same
-   gunicorn settings. The rate limiter is lifted so it never answers 429 (its Redis round trip stays).
+   gunicorn settings, the two in alternating pairs of runs (bench.wrk.measure_pairs). The rate limiter is
+   lifted so it never answers 429 (its Redis round trip stays).
 2. End to end: `customer.subscription.updated` events that activate a subscription of a known customer
    (a real billing write, audit row, outbox row, entitlement refresh), POSTed once each by wrk; events/s
    from the first POST until every one is `processed` by a real worker, beside no-op Celery tasks/s
@@ -40,7 +41,7 @@ from bench.common import (
 )
 from bench.noop_tasks import noop_task_rate
 from bench.results import Context, Row, at_least, at_most, benchmark, row
-from bench.wrk import Request, Wrk, measure
+from bench.wrk import Request, Side, Wrk, measure, measure_pairs
 
 SECRET = "whsec_test_secret"  # noqa: S105 - the test settings' webhook secret
 QUEUE = "webhooks"
@@ -139,11 +140,15 @@ def _ingestion(ctx: Context, baseline: Server, project: Server) -> list[Row]:
 
     runs: dict[str, Any] = {"connections": c.connections, "threads": c.wrk_threads}
     measure("warm-up", baseline, insert, count=1000, seconds=c.warmup_seconds, **runs)
-    base = ctx.report(measure("bare one-INSERT view", baseline, insert, count=1000, seconds=c.seconds, **runs))
-    runs["unique"] = True
-    measure("warm-up", project, webhook, count=MAX_RATE * c.warmup_seconds, seconds=c.warmup_seconds, **runs)
-    ingest = ctx.report(
-        measure("POST /webhooks/stripe/", project, webhook, count=MAX_RATE * c.seconds, seconds=c.seconds, **runs)
+    warm = MAX_RATE * c.warmup_seconds
+    measure("warm-up", project, webhook, count=warm, seconds=c.warmup_seconds, unique=True, **runs)
+    ingest, base = measure_pairs(
+        Side("POST /webhooks/stripe/", project, webhook, count=MAX_RATE * c.pair_seconds, unique=True),
+        Side("bare one-INSERT view", baseline, insert, count=1000),
+        pairs=c.pairs,
+        seconds=c.pair_seconds,
+        report=ctx.report,
+        **runs,
     )
     name = "bare one-INSERT view"
     return [

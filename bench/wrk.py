@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from statistics import median
 from typing import Any
 
 from bench.common import ROOT, VAR, Server, cpu_seconds
@@ -62,6 +63,8 @@ class Measurement:
     server_cpu: float | None  # the server's CPU seconds / wall seconds: cores it used
     worker_rss_mb: list[float] | None  # each gunicorn worker's RSS after the run
     wrk_output: str = ""
+    # Set on the median of alternating runs (measure_pairs): every run behind it, in the order they ran.
+    runs: list[dict[str, Any]] | None = None
 
     def summary(self) -> str:
         timing = ""
@@ -76,6 +79,87 @@ class Measurement:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def median_of(runs: list[Measurement]) -> Measurement:
+    """One side of alternating runs: the median of each rate and percentile over the runs, the sums of
+    what they counted, the highest generator CPU (the run closest to being generator-bound), the last
+    run's worker RSS; every run kept in `runs`."""
+
+    def mid(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return median(known) if known else None
+
+    def total(counts: list[dict[str, int] | None]) -> dict[str, int] | None:
+        if all(c is None for c in counts):
+            return None
+        summed: dict[str, int] = {}
+        for c in counts:
+            for key, value in (c or {}).items():
+                summed[key] = summed.get(key, 0) + value
+        return summed
+
+    timings = [r.server_timing_ms for r in runs if r.server_timing_ms]
+    return Measurement(
+        name=runs[0].name,
+        requests=sum(r.requests for r in runs),
+        seconds=sum(r.seconds for r in runs),
+        rps=median(r.rps for r in runs),
+        p50_ms=mid([r.p50_ms for r in runs]),
+        p90_ms=mid([r.p90_ms for r in runs]),
+        p99_ms=mid([r.p99_ms for r in runs]),
+        max_ms=max((r.max_ms for r in runs if r.max_ms is not None), default=None),
+        errors=sum(r.errors for r in runs),
+        error_detail=total([r.error_detail for r in runs]) or {},
+        statuses=total([r.statuses for r in runs]),
+        server_timing_ms=(
+            {key: median(t[key] for t in timings) for key in timings[0]} | {"count": sum(t["count"] for t in timings)}
+            if timings and all("count" in t for t in timings)
+            else None
+        ),
+        sent=sum(r.sent for r in runs),
+        unique=runs[0].unique,
+        repeated=sum(r.repeated for r in runs),
+        generator_cpu=max(r.generator_cpu for r in runs),
+        server_cpu=mid([r.server_cpu for r in runs]),
+        worker_rss_mb=runs[-1].worker_rss_mb,
+        runs=[r.as_dict() for r in runs],
+    )
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a ratio: what measure() takes for a run."""
+
+    name: str
+    server: Server
+    make_request: RequestFactory
+    count: int  # requests generated for each run (a unique list: sized for one run's seconds)
+    unique: bool = False
+
+
+def measure_pairs(
+    figure: Side,
+    baseline: Side,
+    *,
+    pairs: int,
+    seconds: float,
+    report: Callable[[Measurement], Measurement] = lambda m: m,
+    **options: Any,
+) -> tuple[Measurement, Measurement]:
+    """A figure and its baseline measured in `pairs` alternating pairs of runs of `seconds` each
+    (Config.pair_seconds), so a swing of a shared machine falls on both sides rather than on whichever ran
+    in it: the baseline runs first in even pairs, the figure first in odd ones. Returns the median of each
+    side (median_of), every run in its `runs`."""
+    runs: dict[str, list[Measurement]] = {"figure": [], "baseline": []}
+    for n in range(pairs):
+        order = ("baseline", "figure") if n % 2 == 0 else ("figure", "baseline")
+        for which in order:
+            side = figure if which == "figure" else baseline
+            made, count = side.make_request, side.count
+            run = measure(side.name, side.server, made, count=count, seconds=seconds, unique=side.unique, **options)
+            runs[which].append(report(run))
+    return median_of(runs["figure"]), median_of(runs["baseline"])
 
 
 def _ms(value: float | None) -> str:

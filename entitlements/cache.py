@@ -212,7 +212,6 @@ class _Store:
         round trip with Redis (`_READ_LUA`, atomic), which also counts a rate limit's hit when given
         one (`counter.count` is set). Returns (versions, entries found, users whose version this call
         set)."""
-        token = _new_version()
         if isinstance(self.backend, RedisCache):
             make_key = self.backend.make_key
             prefixes = [make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":")]
@@ -220,6 +219,7 @@ class _Store:
             (versions, entries), generation = local.lookup(lambda get: _remembered(get, make_key, user_ids))
             if len(entries) == len(user_ids):
                 return versions, entries, set()
+            token = _new_version()  # drawn only for a round trip: os.urandom is a system call per check
             client = self.backend._cache.get_client(write=True)
             reply = _script(client, _READ_LUA)(
                 keys=[], args=[token, VERSION_TTL_SECONDS, *prefixes, *map(str, user_ids)], client=client
@@ -238,6 +238,7 @@ class _Store:
                     entries[user_id] = entry
             local.remember(_to_remember(make_key, versions, entries, fresh), generation)
             return versions, entries, fresh
+        token = _new_version()
         found = self.backend.get_many([version_key(user_id) for user_id in user_ids])
         versions = {u: found[version_key(u)] for u in user_ids if isinstance(found.get(version_key(u)), int)}
         unversioned = {version_key(u): u for u in user_ids if u not in versions}

@@ -11,6 +11,7 @@ import sentry_sdk
 import sentry_sdk.utils
 from django.conf import settings
 from django.core.cache import close_caches
+from django.core.cache.backends.base import BaseCache
 from django.core.handlers.base import BaseHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIHandler, get_path_info, get_script_name
@@ -18,6 +19,7 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
 from django.urls import ResolverMatch, set_script_prefix
 from django.utils.log import log_response
+from django.utils.module_loading import import_string
 from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.integrations.wsgi import SentryWsgiMiddleware
 
@@ -37,6 +39,22 @@ def _wrapped_by() -> str | None:
     if getattr(call, "__wrapped__", None) is _DJANGO_CALL and call.__code__.co_filename == sentry_sdk.utils.__file__:
         return "sentry"
     return "other"
+
+
+_closing: tuple[object, bool] | None = None  # (settings.CACHES, whether a backend of it has a close())
+
+
+def _close_caches() -> None:
+    """close_caches (request_finished's receiver), skipped when no configured backend closes anything:
+    BaseCache.close does nothing, and Django's Redis and local-memory caches keep it; listing the
+    initialized caches of the request's context cost more than the rest of the check's teardown."""
+    global _closing
+    configured = settings.CACHES
+    if _closing is None or _closing[0] is not configured:  # override_settings puts another dict in place
+        backends = (import_string(cache["BACKEND"]) for cache in configured.values())
+        _closing = (configured, any(backend.close is not BaseCache.close for backend in backends))
+    if _closing[1]:
+        close_caches()
 
 
 class HotPathApplication:
@@ -129,7 +147,7 @@ class HotPathApplication:
         finally:
             request.close()
             close_old_connections()  # request_finished, before the body is sent: it is all in memory
-            close_caches()
+            _close_caches()
         headers = [*response.items(), *(("Set-Cookie", c.output(header="")) for c in response.cookies.values())]
         start_response(f"{response.status_code} {response.reason_phrase}", headers)
         return [body]

@@ -5,6 +5,7 @@ which its Stripe calls must be done (settings.STRIPE_REQUEST_BUDGET_SECONDS; bil
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -17,6 +18,10 @@ OWN_DURATION = Histogram(
     # 0.05 and 1: the entitlement-check and checkout objectives
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0),
 )
+
+# Each view's child of OWN_DURATION: labels() validates and looks it up under a lock, per request otherwise.
+# Bounded: one per view name (and "unresolved").
+_own_duration: dict[str, Any] = {}
 
 # Seconds this request has waited for Stripe so far (billing.gateway adds each call's time).
 _stripe_seconds: ContextVar[list[float] | None] = ContextVar("stripe_seconds", default=None)
@@ -54,7 +59,11 @@ class RequestDurationMiddleware:
             _stripe_seconds.reset(token)
             _stripe_deadline.reset(deadline)
             match = request.resolver_match  # unresolved paths share one label: their number is unbounded
-            OWN_DURATION.labels(match.view_name if match else "unresolved").observe(own)
+            view = match.view_name if match else "unresolved"
+            child = _own_duration.get(view)
+            if child is None:
+                child = _own_duration.setdefault(view, OWN_DURATION.labels(view))
+            child.observe(own)
             if response is not None:
                 # The same figure for the caller (and the benchmark): RFC 8673 Server-Timing, milliseconds.
                 response["Server-Timing"] = f"app;dur={own * 1000:.2f}"

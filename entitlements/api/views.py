@@ -121,10 +121,9 @@ def entitlement_check(request: HttpRequest, feature_key: str) -> HttpResponse:
 def _bearer_principal(request: HttpRequest) -> Principal | None:
     """The caller when the request carries a valid Bearer token, else None (EntitlementDetailApi says why)."""
     try:
-        found = _JWT.authenticate(request)  # type: ignore[arg-type]
+        return _JWT.remembered_principal(request)
     except APIException:
         return None
-    return None if found is None else cast(Principal, found[0])
 
 
 def _family_response(user_id: uuid.UUID, *, status: int = 200) -> Response:

@@ -18,6 +18,7 @@ from django.utils import timezone
 from payments_project import auth
 from tests.entitlements.conftest import CountingConnectionPool, as_user
 from tests.entitlements.factories import plan_with, subscribe
+from tests.support.auth import bearer
 
 pytestmark = pytest.mark.django_db
 
@@ -83,3 +84,40 @@ def test_the_plain_check_view_answers_as_the_drf_view_does(client: Client) -> No
     assert {name: plain.get(name) for name in ("Content-Type", "Vary", "Allow")} == {
         name: drf.get(name) for name in ("Content-Type", "Vary", "Allow")
     }
+
+
+@override_settings(JWT_LEEWAY_SECONDS=0)
+def test_the_check_remembers_its_caller_until_the_token_expires(client: Client) -> None:
+    """A repeated Authorization header is answered from the principal remembered by its hash (no token
+    or principal built again), never past the token's exp."""
+    expires = int(time.time()) + 60  # travelled to from here, not from a later clock reading
+    alice = uuid.uuid4()
+    subscribe(alice, plan_with(["hd"]))
+    headers = {"HTTP_AUTHORIZATION": bearer(alice, exp=expires)}
+
+    answers = [client.get("/api/v1/entitlements/hd", **headers).json() for _ in range(2)]
+    remembered = len(auth.client_token_backend().principals)
+    with time_machine.travel(expires + 1, tick=False):
+        expired = client.get("/api/v1/entitlements/hd", **headers)
+
+    assert answers == [{"feature": "hd", "entitled": True}] * 2
+    assert remembered == 1
+    assert expired.status_code == 401
+    assert expired["Content-Type"] == "application/problem+json"
+
+
+def test_a_remembered_caller_is_forgotten_with_the_key_that_verified_them(client: Client) -> None:
+    headers = as_user(uuid.uuid4())
+    assert client.get("/api/v1/entitlements/hd", **headers).status_code == 200
+
+    with override_settings(JWT_SIGNING_KEY="another-signing-key-0123456789-0123456789-0123"):
+        assert client.get("/api/v1/entitlements/hd", **headers).status_code == 401
+
+
+def test_a_refused_token_is_not_remembered(client: Client) -> None:
+    forged = {"HTTP_AUTHORIZATION": bearer(uuid.uuid4())[:-4] + "AAAA"}  # a broken signature
+
+    statuses = [client.get("/api/v1/entitlements/hd", **forged).status_code for _ in range(2)]
+
+    assert statuses == [401, 401]
+    assert len(auth.client_token_backend().principals) == 0

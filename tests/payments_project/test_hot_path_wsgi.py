@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.wsgi import get_wsgi_application
 from django.db import connection
@@ -245,3 +247,39 @@ def test_a_refused_checkout_is_answered_as_djangos_handler_answers_it(
     assert answer[0] == status, answer
     assert answer[1]["Content-Type"] == "application/problem+json"
     assert not Order.objects.exists()
+
+
+class ClosingCache(LocMemCache):
+    """A cache backend with a close() of its own (as memcached's): Django's handler closes it after each
+    request."""
+
+    closed = 0
+
+    def close(self, **kwargs: Any) -> None:
+        ClosingCache.closed += 1
+
+
+def test_a_cache_with_a_close_of_its_own_is_closed_after_a_hot_request_as_after_any_other(alice: str) -> None:
+    closing = {"BACKEND": f"{__name__}.ClosingCache", "LOCATION": "closing"}
+    closed = []
+    with override_settings(CACHES={**settings.CACHES, "closing": closing}):
+        for app in (application, django_application):
+            caches["closing"].get("anything")  # initialized in this context: the request's end closes it
+            ClosingCache.closed = 0
+            status, _, _ = call(app, environ("GET", "/api/v1/entitlements/hd", HTTP_AUTHORIZATION=alice))
+            closed.append((status, ClosingCache.closed))
+
+    assert closed == [(200, 1), (200, 1)]
+
+
+@pytest.mark.parametrize("authorized", [True, False])
+def test_a_hot_answer_carries_its_length_as_commonmiddleware_gives_every_other_route(
+    alice: str, authorized: bool
+) -> None:
+    """Without it gunicorn frames the body in chunks: one more write and TCP segment per answer."""
+    headers = {"HTTP_AUTHORIZATION": alice} if authorized else {}
+
+    status, answer_headers, body = call(application, environ("GET", "/api/v1/entitlements/hd", **headers))
+
+    assert status == (200 if authorized else 401)
+    assert answer_headers["Content-Length"] == str(len(body))
