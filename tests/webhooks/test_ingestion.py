@@ -316,3 +316,60 @@ def test_an_event_stored_after_a_drain_ran_is_woken_by_its_held_nudge_without_th
         assert wait_until(lambda: status(second) == WebhookEvent.Status.PROCESSED)
 
     assert (effects(first), effects(second)) == (1, 1)
+
+
+def _next_request(connection: Any) -> None:
+    """What a request's start does to a persistent connection that is neither broken nor too old
+    (close_old_connections; Django's test client skips it): its first query checks its health again."""
+    connection.health_check_done = False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_on_a_healthy_reused_connection_sends_only_its_insert(
+    client: Client, webhooks_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+    from django.db import connection
+
+    assert client.post(URL, **delivery(subscription_updated(id="evt_reused_1"))).status_code == 200
+    sent: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def counting(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(str(query))
+        return execute(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counting)  # every statement psycopg sends, Django's own too
+    _next_request(connection)
+
+    assert client.post(URL, **delivery(subscription_updated(id="evt_reused_2"))).status_code == 200
+
+    # No `SELECT 1` health check first: the idle socket shows the server has not closed the connection.
+    [insert] = sent
+    assert insert.startswith(("INSERT", "WITH")) and "webhooks_webhookevent" in insert
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_the_server_closed_between_deliveries_is_replaced_before_the_insert(
+    client: Client, webhooks_queue: str
+) -> None:
+    from django.db import connection, connections
+
+    assert client.post(URL, **delivery(subscription_updated(id="evt_before_restart"))).status_code == 200
+    web_pid = connection.connection.info.backend_pid
+    # PostgreSQL ends that session (a restart, an idle timeout, an operator): from another connection,
+    # waiting until it is gone.
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [web_pid])
+            assert cursor.fetchone() == (True,)
+    finally:
+        other.close()
+    _next_request(connection)
+
+    response = client.post(URL, **delivery(subscription_updated(id="evt_after_restart")))
+
+    assert response.status_code == 200 and response.json()["duplicate"] is False
+    assert connection.connection.info.backend_pid != web_pid
+    assert WebhookEvent.objects.filter(event_id="evt_after_restart").exists()
