@@ -168,6 +168,49 @@ def test_a_delivery_we_cannot_trust_or_read_is_refused_and_stores_nothing(
         assert rejected_count(reason) == before + 1
 
 
+def _header(event: dict[str, object], header: str) -> dict[str, object]:
+    return {**delivery(event), "HTTP_STRIPE_SIGNATURE": header}
+
+
+@pytest.mark.parametrize(
+    "make_header",
+    [
+        lambda good: f"t={int(time.time())},v1=" + "0" * 64,  # a v1 no secret of ours makes
+        lambda good: good.split(",")[1],  # no timestamp
+        lambda good: good.split(",")[0],  # no v1 signature
+        lambda good: good.replace("v1=", "v0="),  # only a scheme we do not check
+        lambda good: good.replace("t=", "t=soon"),  # a timestamp that is not a number
+        lambda good: good.split(",")[0] + ",v1=\u00e9t\u00e9",  # not ASCII: refused, never a 500
+        lambda good: "t",
+    ],
+)
+@pytest.mark.django_db
+def test_a_signature_header_without_a_matching_v1_is_refused_as_a_bad_signature(
+    client: Client, make_header: Any
+) -> None:
+    event = subscription_updated()
+    before = rejected_count("bad_signature")
+    header = make_header(delivery(event)["HTTP_STRIPE_SIGNATURE"])
+
+    response = client.post(URL, **_header(event, header))
+
+    assert response.status_code == 400 and response["Content-Type"] == PROBLEM
+    assert rejected_count("bad_signature") == before + 1
+    assert WebhookEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_header_with_several_v1_signatures_is_accepted_when_any_of_them_matches(client: Client) -> None:
+    # Stripe signs with every secret an endpoint has while one is being rolled (one v1 each).
+    event = subscription_updated()
+    timestamp, good = delivery(event)["HTTP_STRIPE_SIGNATURE"].split(",")
+
+    response = client.post(URL, **_header(event, f"{timestamp},v1={'f' * 64},{good},v0=whatever"))
+
+    assert response.status_code == 200
+    assert WebhookEvent.objects.count() == 1
+
+
 @pytest.mark.django_db
 def test_during_secret_rotation_both_the_old_and_the_new_secret_are_accepted(client: Client) -> None:
     with override_settings(STRIPE_WEBHOOK_SECRETS=["whsec_old", "whsec_new"]):
