@@ -10,6 +10,8 @@ def stripe_signature_verify(*, payload: bytes, header: str | None) -> None:
     """Raise WebhookRejected unless one of STRIPE_WEBHOOK_SECRETS signed `payload` within the tolerance."""
     if not header:
         raise WebhookRejected("The Stripe-Signature header is missing", reason="missing_signature")
+    if not header.isascii():  # Stripe sends ASCII; stripe-python compares str digests, a TypeError (500) otherwise
+        raise WebhookRejected("The Stripe-Signature header is not ASCII", reason="bad_signature")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:

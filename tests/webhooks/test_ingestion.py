@@ -168,6 +168,49 @@ def test_a_delivery_we_cannot_trust_or_read_is_refused_and_stores_nothing(
         assert rejected_count(reason) == before + 1
 
 
+def _header(event: dict[str, object], header: str) -> dict[str, object]:
+    return {**delivery(event), "HTTP_STRIPE_SIGNATURE": header}
+
+
+@pytest.mark.parametrize(
+    "make_header",
+    [
+        lambda good: f"t={int(time.time())},v1=" + "0" * 64,  # a v1 no secret of ours makes
+        lambda good: good.split(",")[1],  # no timestamp
+        lambda good: good.split(",")[0],  # no v1 signature
+        lambda good: good.replace("v1=", "v0="),  # only a scheme we do not check
+        lambda good: good.replace("t=", "t=soon"),  # a timestamp that is not a number
+        lambda good: good.split(",")[0] + ",v1=\u00e9t\u00e9",  # not ASCII: refused, never a 500
+        lambda good: "t",
+    ],
+)
+@pytest.mark.django_db
+def test_a_signature_header_without_a_matching_v1_is_refused_as_a_bad_signature(
+    client: Client, make_header: Any
+) -> None:
+    event = subscription_updated()
+    before = rejected_count("bad_signature")
+    header = make_header(delivery(event)["HTTP_STRIPE_SIGNATURE"])
+
+    response = client.post(URL, **_header(event, header))
+
+    assert response.status_code == 400 and response["Content-Type"] == PROBLEM
+    assert rejected_count("bad_signature") == before + 1
+    assert WebhookEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_header_with_several_v1_signatures_is_accepted_when_any_of_them_matches(client: Client) -> None:
+    # Stripe signs with every secret an endpoint has while one is being rolled (one v1 each).
+    event = subscription_updated()
+    timestamp, good = delivery(event)["HTTP_STRIPE_SIGNATURE"].split(",")
+
+    response = client.post(URL, **_header(event, f"{timestamp},v1={'f' * 64},{good},v0=whatever"))
+
+    assert response.status_code == 200
+    assert WebhookEvent.objects.count() == 1
+
+
 @pytest.mark.django_db
 def test_during_secret_rotation_both_the_old_and_the_new_secret_are_accepted(client: Client) -> None:
     with override_settings(STRIPE_WEBHOOK_SECRETS=["whsec_old", "whsec_new"]):
@@ -316,3 +359,60 @@ def test_an_event_stored_after_a_drain_ran_is_woken_by_its_held_nudge_without_th
         assert wait_until(lambda: status(second) == WebhookEvent.Status.PROCESSED)
 
     assert (effects(first), effects(second)) == (1, 1)
+
+
+def _next_request(connection: Any) -> None:
+    """What a request's start does to a persistent connection that is neither broken nor too old
+    (close_old_connections; Django's test client skips it): its first query checks its health again."""
+    connection.health_check_done = False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_on_a_healthy_reused_connection_sends_only_its_insert(
+    client: Client, webhooks_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+    from django.db import connection
+
+    assert client.post(URL, **delivery(subscription_updated(id="evt_reused_1"))).status_code == 200
+    sent: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def counting(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(str(query))
+        return execute(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counting)  # every statement psycopg sends, Django's own too
+    _next_request(connection)
+
+    assert client.post(URL, **delivery(subscription_updated(id="evt_reused_2"))).status_code == 200
+
+    # No `SELECT 1` health check first: the idle socket shows the server has not closed the connection.
+    [insert] = sent
+    assert insert.startswith(("INSERT", "WITH")) and "webhooks_webhookevent" in insert
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_the_server_closed_between_deliveries_is_replaced_before_the_insert(
+    client: Client, webhooks_queue: str
+) -> None:
+    from django.db import connection, connections
+
+    assert client.post(URL, **delivery(subscription_updated(id="evt_before_restart"))).status_code == 200
+    web_pid = connection.connection.info.backend_pid
+    # PostgreSQL ends that session (a restart, an idle timeout, an operator): from another connection,
+    # waiting until it is gone.
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [web_pid])
+            assert cursor.fetchone() == (True,)
+    finally:
+        other.close()
+    _next_request(connection)
+
+    response = client.post(URL, **delivery(subscription_updated(id="evt_after_restart")))
+
+    assert response.status_code == 200 and response.json()["duplicate"] is False
+    assert connection.connection.info.backend_pid != web_pid
+    assert WebhookEvent.objects.filter(event_id="evt_after_restart").exists()
