@@ -10,6 +10,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, models, transaction
@@ -37,8 +38,10 @@ from billing.services._shared import (
     update_fields,
 )
 from gdpr import audit
+from payments_project.db_cursors import server_binding_cursor
 from payments_project.errors import ApplicationError, ValidationFailed
 from payments_project.tracing import current_traceparent
+from payments_project.write_batch import write_batch
 from tasks.outbox import emit
 
 ORDER_LEASE = Lease(Order, in_flight=Order.Status.PENDING, what="checkout", related=("customer",))
@@ -158,7 +161,7 @@ def _price_and_customer(*, price_id: uuid.UUID, user_id: uuid.UUID) -> tuple[Pri
         Customer._meta.get_field("user_id").get_db_prep_value(user_id, connection),
         Price._meta.pk.get_db_prep_value(price_id, connection),
     ]
-    with connection.cursor() as cursor:
+    with server_binding_cursor(connection) as cursor:
         cursor.execute(_price_and_customer_statement(connection.vendor), params)
         row = cursor.fetchone()
     if row is None:
@@ -199,7 +202,7 @@ def _order_insert(order: Order) -> bool:
     connection = transaction.get_connection()
     fields = Order._meta.concrete_fields
     params = [field.get_db_prep_save(field.pre_save(order, add=True), connection) for field in fields]
-    with connection.cursor() as cursor:
+    with server_binding_cursor(connection) as cursor:
         cursor.execute(_order_insert_statement(connection.vendor), params)
         inserted = cursor.fetchone() is not None
     if inserted:
@@ -337,9 +340,7 @@ def _order_record_session(
     values: dict[str, Any] = {"stripe_session_id": session_id, "checkout_url": url, "lease_until": None}
     now = timezone.now()
     # The usual case in one statement (the UPDATE takes the row's lock): still pending, without a session.
-    if Order.objects.filter(pk=order.pk, status=Order.Status.PENDING, stripe_session_id__isnull=True).update(
-        **values, status=Order.Status.OPEN, updated_at=now
-    ):
+    if _order_open(order_id=order.pk, session_id=session_id, url=url, now=now):
         for name, value in {**values, "status": Order.Status.OPEN, "updated_at": now}.items():
             setattr(order, name, value)
         recorded = True
@@ -348,7 +349,9 @@ def _order_record_session(
         if order.status == Order.Status.PENDING:
             values["status"] = Order.Status.OPEN
         recorded = "stripe_session_id" in update_fields(order, values)
-    if recorded:
+    if not recorded:
+        return order
+    with write_batch():  # the audit rows go in by a statement written once, not by Model.save()
         plan = price.plan.code
         _order_audit(
             order,
@@ -369,6 +372,40 @@ def _order_record_session(
             },
         )
     return order
+
+
+def _order_open(*, order_id: uuid.UUID, session_id: str, url: str, now: datetime) -> bool:
+    """Give the pending order without a session its session (status open, lease cleared); whether it was one.
+    The statement is written once per process (QuerySet.update compiled it anew on every checkout)."""
+    connection = transaction.get_connection()
+    meta = Order._meta
+    params = [
+        session_id,
+        url,
+        Order.Status.OPEN.value,
+        meta.get_field("updated_at").get_db_prep_save(now, connection),
+        meta.pk.get_db_prep_save(order_id, connection),
+        Order.Status.PENDING.value,
+    ]
+    with server_binding_cursor(connection) as cursor:
+        cursor.execute(_order_open_statement(connection.vendor), params)
+        return cursor.rowcount == 1
+
+
+@functools.lru_cache(maxsize=8)
+def _order_open_statement(vendor: str) -> str:  # `vendor` keys it: quoting is the vendor's
+    quote = transaction.get_connection().ops.quote_name
+    meta = Order._meta
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)  # type: ignore[union-attr]
+
+    # Identifiers from the model; every value is a parameter.
+    return (
+        f"UPDATE {quote(meta.db_table)} SET {column('stripe_session_id')} = %s, {column('checkout_url')} = %s, "  # noqa: S608
+        f"{column('lease_until')} = NULL, {column('status')} = %s, {column('updated_at')} = %s "
+        f"WHERE {column('id')} = %s AND {column('status')} = %s AND {column('stripe_session_id')} IS NULL"
+    )
 
 
 @transaction.atomic(durable=True)

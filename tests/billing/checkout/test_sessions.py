@@ -213,6 +213,25 @@ def test_a_returning_customers_checkout_reads_its_price_and_customer_in_one_stat
     assert (order.customer.user_id, order.price_id, order.amount, order.status) == (user_id, price.id, 1299, "open")
 
 
+def test_a_connection_prepares_the_checkouts_statements_once_and_reuses_them(
+    api: Client, stripe_fake: StripeFake, price: Price
+) -> None:
+    user_id = uuid.uuid4()
+
+    # when: more checkouts on one connection than psycopg's prepare_threshold
+    for n in range(8):
+        assert checkout(api, user_id, price, key=f"k{n}").status_code == 201
+
+    # then: PostgreSQL holds the price and customer read, the order's insert and its update as this session's
+    # prepared statements (parsed and planned once), and every order got its session
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [statement for (statement,) in cursor.fetchall()]
+    for start in ('SELECT p."id"', 'INSERT INTO "billing_order"', 'UPDATE "billing_order" SET'):
+        assert any(statement.startswith(start) for statement in prepared), (start, prepared)
+    assert Order.objects.filter(status=Order.Status.OPEN).count() == 8
+
+
 def test_a_created_order_is_audited_and_announced_as_an_event(
     api: Client, stripe_fake: StripeFake, price: Price
 ) -> None:
