@@ -222,12 +222,14 @@ def test_a_connection_prepares_the_checkouts_statements_once_and_reuses_them(
     for n in range(8):
         assert checkout(api, user_id, price, key=f"k{n}").status_code == 201
 
-    # then: PostgreSQL holds the price and customer read, the order's insert and its update as this session's
-    # prepared statements (parsed and planned once), and every order got its session
+    # then: PostgreSQL holds the price and customer read, the order's insert and update, and the inserts of its
+    # audit rows and outbox message as this session's prepared statements (parsed and planned once), and every
+    # order got its session
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [statement for (statement,) in cursor.fetchall()]
-    for start in ('SELECT p."id"', 'INSERT INTO "billing_order"', 'UPDATE "billing_order" SET'):
+    tables = ("billing_order", "gdpr_auditevent", "gdpr_auditeventpersonal", "tasks_outboxmessage")
+    for start in ('SELECT p."id"', 'UPDATE "billing_order" SET', *(f'INSERT INTO "{table}" (' for table in tables)):
         assert any(statement.startswith(start) for statement in prepared), (start, prepared)
     assert Order.objects.filter(status=Order.Status.OPEN).count() == 8
 
