@@ -40,6 +40,7 @@ from django.utils import timezone
 
 from gdpr.models import ActorType, AuditAction, AuditEvent, AuditEventPersonal
 from gdpr.registry import PSEUDONYM_PREFIX, pseudonym_for
+from payments_project.db_cursors import insert_many
 from payments_project.ratelimit import client_ip
 from payments_project.write_batch import defer
 
@@ -217,20 +218,9 @@ def record(
 
 def _append_many(rows: list[tuple[AuditEvent, AuditEventPersonal | None]]) -> None:
     """Append a write batch's events in one INSERT (the ORM's bulk_create is closed to audit events, so that
-    nothing else appends), then their personal rows."""
-    fields = AuditEvent._meta.concrete_fields
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(field.column) for field in fields)  # type: ignore[arg-type]
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
-    params = [
-        field.get_db_prep_save(field.pre_save(event, add=True), connection) for event, _ in rows for field in fields
-    ]
-    with connection.cursor() as cursor:  # identifiers from the model; every value is a parameter
-        cursor.execute(f"INSERT INTO {quote(AuditEvent._meta.db_table)} ({columns}) VALUES {placeholders}", params)  # noqa: S608
-    for event, _ in rows:
-        event._state.adding, event._state.db = False, connection.alias
-    if personal := [side for _, side in rows if side is not None]:
-        AuditEventPersonal.objects.bulk_create(personal)
+    nothing else appends), then their personal rows in another."""
+    insert_many(AuditEvent, [event for event, _ in rows])
+    insert_many(AuditEventPersonal, [side for _, side in rows if side is not None])
 
 
 @transaction.atomic(durable=True)

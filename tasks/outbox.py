@@ -21,6 +21,7 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 from prometheus_client import Counter
 
+from payments_project.db_cursors import insert_many
 from payments_project.tracing import current_traceparent
 from payments_project.write_batch import defer
 from tasks.base import enqueue_on_commit
@@ -73,7 +74,7 @@ def emit_many(
 
 def _insert_many(batches: list[list[OutboxMessage]]) -> None:
     """One INSERT for the messages of one or more emit_many calls, in that order."""
-    OutboxMessage.objects.bulk_create([message for messages in batches for message in messages])
+    insert_many(OutboxMessage, [message for messages in batches for message in messages])
 
 
 def cloudevent(message: OutboxMessage) -> dict[str, Any]:

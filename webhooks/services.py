@@ -2,7 +2,6 @@
 
 import functools
 import json
-import select
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
@@ -10,27 +9,23 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
-import psycopg
 import structlog
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
-from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.backends.postgresql.base import ServerBindingCursor
-from django.db.backends.utils import CursorWrapper
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Now
 from django.http import HttpRequest
 from django.utils import timezone
-from psycopg.pq import TransactionStatus
 from uuid6 import uuid7
 
 from billing.models import Customer
 from entitlements.services import entitlements_refresh
 from gdpr import audit
 from gdpr.selectors import completed_erasures
+from payments_project.db_cursors import server_binding_cursor
 from payments_project.json_body import json_loads
 from payments_project.tracing import current_traceparent, job_span
 from payments_project.write_batch import write_batch
@@ -166,7 +161,7 @@ def inbox_insert(*, envelope: StripeEnvelope, raw_body: str) -> bool:
         if column in instead:
             values.append(instead[column])
         values.append(value)
-    with _server_binding_cursor(connection) as cursor:
+    with server_binding_cursor(connection) as cursor:
         cursor.execute(sql, values)
         inserted = cursor.fetchone()
     stored = None if inserted is None else str(inserted[0])
@@ -182,7 +177,7 @@ def _inbox_insert_sql(vendor: str, attnames: tuple[str, ...], erased: str | None
     (attribute names: every concrete field of WebhookEvent, checked) whose parameters come in that order.
     With the SQL condition `erased` (its parameters first), the columns in `instead` take two parameters
     each, the first stored when the condition holds. The text is remembered: it is the same for
-    almost every delivery, and each connection prepares it once (_server_binding_cursor)."""
+    almost every delivery, and each connection prepares it once (server_binding_cursor)."""
     fields = {field.attname: field for field in WebhookEvent._meta.local_concrete_fields}
     if sorted(attnames) != sorted(fields):
         raise ImproperlyConfigured(f"inbox_insert writes {sorted(attnames)}, WebhookEvent has {sorted(fields)}")
@@ -197,48 +192,6 @@ def _inbox_insert_sql(vendor: str, attnames: tuple[str, ...], erased: str | None
         f"{prefix}INSERT INTO {quote(WebhookEvent._meta.db_table)} ({columns}) VALUES ({placeholders}) "  # noqa: S608
         "ON CONFLICT (provider, event_id) DO NOTHING RETURNING status"
     )
-
-
-def _server_binding_cursor(connection: BaseDatabaseWrapper) -> CursorWrapper:
-    """A cursor like connection.cursor() (health check, execute wrappers, the query log) that, on
-    PostgreSQL, binds parameters on the server: psycopg prepares a statement a connection runs often
-    (prepare_threshold), so PostgreSQL parses and plans the inbox's insert once per connection, not per
-    delivery (it was about half the insert's server CPU), and nothing quotes the raw body client side."""
-    if connection.vendor != "postgresql":
-        return connection.cursor()
-    # What connection.cursor() does, with another psycopg cursor class (and a cheaper health check).
-    _close_if_health_check_failed(connection)
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    # django-stubs type neither the cursor class nor make_cursor as Django has them
-    raw: Any = ServerBindingCursor(connection.connection)  # type: ignore[call-arg]
-    return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
-
-
-def _close_if_health_check_failed(connection: BaseDatabaseWrapper) -> None:
-    """Django's per-request health check (CONN_HEALTH_CHECKS) of a reused connection, without its `SELECT 1`
-    round trip when the connection's socket shows nothing happened since its last statement: a server that
-    closed it (restart, idle timeout, terminated backend) has sent a FIN or a FATAL message by then, and a
-    socket with anything to read or an error gets Django's own check. The round trip was about a tenth of
-    a delivery's CPU in the web process (issue 17)."""
-    raw, checks = connection.connection, cast(Any, connection)  # django-stubs lack the health check's attributes
-    if raw is None or not checks.health_check_enabled or checks.health_check_done:
-        return
-    try:
-        quiet = raw.info.transaction_status == TransactionStatus.IDLE and not _readable(raw.pgconn.socket)
-    except (psycopg.Error, OSError, ValueError):  # closed, or no socket any more
-        quiet = False
-    if quiet:
-        checks.health_check_done = True
-    else:
-        connection.close_if_health_check_failed()
-
-
-def _readable(fd: int) -> bool:
-    """Whether the socket has something to read, an error or a hang-up, without waiting."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI)  # POLLERR, POLLHUP and POLLNVAL are always reported
-    return bool(poller.poll(0))
 
 
 def _erased_subject_condition(envelope: StripeEnvelope) -> tuple[str, list[Any]] | None:

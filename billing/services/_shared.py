@@ -2,12 +2,13 @@
 
 import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 from django.apps import apps
 from django.db import DatabaseError, IntegrityError, models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -56,6 +57,29 @@ def _update_statement(vendor: str, label: str, names: tuple[str, ...]) -> str:
     quote = transaction.get_connection().ops.quote_name
     assignments = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in names)
     return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608 - identifiers from the model
+
+
+def models_from_row(
+    row: Sequence[Any], models_read: Sequence[type[models.Model]], connection: BaseDatabaseWrapper
+) -> list[models.Model | None]:
+    """The instances one raw row holds: each model's concrete fields in turn, as the ORM's select would give
+    them (the backend's converters, then the field's); None for a model whose primary key is NULL (an outer
+    join that found nothing)."""
+    instances: list[models.Model | None] = []
+    start = 0
+    for model in models_read:
+        fields = model._meta.concrete_fields
+        values = []
+        for field, value in zip(fields, row[start : start + len(fields)], strict=True):
+            if value is not None:
+                column = field.cached_col  # the backend's converters take an expression (SQLite's read its type)
+                for convert in connection.ops.get_db_converters(column) + field.get_db_converters(connection):
+                    value = convert(value, column, connection)
+            values.append(value)
+        start += len(fields)
+        pk = values[fields.index(model._meta.pk)]
+        instances.append(None if pk is None else model.from_db(connection.alias, [f.attname for f in fields], values))
+    return instances
 
 
 def _current(obj: models.Model, name: str, value: Any) -> Any:

@@ -5,13 +5,15 @@ INSERT alone), the session or the failure after (one durable transaction with it
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -26,17 +28,20 @@ from billing.errors import (
     StripeTimedOut,
     StripeUnavailable,
 )
-from billing.models import Customer, Order, Price
+from billing.models import Customer, Order, Plan, Price
 from billing.services._leases import Lease, lease_expiry
 from billing.services._shared import (
     audit_record,
     customer_get_or_create,
     customer_link_stripe,
+    models_from_row,
     update_fields,
 )
 from gdpr import audit
+from payments_project.db_cursors import server_binding_cursor
 from payments_project.errors import ApplicationError, ValidationFailed
 from payments_project.tracing import current_traceparent
+from payments_project.write_batch import write_batch
 from tasks.outbox import emit
 
 ORDER_LEASE = Lease(Order, in_flight=Order.Status.PENDING, what="checkout", related=("customer",))
@@ -78,14 +83,15 @@ def order_start_checkout(
     """
     if not gateway.is_configured():
         raise StripeNotConfigured()  # before writing anything: no order can get a session now
-    try:  # get(), not first(): no ORDER BY to build for a primary key
-        price = Price.objects.select_related("plan").get(pk=price_id, active=True, plan__active=True)
-    except Price.DoesNotExist:
+    found = _price_and_customer(price_id=price_id, user_id=user_id)
+    if found is None:
         raise ValidationFailed(
             "No active price has this id", errors=[{"field": "price_id", "message": "No active price has this id"}]
-        ) from None
+        )
+    price, customer = found
     fingerprint = checkout_fingerprint(price_id=price_id, success_url=success_url, cancel_url=cancel_url)
     order, created, holds_lease = _order_record_intent(
+        customer=customer,
         user_id=user_id,
         email=email,
         price=price,
@@ -107,6 +113,7 @@ def order_start_checkout(
 
 def _order_record_intent(
     *,
+    customer: Customer | None,
     user_id: uuid.UUID,
     email: str,
     price: Price,
@@ -117,30 +124,106 @@ def _order_record_intent(
 ) -> tuple[Order, bool, bool]:
     """Insert the order with a lease, or find the one this key made; returns (order, created, holds_lease).
 
-    The usual case, a new key, is one INSERT committed by itself (autocommit): no transaction, savepoint
-    or lock to pay for. Only when the unique constraint says the key made an order already is that order
-    locked and looked at, in a transaction of its own.
+    The usual case, a returning customer's new key, is one INSERT committed by itself (autocommit): no
+    transaction, savepoint or lock to pay for. Only when the unique constraint says the key made an order
+    already is that order locked and looked at, in a transaction of its own.
     """
     if connection.in_atomic_block:  # the order must be committed before Stripe is called
         raise RuntimeError("order_start_checkout inside a database transaction")
-    customer = customer_get_or_create(user_id=user_id, email=email)
+    if customer is None or (email and not customer.email):  # a first checkout, or an address to add
+        customer = customer_get_or_create(user_id=user_id, email=email)
     now = timezone.now()
-    try:
-        order = Order.objects.create(
-            customer=customer,
-            idempotency_key=idempotency_key,
-            price=price,
-            amount=price.unit_amount,
-            currency=price.currency,
-            request_fingerprint=fingerprint,
-            success_url=success_url,
-            cancel_url=cancel_url,
-            lease_until=lease_expiry(now),
-            traceparent=current_traceparent(),
-        )
-    except IntegrityError:  # this key's order exists (a replay, or a concurrent request just made it)
+    order = Order(
+        customer=customer,
+        idempotency_key=idempotency_key,
+        price=price,
+        amount=price.unit_amount,
+        currency=price.currency,
+        request_fingerprint=fingerprint,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        lease_until=lease_expiry(now),
+        traceparent=current_traceparent(),
+        created_at=now,
+        updated_at=now,
+    )
+    if not _order_insert(order):  # this key's order exists (a replay, or a concurrent request just made it)
         return _order_take_existing(customer=customer, idempotency_key=idempotency_key, fingerprint=fingerprint)
     return order, True, True
+
+
+def _price_and_customer(*, price_id: uuid.UUID, user_id: uuid.UUID) -> tuple[Price, Customer | None] | None:
+    """The active price (with its plan) and the user's customer (None before their first checkout), in one
+    statement written once per process: the ORM compiled two queries anew on every checkout. None: no such
+    active price."""
+    connection = transaction.get_connection()
+    params = [
+        Customer._meta.get_field("user_id").get_db_prep_value(user_id, connection),
+        Price._meta.pk.get_db_prep_value(price_id, connection),
+    ]
+    with server_binding_cursor(connection) as cursor:
+        cursor.execute(_price_and_customer_statement(connection.vendor), params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    price, plan, customer = models_from_row(row, _READ_TOGETHER, connection)
+    assert isinstance(price, Price) and isinstance(plan, Plan)  # an inner join: both are there
+    price.plan = plan
+    return price, customer if isinstance(customer, Customer) else None
+
+
+# The rows _price_and_customer reads together, in the order of their columns.
+_READ_TOGETHER: tuple[type[models.Model], ...] = (Price, Plan, Customer)
+
+
+@functools.lru_cache(maxsize=8)
+def _price_and_customer_statement(vendor: str) -> str:  # `vendor` keys it: quoting is the vendor's
+    quote = transaction.get_connection().ops.quote_name
+    aliases = dict(zip(_READ_TOGETHER, ("p", "pl", "c"), strict=True))
+    columns = ", ".join(
+        f"{alias}.{quote(field.column)}" for model, alias in aliases.items() for field in model._meta.concrete_fields
+    )
+
+    def column(model: type[models.Model], name: str) -> str:
+        return f"{aliases[model]}.{quote(model._meta.get_field(name).column)}"  # type: ignore[union-attr]
+
+    table = {model: f"{quote(model._meta.db_table)} {alias}" for model, alias in aliases.items()}
+    # Identifiers from the models; the two values are parameters (the user id, then the price id).
+    return (
+        f"SELECT {columns} FROM {table[Price]} INNER JOIN {table[Plan]} ON {column(Plan, 'id')} = "  # noqa: S608
+        f"{column(Price, 'plan')} LEFT JOIN {table[Customer]} ON {column(Customer, 'user_id')} = %s "
+        f"WHERE {column(Price, 'id')} = %s AND {column(Price, 'active')} AND {column(Plan, 'active')}"
+    )
+
+
+def _order_insert(order: Order) -> bool:
+    """INSERT the order unless its customer used its Idempotency-Key already; whether it was inserted. The
+    statement is written once per process (Order.objects.create compiled it anew on every checkout)."""
+    connection = transaction.get_connection()
+    fields = Order._meta.concrete_fields
+    params = [field.get_db_prep_save(field.pre_save(order, add=True), connection) for field in fields]
+    with server_binding_cursor(connection) as cursor:
+        cursor.execute(_order_insert_statement(connection.vendor), params)
+        inserted = cursor.fetchone() is not None
+    if inserted:
+        order._state.adding, order._state.db = False, connection.alias
+    return inserted
+
+
+@functools.lru_cache(maxsize=8)
+def _order_insert_statement(vendor: str) -> str:  # `vendor` keys it: quoting is the vendor's
+    quote = transaction.get_connection().ops.quote_name
+    meta = Order._meta
+    [one_per_key] = [c for c in meta.constraints if c.name == "billing_order_one_per_key"]
+    assert isinstance(one_per_key, models.UniqueConstraint)
+    key = ", ".join(quote(meta.get_field(name).column) for name in one_per_key.fields)  # type: ignore[union-attr]
+    columns = ", ".join(quote(field.column) for field in meta.concrete_fields)
+    placeholders = ", ".join(["%s"] * len(meta.concrete_fields))
+    # Identifiers from the model; every value is a parameter.
+    return (
+        f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({placeholders}) "  # noqa: S608
+        f"ON CONFLICT ({key}) DO NOTHING RETURNING {quote(meta.pk.column)}"
+    )
 
 
 @transaction.atomic(durable=True)
@@ -257,9 +340,7 @@ def _order_record_session(
     values: dict[str, Any] = {"stripe_session_id": session_id, "checkout_url": url, "lease_until": None}
     now = timezone.now()
     # The usual case in one statement (the UPDATE takes the row's lock): still pending, without a session.
-    if Order.objects.filter(pk=order.pk, status=Order.Status.PENDING, stripe_session_id__isnull=True).update(
-        **values, status=Order.Status.OPEN, updated_at=now
-    ):
+    if _order_open(order_id=order.pk, session_id=session_id, url=url, now=now):
         for name, value in {**values, "status": Order.Status.OPEN, "updated_at": now}.items():
             setattr(order, name, value)
         recorded = True
@@ -268,7 +349,9 @@ def _order_record_session(
         if order.status == Order.Status.PENDING:
             values["status"] = Order.Status.OPEN
         recorded = "stripe_session_id" in update_fields(order, values)
-    if recorded:
+    if not recorded:
+        return order
+    with write_batch():  # the audit rows go in by a statement written once, not by Model.save()
         plan = price.plan.code
         _order_audit(
             order,
@@ -289,6 +372,40 @@ def _order_record_session(
             },
         )
     return order
+
+
+def _order_open(*, order_id: uuid.UUID, session_id: str, url: str, now: datetime) -> bool:
+    """Give the pending order without a session its session (status open, lease cleared); whether it was one.
+    The statement is written once per process (QuerySet.update compiled it anew on every checkout)."""
+    connection = transaction.get_connection()
+    meta = Order._meta
+    params = [
+        session_id,
+        url,
+        Order.Status.OPEN.value,
+        meta.get_field("updated_at").get_db_prep_save(now, connection),
+        meta.pk.get_db_prep_save(order_id, connection),
+        Order.Status.PENDING.value,
+    ]
+    with server_binding_cursor(connection) as cursor:
+        cursor.execute(_order_open_statement(connection.vendor), params)
+        return cursor.rowcount == 1
+
+
+@functools.lru_cache(maxsize=8)
+def _order_open_statement(vendor: str) -> str:  # `vendor` keys it: quoting is the vendor's
+    quote = transaction.get_connection().ops.quote_name
+    meta = Order._meta
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)  # type: ignore[union-attr]
+
+    # Identifiers from the model; every value is a parameter.
+    return (
+        f"UPDATE {quote(meta.db_table)} SET {column('stripe_session_id')} = %s, {column('checkout_url')} = %s, "  # noqa: S608
+        f"{column('lease_until')} = NULL, {column('status')} = %s, {column('updated_at')} = %s "
+        f"WHERE {column('id')} = %s AND {column('status')} = %s AND {column('stripe_session_id')} IS NULL"
+    )
 
 
 @transaction.atomic(durable=True)

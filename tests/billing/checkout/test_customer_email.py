@@ -40,3 +40,21 @@ def test_only_a_verified_address_goes_on_the_customer(
     assert Customer.objects.get(user_id=user_id).email == stored
     [created] = stripe_fake.sent("POST /v1/customers")
     assert created.params.get("email", "") == stored
+
+
+def test_a_returning_customer_without_an_address_gets_the_one_their_token_now_vouches_for(
+    client: Client, stripe_fake: StripeFake, price: Price
+) -> None:
+    user_id = uuid.uuid4()
+    body = {"price_id": str(price.id), "success_url": "https://app.example/ok", "cancel_url": "https://app.example/no"}
+    for key, claims in (("k1", {}), ("k2", {"email": "buyer@example.com", "email_verified": True})):
+        response = client.post(
+            URL,
+            body,
+            content_type="application/json",
+            HTTP_AUTHORIZATION=bearer(user_id, **claims),
+            HTTP_IDEMPOTENCY_KEY=key,
+        )
+        assert response.status_code == 201, response.content
+
+    assert Customer.objects.get(user_id=user_id).email == "buyer@example.com"

@@ -197,6 +197,43 @@ def test_a_new_checkout_writes_its_order_in_one_statement_without_a_savepoint_or
     assert Order.objects.get(idempotency_key="second").status == Order.Status.OPEN
 
 
+def test_a_returning_customers_checkout_reads_its_price_and_customer_in_one_statement(
+    api: Client, stripe_fake: StripeFake, price: Price
+) -> None:
+    user_id = uuid.uuid4()
+    assert checkout(api, user_id, price, key="first").status_code == 201  # the customer exists now
+
+    with CaptureQueriesContext(connection) as queries:
+        assert checkout(api, user_id, price, key="second").status_code == 201
+
+    # the price with its plan and the customer, then the order; then its session, audit rows and event
+    statements = [query["sql"].split()[0].upper() for query in queries.captured_queries]
+    assert statements == ["SELECT", "INSERT", "BEGIN", "UPDATE", "INSERT", "INSERT", "INSERT", "COMMIT"], statements
+    order = Order.objects.select_related("customer").get(idempotency_key="second")
+    assert (order.customer.user_id, order.price_id, order.amount, order.status) == (user_id, price.id, 1299, "open")
+
+
+def test_a_connection_prepares_the_checkouts_statements_once_and_reuses_them(
+    api: Client, stripe_fake: StripeFake, price: Price
+) -> None:
+    user_id = uuid.uuid4()
+
+    # when: more checkouts on one connection than psycopg's prepare_threshold
+    for n in range(8):
+        assert checkout(api, user_id, price, key=f"k{n}").status_code == 201
+
+    # then: PostgreSQL holds the price and customer read, the order's insert and update, and the inserts of its
+    # audit rows and outbox message as this session's prepared statements (parsed and planned once), and every
+    # order got its session
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [statement for (statement,) in cursor.fetchall()]
+    tables = ("billing_order", "gdpr_auditevent", "gdpr_auditeventpersonal", "tasks_outboxmessage")
+    for start in ('SELECT p."id"', 'UPDATE "billing_order" SET', *(f'INSERT INTO "{table}" (' for table in tables)):
+        assert any(statement.startswith(start) for statement in prepared), (start, prepared)
+    assert Order.objects.filter(status=Order.Status.OPEN).count() == 8
+
+
 def test_a_created_order_is_audited_and_announced_as_an_event(
     api: Client, stripe_fake: StripeFake, price: Price
 ) -> None:
@@ -239,11 +276,19 @@ def test_a_bad_body_is_a_400_naming_the_field_and_changes_nothing(
     assert len(stripe_fake.sent(SESSIONS)) == 0
 
 
-def test_an_inactive_price_cannot_be_bought(api: Client, stripe_fake: StripeFake) -> None:
-    retired = PriceFactory(active=False)
+@pytest.mark.parametrize("retired", [{"active": False}, {"plan__active": False}], ids=["price", "plan"])
+def test_an_inactive_price_or_plan_cannot_be_bought(
+    api: Client, stripe_fake: StripeFake, retired: dict[str, bool]
+) -> None:
+    user_id = uuid.uuid4()
+    assert checkout(api, user_id, PriceFactory(), key="first").status_code == 201  # a returning customer
 
-    assert checkout(api, uuid.uuid4(), retired).status_code == 400
-    assert len(stripe_fake.sent(SESSIONS)) == 0
+    response = checkout(api, user_id, PriceFactory(**retired), key="second")
+
+    assert response.status_code == 400
+    assert {error["field"] for error in response.json()["errors"]} == {"price_id"}
+    assert not Order.objects.filter(idempotency_key="second").exists()
+    assert len(stripe_fake.sent(SESSIONS)) == 1
 
 
 def test_checkout_needs_a_token(api: Client, price: Price) -> None:
