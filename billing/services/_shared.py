@@ -2,7 +2,7 @@
 
 import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -14,6 +14,8 @@ from django.utils import timezone
 from billing import stripe_objects as so
 from billing.models import Customer
 from gdpr import audit
+from payments_project.raw_rows import rows_update_sql
+from payments_project.write_batch import defer
 
 M = TypeVar("M", bound=models.Model)
 STRIPE_ACTOR = "stripe"
@@ -38,24 +40,38 @@ def update_fields(obj: models.Model, values: Mapping[str, Any]) -> list[str]:
 def _save_fields(obj: models.Model, names: list[str]) -> None:
     """What `obj.save(update_fields=names)` sends, without compiling the statement anew each time (billing's
     models have no save() of their own and nothing listens to their save signals): for a webhook event, the
-    ORM's compiling cost more CPU than PostgreSQL's running it."""
+    ORM's compiling cost more CPU than PostgreSQL's running it. In a write batch (a webhook drain's chunk) it
+    waits for the connection's next statement, so the updates of consecutive events go as one."""
     connection = transaction.get_connection()
     meta = obj._meta
-    fields = [meta.get_field(name) for name in names]
-    sql = _update_statement(connection.vendor, meta.label, tuple(names))
-    params = [field.get_db_prep_save(field.pre_save(obj, False), connection) for field in fields]  # type: ignore[union-attr]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, meta.pk.get_db_prep_save(obj.pk, connection)])
-        if cursor.rowcount == 0:
-            raise DatabaseError("Save with update_fields did not affect any rows.")  # as save() says it
+    params = [
+        field.get_db_prep_save(field.pre_save(obj, False), connection)  # type: ignore[union-attr]
+        for field in (meta.get_field(name) for name in names)
+    ]
+    row = (meta.pk.get_db_prep_save(obj.pk, connection), params)
+    update = _rows_updater(meta.label, tuple(names))
+    if not defer(update, row, read_back=(meta.label, obj.pk)):
+        update([row])
 
 
 @functools.lru_cache(maxsize=256)
-def _update_statement(vendor: str, label: str, names: tuple[str, ...]) -> str:
-    meta = apps.get_model(label)._meta
-    quote = transaction.get_connection().ops.quote_name
-    assignments = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in names)
-    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608 - identifiers from the model
+def _rows_updater(label: str, names: tuple[str, ...]) -> Callable[[list[Any]], None]:
+    """Save these fields of rows of this model, given as (primary key, values as the fields write them), in
+    one UPDATE whatever their number (one function per model and fields, so that a write batch groups them)."""
+    model = apps.get_model(label)
+
+    def update(rows: list[Any]) -> None:
+        latest = list(dict(rows).items())  # a row saved twice while waiting: its last values
+        connection = transaction.get_connection()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                rows_update_sql(connection, model, names, len(latest)),
+                [value for pk, values in latest for value in (pk, *values)],
+            )
+            if cursor.rowcount != len(latest):
+                raise DatabaseError("Save with update_fields did not affect any rows.")  # as save() says it
+
+    return update
 
 
 def _current(obj: models.Model, name: str, value: Any) -> Any:
