@@ -1,10 +1,11 @@
 """The Celery app: JSON only, one durable queue per TaskQueue, late acks, and the beat schedule."""
 
+import gc
 import os
 
 from celery import Celery
 from celery.schedules import crontab, schedule
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
 from kombu import Exchange, Queue
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
@@ -56,6 +57,15 @@ def beat_schedule_measure() -> None:
     """Export the schedule, for the alert on periodic tasks that did not succeed on time."""
     for entry in app.conf.beat_schedule.values():
         BEAT_INTERVAL.labels(entry["task"]).set(schedule_interval(entry["schedule"]))
+
+
+@worker_process_init.connect
+def _freeze_loaded_project(**_: object) -> None:
+    """A pool process, as a web process (payments_project.wsgi): what the loaded project holds (about 300,000
+    objects) lives as long as the process, so it is kept out of the collector's scans; a full collection of
+    it took ~80 ms with the drain stopped. Garbage the fork inherited is collected first."""
+    gc.collect()
+    gc.freeze()
 
 
 @worker_ready.connect

@@ -12,6 +12,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
+from payments_project.raw_rows import row_converter
 from tasks.errors import is_transient
 from tasks.models import DurableJob
 
@@ -87,22 +88,13 @@ def _claim(claimable: QuerySet[J], fields: Sequence[str], also: dict[str, Any]) 
     sql, params = update.get_compiler(claimable.db).as_sql()
     connection = connections[claimable.db]
     meta = claimable.model._meta
-    cols = [(meta.pk if name == "pk" else meta.get_field(name)).get_col(meta.db_table) for name in fields]  # type: ignore[union-attr]
-    columns = ", ".join(connection.ops.quote_name(str(col.target.column)) for col in cols)
+    columns = [meta.pk if name == "pk" else meta.get_field(name) for name in fields]
+    quoted = ", ".join(connection.ops.quote_name(str(column.column)) for column in columns)  # type: ignore[union-attr]
     with connection.cursor() as cursor:
-        cursor.execute(f"{sql} RETURNING {columns}", params)
+        cursor.execute(f"{sql} RETURNING {quoted}", params)
         rows = cursor.fetchall()
-    # What the ORM would make of each value (SQLite hands back naive datetimes as text, for one).
-    converters = [connection.ops.get_db_converters(col) + col.get_db_converters(connection) for col in cols]
-    claimed = []
-    for row in rows:
-        values = []
-        for col, convert_all, value in zip(cols, converters, row, strict=True):
-            for convert in convert_all:
-                value = convert(value, col, connection)
-            values.append(value)
-        claimed.append(dict(zip(fields, values, strict=True)))
-    return claimed
+    convert = row_converter(connection, columns)  # what the ORM would make of each value
+    return [dict(zip(fields, convert(row), strict=True)) for row in rows]
 
 
 def record_failure(

@@ -28,7 +28,7 @@ from gdpr.selectors import completed_erasures
 from payments_project.db_cursors import server_binding_cursor
 from payments_project.json_body import json_loads
 from payments_project.tracing import current_traceparent, job_span
-from payments_project.write_batch import write_batch
+from payments_project.write_batch import WriteBatchFailed, write_batch
 from tasks.base import enqueue_on_commit
 from tasks.errors import NotYetKnown, is_transient
 from tasks.jobs import claim_batch, claim_returning, due, outcome_fields, record_failure
@@ -311,10 +311,11 @@ def _chunk(claimed: list[Claimed]) -> list[Claimed]:
 
 class _Rerun(Exception):
     """A chunk's run met a failure it cannot isolate: the chunk rolls back and runs again, more carefully.
-    `failed`: the event whose handler failed, and how (None: the shared entitlement refresh failed)."""
+    `failed`: the event whose handler failed, and how (None: the shared entitlement refresh failed, or
+    writing what the handlers left for the end of the chunk or for the next statement did)."""
 
     def __init__(self, failed: tuple[uuid.UUID, Exception] | None) -> None:
-        super().__init__("a handler failed" if failed else "the shared entitlement refresh failed")
+        super().__init__("a handler failed" if failed else "the shared refresh or the batched writes failed")
         self.failed = failed
 
 
@@ -433,7 +434,7 @@ def _apply_chunk(
         except _Rerun:
             raise
         except Exception as exc:
-            if not written:
+            if not written and not isinstance(exc, WriteBatchFailed):
                 raise
             # Writing the batch failed: run again with every event's writes in its own savepoint, so that
             # whatever failed fails only its event.
@@ -611,7 +612,8 @@ def _run_handler(event: WebhookEvent, payload: Payload, *, isolate: bool, refres
             changed_users = handler(obj, version)
     except Exception as exc:
         if not isolate and exc is not payload:
-            raise _Rerun((event.id, exc)) from exc
+            # Updates earlier handlers left waiting failed when this one's statement sent them: not its fault.
+            raise _Rerun(None if isinstance(exc, WriteBatchFailed) else (event.id, exc)) from exc
         return _record_handler_failure(event, exc), set()
     event.status, event.last_error, event.processed_at = Status.PROCESSED, "", now
     return False, changed_users

@@ -2,7 +2,7 @@
 
 import functools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -15,6 +15,8 @@ from django.utils import timezone
 from billing import stripe_objects as so
 from billing.models import Customer
 from gdpr import audit
+from payments_project.raw_rows import row_converter, rows_update_sql
+from payments_project.write_batch import defer
 
 M = TypeVar("M", bound=models.Model)
 STRIPE_ACTOR = "stripe"
@@ -39,46 +41,55 @@ def update_fields(obj: models.Model, values: Mapping[str, Any]) -> list[str]:
 def _save_fields(obj: models.Model, names: list[str]) -> None:
     """What `obj.save(update_fields=names)` sends, without compiling the statement anew each time (billing's
     models have no save() of their own and nothing listens to their save signals): for a webhook event, the
-    ORM's compiling cost more CPU than PostgreSQL's running it."""
+    ORM's compiling cost more CPU than PostgreSQL's running it. In a write batch (a webhook drain's chunk) it
+    waits for the connection's next statement, so the updates of consecutive events go as one."""
     connection = transaction.get_connection()
     meta = obj._meta
-    fields = [meta.get_field(name) for name in names]
-    sql = _update_statement(connection.vendor, meta.label, tuple(names))
-    params = [field.get_db_prep_save(field.pre_save(obj, False), connection) for field in fields]  # type: ignore[union-attr]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, meta.pk.get_db_prep_save(obj.pk, connection)])
-        if cursor.rowcount == 0:
-            raise DatabaseError("Save with update_fields did not affect any rows.")  # as save() says it
+    params = [
+        field.get_db_prep_save(field.pre_save(obj, False), connection)  # type: ignore[union-attr]
+        for field in (meta.get_field(name) for name in names)
+    ]
+    row = (meta.pk.get_db_prep_save(obj.pk, connection), params)
+    update = _rows_updater(meta.label, tuple(names))
+    if not defer(update, row, read_back=(meta.label, obj.pk)):
+        update([row])
 
 
 @functools.lru_cache(maxsize=256)
-def _update_statement(vendor: str, label: str, names: tuple[str, ...]) -> str:
-    meta = apps.get_model(label)._meta
-    quote = transaction.get_connection().ops.quote_name
-    assignments = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in names)
-    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608 - identifiers from the model
+def _rows_updater(label: str, names: tuple[str, ...]) -> Callable[[list[Any]], None]:
+    """Save these fields of rows of this model, given as (primary key, values as the fields write them), in
+    one UPDATE whatever their number (one function per model and fields, so that a write batch groups them)."""
+    model = apps.get_model(label)
+
+    def update(rows: list[Any]) -> None:
+        latest = list(dict(rows).items())  # a row saved twice while waiting: its last values
+        connection = transaction.get_connection()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                rows_update_sql(connection, model, names, len(latest)),
+                [value for pk, values in latest for value in (pk, *values)],
+            )
+            if cursor.rowcount != len(latest):
+                raise DatabaseError("Save with update_fields did not affect any rows.")  # as save() says it
+
+    return update
 
 
 def models_from_row(
     row: Sequence[Any], models_read: Sequence[type[models.Model]], connection: BaseDatabaseWrapper
 ) -> list[models.Model | None]:
     """The instances one raw row holds: each model's concrete fields in turn, as the ORM's select would give
-    them (the backend's converters, then the field's); None for a model whose primary key is NULL (an outer
-    join that found nothing)."""
+    them; None for a model whose primary key is NULL (an outer join that found nothing)."""
+    fields = [field for model in models_read for field in model._meta.concrete_fields]
+    values = row_converter(connection, fields)(row)
     instances: list[models.Model | None] = []
     start = 0
     for model in models_read:
-        fields = model._meta.concrete_fields
-        values = []
-        for field, value in zip(fields, row[start : start + len(fields)], strict=True):
-            if value is not None:
-                column = field.cached_col  # the backend's converters take an expression (SQLite's read its type)
-                for convert in connection.ops.get_db_converters(column) + field.get_db_converters(connection):
-                    value = convert(value, column, connection)
-            values.append(value)
-        start += len(fields)
-        pk = values[fields.index(model._meta.pk)]
-        instances.append(None if pk is None else model.from_db(connection.alias, [f.attname for f in fields], values))
+        own = model._meta.concrete_fields
+        mine = values[start : start + len(own)]
+        start += len(own)
+        pk = mine[own.index(model._meta.pk)]
+        instances.append(None if pk is None else model.from_db(connection.alias, [f.attname for f in own], mine))
     return instances
 
 

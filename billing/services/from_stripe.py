@@ -33,6 +33,7 @@ from billing.services.changes import scheduled_changes_apply
 from billing.services.refunds import payment_refresh_refunded, refund_apply_stripe, refund_succeeded
 from billing.services.subscriptions import subscription_event_data, subscription_event_type
 from gdpr import audit
+from payments_project.raw_rows import row_converter
 from tasks.errors import NotYetKnown
 from tasks.outbox import emit
 
@@ -328,11 +329,12 @@ def _subscriptions_locked(keys: list[tuple[str, str]]) -> dict[tuple[str, str], 
         cursor.execute(statement, [key[0] for key in keys] + [value for key in keys for value in key])
         rows = cursor.fetchall()
     found = {}
+    converters = [(model, row_converter(connection, model._meta.concrete_fields)) for model in _LOCKED_TOGETHER]
     for row in rows:
         instances: list[Any] = []
-        for model in _LOCKED_TOGETHER:
+        for model, convert in converters:
             fields = model._meta.concrete_fields
-            values = [_from_db_value(field, value, connection) for field, value in zip(fields, row, strict=False)]
+            values = convert(row[: len(fields)])
             row = row[len(fields) :]
             pk = values[0]  # None: no such row (a subscription without a price)
             instances.append(
@@ -345,16 +347,6 @@ def _subscriptions_locked(keys: list[tuple[str, str]]) -> dict[tuple[str, str], 
         subscription.price = price
         found[(subscription.stripe_subscription_id, customer.stripe_customer_id)] = subscription
     return found
-
-
-def _from_db_value(field: Any, value: Any, connection: Any) -> Any:
-    """A column's value as the ORM's select would give it (the backend's converters, then the field's)."""
-    if value is None:
-        return None
-    column = field.cached_col  # the backend's converters take an expression (SQLite's read its output_field)
-    for converter in connection.ops.get_db_converters(column) + field.get_db_converters(connection):
-        value = converter(value, column, connection)
-    return value
 
 
 # The rows _subscription_locked_of reads together, in the order of their columns.

@@ -2,11 +2,13 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
+from billing.models import Subscription
 from gdpr import audit
 from gdpr.models import AuditEvent
-from payments_project.write_batch import write_batch
+from payments_project.write_batch import WriteBatchFailed, write_batch
 from tasks.models import OutboxMessage
 from tasks.outbox import emit
+from tests.billing.factories import SubscriptionFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,3 +62,61 @@ def test_a_batch_that_fails_writes_nothing() -> None:
 
     assert AuditEvent.objects.count() == 0
     assert OutboxMessage.objects.count() == 0
+
+
+def _subscriptions(n: int) -> list[Subscription]:
+    return [SubscriptionFactory(status="incomplete") for _ in range(n)]
+
+
+def test_consecutive_row_updates_in_a_batch_are_one_statement_that_the_next_statement_reads() -> None:
+    from billing.services._shared import update_fields
+
+    subscriptions = _subscriptions(3)
+    # when three rows are updated in a batch, one after the other, then read
+    with CaptureQueriesContext(connection) as queries, transaction.atomic(), write_batch():
+        for subscription in subscriptions:
+            update_fields(subscription, {"status": "active"})
+        seen = set(Subscription.objects.values_list("status", flat=True))
+    # then the read saw them, and they went as one UPDATE, before it
+    assert seen == {"active"}
+    updates = [query["sql"] for query in queries.captured_queries if 'UPDATE "billing_subscription"' in query["sql"]]
+    assert len(updates) == 1
+    assert set(Subscription.objects.values_list("status", flat=True)) == {"active"}
+
+
+def test_a_row_updated_twice_in_a_batch_keeps_its_last_values() -> None:
+    from billing.services._shared import update_fields
+
+    [subscription] = _subscriptions(1)
+    with transaction.atomic(), write_batch():
+        update_fields(subscription, {"status": "active", "cancel_at_period_end": True})
+        update_fields(subscription, {"status": "past_due"})
+
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.cancel_at_period_end) == ("past_due", True)
+
+
+def test_a_row_update_in_a_savepoint_rolled_back_inside_the_batch_is_gone_and_the_others_stay() -> None:
+    from billing.services._shared import update_fields
+
+    first, failed, last = _subscriptions(3)
+    with transaction.atomic(), write_batch():
+        update_fields(first, {"status": "active"})
+        with pytest.raises(RuntimeError), transaction.atomic():
+            update_fields(failed, {"status": "active"})
+            raise RuntimeError("this change fails")
+        update_fields(last, {"status": "active"})
+
+    statuses = {s.pk: s.status for s in Subscription.objects.all()}
+    assert statuses == {first.pk: "active", failed.pk: "incomplete", last.pk: "active"}
+
+
+def test_a_waiting_update_that_fails_is_raised_as_the_batch_s_not_the_next_statement_s() -> None:
+    from billing.services._shared import update_fields
+
+    [subscription] = _subscriptions(1)
+    with pytest.raises(WriteBatchFailed), transaction.atomic(), write_batch():
+        update_fields(subscription, {"status": "not-a-status"})  # the status check constraint refuses it
+        Subscription.objects.count()  # the statement that sends it
+
+    assert Subscription.objects.get().status == "incomplete"

@@ -1,5 +1,6 @@
 """Tasks for exercising the base task with a real worker (loaded with `celery worker --include`)."""
 
+import gc
 import time
 
 from celery import shared_task
@@ -50,3 +51,9 @@ def stubborn(key: str) -> None:
             except SoftTimeLimitExceeded:
                 continue
     cache.incr(f"{key}:done") if not cache.add(f"{key}:done", 1) else None
+
+
+@shared_task(base=BaseTask, name="default.test_gc_frozen", queue=TaskQueue.DEFAULT)
+def gc_frozen(key: str) -> None:
+    """Records how many objects the pool process keeps out of the garbage collector's scans."""
+    cache.set(key, gc.get_freeze_count())

@@ -9,7 +9,7 @@ from django.core.cache import cache
 
 from payments_project.celery import app
 from tests.support.worker import celery_worker, wait_until
-from tests.tasks.sample_tasks import broken, flaky, slow
+from tests.tasks.sample_tasks import broken, flaky, gc_frozen, slow
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -18,6 +18,18 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 def worker() -> subprocess.Popen[bytes]:  # type: ignore[misc]
     with celery_worker(["default"], include="tests.tasks.sample_tasks") as process:
         yield process
+
+
+def test_a_pool_process_keeps_the_loaded_project_out_of_the_garbage_collectors_scans(
+    worker: subprocess.Popen[bytes],
+) -> None:
+    # A full collection would otherwise walk every object of the loaded project between two drains.
+    key = uuid.uuid4().hex
+
+    gc_frozen.delay(key)
+
+    assert wait_until(lambda: cache.get(key) is not None, timeout=30)
+    assert cache.get(key) > 100_000
 
 
 def test_a_transient_failure_is_retried_with_backoff_until_it_succeeds(worker: subprocess.Popen[bytes]) -> None:

@@ -1,0 +1,63 @@
+"""Rows read and written with hand-written SQL where the ORM's compiling cost more CPU than the database's
+running the statement (a webhook drain's claim, lock-ahead and updates): what the ORM would have sent and
+what it would have made of the values that come back."""
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.apps import apps
+from django.db import models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+
+def row_converter(connection: BaseDatabaseWrapper, fields: Sequence[Any]) -> Callable[[Sequence[Any]], list[Any]]:
+    """For a statement whose columns are these fields' (in order), a function turning one of its raw rows
+    into the values a queryset would give: the backend's converters, then the field's (SQLite hands back
+    naive datetimes as text, for one). Built once per statement, run per row."""
+    # The backend's converters take an expression (SQLite's read its output_field): the field's column.
+    columns = [field.cached_col for field in fields]
+    converters = [
+        (n, column, convert_all)
+        for n, column in enumerate(columns)
+        if (convert_all := connection.ops.get_db_converters(column) + column.get_db_converters(connection))
+    ]
+
+    def convert(row: Sequence[Any]) -> list[Any]:
+        values = list(row)
+        for n, column, convert_all in converters:
+            value = values[n]
+            for converter in convert_all:
+                value = converter(value, column, connection)
+            values[n] = value
+        return values
+
+    return convert
+
+
+def rows_update_sql(
+    connection: BaseDatabaseWrapper, model: type[models.Model], names: tuple[str, ...], rows: int
+) -> str:
+    """One UPDATE setting the fields `names` of `rows` rows of `model` to values of their own: its
+    parameters are, row after row, the primary key then the fields' values as the fields write them
+    (`get_db_prep_save`). Where the save of each row was a statement of its own."""
+    return _rows_update_sql(connection.vendor, model._meta.label, names, rows)
+
+
+@functools.lru_cache(maxsize=512)
+def _rows_update_sql(vendor: str, label: str, names: tuple[str, ...], rows: int) -> str:
+    connection = transaction.get_connection()  # `vendor` keys the cache: quoting and types are the vendor's
+    meta = apps.get_model(label)._meta
+    quote, table = connection.ops.quote_name, connection.ops.quote_name(meta.db_table)
+    fields = [meta.pk, *(meta.get_field(name) for name in names)]
+    # PostgreSQL types a VALUES list by its contents: each value cast to its column's type (a NULL, a text).
+    casts = [f"::{field.cast_db_type(connection)}" if vendor == "postgresql" else "" for field in fields]
+    row = "(" + ", ".join(f"%s{cast}" for cast in casts) + ")"
+    # A VALUES list's columns are column1, column2, … on both vendors: the key, then each field's value.
+    assignments = ", ".join(f"{quote(field.column)} = v.column{n}" for n, field in enumerate(fields[1:], start=2))
+    # Identifiers from the model; every value is a parameter. SQLite (make run) takes UPDATE … FROM since 3.33;
+    # the statement starts with UPDATE, not WITH: Python's sqlite3 counts the rows only of what it sees is DML.
+    return (
+        f"UPDATE {table} SET {assignments} FROM (VALUES {', '.join([row] * rows)}) AS v "  # noqa: S608
+        f"WHERE {table}.{quote(meta.pk.column)} = v.column1"
+    )
