@@ -22,6 +22,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -157,6 +158,17 @@ def _ingestion(ctx: Context, baseline: Server, project: Server) -> list[Row]:
     ]
 
 
+def _await_processed(ours: Any, events: int, started: float, clock: Callable[[], float]) -> None:
+    """Poll until `events` of `ours` are processed; raise on one that failed or on the timeout (no beat here: a
+    failed event would wait for a sweep that never comes)."""
+    while (processed := ours.filter(status="processed").count()) < events:
+        if stuck := ours.filter(status__in=["failed", "dead", "ignored"]).first():
+            raise RuntimeError(f"event {stuck.event_id} is {stuck.status}: {stuck.last_error}")
+        if clock() - started > E2E_TIMEOUT:
+            raise RuntimeError(f"{processed} of {events} events processed within {E2E_TIMEOUT} s")
+        time.sleep(0.05)
+
+
 def _end_to_end(ctx: Context, project: Server, worker: Worker, *, keep_processed: bool = False) -> dict[str, Any]:
     from django.utils import timezone
 
@@ -179,13 +191,7 @@ def _end_to_end(ctx: Context, project: Server, worker: Worker, *, keep_processed
     cpu_before, machine_before = cpu_seconds(worker.pids()), machine_busy_seconds()
     with posting as run:  # the clock starts with wrk, once the signed events are written
         started = run.started
-        while (processed := ours.filter(status="processed").count()) < events:
-            # No beat here: a failed event would wait for a sweep that never comes.
-            if stuck := ours.filter(status__in=["failed", "dead", "ignored"]).first():
-                raise RuntimeError(f"event {stuck.event_id} is {stuck.status}: {stuck.last_error}")
-            if time.monotonic() - started > E2E_TIMEOUT:
-                raise RuntimeError(f"{processed} of {events} events processed within {E2E_TIMEOUT} s")
-            time.sleep(0.05)
+        _await_processed(ours, events, started, time.monotonic)
         elapsed = time.monotonic() - started
         posts = run.stop()
     result = {
@@ -250,12 +256,7 @@ def _backlog(ctx: Context, project: Server, worker: Worker) -> dict[str, Any]:
     cpu_before, machine_before = cpu_seconds(worker.pids()), machine_busy_seconds()
     started = time.time()
     app.control.add_consumer(QUEUE, destination=[worker.node], reply=True)
-    while (processed := ours.filter(status="processed").count()) < events:
-        if stuck := ours.filter(status__in=["failed", "dead", "ignored"]).first():
-            raise RuntimeError(f"event {stuck.event_id} is {stuck.status}: {stuck.last_error}")
-        if time.time() - started > E2E_TIMEOUT:
-            raise RuntimeError(f"{processed} of {events} backlog events processed within {E2E_TIMEOUT} s")
-        time.sleep(0.05)
+    _await_processed(ours, events, started, time.time)
     elapsed = time.time() - started
     worker_cpu, machine_cpu = cpu_seconds(worker.pids()) - cpu_before, machine_busy_seconds() - machine_before
     done = sorted(at.timestamp() for at in ours.values_list("processed_at", flat=True))  # set as each event ran
