@@ -1,6 +1,6 @@
 """Rows written together at the end of a block of one transaction: a webhook drain's chunk appends the audit
-events and outbox messages of its twenty events in one INSERT each, not one (or two) per event, and updates
-its twenty subscriptions in one UPDATE.
+events and outbox messages of its events in one INSERT each, not one (or two) per event, and updates
+its subscriptions in one UPDATE.
 
 Only what is written outside any savepoint opened inside the block waits: such a row rolls back only with
 the whole transaction, and so does the batch. What is written inside a nested savepoint is written at once,

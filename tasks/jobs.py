@@ -74,7 +74,7 @@ def _claimable(jobs: QuerySet[J], *, reclaim_running: bool) -> QuerySet[J]:
     expired = Q() if reclaim_running else Q(status__in=statuses.waiting) | Q(lease_until__lt=now)
     # The statuses stand alone in the WHERE, not only inside an OR: the planner then walks the model's partial
     # index on what is due in claim_batch's order and stops at its limit. Behind the OR alone it read and
-    # sorted every waiting row for each claim: a drain's backlog cost O(backlog) per batch of 20.
+    # sorted every waiting row for each claim: a drain's backlog cost O(backlog) per batch.
     return jobs.filter(expired, status__in=[*statuses.waiting, statuses.running])
 
 
