@@ -40,8 +40,8 @@ from django.utils import timezone
 
 from gdpr.models import ActorType, AuditAction, AuditEvent, AuditEventPersonal
 from gdpr.registry import PSEUDONYM_PREFIX, pseudonym_for
-from payments_project.db_cursors import insert_many
 from payments_project.ratelimit import client_ip
+from payments_project.raw_rows import insert_many
 from payments_project.write_batch import defer
 
 __all__ = [

@@ -1,13 +1,9 @@
-"""Cursors for the few statements a process runs on almost every request: written once, bound on the server."""
+"""The server-binding cursor of the few statements a process runs on almost every request, and its health check."""
 
-import functools
 import select
-from collections.abc import Sequence
 from typing import Any, cast
 
 import psycopg
-from django.apps import apps
-from django.db import models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.utils import CursorWrapper
@@ -54,28 +50,3 @@ def _readable(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLPRI)  # POLLERR, POLLHUP and POLLNVAL are always reported
     return bool(poller.poll(0))
-
-
-def insert_many(model: type[models.Model], rows: Sequence[models.Model]) -> None:
-    """INSERT `rows` (unsaved instances of `model`, primary keys set) in one statement, every concrete field as
-    the field writes it: what bulk_create sends, without compiling it anew each time (no signals either way).
-    The text is remembered per (model, row count) and bound on the server, so PostgreSQL plans it once per
-    connection."""
-    if not rows:
-        return
-    connection = transaction.get_connection()
-    fields = model._meta.concrete_fields
-    params = [field.get_db_prep_save(field.pre_save(row, add=True), connection) for row in rows for field in fields]
-    with server_binding_cursor(connection) as cursor:
-        cursor.execute(_insert_statement(connection.vendor, model._meta.label, len(rows)), params)
-    for row in rows:
-        row._state.adding, row._state.db = False, connection.alias
-
-
-@functools.lru_cache(maxsize=128)
-def _insert_statement(vendor: str, label: str, count: int) -> str:  # `vendor` keys it: quoting is the vendor's
-    meta = apps.get_model(label)._meta
-    quote = transaction.get_connection().ops.quote_name
-    columns = ", ".join(quote(field.column) for field in meta.concrete_fields)
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(meta.concrete_fields)) + ")"] * count)
-    return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {placeholders}"  # noqa: S608 - identifiers from the model

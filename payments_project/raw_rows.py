@@ -1,6 +1,6 @@
 """Rows read and written with hand-written SQL where the ORM's compiling cost more CPU than the database's
-running the statement (a webhook drain's claim, lock-ahead and updates): what the ORM would have sent and
-what it would have made of the values that come back."""
+running the statement (a webhook drain's claim, lock-ahead and updates; audit and outbox appends): what the
+ORM would have sent and what it would have made of the values that come back."""
 
 import functools
 from collections.abc import Callable, Sequence
@@ -9,6 +9,8 @@ from typing import Any
 from django.apps import apps
 from django.db import models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+
+from payments_project.db_cursors import server_binding_cursor
 
 
 def row_converter(connection: BaseDatabaseWrapper, fields: Sequence[Any]) -> Callable[[Sequence[Any]], list[Any]]:
@@ -61,3 +63,28 @@ def _rows_update_sql(vendor: str, label: str, names: tuple[str, ...], rows: int)
         f"UPDATE {table} SET {assignments} FROM (VALUES {', '.join([row] * rows)}) AS v "  # noqa: S608
         f"WHERE {table}.{quote(meta.pk.column)} = v.column1"
     )
+
+
+def insert_many(model: type[models.Model], rows: Sequence[models.Model]) -> None:
+    """INSERT `rows` (unsaved instances of `model`, primary keys set) in one statement, every concrete field as
+    the field writes it: what bulk_create sends, without compiling it anew each time (no signals either way).
+    The text is remembered per (model, row count) and bound on the server, so PostgreSQL plans it once per
+    connection."""
+    if not rows:
+        return
+    connection = transaction.get_connection()
+    fields = model._meta.concrete_fields
+    params = [field.get_db_prep_save(field.pre_save(row, add=True), connection) for row in rows for field in fields]
+    with server_binding_cursor(connection) as cursor:
+        cursor.execute(_insert_statement(connection.vendor, model._meta.label, len(rows)), params)
+    for row in rows:
+        row._state.adding, row._state.db = False, connection.alias
+
+
+@functools.lru_cache(maxsize=128)
+def _insert_statement(vendor: str, label: str, count: int) -> str:  # `vendor` keys it: quoting is the vendor's
+    meta = apps.get_model(label)._meta
+    quote = transaction.get_connection().ops.quote_name
+    columns = ", ".join(quote(field.column) for field in meta.concrete_fields)
+    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(meta.concrete_fields)) + ")"] * count)
+    return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {placeholders}"  # noqa: S608 - identifiers from the model

@@ -21,7 +21,7 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 from prometheus_client import Counter
 
-from payments_project.db_cursors import insert_many
+from payments_project.raw_rows import insert_many
 from payments_project.tracing import current_traceparent
 from payments_project.write_batch import defer
 from tasks.base import enqueue_on_commit
