@@ -72,8 +72,8 @@ def database_config(
         options["connect_timeout"] = 5
         # psycopg prepares a statement a connection has run this many times (Django's default: never). Only
         # cursors that bind on the server prepare (payments_project.db_cursors: the webhook inbox's insert, the
-        # checkout's statements), planned once per connection, not per request; Django's own cursors bind client
-        # side and never do.
+        # checkout's statements, the audit and outbox appends of raw_rows.insert_many), planned once per
+        # connection, not per request; Django's own cursors bind client side and never do.
         options["prepare_threshold"] = 5
         if session_timeouts:
             names = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
