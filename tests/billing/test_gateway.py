@@ -1,7 +1,11 @@
 """The gateway's own promises, against localstripe (the operations the webhook and reconciliation
 engineers build on) and the rules every call obeys."""
 
+import json
+import threading
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -73,3 +77,47 @@ def test_reading_a_missing_object_is_a_refused_request_and_counted(stripe_fake: 
         gateway.payment_intent_retrieve("pi_missing")
 
     assert calls("payment_intent_retrieve", "refused") == before + 1
+
+
+@pytest.fixture
+def egress_proxy() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP proxy on the way out: records the request lines it gets and answers each as Stripe would."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(f"{self.requestline} {self.headers['Idempotency-Key']}")
+            body = json.dumps({"id": "cus_via_proxy", "object": "customer", "metadata": {}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_stripe_calls_go_through_the_proxy_the_environment_names(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, egress_proxy: tuple[str, list[str]]
+) -> None:
+    proxy, seen = egress_proxy
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    settings.STRIPE_API_KEY = "sk_test_proxied"
+    settings.STRIPE_API_BASE = "http://api.stripe.invalid"  # reachable only through the proxy
+
+    customer = gateway.customer_create(email="", user_id="u", customer_id="c-proxied")
+
+    assert customer == {"id": "cus_via_proxy", "object": "customer", "metadata": {}}
+    assert seen == ["POST http://api.stripe.invalid/v1/customers HTTP/1.1 customer-create:c-proxied"]
