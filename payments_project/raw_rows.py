@@ -99,18 +99,18 @@ def update_then_insert(update: str, params: Sequence[Any], rows: Sequence[models
 @functools.lru_cache(maxsize=32)
 def _update_then_insert_statement(update: str, labels: tuple[str, ...]) -> str:
     quote = transaction.get_connection().ops.quote_name
-    inserts = []
+    # `update` is the caller's statement, the rest identifiers from the models; every value is a parameter.
+    parts = [f"changed AS ({update} RETURNING 1)"]
     for n, label in enumerate(labels):
         meta = apps.get_model(label)._meta
         columns = ", ".join(quote(field.column) for field in meta.concrete_fields)
         # PostgreSQL types each parameter by its column, as it does those of INSERT ... VALUES.
         values = ", ".join(["%s"] * len(meta.concrete_fields))
-        inserts.append(
+        parts.append(
             f"inserted{n} AS (INSERT INTO {quote(meta.db_table)} ({columns}) "  # noqa: S608 - identifiers from the model
             f"SELECT {values} WHERE EXISTS (SELECT FROM changed))"
         )
-    # `update` is the caller's statement, the rest identifiers from the models; every value is a parameter.
-    return f"WITH changed AS ({update} RETURNING 1), {', '.join(inserts)} SELECT count(*) FROM changed"  # noqa: S608
+    return f"WITH {', '.join(parts)} SELECT count(*) FROM changed"  # noqa: S608
 
 
 def insert_many(model: type[models.Model], rows: Sequence[models.Model]) -> None:
