@@ -1,4 +1,5 @@
-"""The audit trail's public API: `record(...)` appends one event, in the caller's transaction;
+"""The audit trail's public API: `record(...)` appends one event, in the caller's transaction (`entry(...)`
+gives its rows to a caller that appends them in the statement of its change);
 `audit_seal_pending()` chains appended events into the hash chain; `verify_chain()` finds the first broken
 link.
 
@@ -56,6 +57,7 @@ __all__ = [
     "ChainBreak",
     "NotInTransaction",
     "audit_seal_pending",
+    "entry",
     "record",
     "verify_chain",
 ]
@@ -173,6 +175,37 @@ def record(
     """
     if not connection.in_atomic_block:
         raise NotInTransaction("gdpr.audit.record must run inside the transaction of the change it records")
+    event, side = entry(
+        action=action,
+        actor_type=actor_type,
+        actor_id=actor_id,
+        target_type=target_type,
+        target_id=target_id,
+        metadata=metadata,
+        request=request,
+    )
+    if defer(_append_many, (event, side)):
+        return event  # appended with the rest of the batch, in the same transaction (write_batch)
+    event._appending = True  # type: ignore[attr-defined]
+    event.save()
+    if side is not None:
+        side.save(force_insert=True)
+    return event
+
+
+def entry(
+    *,
+    action: AuditAction,
+    actor_type: ActorType,
+    actor_id: str = "",
+    target_type: str = "",
+    target_id: str = "",
+    metadata: Mapping[str, Any] | None = None,
+    request: HttpRequest | None = None,
+) -> tuple[AuditEvent, AuditEventPersonal | None]:
+    """The rows `record` appends (the event, and its personal side row when there is one), unsaved, for a
+    writer that appends them itself in one statement with the change they describe
+    (payments_project.raw_rows.update_then_insert): atomically with it, as `record` would."""
     action = AuditAction(action)  # refuses anything that is not a member
     actor_type = ActorType(actor_type)
     plain = _plain_json(metadata or {})
@@ -207,13 +240,7 @@ def record(
         if ip or user_agent or personal
         else None
     )
-    if defer(_append_many, (event, side)):
-        return event  # appended with the rest of the batch, in the same transaction (write_batch)
-    event._appending = True  # type: ignore[attr-defined]
-    event.save()
-    if side is not None:
-        side.save(force_insert=True)
-    return event
+    return event, side
 
 
 def _append_many(rows: list[tuple[AuditEvent, AuditEventPersonal | None]]) -> None:

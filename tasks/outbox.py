@@ -54,22 +54,39 @@ def emit_many(
     the trace each event continues, "" for the active span's (by default every event continues that)."""
     if not transaction.get_connection().in_atomic_block:
         raise OutboxError("emit() must run inside the transaction that makes the change")
-    messages = []
     here = current_traceparent()
-    for (event_type, subject, data), traceparent in zip(events, traceparents or [""] * len(events), strict=True):
-        try:
-            payload = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
-        except (TypeError, ValueError) as exc:
-            raise OutboxError(f"event data is not JSON-serialisable: {exc}") from exc
-        messages.append(OutboxMessage(type=event_type, subject=subject, data=payload, traceparent=traceparent or here))
+    messages = [
+        new_message(event_type, subject, data, traceparent=traceparent or here)
+        for (event_type, subject, data), traceparent in zip(events, traceparents or [""] * len(events), strict=True)
+    ]
     if not messages:
         return []
     if not defer(_insert_many, messages):  # else inserted with the rest of the batch (write_batch)
         _insert_many([messages])
+    dispatch_on_commit()  # here, not with the insert: the nudge carries this caller's trace
+    return messages
+
+
+def new_message(
+    event_type: str, subject: str, data: Mapping[str, Any], *, traceparent: str | None = None
+) -> OutboxMessage:
+    """The row emit() inserts, unsaved, for a writer that inserts it itself in one statement with the change it
+    describes (payments_project.raw_rows.update_then_insert), then calls dispatch_on_commit(). `traceparent`:
+    the trace the event continues (by default the active span's)."""
+    try:
+        payload = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+    except (TypeError, ValueError) as exc:
+        raise OutboxError(f"event data is not JSON-serialisable: {exc}") from exc
+    if traceparent is None:
+        traceparent = current_traceparent()
+    return OutboxMessage(type=event_type, subject=subject, data=payload, traceparent=traceparent)
+
+
+def dispatch_on_commit() -> None:
+    """Nudge the dispatcher once the current transaction commits (at once outside one): new messages wait."""
     from tasks.tasks import outbox_dispatch  # imported here: the task module imports this one
 
-    enqueue_on_commit(outbox_dispatch)  # here, not with the insert: the nudge carries this caller's trace
-    return messages
+    enqueue_on_commit(outbox_dispatch)
 
 
 def _insert_many(batches: list[list[OutboxMessage]]) -> None:

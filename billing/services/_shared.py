@@ -76,21 +76,32 @@ def _rows_updater(label: str, names: tuple[str, ...]) -> Callable[[list[Any]], N
 
 
 def models_from_row(
-    row: Sequence[Any], models_read: Sequence[type[models.Model]], connection: BaseDatabaseWrapper
+    row: Sequence[Any], models_read: tuple[type[models.Model], ...], connection: BaseDatabaseWrapper
 ) -> list[models.Model | None]:
     """The instances one raw row holds: each model's concrete fields in turn, as the ORM's select would give
     them; None for a model whose primary key is NULL (an outer join that found nothing)."""
+    convert, layout = _row_layout(connection, models_read)
+    values = convert(row)
+    return [
+        None if values[pk] is None else model.from_db(connection.alias, names, values[start:end])
+        for model, start, end, pk, names in layout
+    ]
+
+
+@functools.lru_cache(maxsize=64)  # keyed by the connection too: each thread has its own, a converter its own
+def _row_layout(
+    connection: BaseDatabaseWrapper, models_read: tuple[type[models.Model], ...]
+) -> tuple[Callable[[Sequence[Any]], list[Any]], list[tuple[type[models.Model], int, int, int, list[str]]]]:
+    """What models_from_row works out once per connection and models, not per row: the row's converter, and
+    for each model where its columns are, where its primary key is and its fields' names."""
     fields = [field for model in models_read for field in model._meta.concrete_fields]
-    values = row_converter(connection, fields)(row)
-    instances: list[models.Model | None] = []
+    layout = []
     start = 0
     for model in models_read:
         own = model._meta.concrete_fields
-        mine = values[start : start + len(own)]
+        layout.append((model, start, start + len(own), start + own.index(model._meta.pk), [f.attname for f in own]))
         start += len(own)
-        pk = mine[own.index(model._meta.pk)]
-        instances.append(None if pk is None else model.from_db(connection.alias, [f.attname for f in own], mine))
-    return instances
+    return row_converter(connection, fields), layout
 
 
 def _current(obj: models.Model, name: str, value: Any) -> Any:

@@ -1,7 +1,8 @@
 """Checkout: an order per (customer, Idempotency-Key), and its Stripe Checkout session.
 
 Stripe is called between two commits: the order (with its lease) is committed first (for a new key, its
-INSERT alone), the session or the failure after (one durable transaction with its audit and outbox rows).
+INSERT alone), the session or the failure after, with its audit and outbox rows (the session, usually, in
+one statement committed by itself: raw_rows.update_then_insert).
 """
 
 import contextlib
@@ -10,7 +11,6 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from django.db import connection, models, transaction
@@ -40,9 +40,9 @@ from billing.services._shared import (
 from gdpr import audit
 from payments_project.db_cursors import server_binding_cursor
 from payments_project.errors import ApplicationError, ValidationFailed
+from payments_project.raw_rows import insert_many, update_then_insert
 from payments_project.tracing import current_traceparent
-from payments_project.write_batch import write_batch
-from tasks.outbox import emit
+from tasks.outbox import dispatch_on_commit, new_message
 
 ORDER_LEASE = Lease(Order, in_flight=Order.Status.PENDING, what="checkout", related=("customer",))
 # A failure that a later attempt may not meet: a replay with the same key tries Stripe again.
@@ -333,50 +333,13 @@ def _order_audit(
     )
 
 
-@transaction.atomic(durable=True)
 def _order_record_session(
     *, order: Order, price: Price, session_id: str, url: str, request: HttpRequest | None
 ) -> Order:
-    values: dict[str, Any] = {"stripe_session_id": session_id, "checkout_url": url, "lease_until": None}
     now = timezone.now()
-    # The usual case in one statement (the UPDATE takes the row's lock): still pending, without a session.
-    if _order_open(order_id=order.pk, session_id=session_id, url=url, now=now):
-        for name, value in {**values, "status": Order.Status.OPEN, "updated_at": now}.items():
-            setattr(order, name, value)
-        recorded = True
-    else:  # a fast webhook, a replay or the sweep got there first: change only what differs
-        order = Order.objects.select_for_update().select_related("customer").get(pk=order.pk)
-        if order.status == Order.Status.PENDING:
-            values["status"] = Order.Status.OPEN
-        recorded = "stripe_session_id" in update_fields(order, values)
-    if not recorded:
-        return order
-    with write_batch():  # the audit rows go in by a statement written once, not by Model.save()
-        plan = price.plan.code
-        _order_audit(
-            order,
-            audit.AuditAction.ORDER_CREATED,
-            {"plan": plan, "amount": order.amount, "currency": order.currency},
-            request,
-        )
-        emit(
-            "order.created",
-            f"order:{order.id}",
-            {
-                "order_id": str(order.id),
-                "user_id": str(order.customer.user_id),
-                "plan": plan,
-                "price_id": str(order.price_id),
-                "amount": order.amount,
-                "currency": order.currency,
-            },
-        )
-    return order
-
-
-def _order_open(*, order_id: uuid.UUID, session_id: str, url: str, now: datetime) -> bool:
-    """Give the pending order without a session its session (status open, lease cleared); whether it was one.
-    The statement is written once per process (QuerySet.update compiled it anew on every checkout)."""
+    rows = _order_created_rows(order=order, price=price, request=request)
+    # The usual case in one statement, committed by itself: the pending order without a session gets it (status
+    # open, lease cleared) and, only then, its audit rows and outbox message go in with it.
     connection = transaction.get_connection()
     meta = Order._meta
     params = [
@@ -384,12 +347,57 @@ def _order_open(*, order_id: uuid.UUID, session_id: str, url: str, now: datetime
         url,
         Order.Status.OPEN.value,
         meta.get_field("updated_at").get_db_prep_save(now, connection),
-        meta.pk.get_db_prep_save(order_id, connection),
+        meta.pk.get_db_prep_save(order.pk, connection),
         Order.Status.PENDING.value,
     ]
-    with server_binding_cursor(connection) as cursor:
-        cursor.execute(_order_open_statement(connection.vendor), params)
-        return cursor.rowcount == 1
+    if not update_then_insert(_order_open_statement(connection.vendor), params, rows):
+        return _order_record_late_session(order_id=order.pk, session_id=session_id, url=url, rows=rows)
+    order.stripe_session_id, order.checkout_url, order.lease_until = session_id, url, None
+    order.status, order.updated_at = Order.Status.OPEN, now
+    dispatch_on_commit()  # committed already: the dispatcher is nudged now
+    return order
+
+
+@transaction.atomic(durable=True)
+def _order_record_late_session(*, order_id: uuid.UUID, session_id: str, url: str, rows: list[models.Model]) -> Order:
+    """A fast webhook, a replay or the sweep got to the order first: change only what differs, and audit and
+    announce the session only when this request is the one that recorded it."""
+    order = Order.objects.select_for_update().select_related("customer").get(pk=order_id)
+    values: dict[str, Any] = {"stripe_session_id": session_id, "checkout_url": url, "lease_until": None}
+    if order.status == Order.Status.PENDING:
+        values["status"] = Order.Status.OPEN
+    if "stripe_session_id" in update_fields(order, values):
+        for row in rows:
+            insert_many(type(row), [row])
+        dispatch_on_commit()
+    return order
+
+
+def _order_created_rows(*, order: Order, price: Price, request: HttpRequest | None) -> list[models.Model]:
+    """The audit rows and the outbox message of an order that got its session."""
+    plan, user_id = price.plan.code, str(order.customer.user_id)
+    event, personal = audit.entry(
+        action=audit.AuditAction.ORDER_CREATED,
+        actor_type=audit.ActorType.USER,
+        actor_id=user_id,
+        target_type="order",
+        target_id=str(order.id),
+        metadata={"plan": plan, "amount": order.amount, "currency": order.currency},
+        request=request,
+    )
+    message = new_message(
+        "order.created",
+        f"order:{order.id}",
+        {
+            "order_id": str(order.id),
+            "user_id": user_id,
+            "plan": plan,
+            "price_id": str(order.price_id),
+            "amount": order.amount,
+            "currency": order.currency,
+        },
+    )
+    return [event, *([personal] if personal else []), message]
 
 
 @functools.lru_cache(maxsize=8)

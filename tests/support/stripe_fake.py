@@ -78,7 +78,7 @@ class StripeFake:
         self.failures: list[_Failure] = []  # pending scripted failures, in order
         self.objects: dict[str, dict[str, Any]] = {}  # GET /v1/<kind>/<id> answered with these, by id
         self.events: list[dict[str, Any]] | None = None  # once a test adds one, the fake lists events
-        self._hooks: list[tuple[str, Callable[[StripeRequest], None]]] = []
+        self._hooks: list[tuple[str, Callable[[StripeRequest], dict[str, Any] | None]]] = []
         self._lock = threading.Lock()
 
     # --- what a test scripts and reads ----------------------------------------------------------------
@@ -89,9 +89,10 @@ class StripeFake:
         with self._lock:
             self.failures += [_Failure(route, status, error, after if n == 0 else 0) for n in range(times)]
 
-    def on(self, route: str, hook: Callable[[StripeRequest], None]) -> None:
+    def on(self, route: str, hook: Callable[[StripeRequest], dict[str, Any] | None]) -> None:
         """Run `hook` as each request on `route` arrives, in the calling thread, before it is answered
-        (to look at the caller's state, or to make Stripe slow)."""
+        (to look at the caller's state, or to make Stripe slow); a hook that returns an object answers the
+        request with it (to act on what Stripe made before the caller learns of it)."""
         self._hooks.append((route, hook))
 
     def add_event(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -130,10 +131,10 @@ class StripeFake:
         )
         with self._lock:
             self.requests.append(request)
-        for route, hook in self._hooks:
-            if _on_route(route, request):
-                hook(request)
-        answer = self._answer(request)
+        made = [
+            made for route, hook in self._hooks if _on_route(route, request) and (made := hook(request)) is not None
+        ]
+        answer = _json(200, made[-1]) if made else self._answer(request)
         prepared.fake_answer = answer  # type: ignore[attr-defined]  # read back by _respond
         return answer is not None, "" if answer else "localstripe answers"
 

@@ -182,6 +182,39 @@ def test_stripe_is_called_after_the_order_is_committed_and_outside_any_transacti
     assert seen == {"in_transaction": False, "committed_status": "pending"}
 
 
+def test_a_session_completed_before_its_request_records_it_stays_completed_and_is_announced_once(
+    api: Client, stripe_fake: StripeFake, price: Price
+) -> None:
+    # given: the buyer pays, and checkout.session.completed is processed, before the request that asked Stripe
+    # for the session has recorded it
+    def paid_at_once(call: StripeRequest) -> dict[str, Any]:
+        session = stripe_fake.standin.checkout_session(call.params)  # what Stripe made
+        completed = {**session, "status": "complete", "payment_status": "paid", "customer": None}
+        [processed] = race(lambda: _processed(services.order_complete_from_stripe, session=completed))
+        assert processed, processed
+        return session
+
+    stripe_fake.on(SESSIONS, paid_at_once)
+
+    # when
+    response = checkout(api, uuid.uuid4(), price)
+
+    # then: the request records the URL beside the webhook's completion and undoes none of it
+    assert response.status_code == 201
+    order = Order.objects.get()
+    assert (response.json()["status"], order.status) == ("completed", Order.Status.COMPLETED)
+    assert order.stripe_session_id and order.checkout_url.endswith(order.stripe_session_id)
+    assert order.lease_until is None
+    # the session was recorded by the webhook: the request announces no order.created of its own
+    assert not OutboxMessage.objects.filter(type="order.created").exists()
+    assert not AuditEvent.objects.filter(action="order.created").exists()
+
+
+def _processed(service: Any, **kwargs: Any) -> Any:
+    with transaction.atomic():  # as the webhook processor runs a handler
+        return service(**kwargs, event_created=timezone.now())
+
+
 def test_a_returning_customers_checkout_reads_its_price_and_customer_in_one_statement_without_a_lock(
     api: Client, stripe_fake: StripeFake, price: Price
 ) -> None:
@@ -191,9 +224,12 @@ def test_a_returning_customers_checkout_reads_its_price_and_customer_in_one_stat
     with CaptureQueriesContext(connection) as queries:
         assert checkout(api, user_id, price, key="second").status_code == 201
 
-    # the price with its plan and the customer, then the order; then its session, audit rows and event
+    # the price with its plan and the customer, then the order; then its session with its audit rows and event,
+    # one statement committed by itself (no BEGIN, no COMMIT)
     statements = [query["sql"].split()[0].upper() for query in queries.captured_queries]
-    assert statements == ["SELECT", "INSERT", "BEGIN", "UPDATE", "INSERT", "INSERT", "INSERT", "COMMIT"], statements
+    assert statements == ["SELECT", "INSERT", "WITH"], statements
+    tables = ("billing_order", "gdpr_auditevent", "gdpr_auditeventpersonal", "tasks_outboxmessage")
+    assert all(f'"{table}"' in queries.captured_queries[2]["sql"] for table in tables)
     assert not any("FOR UPDATE" in query["sql"] for query in queries.captured_queries)  # and no savepoint above
     order = Order.objects.select_related("customer").get(idempotency_key="second")
     assert (order.customer.user_id, order.price_id, order.amount, order.status) == (user_id, price.id, 1299, "open")
@@ -208,14 +244,13 @@ def test_a_connection_prepares_the_checkouts_statements_once_and_reuses_them(
     for n in range(8):
         assert checkout(api, user_id, price, key=f"k{n}").status_code == 201
 
-    # then: PostgreSQL holds the price and customer read, the order's insert and update, and the inserts of its
-    # audit rows and outbox message as this session's prepared statements (parsed and planned once), and every
-    # order got its session
+    # then: PostgreSQL holds the price and customer read, the order's insert, and its update with the inserts of
+    # its audit rows and outbox message as this session's prepared statements (parsed and planned once), and
+    # every order got its session
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [statement for (statement,) in cursor.fetchall()]
-    tables = ("billing_order", "gdpr_auditevent", "gdpr_auditeventpersonal", "tasks_outboxmessage")
-    for start in ('SELECT p."id"', 'UPDATE "billing_order" SET', *(f'INSERT INTO "{table}" (' for table in tables)):
+    for start in ('SELECT p."id"', 'INSERT INTO "billing_order" (', 'WITH changed AS (UPDATE "billing_order" SET'):
         assert any(statement.startswith(start) for statement in prepared), (start, prepared)
     assert Order.objects.filter(status=Order.Status.OPEN).count() == 8
 

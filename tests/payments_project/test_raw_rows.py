@@ -1,0 +1,69 @@
+"""A change and the rows that describe it written as one: raw_rows.update_then_insert."""
+
+import pytest
+from django.db import IntegrityError, connection
+from django.test.utils import CaptureQueriesContext
+
+from billing.models import Order
+from gdpr import audit
+from gdpr.models import AuditEvent
+from payments_project.raw_rows import update_then_insert
+from tasks.models import OutboxMessage
+from tasks.outbox import new_message
+from tests.billing.factories import OrderFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Mark a pending order failed (PostgreSQL's quoting; the tests run there).
+FAIL_PENDING = 'UPDATE "billing_order" SET "failure_code" = %s, "status" = %s WHERE "id" = %s AND "status" = %s'
+
+
+def _fail_pending(order: Order, *, message_id: object = None) -> bool:
+    event, _ = audit.entry(
+        action=audit.AuditAction.ORDER_FAILED,
+        actor_type=audit.ActorType.SYSTEM,
+        target_type="order",
+        target_id=str(order.id),
+        metadata={"code": "gone"},
+    )
+    message = new_message("order.failed", f"order:{order.id}", {"order_id": str(order.id)})
+    if message_id is not None:
+        message.id = message_id
+    return update_then_insert(FAIL_PENDING, ["gone", "failed", order.id, "pending"], [event, message])
+
+
+def test_a_change_and_its_rows_go_in_as_one_statement_outside_a_transaction() -> None:
+    order = OrderFactory(status=Order.Status.PENDING)
+
+    with CaptureQueriesContext(connection) as queries:
+        changed = _fail_pending(order)
+
+    assert changed is True
+    assert [query["sql"].split()[0] for query in queries.captured_queries] == ["WITH"]
+    order.refresh_from_db()
+    assert (order.status, order.failure_code) == ("failed", "gone")
+    assert AuditEvent.objects.filter(action="order.failed", target_id=str(order.id)).count() == 1
+    assert OutboxMessage.objects.filter(type="order.failed", subject=f"order:{order.id}").count() == 1
+
+
+def test_no_rows_go_in_when_the_update_changes_nothing() -> None:
+    order = OrderFactory(status=Order.Status.OPEN)  # not pending: the update finds no row
+
+    assert _fail_pending(order) is False
+
+    assert Order.objects.get(pk=order.pk).status == Order.Status.OPEN
+    assert not AuditEvent.objects.exists()
+    assert not OutboxMessage.objects.exists()
+
+
+def test_a_row_that_cannot_go_in_takes_the_change_and_the_other_rows_with_it() -> None:
+    order = OrderFactory(status=Order.Status.PENDING)
+    taken = new_message("order.other", "order:other", {})
+    OutboxMessage.objects.bulk_create([taken])
+
+    with pytest.raises(IntegrityError):
+        _fail_pending(order, message_id=taken.id)  # its message's id is taken
+
+    assert Order.objects.get(pk=order.pk).status == Order.Status.PENDING
+    assert not AuditEvent.objects.exists()
+    assert OutboxMessage.objects.count() == 1
