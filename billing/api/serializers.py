@@ -1,6 +1,8 @@
 """The client API's shapes (API.md): what goes in, what comes out."""
 
 import copy
+import re
+import uuid
 from typing import Any, ClassVar
 
 from drf_spectacular.utils import extend_schema_field
@@ -9,7 +11,7 @@ from rest_framework import serializers
 from billing.models import Invoice, Order, Payment, Plan, Price, Subscription
 from billing.selectors import pending_action_url
 from payments_project.inputs import StrictInput, StrictUUIDField
-from payments_project.return_urls import ReturnURLField
+from payments_project.return_urls import ReturnURLField, takes_return_url
 
 
 class PriceOutput(serializers.ModelSerializer[Price]):
@@ -34,6 +36,30 @@ class CheckoutInput(StrictInput):
     price_id = StrictUUIDField()
     success_url = ReturnURLField()
     cancel_url = ReturnURLField()
+
+
+_CHECKOUT_FIELDS = frozenset({"price_id", "success_url", "cancel_url"})
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # as str(UUID) writes
+
+
+def common_checkout_input(data: Any) -> dict[str, Any] | None:
+    """CheckoutInput's validated data when `data` is the common body: the price id as str(UUID) writes it,
+    return URLs the field takes as they are (remembered: clients send the same few). Recognised without the
+    serializer, whose per-instance field copies and validators were 7% of a checkout's CPU (issue 18). None
+    for any other body: CheckoutInput judges it."""
+    if type(data) is not dict or data.keys() != _CHECKOUT_FIELDS:
+        return None
+    price_id, success_url, cancel_url = data["price_id"], data["success_url"], data["cancel_url"]
+    if type(price_id) is not str or not _CANONICAL_UUID.fullmatch(price_id):
+        return None
+    if not (takes_return_url(success_url) and takes_return_url(cancel_url)):
+        return None
+    return {"price_id": uuid.UUID(price_id), "success_url": success_url, "cancel_url": cancel_url}
+
+
+def _open_checkout_url(order: Order) -> str | None:
+    # A URL the client may still open; a completed, expired or failed order has none.
+    return order.checkout_url if order.status == Order.Status.OPEN and order.checkout_url else None
 
 
 class OrderOutput(serializers.ModelSerializer[Order]):
@@ -64,8 +90,22 @@ class OrderOutput(serializers.ModelSerializer[Order]):
         return copy.deepcopy(OrderOutput._derived_fields)
 
     def get_checkout_url(self, order: Order) -> str | None:
-        # A URL the client may still open; a completed, expired or failed order has none.
-        return order.checkout_url if order.status == Order.Status.OPEN and order.checkout_url else None
+        return _open_checkout_url(order)
+
+
+def order_body(order: Order) -> dict[str, Any]:
+    """OrderOutput's body, built by hand: every checkout answers with one, and the shape is fixed."""
+    session_id = order.stripe_session_id
+    return {
+        "order_id": str(order.id),
+        "status": str(order.status),
+        "checkout_url": _open_checkout_url(order),
+        "stripe_session_id": None if session_id is None else str(session_id),
+        "price_id": str(order.price_id),
+        "amount": int(order.amount),
+        "currency": str(order.currency),
+        "created_at": order.created_at.isoformat().replace("+00:00", "Z"),  # aware UTC, as DRF writes it
+    }
 
 
 class SubscriptionOutput(serializers.ModelSerializer[Subscription]):

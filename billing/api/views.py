@@ -2,11 +2,15 @@
 
 import re
 import uuid
-from typing import cast
+from typing import Any, cast
 
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -24,6 +28,8 @@ from billing.api.serializers import (
     PaymentOutput,
     PlanOutput,
     SubscriptionOutput,
+    common_checkout_input,
+    order_body,
 )
 from billing.errors import (
     CardDeclined,
@@ -40,9 +46,11 @@ from billing.errors import (
     SubscriptionNotChangeable,
     SubscriptionNotResumable,
 )
+from payments_project import plain_views, ratelimit
 from payments_project.auth import Principal
-from payments_project.errors import NotFound, ValidationFailed
+from payments_project.errors import NotFound, ValidationFailed, exception_handler
 from payments_project.inputs import no_body
+from payments_project.json_body import MalformedJson, json_loads
 from payments_project.openapi import problems, response_headers, response_links
 from payments_project.pagination import PAGINATION_PARAMETERS, NewestFirstPagination
 
@@ -128,6 +136,71 @@ class CheckoutSessionCreateApi(APIView):
         response = Response(OrderOutput(result.order).data, status=201 if result.created else 200)
         response["Location"] = f"/api/v1/orders/{result.order.id}"
         return response
+
+
+_checkout_drf = CheckoutSessionCreateApi.as_view()
+_JSON = JSONRenderer()  # REST_FRAMEWORK's one renderer
+_CHECKOUT_ALLOW = "POST, OPTIONS"  # the Allow header DRF puts on each of CheckoutSessionCreateApi's answers
+
+
+@csrf_exempt  # as DRF's views are: a Bearer token is no ambient credential
+def checkout_session_create(request: HttpRequest) -> HttpResponse:
+    """`POST /api/v1/checkout/sessions` without DRF's dispatch (issue 18, target 3; HotPathMiddleware routes
+    here through hot_urls). Only the common case is answered here: a JSON body wanting a JSON answer, a
+    valid Bearer token, Idempotency-Key and body. Anything else (no or a refused token, a bad key or body,
+    another method or media type) goes to CheckoutSessionCreateApi, the view the URLconf and the OpenAPI
+    schema name, which answers it exactly as before: nothing has been counted or written by then."""
+    common = _common_checkout(request)
+    if common is None:
+        return cast(HttpResponse, _checkout_drf(request))
+    principal, key, body = common
+    request.user = principal  # type: ignore[assignment]  # the rate limit's key, as DRF's authentication sets it
+    response: HttpResponse | None
+    try:
+        ratelimit.check_rate_limit(request, CheckoutSessionCreateApi.rate_limit_group)  # as its throttle does
+        result = services.order_start_checkout(
+            user_id=principal.id,
+            email=principal.verified_email,  # see CheckoutSessionCreateApi
+            price_id=body["price_id"],
+            success_url=body["success_url"],
+            cancel_url=body["cancel_url"],
+            idempotency_key=key,
+            request=request,
+        )
+    except Exception as exc:
+        # As DRF's dispatch: a problem for what the exception handler knows, the rest raised (a 500). (The
+        # handler DRF is configured with, ratelimit's, only adds the counting of 401s: past authentication.)
+        response = exception_handler(exc, {"request": request})
+        if response is None:
+            raise
+    else:
+        order = result.order
+        content = _JSON.render(order_body(order))
+        response = HttpResponse(content, status=201 if result.created else 200, content_type="application/json")
+        response["Location"] = f"/api/v1/orders/{order.id}"
+    response["Allow"] = _CHECKOUT_ALLOW
+    return response
+
+
+def _common_checkout(request: HttpRequest) -> tuple[Principal, str, dict[str, Any]] | None:
+    """The caller, Idempotency-Key and validated body of a checkout CheckoutSessionCreateApi would take as
+    it is, the same values it would read; None for any other request."""
+    if request.method != "POST" or not (plain_views.negotiates_plain_json(request) and plain_views.sends_json(request)):
+        return None
+    key = request.META.get("HTTP_IDEMPOTENCY_KEY", "")
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        return None
+    principal = plain_views.bearer_principal(request)
+    if principal is None:
+        return None
+    raw = request.body  # BodySizeLimitMiddleware has refused a longer one; the DRF view reads it from memory
+    if not raw or len(raw) > settings.API_MAX_BODY_BYTES:
+        return None
+    try:
+        body = common_checkout_input(json_loads(raw))
+    except MalformedJson:
+        return None
+    return None if body is None else (principal, key, body)
 
 
 class OrderDetailApi(APIView):
