@@ -214,8 +214,8 @@ class _Store:
         set)."""
         if isinstance(self.backend, RedisCache):
             make_key = self.backend.make_key
-            prefixes = [make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":")]
-            local = tracked_reads(self.backend, tuple(prefixes), settings.ENTITLEMENTS_LOCAL_CACHE_KEYS)
+            prefixes = _prefixes(self.backend)
+            local = tracked_reads(self.backend, prefixes, settings.ENTITLEMENTS_LOCAL_CACHE_KEYS)
             (versions, entries), generation = local.lookup(lambda get: _remembered(get, make_key, user_ids))
             if len(entries) == len(user_ids):
                 return versions, entries, set()
@@ -262,8 +262,7 @@ class _Store:
                     if entitlements.valid_until is None or now < entitlements.valid_until:
                         answers[str(user_id)] = entitlements.has(feature)
             return answers, {str(u): v for u, v in read_versions.items() if str(u) not in answers}
-        make_key = self.backend.make_key
-        prefixes = (make_key(version_key("")), make_key(entry_key("", "")).removesuffix(":"))
+        prefixes = _prefixes(self.backend)
         ver, val = (prefix.encode() for prefix in prefixes)
         wanted, micros = f";{feature}:".encode(), (now - _EPOCH) // _MICROSECOND
         # The ids as bytes in one pass (canonical UUIDs hold no comma).
@@ -329,6 +328,11 @@ class _Store:
 
     def set_many(self, values: Mapping[str, Any], timeout: int) -> None:
         self.backend.set_many(dict(values), timeout)
+
+
+def _prefixes(backend: RedisCache) -> tuple[str, str]:
+    """The version and entry keys' prefixes as Redis holds them: what TrackedReads tracks."""
+    return backend.make_key(version_key("")), backend.make_key(entry_key("", "")).removesuffix(":")
 
 
 def _remembered(
@@ -529,6 +533,31 @@ def entitled_many(*, user_ids: Collection[str], feature: str, load: Loader) -> d
         loaded = _load_and_cache(store, list(missing), known, load, now)
         answers.update({text: loaded[user].has(feature) for user, text in missing.items()})
     return answers
+
+
+def entitled_remembered(*, user_id: str, feature: str) -> bool | None:
+    """Whether the user (a canonical UUID string) has `feature`, from what this process remembers alone
+    (TrackedReads: no round trip, no query), decided from the entry's text as the bulk check decides it;
+    None when it does not remember the user's version and the entry under it, the entry has ended, the
+    cache is not Redis or the breaker is open: the caller asks entitlements_get_many, which reads Redis."""
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache) or _breaker.is_open():
+        return None
+    prefixes = _prefixes(backend)
+    ver, val, key = prefixes[0].encode(), prefixes[1].encode(), user_id.encode()
+
+    def remembered(get: Callable[[bytes], bytes | None]) -> bytes | None:
+        version = get(ver + key)  # as the read script: the version first, then the entry under it
+        return None if version is None else get(val + key + b":" + version)
+
+    local = tracked_reads(backend, prefixes, settings.ENTITLEMENTS_LOCAL_CACHE_KEYS)
+    entry, _ = local.lookup(remembered)
+    if entry is None:
+        return None
+    answer = entitled_in(entry, f";{feature}:".encode(), (timezone.now() - _EPOCH) // _MICROSECOND)
+    if answer is not None:
+        _HITS.inc()
+    return answer
 
 
 def _load_and_cache(

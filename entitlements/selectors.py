@@ -169,6 +169,12 @@ def user_entitlements(*, user_id: uuid.UUID) -> Entitlements:
     return cache.entitlements_get_many(user_ids=[user_id], load=entitlements_from_database)[user_id]
 
 
+def user_entitled_remembered(*, user_id: str, feature: str) -> bool | None:
+    """Whether one user (a canonical UUID string) has `feature`, when this process remembers their cached
+    answer (no round trip, no query); None otherwise: user_entitlements answers."""
+    return cache.entitled_remembered(user_id=user_id, feature=feature)
+
+
 def users_entitled(*, user_ids: Collection[uuid.UUID], feature: str) -> dict[uuid.UUID, bool]:
     """For each user, whether they have `feature`; a constant number of cache round trips and
     database queries (two) whatever the number of users."""

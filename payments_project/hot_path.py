@@ -4,11 +4,13 @@ itself (request signals and their dispatch, the per-thread urlconf, the middlewa
 fifth of a webhook delivery's (issues 17 and 18)."""
 
 import inspect
+import time
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import sentry_sdk
 import sentry_sdk.utils
+import structlog
 from django.conf import settings
 from django.core.cache import close_caches
 from django.core.cache.backends.base import BaseCache
@@ -23,7 +25,12 @@ from django.utils.module_loading import import_string
 from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.integrations.wsgi import SentryWsgiMiddleware
 
-from payments_project.middleware import HotPathMiddleware, hot_route
+from entitlements.api.views import CHECK_HEADERS, entitlement_check, entitlement_check_from_memory
+from payments_project.errors import ApplicationError
+from payments_project.middleware import HotPathMiddleware, hot_route, request_id_bound
+from payments_project.request_timing import own_duration_observed
+
+log = structlog.get_logger(__name__)
 
 _HOT_PATH_MIDDLEWARE = f"{HotPathMiddleware.__module__}.{HotPathMiddleware.__qualname__}"
 _DJANGO_CALL = inspect.unwrap(WSGIHandler.__call__)  # Django's own, whatever wraps it
@@ -40,6 +47,18 @@ def _wrapped_by() -> str | None:
         return "sentry"
     return "other"
 
+
+class FromMemory(NamedTuple):
+    """A hot view's answer from this process's memory alone: its body, or None (the view answers)."""
+
+    answer: Callable[..., bytes | None]
+    headers: tuple[tuple[str, str], ...]  # the view's own, in its order
+
+
+# The views with such an answer, by view function: the cached entitlement check, which other services call
+# on every request they serve (issue 18): building the request's response and passing it through the
+# middleware chain cost as much CPU as the check.
+FROM_MEMORY = {entitlement_check: FromMemory(entitlement_check_from_memory, CHECK_HEADERS)}
 
 _closing: tuple[object, bool] | None = None  # (settings.CACHES, whether a backend of it has a close())
 
@@ -67,7 +86,9 @@ class HotPathApplication:
     CONN_MAX_AGE is closed, and the next request's first query checks its health; close_caches); any
     exception becomes the response Django's handler would make of it; a 4xx or 5xx is logged by
     `django.request`; the request's files are closed. Not done: the per-thread urlconf (the default one is
-    already in force) and reset_queries (queries are logged only under DEBUG).
+    already in force) and reset_queries (queries are logged only under DEBUG). A view in FROM_MEMORY (the
+    cached entitlement check) is first asked for its answer from this process's memory alone: sent
+    without the chain (see _from_memory), and without close_old_connections, since it made no query.
 
     With Sentry on, what its DjangoIntegration adds to Django's handler is kept: the request runs inside
     its WSGI middleware (the request's scope and data, its trace, an exception that escapes), and the
@@ -125,6 +146,42 @@ class HotPathApplication:
         )
         return cast(Iterable[bytes], middleware(environ, start_response))
 
+    def _from_memory(self, request: HttpRequest, match: ResolverMatch) -> tuple[list[tuple[str, str]], bytes] | None:
+        """The 200 of a view with an answer from this process's memory alone (FROM_MEMORY), made without a
+        response object or the middleware chain: the chain's headers (request id, Server-Timing, security
+        headers, Content-Length) and metrics (own duration, responses by status) added here, as the chain
+        adds them. None: the view had no such answer (it made no query, counted nothing) and the chain
+        answers, with the request id bound here. No query, so no close_old_connections around it: to the
+        database this request is as an idle thread's time, and Django closes nothing then either.
+        Under Sentry every request goes through the chain (its scope, transaction and events)."""
+        memory = FROM_MEMORY.get(match.func)
+        if memory is None or request.META.get("CONTENT_LENGTH") or self._hot.redirects(request):
+            return None  # a body: the chain's size limit decides
+        started = time.perf_counter()
+        request_id = request_id_bound(request)
+        try:
+            body = memory.answer(request, *match.args, **match.kwargs)
+        except ApplicationError:  # one of ours (the token's keys cannot be had now): the view answers its problem
+            body = None
+        except Exception:  # the view, through the chain, answers it as it would have; said, not hidden
+            log.exception("hot_path_answer_from_memory_failed", view=match.view_name)
+            body = None
+        if body is None:
+            request.META["HTTP_X_REQUEST_ID"] = request_id  # the chain binds the same id
+            return None
+        timing = own_duration_observed(match.view_name, time.perf_counter() - started)
+        self._hot.count(request, 200)
+        request.close()
+        _close_caches()  # request_finished
+        headers = [
+            *memory.headers,
+            ("X-Request-ID", request_id),
+            ("Server-Timing", timing),
+            *self._hot.security_headers(request),
+            ("Content-Length", str(len(body))),
+        ]
+        return headers, body
+
     def _call(
         self,
         environ: dict[str, Any],
@@ -134,9 +191,12 @@ class HotPathApplication:
         sentry: bool = False,
     ) -> Iterable[bytes]:
         set_script_prefix(get_script_name(environ))
-        close_old_connections()  # request_started
         request = self.handler.request_class(environ)
         request.resolver_match = match
+        if not sentry and (answer := self._from_memory(request, match)) is not None:
+            start_response("200 OK", answer[0])
+            return [answer[1]]
+        close_old_connections()  # request_started
         try:
             response = (
                 cast(HttpResponse, self._sentry_handler.get_response(request)) if sentry else self._respond(request)

@@ -39,17 +39,24 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        incoming = request.META.get("HTTP_X_REQUEST_ID", "")  # not request.headers: it copies every header
-        request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        request.request_id = request_id  # type: ignore[attr-defined]
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        span = trace.get_current_span().get_span_context()
-        if span.is_valid:  # bound, not only read from the span: gunicorn's access line comes after it ended
-            structlog.contextvars.bind_contextvars(trace_id=trace.format_trace_id(span.trace_id))
+        request_id = request_id_bound(request)
         response = self.get_response(request)
         response["X-Request-ID"] = request_id
         return response
+
+
+def request_id_bound(request: HttpRequest) -> str:
+    """The request's id (a sane X-Request-ID, or a new one), set on it and bound, with the trace id, to
+    every log line from here on (RequestIdMiddleware; the hot path's answers from memory)."""
+    incoming = request.META.get("HTTP_X_REQUEST_ID", "")  # not request.headers: it copies every header
+    request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    request.request_id = request_id  # type: ignore[attr-defined]
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:  # bound, not only read from the span: gunicorn's access line comes after it ended
+        structlog.contextvars.bind_contextvars(trace_id=trace.format_trace_id(span.trace_id))
+    return request_id
 
 
 class ProblemJsonMiddleware:
@@ -146,6 +153,25 @@ def hot_route(path_info: str) -> ResolverMatch | None:
         return None
 
 
+class _Scheme:
+    """All SecurityMiddleware.process_response asks of a request."""
+
+    def __init__(self, secure: bool) -> None:
+        self.secure = secure
+
+    def is_secure(self) -> bool:
+        return self.secure
+
+
+def _added_headers(security: SecurityMiddleware, secure: bool) -> tuple[tuple[str, str], ...]:
+    """The headers `security` adds to a response over HTTPS (secure) or plain HTTP that has none of them,
+    in its order: what it reads of the settings is read once, when it is made."""
+    probe = HttpResponse()
+    given = set(probe.headers)
+    security.process_response(cast(HttpRequest, _Scheme(secure)), probe)
+    return tuple((name, value) for name, value in probe.items() if name not in given)
+
+
 class HotPathMiddleware:
     """First in MIDDLEWARE: on HOT_PATH_PREFIXES, call the view through only the middleware it needs.
 
@@ -160,6 +186,7 @@ class HotPathMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
         self._security = SecurityMiddleware(get_response)  # its process_request/_response only
+        self._security_headers = {secure: _added_headers(self._security, secure) for secure in (False, True)}
         # An exception in the view goes to ProblemJsonMiddleware.process_exception, as Django's handler
         # would send it (ApplicationError -> its problem); any other becomes Django's 500 here, so it is
         # still timed, id'd and problem+json.
@@ -183,11 +210,15 @@ class HotPathMiddleware:
             # As CommonMiddleware does on every other route. Without it gunicorn sends the body chunked: a
             # third write and TCP segment per response (its closing chunk), for the caller to read too.
             response["Content-Length"] = str(len(response.content))
-        # The one django-prometheus series the HighServerErrorRate alert divides (helm monitoring/alerts.yaml):
-        # without it a hot route's 5xx (a failed checkout) would page no one.
+        self.count(request, response.status_code)
+        return response
+
+    def count(self, request: HttpRequest, status_code: int) -> None:
+        """The one django-prometheus series the HighServerErrorRate alert divides (helm
+        monitoring/alerts.yaml): without it a hot route's 5xx (a failed checkout) would page no one."""
         match = request.resolver_match
         labels = (
-            str(response.status_code),
+            str(status_code),
             (match.view_name if match else None) or "<unnamed view>",
             request.method if request.method in _COUNTED_METHODS else "<invalid method>",
         )
@@ -195,7 +226,14 @@ class HotPathMiddleware:
         if counter is None:
             counter = _responses.setdefault(labels, _RESPONSES.labels(*labels))
         counter.inc()
-        return response
+
+    def redirects(self, request: HttpRequest) -> bool:
+        """Whether SecurityMiddleware sends the request elsewhere (SECURE_SSL_REDIRECT) instead of answering it."""
+        return self._security.process_request(request) is not None
+
+    def security_headers(self, request: HttpRequest) -> tuple[tuple[str, str], ...]:
+        """The headers SecurityMiddleware adds to an answer that has none of them, for this request."""
+        return self._security_headers[request.is_secure()]
 
     def _view(self, request: HttpRequest) -> HttpResponse:
         match = request.resolver_match

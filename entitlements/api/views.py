@@ -41,7 +41,7 @@ from entitlements.errors import (
 )
 from payments_project import ratelimit
 from payments_project.auth import JWTAuthentication, Principal
-from payments_project.errors import ValidationFailed
+from payments_project.errors import RateLimited, ValidationFailed
 from payments_project.inputs import no_body
 from payments_project.openapi import problems
 from payments_project.service_auth import InternalAPIView
@@ -95,6 +95,9 @@ class EntitlementDetailApi(APIView):
 _check_drf = EntitlementDetailApi.as_view()
 _JWT = JWTAuthentication()  # holds no state of its own (the keys and verified tokens are the backend's)
 _JSON_ACCEPTS = frozenset({"", "*/*", "application/json"})  # what DRF's negotiation answers with JSON
+_ALLOW = "GET, HEAD, OPTIONS"
+# The headers of EntitlementDetailApi's answer, in its order.
+CHECK_HEADERS = (("Content-Type", "application/json"), ("Allow", _ALLOW))
 
 
 def entitlement_check(request: HttpRequest, feature_key: str) -> HttpResponse:
@@ -103,19 +106,50 @@ def entitlement_check(request: HttpRequest, feature_key: str) -> HttpResponse:
     a GET wanting JSON, with a well-formed key and a valid Bearer token. Anything else (no or a refused
     token, a bad key, another method) goes to EntitlementDetailApi, the view the URLconf and the
     OpenAPI schema name, which answers it exactly as before (401 counted against the IP, 400, 405)."""
-    principal = None
-    if request.method == "GET" and request.META.get("HTTP_ACCEPT", "") in _JSON_ACCEPTS:
-        principal = _bearer_principal(request) if _FEATURE_KEY.fullmatch(feature_key) else None
+    principal = _common_case_principal(request, feature_key)
     if principal is None:
         return cast(HttpResponse, _check_drf(request, feature_key=feature_key))
     request.user = principal  # type: ignore[assignment]  # the rate limit's key, as DRF's authentication sets it
+    refused = getattr(request, "rate_limit_refused", None)  # counted by entitlement_check_from_memory
+    if refused is not None:
+        raise refused  # HotPathMiddleware answers its problem
     ratelimit.check_batched(request, "api_read")  # RateLimited: HotPathMiddleware answers its problem
     entitled = selectors.user_entitlements(user_id=principal.id).has(feature_key)
-    # The bytes DRF's JSONRenderer wrote, and its headers: the same answer as EntitlementDetailApi's.
-    body = f'{{"feature":"{feature_key}","entitled":{"true" if entitled else "false"}}}'  # a slug: no escaping
-    response = HttpResponse(body.encode(), content_type="application/json")  # bytes: no charset lookups
-    response["Allow"] = "GET, HEAD, OPTIONS"
+    response = HttpResponse(_check_body(feature_key, entitled), content_type="application/json")  # no charset
+    response["Allow"] = _ALLOW
     return response
+
+
+def entitlement_check_from_memory(request: HttpRequest, feature_key: str) -> bytes | None:
+    """entitlement_check's body when this process remembers the caller's cached answer: no round trip, no
+    query (payments_project.hot_path sends it with CHECK_HEADERS and what the hot path's middleware adds,
+    without building a response). None, nothing counted: entitlement_check answers. When the rate limit
+    refuses the hit, the refusal is left on the request for entitlement_check to raise, not counted twice."""
+    principal = _common_case_principal(request, feature_key)
+    if principal is None:
+        return None
+    entitled = selectors.user_entitled_remembered(user_id=str(principal.id), feature=feature_key)
+    if entitled is None:
+        return None
+    request.user = principal  # type: ignore[assignment]
+    try:
+        ratelimit.check_batched(request, "api_read")
+    except RateLimited as refused:
+        request.rate_limit_refused = refused  # type: ignore[attr-defined]
+        return None
+    return _check_body(feature_key, entitled)
+
+
+def _common_case_principal(request: HttpRequest, feature_key: str) -> Principal | None:
+    """The caller of a GET wanting JSON, with a well-formed key and a valid Bearer token; else None."""
+    if request.method == "GET" and request.META.get("HTTP_ACCEPT", "") in _JSON_ACCEPTS:
+        return _bearer_principal(request) if _FEATURE_KEY.fullmatch(feature_key) else None
+    return None
+
+
+def _check_body(feature_key: str, entitled: bool) -> bytes:
+    """The bytes DRF's JSONRenderer writes (the key is a slug: nothing to escape)."""
+    return f'{{"feature":"{feature_key}","entitled":{"true" if entitled else "false"}}}'.encode()
 
 
 def _bearer_principal(request: HttpRequest) -> Principal | None:

@@ -243,6 +243,47 @@ def test_a_purchase_is_seen_at_the_next_check_though_the_denial_was_answered_fro
     assert entitled(buyer, "hd")
 
 
+def from_memory(user_id: uuid.UUID, feature: str) -> bool | None:
+    return selectors.user_entitled_remembered(user_id=str(user_id), feature=feature)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_check_from_memory_alone_answers_remembered_users_and_sees_a_cancellation_at_once(
+    round_trips: type[CountingConnectionPool],
+) -> None:
+    buyer = uuid.uuid4()
+    subscription = purchase(buyer, "hd")
+    assert from_memory(buyer, "hd") is None  # never read: not remembered
+    # Read from the database and written to Redis, then read back and remembered (a later read, if
+    # Redis's push of the write lands in between)
+    assert wait_until(lambda: entitled(buyer, "hd") and from_memory(buyer, "hd") is not None, timeout=5)
+
+    round_trips.checkouts = 0
+    answers = from_memory(buyer, "hd"), from_memory(buyer, "4k"), from_memory(buyer, "h")
+    assert (answers, round_trips.checkouts) == ((True, False, False), 0)
+
+    with transaction.atomic():
+        Subscription.objects.filter(pk=subscription.pk).update(status=Subscription.Status.CANCELED)
+        entitlements_refresh(user_ids={buyer})
+
+    assert from_memory(buyer, "hd") is None  # the new version is not remembered: the full check reads it
+    assert not entitled(buyer, "hd")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_check_from_memory_alone_never_serves_a_grant_past_its_end(
+    round_trips: type[CountingConnectionPool],
+) -> None:
+    user = uuid.uuid4()
+    end = timezone.now() + timedelta(seconds=90)
+    subscribe(user, plan_with(["hd"]), period_end=end, cancel_at_period_end=True)
+    assert wait_until(lambda: entitled(user, "hd") and from_memory(user, "hd") is True, timeout=5)
+
+    with time_machine.travel(end + timedelta(seconds=1)):  # Redis, and this process, still hold the entry
+        assert from_memory(user, "hd") is None
+        assert not entitled(user, "hd")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_when_the_connection_told_of_changes_is_lost_what_was_remembered_is_forgotten(
     round_trips: type[CountingConnectionPool],

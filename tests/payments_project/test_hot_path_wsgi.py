@@ -3,11 +3,14 @@ application gunicorn serves, exactly as Django's handler answers them: same stat
 same rate limits, same database connection handling, and traced when tracing is on."""
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import sentry_sdk
+import time_machine
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
@@ -15,8 +18,11 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.core.wsgi import get_wsgi_application
 from django.db import connection
 from django.test import RequestFactory, override_settings
+from django.utils import timezone
+from sentry_sdk.integrations.django import DjangoIntegration
 
 from billing.models import Order, Price
+from entitlements import selectors
 from payments_project.hot_path import HotPathApplication
 from payments_project.wsgi import application, django_application
 from tests.billing.checkout.support import SESSIONS
@@ -26,6 +32,7 @@ from tests.support.auth import bearer
 from tests.support.otlp import Traced
 from tests.support.stripe_events import delivery, stripe_event
 from tests.support.stripe_fake import StripeFake
+from tests.support.worker import wait_until
 from webhooks.models import WebhookEvent
 
 # close_old_connections runs as in production (no test transaction around the request to break)
@@ -130,6 +137,99 @@ def test_the_check_is_still_rate_limited_per_user() -> None:
 
     assert statuses == [200, 200, 200, 429]
     assert other == 200
+
+
+def remembered(user: uuid.UUID) -> dict[str, Any]:
+    """A check of `hd` by the user that this process answers from memory alone, once checks have left the
+    user's answer remembered: the first writes it to Redis, the next reads it back and remembers it (unless
+    Redis's push of that write lands in between, or the connection told of changes is being remade, as
+    after another test's outage: then a later one)."""
+    assert sentry_sdk.get_client().get_integration(DjangoIntegration) is None  # else: Sentry's steps, not memory
+    check = environ("GET", "/api/v1/entitlements/hd", HTTP_AUTHORIZATION=bearer(user))
+
+    def answered_from_memory() -> bool:
+        assert call(application, dict(check))[0] == 200
+        return selectors.user_entitled_remembered(user_id=str(user), feature="hd") is not None
+
+    assert wait_until(answered_from_memory, timeout=5, interval=0.05), "the user's answer was never remembered"
+    return check
+
+
+@pytest.fixture
+def subscriber() -> uuid.UUID:
+    user = uuid.uuid4()
+    subscribe(user, plan_with(["hd"]))
+    return user
+
+
+def headers_in_order(app: WSGIApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Status line, headers as sent (Server-Timing's duration left out) and body."""
+    started: dict[str, Any] = {}
+    body = b"".join(app(environ, lambda status, headers: started.update(status=status, headers=headers)))
+    assert dict(started["headers"]).get("Server-Timing", "app;dur=").startswith("app;dur=")
+    return started["status"], [h if h[0] != "Server-Timing" else (h[0], "") for h in started["headers"]], body
+
+
+def test_a_check_answered_from_memory_sends_what_djangos_handler_sends(subscriber: uuid.UUID) -> None:
+    check = remembered(subscriber)
+
+    fast, django = headers_in_order(application, dict(check)), headers_in_order(django_application, dict(check))
+
+    assert fast == django
+    assert fast[0] == "200 OK"
+    assert [name for name, _ in fast[1]] == [
+        *("Content-Type", "Allow", "X-Request-ID", "Server-Timing"),
+        *("X-Content-Type-Options", "Referrer-Policy", "Cross-Origin-Opener-Policy", "Content-Length"),
+    ]
+
+
+@override_settings(
+    SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"),
+    SECURE_SSL_REDIRECT=True,
+    SECURE_HSTS_SECONDS=31536000,
+    SECURE_HSTS_INCLUDE_SUBDOMAINS=True,
+    SECURE_HSTS_PRELOAD=True,
+)
+@pytest.mark.parametrize(("scheme", "status"), [("https", "200 OK"), ("http", "301 Moved Permanently")])
+def test_with_productions_security_settings_a_check_from_memory_sends_what_djangos_handler_sends(
+    subscriber: uuid.UUID, scheme: str, status: str
+) -> None:
+    handler = WSGIHandler()  # its SecurityMiddleware reads these settings
+    hot = HotPathApplication(handler)
+    check = {**remembered(subscriber), "HTTP_X_FORWARDED_PROTO": scheme}  # the process's memory: hot's too
+
+    fast, django = headers_in_order(hot, dict(check)), headers_in_order(handler, dict(check))
+
+    assert fast == django
+    assert fast[0] == status
+    assert ("Strict-Transport-Security" in dict(fast[1])) == (scheme == "https")
+
+
+def test_a_check_refused_by_its_rate_limit_from_memory_is_counted_once() -> None:
+    user = uuid.uuid4()
+    check = remembered(user)
+    with (
+        time_machine.travel(timezone.now(), tick=False),  # one rate-limit window throughout
+        override_settings(RATE_LIMITS={**settings.RATE_LIMITS, "api_read": "3/h"}),  # every hit reported
+    ):
+        statuses = [call(application, dict(check))[0] for _ in range(5)]
+        window = int(time.time() // 3600)
+
+    assert statuses == [200, 200, 200, 429, 429]
+    assert caches["default"].get(f"rl:api_read:3600:user:{user}:{window}") == 5
+
+
+def test_a_check_answered_from_memory_leaves_the_database_connection_alone(subscriber: uuid.UUID) -> None:
+    check = remembered(subscriber)
+    connection.ensure_connection()  # past its CONN_MAX_AGE (0 in the test settings)
+
+    status, _, _ = call(application, check)
+
+    # No query, nothing to check or close: as in a thread that serves nothing (Django closes nothing then)
+    assert status == 200
+    assert connection.connection is not None
+    call(application, environ("GET", "/api/v1/entitlements/hd"))  # a 401: through Django's handler's steps
+    assert connection.connection is None
 
 
 def webhook(event_id: str, **overrides: Any) -> dict[str, Any]:
