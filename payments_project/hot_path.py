@@ -161,7 +161,7 @@ class HotPathApplication:
         request_id = request_id_bound(request)
         try:
             body = memory.answer(request, *match.args, **match.kwargs)
-        except ApplicationError:  # one of ours (the token's keys cannot be had now): the view answers its problem
+        except ApplicationError:  # one of ours: the view answers its problem
             body = None
         except Exception:  # the view, through the chain, answers it as it would have; said, not hidden
             log.exception("hot_path_answer_from_memory_failed", view=match.view_name)

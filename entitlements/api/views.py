@@ -6,7 +6,6 @@ from typing import cast
 
 from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -39,8 +38,8 @@ from entitlements.errors import (
     NotFamilyOwner,
     OwnerCannotLeave,
 )
-from payments_project import ratelimit
-from payments_project.auth import JWTAuthentication, Principal
+from payments_project import plain_views, ratelimit
+from payments_project.auth import Principal
 from payments_project.errors import RateLimited, ValidationFailed
 from payments_project.inputs import no_body
 from payments_project.openapi import problems
@@ -93,8 +92,6 @@ class EntitlementDetailApi(APIView):
 
 
 _check_drf = EntitlementDetailApi.as_view()
-_JWT = JWTAuthentication()  # holds no state of its own (the keys and verified tokens are the backend's)
-_JSON_ACCEPTS = frozenset({"", "*/*", "application/json"})  # what DRF's negotiation answers with JSON
 _ALLOW = "GET, HEAD, OPTIONS"
 # The headers of EntitlementDetailApi's answer, in its order.
 CHECK_HEADERS = (("Content-Type", "application/json"), ("Allow", _ALLOW))
@@ -103,9 +100,10 @@ CHECK_HEADERS = (("Content-Type", "application/json"), ("Allow", _ALLOW))
 def entitlement_check(request: HttpRequest, feature_key: str) -> HttpResponse:
     """`GET /api/v1/entitlements/{key}` without DRF's machinery, which cost more CPU than the check
     (issue 18; HotPathMiddleware routes here through hot_urls). Only the common case is answered here:
-    a GET wanting JSON, with a well-formed key and a valid Bearer token. Anything else (no or a refused
-    token, a bad key, another method) goes to EntitlementDetailApi, the view the URLconf and the
-    OpenAPI schema name, which answers it exactly as before (401 counted against the IP, 400, 405)."""
+    a GET wanting plain JSON (plain_views), with a well-formed key and a valid Bearer token. Anything else
+    (no or a refused token, a bad key, another method, Accept header or a query string) goes to
+    EntitlementDetailApi, the view the URLconf and the OpenAPI schema name, which answers it exactly as
+    before (401 counted against the IP, 400, 405, 406)."""
     principal = _common_case_principal(request, feature_key)
     if principal is None:
         return cast(HttpResponse, _check_drf(request, feature_key=feature_key))
@@ -141,23 +139,16 @@ def entitlement_check_from_memory(request: HttpRequest, feature_key: str) -> byt
 
 
 def _common_case_principal(request: HttpRequest, feature_key: str) -> Principal | None:
-    """The caller of a GET wanting JSON, with a well-formed key and a valid Bearer token; else None."""
-    if request.method == "GET" and request.META.get("HTTP_ACCEPT", "") in _JSON_ACCEPTS:
-        return _bearer_principal(request) if _FEATURE_KEY.fullmatch(feature_key) else None
+    """The caller of a GET wanting JSON, as DRF would answer it (plain_views), with a well-formed key and a
+    valid Bearer token; else None."""
+    if request.method == "GET" and plain_views.negotiates_plain_json(request) and _FEATURE_KEY.fullmatch(feature_key):
+        return plain_views.bearer_principal(request)
     return None
 
 
 def _check_body(feature_key: str, entitled: bool) -> bytes:
     """The bytes DRF's JSONRenderer writes (the key is a slug: nothing to escape)."""
     return f'{{"feature":"{feature_key}","entitled":{"true" if entitled else "false"}}}'.encode()
-
-
-def _bearer_principal(request: HttpRequest) -> Principal | None:
-    """The caller when the request carries a valid Bearer token, else None (EntitlementDetailApi says why)."""
-    try:
-        return _JWT.remembered_principal(request)
-    except APIException:
-        return None
 
 
 def _family_response(user_id: uuid.UUID, *, status: int = 200) -> Response:

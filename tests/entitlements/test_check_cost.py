@@ -86,6 +86,25 @@ def test_the_plain_check_view_answers_as_the_drf_view_does(client: Client) -> No
     }
 
 
+@pytest.mark.parametrize(
+    ("query", "extra", "status"),
+    [
+        ("", {"HTTP_ACCEPT": ""}, 406),  # present but empty: DRF's negotiation finds no renderer
+        ("?format=xml", {}, 404),  # a format DRF has no renderer for
+    ],
+)
+def test_a_check_drf_would_not_answer_in_json_gets_drfs_answer(
+    client: Client, query: str, extra: dict[str, str], status: int
+) -> None:
+    headers = as_user(uuid.uuid4())
+
+    refused = client.get(f"/api/v1/entitlements/hd{query}", **extra, **headers)
+
+    assert refused.status_code == status
+    assert refused["Content-Type"] == "application/problem+json"
+    assert refused["Allow"] == "GET, HEAD, OPTIONS"  # EntitlementDetailApi's answer
+
+
 @override_settings(JWT_LEEWAY_SECONDS=0)
 def test_the_check_remembers_its_caller_until_the_token_expires(client: Client) -> None:
     """A repeated Authorization header is answered from the principal remembered by its hash (no token

@@ -205,6 +205,17 @@ def test_with_productions_security_settings_a_check_from_memory_sends_what_djang
     assert ("Strict-Transport-Security" in dict(fast[1])) == (scheme == "https")
 
 
+def test_a_remembered_check_drf_would_not_answer_in_json_is_answered_as_djangos_handler_answers_it(
+    subscriber: uuid.UUID,
+) -> None:
+    check = remembered(subscriber)
+
+    empty_accept = answered_alike(lambda: {**check, "HTTP_ACCEPT": ""})
+    unknown_format = answered_alike(lambda: {**check, "QUERY_STRING": "format=xml"})
+
+    assert (empty_accept[0], unknown_format[0]) == (406, 404)
+
+
 def test_a_check_refused_by_its_rate_limit_from_memory_is_counted_once() -> None:
     user = uuid.uuid4()
     check = remembered(user)
