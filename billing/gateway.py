@@ -93,7 +93,17 @@ def _breaker_storage() -> pybreaker.CircuitBreakerStorage:
             client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
             _redis_clients[settings.REDIS_URL] = client
     # If Redis is unreachable pybreaker falls back to "closed": Stripe calls go on, unprotected.
-    return _RedisBreakerStorage(pybreaker.STATE_CLOSED, client, namespace=_breaker_namespace())
+    return _RedisBreakerStorage(
+        pybreaker.STATE_CLOSED,
+        client,
+        namespace=_breaker_namespace(),
+        remember_closed=settings.STRIPE_BREAKER_CLOSED_MEMORY_SECONDS,
+    )
+
+
+# When each breaker (its state's Redis key) was last read closed with no failure counted, in this process
+# (time.monotonic()): shared by its threads, so a failure in one makes them all read Redis again.
+_closed_read_at: dict[str, float] = {}
 
 
 class _RedisBreakerStorage(pybreaker.CircuitRedisStorage):
@@ -101,13 +111,29 @@ class _RedisBreakerStorage(pybreaker.CircuitRedisStorage):
     the failure count (one MGET, the round trip pybreaker makes anyway), and a success that found no failure
     counted leaves the count alone instead of setting it to 0 again. A failure another process counts during
     the call is then cleared by the next success rather than this one. One object per breaker, so per thread.
+
+    Nor its read before every call while all is well: a breaker read closed with no failure counted is taken as
+    closed for `remember_closed` seconds (STRIPE_BREAKER_CLOSED_MEMORY_SECONDS), so one another process opens
+    is seen that much later at most (and failures it counts meanwhile are cleared that much later). Anything
+    else is read every call, as before: a failure here forgets the closed state at once (it is counted in Redis
+    and the next call reads the state), and an open or half-open breaker is never remembered.
     """
 
     _failures_seen: int | None = None  # the count read with the state; None: unknown, so a success resets it
 
+    def __init__(self, *args: Any, remember_closed: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._remember_closed = remember_closed
+        self._state_key = self._namespace("state")
+
     def _read_state(self) -> str:
+        read_at = _closed_read_at.get(self._state_key)
+        if read_at is not None and time.monotonic() - read_at < self._remember_closed:
+            self._failures_seen = 0
+            return pybreaker.STATE_CLOSED
+        _closed_read_at.pop(self._state_key, None)
         try:
-            state, failures = self._redis.mget(self._namespace("state"), self._namespace("fail_counter"))
+            state, failures = self._redis.mget(self._state_key, self._namespace("fail_counter"))
         except redis.RedisError:
             self._failures_seen = None
             return str(pybreaker.CircuitRedisStorage.state.fget(self))  # type: ignore[attr-defined]
@@ -115,11 +141,19 @@ class _RedisBreakerStorage(pybreaker.CircuitRedisStorage):
             self._failures_seen = None
             return str(pybreaker.CircuitRedisStorage.state.fget(self))  # type: ignore[attr-defined]
         self._failures_seen = int(failures or 0)
-        return state.decode() if isinstance(state, bytes) else str(state)
+        state = state.decode() if isinstance(state, bytes) else str(state)
+        if state == pybreaker.STATE_CLOSED and self._failures_seen == 0:
+            _closed_read_at[self._state_key] = time.monotonic()
+        return str(state)
 
-    state = property(_read_state, pybreaker.CircuitRedisStorage.state.fset)  # type: ignore[attr-defined]
+    def _write_state(self, state: str) -> None:
+        _closed_read_at.pop(self._state_key, None)
+        pybreaker.CircuitRedisStorage.state.fset(self, state)  # type: ignore[attr-defined]
+
+    state = property(_read_state, _write_state)
 
     def increment_counter(self) -> None:
+        _closed_read_at.pop(self._state_key, None)
         self._failures_seen = None
         super().increment_counter()
 
@@ -141,6 +175,7 @@ def _breaker() -> pybreaker.CircuitBreaker:
         _breaker_namespace(),
         settings.STRIPE_BREAKER_FAIL_MAX,
         settings.STRIPE_BREAKER_RESET_SECONDS,
+        settings.STRIPE_BREAKER_CLOSED_MEMORY_SECONDS,
     )
     breakers: dict[tuple[Any, ...], pybreaker.CircuitBreaker] = getattr(_local, "breakers", {})
     _local.breakers = breakers
@@ -158,7 +193,8 @@ def _breaker() -> pybreaker.CircuitBreaker:
 
 
 def breaker_state() -> str:
-    """'closed', 'open' or 'half-open', as every process sees it."""
+    """'closed', 'open' or 'half-open', as every process sees it (closed: as read in the last
+    STRIPE_BREAKER_CLOSED_MEMORY_SECONDS)."""
     return str(_breaker().current_state)
 
 
