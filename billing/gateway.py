@@ -101,9 +101,9 @@ def _breaker_storage() -> pybreaker.CircuitBreakerStorage:
     )
 
 
-# When each breaker (its state's Redis key) was last read closed with no failure counted, in this process
+# When each breaker (its Redis and state key) was last read closed with no failure counted, in this process
 # (time.monotonic()): shared by its threads, so a failure in one makes them all read Redis again.
-_closed_read_at: dict[str, float] = {}
+_closed_read_at: dict[tuple[str, str], float] = {}
 
 
 class _RedisBreakerStorage(pybreaker.CircuitRedisStorage):
@@ -125,13 +125,14 @@ class _RedisBreakerStorage(pybreaker.CircuitRedisStorage):
         super().__init__(*args, **kwargs)
         self._remember_closed = remember_closed
         self._state_key = self._namespace("state")
+        self._breaker_key = (settings.REDIS_URL, self._state_key)
 
     def _read_state(self) -> str:
-        read_at = _closed_read_at.get(self._state_key)
+        read_at = _closed_read_at.get(self._breaker_key)
         if read_at is not None and time.monotonic() - read_at < self._remember_closed:
             self._failures_seen = 0
             return pybreaker.STATE_CLOSED
-        _closed_read_at.pop(self._state_key, None)
+        _closed_read_at.pop(self._breaker_key, None)
         try:
             state, failures = self._redis.mget(self._state_key, self._namespace("fail_counter"))
         except redis.RedisError:
@@ -143,17 +144,17 @@ class _RedisBreakerStorage(pybreaker.CircuitRedisStorage):
         self._failures_seen = int(failures or 0)
         state = state.decode() if isinstance(state, bytes) else str(state)
         if state == pybreaker.STATE_CLOSED and self._failures_seen == 0:
-            _closed_read_at[self._state_key] = time.monotonic()
+            _closed_read_at[self._breaker_key] = time.monotonic()
         return str(state)
 
     def _write_state(self, state: str) -> None:
-        _closed_read_at.pop(self._state_key, None)
+        _closed_read_at.pop(self._breaker_key, None)
         pybreaker.CircuitRedisStorage.state.fset(self, state)  # type: ignore[attr-defined]
 
     state = property(_read_state, _write_state)
 
     def increment_counter(self) -> None:
-        _closed_read_at.pop(self._state_key, None)
+        _closed_read_at.pop(self._breaker_key, None)
         self._failures_seen = None
         super().increment_counter()
 
