@@ -540,8 +540,9 @@ def _request(client: _Stripe, method: str, path: str, params: dict[str, Any], id
     `_generate_idempotency_key`, its http client's `request_with_retries` (max_network_retries, Stripe-Should-Retry,
     409 and 5xx, connection errors, backoff; our deadline in _DeadlineClient) and, for anything but a 2xx JSON
     body, its requestor's `_interpret_response`: the same exceptions as ever."""
-    # stripe's form encoding, its square brackets left readable as stripe leaves them
-    encoded = urlencode(list(_api_encode(params))).replace("%5B", "[").replace("%5D", "]")
+    # stripe's form encoding, square brackets left readable: the string stripe makes by turning %5B and %5D back
+    # into brackets, without quoting each character of every `metadata[...]` key first (~10 µs a call)
+    encoded = urlencode(list(_api_encode(params)), safe="[]")
     url = client.base + path
     if method == "post":
         headers, body = client.post_headers, encoded
