@@ -299,6 +299,9 @@ STRIPE_READ_TIMEOUT_SECONDS = 15.0
 STRIPE_MAX_NETWORK_RETRIES = 2  # connection errors, 409 and 5xx, with the same idempotency key
 STRIPE_BREAKER_FAIL_MAX = 5  # consecutive outages that open the breaker
 STRIPE_BREAKER_RESET_SECONDS = 30  # then one probe call after this long
+# A process takes a breaker it read closed (no failure counted) as closed this long without asking Redis again
+# (a round trip per Stripe call saved): one another process opens is seen this much later at most.
+STRIPE_BREAKER_CLOSED_MEMORY_SECONDS = 1.0
 # A web request's Stripe calls, retries included, end this long after the request began: then 503 with
 # Retry-After (an order is left to its sweep, which asks Stripe again with the same idempotency key).
 STRIPE_REQUEST_BUDGET_SECONDS = 5.0

@@ -3,18 +3,21 @@ engineers build on) and the rules every call obeys."""
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pybreaker
 import pytest
+import redis
 import stripe
 from django.db import transaction
 from prometheus_client import REGISTRY
 
 from billing import gateway
-from billing.errors import StripeNotConfigured, StripeRequestFailed
+from billing.errors import StripeNotConfigured, StripeRequestFailed, StripeUnavailable
 from tests.support.stripe_fake import StripeFake
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -121,3 +124,51 @@ def test_stripe_calls_go_through_the_proxy_the_environment_names(
 
     assert customer == {"id": "cus_via_proxy", "object": "customer", "metadata": {}}
     assert seen == ["POST http://api.stripe.invalid/v1/customers HTTP/1.1 customer-create:c-proxied"]
+
+
+@pytest.fixture
+def other_process_breaker(settings: Any) -> pybreaker.CircuitBreaker:
+    """The Stripe breaker as another process's gateway holds it: pybreaker on the same Redis keys."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=gateway._breaker_namespace())
+    return pybreaker.CircuitBreaker(reset_timeout=settings.STRIPE_BREAKER_RESET_SECONDS, state_storage=storage)
+
+
+def test_a_breaker_another_process_opens_is_seen_once_the_closed_state_read_here_is_old(
+    stripe_fake: StripeFake, settings: Any, other_process_breaker: pybreaker.CircuitBreaker
+) -> None:
+    settings.STRIPE_BREAKER_RESET_SECONDS = 30
+    settings.STRIPE_BREAKER_CLOSED_MEMORY_SECONDS = 1.0
+    gateway.customer_create(email="", user_id="u", customer_id="c-1")  # reads the breaker: closed, no failure
+
+    other_process_breaker.open()
+    gateway.customer_create(email="", user_id="u", customer_id="c-2")  # closed, as read just now: Stripe is called
+    time.sleep(settings.STRIPE_BREAKER_CLOSED_MEMORY_SECONDS)
+
+    started = time.monotonic()
+    with pytest.raises(StripeUnavailable, match="circuit breaker"):
+        gateway.customer_create(email="", user_id="u", customer_id="c-3")
+    assert time.monotonic() - started < 0.5
+    assert [request.idempotency_key for request in stripe_fake.sent("POST /v1/customers")] == [
+        "customer-create:c-1",
+        "customer-create:c-2",
+    ]
+
+
+def test_after_a_failure_the_next_call_reads_the_breaker_again(
+    stripe_fake: StripeFake, settings: Any, other_process_breaker: pybreaker.CircuitBreaker
+) -> None:
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    settings.STRIPE_BREAKER_RESET_SECONDS = 30
+    settings.STRIPE_BREAKER_CLOSED_MEMORY_SECONDS = 60.0  # the closed state read here would be trusted all test
+    gateway.customer_create(email="", user_id="u", customer_id="c-1")
+    stripe_fake.fail_next("POST /v1/customers", 500, {"type": "api_error", "message": "Something went wrong"})
+    with pytest.raises(StripeUnavailable):
+        gateway.customer_create(email="", user_id="u", customer_id="c-2")
+    assert other_process_breaker.fail_counter == 1  # counted in Redis, for every process
+
+    other_process_breaker.open()
+
+    with pytest.raises(StripeUnavailable, match="circuit breaker"):
+        gateway.customer_create(email="", user_id="u", customer_id="c-3")
+    assert len(stripe_fake.sent("POST /v1/customers")) == 2

@@ -236,5 +236,6 @@ def test_a_success_with_no_failure_counted_writes_nothing_to_the_breaker(
     assert checkout(api, user, price, key="second").status_code == 201
 
     breaker_commands = [args[0] for args in sent if any(":stripe:" in str(arg) for arg in args[1:])]
-    assert breaker_commands == ["MGET"]  # the state, read with the failure count; no write
+    # the state, read with the failure count (or none: the first checkout's read is remembered); no write
+    assert breaker_commands in (["MGET"], [])
     assert gateway.breaker_state() == "closed"
