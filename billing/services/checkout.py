@@ -40,7 +40,7 @@ from billing.services._shared import (
 from gdpr import audit
 from payments_project.db_cursors import server_binding_cursor
 from payments_project.errors import ApplicationError, ValidationFailed
-from payments_project.raw_rows import insert_many, update_then_insert
+from payments_project.raw_rows import insert_many, insert_params, update_then_insert
 from payments_project.tracing import current_traceparent
 from tasks.outbox import dispatch_on_commit, new_message
 
@@ -200,8 +200,7 @@ def _order_insert(order: Order) -> bool:
     """INSERT the order unless its customer used its Idempotency-Key already; whether it was inserted. The
     statement is written once per process (Order.objects.create compiled it anew on every checkout)."""
     connection = transaction.get_connection()
-    fields = Order._meta.concrete_fields
-    params = [field.get_db_prep_save(field.pre_save(order, add=True), connection) for field in fields]
+    params = insert_params(connection, Order, [order])
     with server_binding_cursor(connection) as cursor:
         cursor.execute(_order_insert_statement(connection.vendor), params)
         inserted = cursor.fetchone() is not None

@@ -1,16 +1,20 @@
 """A change and the rows that describe it written as one: raw_rows.update_then_insert."""
 
+from datetime import datetime
+from typing import Any
+
 import pytest
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, connection, models
+from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 
 from billing.models import Order
 from gdpr import audit
 from gdpr.models import AuditEvent
-from payments_project.raw_rows import update_then_insert
+from payments_project.raw_rows import insert_params, update_then_insert
 from tasks.models import OutboxMessage
 from tasks.outbox import new_message
-from tests.billing.factories import OrderFactory
+from tests.billing.factories import CustomerFactory, OrderFactory, PriceFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,3 +71,51 @@ def test_a_row_that_cannot_go_in_takes_the_change_and_the_other_rows_with_it() -
     assert Order.objects.get(pk=order.pk).status == Order.Status.PENDING
     assert not AuditEvent.objects.exists()
     assert OutboxMessage.objects.count() == 1
+
+
+def _as_the_fields_write(rows: list[models.Model]) -> list[Any]:
+    return [
+        field.get_db_prep_save(field.pre_save(row, add=True), connection)
+        for row in rows
+        for field in type(row)._meta.concrete_fields
+    ]
+
+
+def _comparable(params: list[Any]) -> list[tuple[type, Any]]:
+    # A JSON value is wrapped anew each time (psycopg's Jsonb): compared by what it wraps; anything else by
+    # type and value (an integer's sized type included).
+    return [(type(value), getattr(value, "obj", value)) for value in params]
+
+
+def test_insert_parameters_are_what_the_fields_write() -> None:
+    unsaved_order = OrderFactory.build(
+        customer=CustomerFactory(), price=PriceFactory(), status=Order.Status.PENDING, stripe_session_id=None
+    )
+    request = RequestFactory().post("/", REMOTE_ADDR="198.51.100.7", HTTP_USER_AGENT="app/2.1")
+    event, personal = audit.entry(
+        action=audit.AuditAction.ORDER_CREATED,
+        actor_type=audit.ActorType.USER,
+        actor_id=str(unsaved_order.customer.user_id),
+        target_type="order",
+        target_id=str(unsaved_order.id),
+        metadata={"plan": "family", "amount": 500, "email": "someone@example.com"},
+        request=request,
+    )
+    assert personal is not None
+    message = new_message("order.created", f"order:{unsaved_order.id}", {"order_id": str(unsaved_order.id)})
+
+    for row in (unsaved_order, event, personal, message):
+        params = insert_params(connection, type(row), [row])
+
+        assert _comparable(params) == _comparable(_as_the_fields_write([row]))
+
+
+def test_a_naive_datetime_is_made_aware_as_the_field_does() -> None:
+    unsaved_order = OrderFactory.build(customer=CustomerFactory(), price=PriceFactory())
+    unsaved_order.lease_until = datetime(2026, 1, 2, 3, 4, 5)  # naive on purpose
+
+    with pytest.warns(RuntimeWarning, match="naive datetime"):
+        params = insert_params(connection, Order, [unsaved_order])
+
+    with pytest.warns(RuntimeWarning, match="naive datetime"):
+        assert _comparable(params) == _comparable(_as_the_fields_write([unsaved_order]))
