@@ -4,7 +4,7 @@ ORM would have sent and what it would have made of the values that come back."""
 
 import functools
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from itertools import chain
 from typing import Any
@@ -68,18 +68,24 @@ def _rows_update_sql(vendor: str, label: str, names: tuple[str, ...], rows: int)
     )
 
 
-def update_then_insert(update: str, params: Sequence[Any], rows: Sequence[models.Model]) -> bool:
+# A row to insert as its column values: its model, and its fields' values by attribute name (`event_id`) as an
+# instance would hold them; a field left out takes its default, as in Model(**values). For rows nobody needs as
+# instances (the audit rows and outbox message of a checkout): building an instance cost more than its INSERT.
+NewRow = tuple[type[models.Model], Mapping[str, Any]]
+
+
+def update_then_insert(update: str, params: Sequence[Any], rows: Sequence[NewRow]) -> bool:
     """Run `update` (an UPDATE of at most one row, its parameters `params`) and, only when it changed a row,
-    INSERT `rows` (unsaved instances, primary keys set; events and messages that describe the change), all or
-    nothing; whether it changed a row.
+    INSERT `rows` (primary keys set; events and messages that describe the change), all or nothing; whether it
+    changed a row.
 
     On PostgreSQL it is one statement, atomic by itself (the inserts in a data-modifying WITH, each selecting
     its row only when the UPDATE returned one): outside a transaction one round trip, where a transaction of
     its own took six (BEGIN, each statement, COMMIT). Elsewhere (SQLite, `make run`) the same in a transaction.
     """
     connection = transaction.get_connection()
-    labels = tuple(row._meta.label for row in rows)
-    inserted = [insert_params(connection, type(row), [row]) for row in rows]
+    labels = tuple(model._meta.label for model, _ in rows)
+    inserted = [row_params(connection, model, values) for model, values in rows]
     if connection.vendor == "postgresql":
         with server_binding_cursor(connection) as cursor:
             cursor.execute(_update_then_insert_statement(update, labels), [*params, *chain.from_iterable(inserted)])
@@ -91,11 +97,17 @@ def update_then_insert(update: str, params: Sequence[Any], rows: Sequence[models
             if changed:
                 for label, values in zip(labels, inserted, strict=True):
                     cursor.execute(_insert_statement(connection.vendor, label, 1), values)
-    if not changed:
-        return False
-    for row in rows:
-        row._state.adding, row._state.db = False, connection.alias
-    return True
+    return bool(changed)
+
+
+def insert_each(rows: Sequence[NewRow]) -> None:
+    """INSERT each of `rows` (primary keys set) in a statement of its own."""
+    connection = transaction.get_connection()
+    with server_binding_cursor(connection) as cursor:
+        for model, values in rows:
+            cursor.execute(
+                _insert_statement(connection.vendor, model._meta.label, 1), row_params(connection, model, values)
+            )
 
 
 @functools.lru_cache(maxsize=32)
@@ -144,6 +156,16 @@ def insert_params(
         for row in rows
         for field, attname, as_is in columns
     ]
+
+
+def row_params(connection: BaseDatabaseWrapper, model: type[models.Model], values: Mapping[str, Any]) -> list[Any]:
+    """The parameters of a NewRow's INSERT: every concrete field's value, or its default, as the field writes it
+    (as insert_params does; no field of such a row is one set on save, auto_now)."""
+    params = []
+    for field, attname, as_is in _insert_columns(connection.vendor, model._meta.label):
+        value = values[attname] if attname in values else field.get_default()
+        params.append(value if as_is is not None and as_is(value) else field.get_db_prep_save(value, connection))
+    return params
 
 
 def _plain(kind: type) -> Callable[[Any], bool]:
