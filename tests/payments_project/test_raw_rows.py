@@ -13,7 +13,7 @@ from django.utils import timezone
 from billing.models import Order
 from gdpr import audit
 from gdpr.models import AuditEvent, AuditEventPersonal
-from payments_project.raw_rows import NewRow, insert_params, row_params, update_then_insert
+from payments_project.raw_rows import NewRow, insert_each, insert_params, row_params, update_then_insert
 from tasks.models import OutboxMessage
 from tasks.outbox import message_columns, new_message
 from tests.billing.factories import CustomerFactory, OrderFactory, PriceFactory
@@ -131,3 +131,24 @@ def test_a_naive_datetime_is_made_aware_as_the_field_does() -> None:
 
     with pytest.warns(RuntimeWarning, match="naive datetime"):
         assert _comparable(params) == _comparable(_as_the_fields_write([unsaved_order]))
+
+
+def test_insert_each_puts_each_row_in_with_a_statement_of_its_own() -> None:
+    order = OrderFactory()
+    event, _ = audit.entry(
+        action=audit.AuditAction.ORDER_CREATED, actor_type=audit.ActorType.SYSTEM, target_type="order", target_id="1"
+    )
+    message = message_columns("order.created", f"order:{order.id}", {"order_id": str(order.id)})
+
+    with CaptureQueriesContext(connection) as queries:
+        insert_each([(AuditEvent, event), (OutboxMessage, message)])
+
+    assert [query["sql"].split()[0] for query in queries.captured_queries] == ["INSERT", "INSERT"]
+    stored = AuditEvent.objects.get(pk=event["id"])
+    assert (stored.action, stored.target_id, stored.seq) == ("order.created", "1", None)
+    stored_message = OutboxMessage.objects.get(subject=f"order:{order.id}")
+    assert (stored_message.status, stored_message.attempts, stored_message.data) == (
+        OutboxMessage.Status.PENDING,
+        0,
+        {"order_id": str(order.id)},
+    )
