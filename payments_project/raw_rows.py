@@ -160,9 +160,9 @@ def insert_params(
 
 def row_params(connection: BaseDatabaseWrapper, model: type[models.Model], values: Mapping[str, Any]) -> list[Any]:
     """The parameters of a NewRow's INSERT: every concrete field's value, or its default, as the field writes it
-    (as insert_params does; no field of such a row is one set on save, auto_now)."""
+    (as insert_params does)."""
     params = []
-    for field, attname, as_is in _insert_columns(connection.vendor, model._meta.label):
+    for field, attname, as_is in _row_columns(connection.vendor, model._meta.label):
         value = values[attname] if attname in values else field.get_default()
         params.append(value if as_is is not None and as_is(value) else field.get_db_prep_save(value, connection))
     return params
@@ -198,6 +198,15 @@ def _insert_columns(
         set_on_save = getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
         as_is = None if vendor != "postgresql" or set_on_save else _AS_IS_ON_POSTGRESQL.get(type(writes))
         columns.append((field, field.attname, as_is))
+    return columns
+
+
+@functools.lru_cache(maxsize=128)
+def _row_columns(vendor: str, label: str) -> list[tuple["models.Field[Any, Any]", str, Callable[[Any], bool] | None]]:
+    """_insert_columns for a NewRow, whose values no field's pre_save sees: refused for a model with one."""
+    columns = _insert_columns(vendor, label)
+    if any(getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False) for field, _, _ in columns):
+        raise TypeError(f"{label} has a field set on save (auto_now): insert its rows as instances")
     return columns
 
 
