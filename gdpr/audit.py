@@ -175,7 +175,7 @@ def record(
     """
     if not connection.in_atomic_block:
         raise NotInTransaction("gdpr.audit.record must run inside the transaction of the change it records")
-    event, side = entry(
+    columns, side_columns = entry(
         action=action,
         actor_type=actor_type,
         actor_id=actor_id,
@@ -183,6 +183,14 @@ def record(
         target_id=target_id,
         metadata=metadata,
         request=request,
+    )
+    event = AuditEvent(**columns)
+    side = (
+        None
+        if side_columns is None
+        else AuditEventPersonal(
+            event=event, ip=side_columns["ip"], user_agent=side_columns["user_agent"], metadata=side_columns["metadata"]
+        )
     )
     if defer(_append_many, (event, side)):
         return event  # appended with the rest of the batch, in the same transaction (write_batch)
@@ -202,10 +210,11 @@ def entry(
     target_id: str = "",
     metadata: Mapping[str, Any] | None = None,
     request: HttpRequest | None = None,
-) -> tuple[AuditEvent, AuditEventPersonal | None]:
-    """The rows `record` appends (the event, and its personal side row when there is one), unsaved, for a
-    writer that appends them itself in one statement with the change they describe
-    (payments_project.raw_rows.update_then_insert): atomically with it, as `record` would."""
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The rows `record` appends (the event, and its personal side row when there is one) as column values
+    (raw_rows.NewRow's: a column left out takes its default), for a writer that appends them itself in one
+    statement with the change they describe (payments_project.raw_rows.update_then_insert): atomically with it,
+    as `record` would."""
     action = AuditAction(action)  # refuses anything that is not a member
     actor_type = ActorType(actor_type)
     plain = _plain_json(metadata or {})
@@ -225,18 +234,20 @@ def entry(
         user_agent = request.META.get("HTTP_USER_AGENT", "")[:_USER_AGENT_MAX]
         request_id = str(getattr(request, "request_id", "") or "")[:128]
 
-    event = AuditEvent(
-        occurred_at=timezone.now(),
-        actor_type=actor_type.value,
-        actor_id=actor_id,
-        action=action.value,
-        target_type=target_type,
-        target_id=target_id,
-        request_id=request_id,
-        metadata=plain,
-    )
+    event_id = AuditEvent._meta.pk.get_default()  # the side row's key too
+    event = {
+        "id": event_id,
+        "occurred_at": timezone.now(),
+        "actor_type": actor_type.value,
+        "actor_id": actor_id,
+        "action": action.value,
+        "target_type": target_type,
+        "target_id": target_id,
+        "request_id": request_id,
+        "metadata": plain,
+    }
     side = (
-        AuditEventPersonal(event=event, ip=ip, user_agent=user_agent, metadata=personal)
+        {"event_id": event_id, "ip": ip, "user_agent": user_agent, "metadata": personal}
         if ip or user_agent or personal
         else None
     )

@@ -3,7 +3,9 @@ running the statement (a webhook drain's claim, lock-ahead and updates; audit an
 ORM would have sent and what it would have made of the values that come back."""
 
 import functools
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from itertools import chain
 from typing import Any
 
@@ -66,18 +68,24 @@ def _rows_update_sql(vendor: str, label: str, names: tuple[str, ...], rows: int)
     )
 
 
-def update_then_insert(update: str, params: Sequence[Any], rows: Sequence[models.Model]) -> bool:
+# A row to insert as its column values: its model, and its fields' values by attribute name (`event_id`) as an
+# instance would hold them; a field left out takes its default, as in Model(**values). For rows nobody needs as
+# instances (the audit rows and outbox message of a checkout): building an instance cost more than its INSERT.
+NewRow = tuple[type[models.Model], Mapping[str, Any]]
+
+
+def update_then_insert(update: str, params: Sequence[Any], rows: Sequence[NewRow]) -> bool:
     """Run `update` (an UPDATE of at most one row, its parameters `params`) and, only when it changed a row,
-    INSERT `rows` (unsaved instances, primary keys set; events and messages that describe the change), all or
-    nothing; whether it changed a row.
+    INSERT `rows` (primary keys set; events and messages that describe the change), all or nothing; whether it
+    changed a row.
 
     On PostgreSQL it is one statement, atomic by itself (the inserts in a data-modifying WITH, each selecting
     its row only when the UPDATE returned one): outside a transaction one round trip, where a transaction of
     its own took six (BEGIN, each statement, COMMIT). Elsewhere (SQLite, `make run`) the same in a transaction.
     """
     connection = transaction.get_connection()
-    labels = tuple(row._meta.label for row in rows)
-    inserted = [_insert_params(connection, type(row), [row]) for row in rows]
+    labels = tuple(model._meta.label for model, _ in rows)
+    inserted = [row_params(connection, model, values) for model, values in rows]
     if connection.vendor == "postgresql":
         with server_binding_cursor(connection) as cursor:
             cursor.execute(_update_then_insert_statement(update, labels), [*params, *chain.from_iterable(inserted)])
@@ -89,11 +97,17 @@ def update_then_insert(update: str, params: Sequence[Any], rows: Sequence[models
             if changed:
                 for label, values in zip(labels, inserted, strict=True):
                     cursor.execute(_insert_statement(connection.vendor, label, 1), values)
-    if not changed:
-        return False
-    for row in rows:
-        row._state.adding, row._state.db = False, connection.alias
-    return True
+    return bool(changed)
+
+
+def insert_each(rows: Sequence[NewRow]) -> None:
+    """INSERT each of `rows` (primary keys set) in a statement of its own."""
+    connection = transaction.get_connection()
+    with server_binding_cursor(connection) as cursor:
+        for model, values in rows:
+            cursor.execute(
+                _insert_statement(connection.vendor, model._meta.label, 1), row_params(connection, model, values)
+            )
 
 
 @functools.lru_cache(maxsize=32)
@@ -123,18 +137,77 @@ def insert_many(model: type[models.Model], rows: Sequence[models.Model]) -> None
     connection = transaction.get_connection()
     with server_binding_cursor(connection) as cursor:
         cursor.execute(
-            _insert_statement(connection.vendor, model._meta.label, len(rows)), _insert_params(connection, model, rows)
+            _insert_statement(connection.vendor, model._meta.label, len(rows)), insert_params(connection, model, rows)
         )
     for row in rows:
         row._state.adding, row._state.db = False, connection.alias
 
 
-def _insert_params(
+def insert_params(
     connection: BaseDatabaseWrapper, model: type[models.Model], rows: Sequence[models.Model]
 ) -> list[Any]:
-    """The parameters of rows' INSERT: every concrete field of each row in turn, as the field writes it."""
-    fields = model._meta.concrete_fields
-    return [field.get_db_prep_save(field.pre_save(row, add=True), connection) for row in rows for field in fields]
+    """The parameters of rows' INSERT: every concrete field of each row in turn, as the field writes it
+    (`get_db_prep_save`), but for a value the field would hand over as it is."""
+    columns = _insert_columns(connection.vendor, model._meta.label)
+    return [
+        value
+        if as_is is not None and as_is(value := getattr(row, attname))
+        else field.get_db_prep_save(field.pre_save(row, add=True), connection)
+        for row in rows
+        for field, attname, as_is in columns
+    ]
+
+
+def row_params(connection: BaseDatabaseWrapper, model: type[models.Model], values: Mapping[str, Any]) -> list[Any]:
+    """The parameters of a NewRow's INSERT: every concrete field's value, or its default, as the field writes it
+    (as insert_params does)."""
+    params = []
+    for field, attname, as_is in _row_columns(connection.vendor, model._meta.label):
+        value = values[attname] if attname in values else field.get_default()
+        params.append(value if as_is is not None and as_is(value) else field.get_db_prep_save(value, connection))
+    return params
+
+
+def _plain(kind: type) -> Callable[[Any], bool]:
+    return lambda value: value is None or type(value) is kind
+
+
+# Values that a field of this very class hands to PostgreSQL as they are (psycopg adapts them), by a test of
+# the value: NULL, a str, a UUID, an aware datetime (a naive one is made aware, with a warning). The ORM's
+# three or four calls per column were most of an INSERT's parameters' cost (a datetime's 2 µs). Integers are
+# not among them: Django wraps them in psycopg's sized types, which choose the type PostgreSQL is told.
+_AS_IS_ON_POSTGRESQL: dict[type["models.Field[Any, Any]"], Callable[[Any], bool]] = {
+    models.CharField: _plain(str),
+    models.TextField: _plain(str),
+    models.URLField: _plain(str),
+    models.UUIDField: _plain(uuid.UUID),
+    models.DateTimeField: lambda value: value is None or (type(value) is datetime and value.utcoffset() is not None),
+}
+
+
+@functools.lru_cache(maxsize=128)
+def _insert_columns(
+    vendor: str, label: str
+) -> list[tuple["models.Field[Any, Any]", str, Callable[[Any], bool] | None]]:
+    """Each concrete field of the model, its attribute, and the test of a value it writes as it is (None:
+    every value goes through the field). Elsewhere than on PostgreSQL every value does."""
+    columns = []
+    for field in apps.get_model(label)._meta.concrete_fields:
+        # A foreign key writes its value as the field it points to does; a value set on save is the field's.
+        writes = field.target_field if type(field) in (models.ForeignKey, models.OneToOneField) else field
+        set_on_save = getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
+        as_is = None if vendor != "postgresql" or set_on_save else _AS_IS_ON_POSTGRESQL.get(type(writes))
+        columns.append((field, field.attname, as_is))
+    return columns
+
+
+@functools.lru_cache(maxsize=128)
+def _row_columns(vendor: str, label: str) -> list[tuple["models.Field[Any, Any]", str, Callable[[Any], bool] | None]]:
+    """_insert_columns for a NewRow, whose values no field's pre_save sees: refused for a model with one."""
+    columns = _insert_columns(vendor, label)
+    if any(getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False) for field, _, _ in columns):
+        raise TypeError(f"{label} has a field set on save (auto_now): insert its rows as instances")
+    return columns
 
 
 @functools.lru_cache(maxsize=128)

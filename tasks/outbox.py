@@ -70,16 +70,24 @@ def emit_many(
 def new_message(
     event_type: str, subject: str, data: Mapping[str, Any], *, traceparent: str | None = None
 ) -> OutboxMessage:
-    """The row emit() inserts, unsaved, for a writer that inserts it itself in one statement with the change it
-    describes (payments_project.raw_rows.update_then_insert), then calls dispatch_on_commit(). `traceparent`:
-    the trace the event continues (by default the active span's)."""
+    """The row emit() inserts, unsaved (message_columns' values)."""
+    return OutboxMessage(**message_columns(event_type, subject, data, traceparent=traceparent))
+
+
+def message_columns(
+    event_type: str, subject: str, data: Mapping[str, Any], *, traceparent: str | None = None
+) -> dict[str, Any]:
+    """The row emit() inserts as column values (raw_rows.NewRow's: a column left out takes its default), for a
+    writer that inserts it itself in one statement with the change it describes
+    (payments_project.raw_rows.update_then_insert), then calls dispatch_on_commit(). `traceparent`: the trace
+    the event continues (by default the active span's)."""
     try:
         payload = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
     except (TypeError, ValueError) as exc:
         raise OutboxError(f"event data is not JSON-serialisable: {exc}") from exc
     if traceparent is None:
         traceparent = current_traceparent()
-    return OutboxMessage(type=event_type, subject=subject, data=payload, traceparent=traceparent)
+    return {"type": event_type, "subject": subject, "data": payload, "traceparent": traceparent}
 
 
 def dispatch_on_commit() -> None:

@@ -38,11 +38,13 @@ from billing.services._shared import (
     update_fields,
 )
 from gdpr import audit
+from gdpr.models import AuditEvent, AuditEventPersonal
 from payments_project.db_cursors import server_binding_cursor
 from payments_project.errors import ApplicationError, ValidationFailed
-from payments_project.raw_rows import insert_many, update_then_insert
+from payments_project.raw_rows import NewRow, insert_each, insert_params, update_then_insert
 from payments_project.tracing import current_traceparent
-from tasks.outbox import dispatch_on_commit, new_message
+from tasks.models import OutboxMessage
+from tasks.outbox import dispatch_on_commit, message_columns
 
 ORDER_LEASE = Lease(Order, in_flight=Order.Status.PENDING, what="checkout", related=("customer",))
 # A failure that a later attempt may not meet: a replay with the same key tries Stripe again.
@@ -200,8 +202,7 @@ def _order_insert(order: Order) -> bool:
     """INSERT the order unless its customer used its Idempotency-Key already; whether it was inserted. The
     statement is written once per process (Order.objects.create compiled it anew on every checkout)."""
     connection = transaction.get_connection()
-    fields = Order._meta.concrete_fields
-    params = [field.get_db_prep_save(field.pre_save(order, add=True), connection) for field in fields]
+    params = insert_params(connection, Order, [order])
     with server_binding_cursor(connection) as cursor:
         cursor.execute(_order_insert_statement(connection.vendor), params)
         inserted = cursor.fetchone() is not None
@@ -359,7 +360,7 @@ def _order_record_session(
 
 
 @transaction.atomic(durable=True)
-def _order_record_late_session(*, order_id: uuid.UUID, session_id: str, url: str, rows: list[models.Model]) -> Order:
+def _order_record_late_session(*, order_id: uuid.UUID, session_id: str, url: str, rows: list[NewRow]) -> Order:
     """A fast webhook, a replay or the sweep got to the order first: change only what differs, and audit and
     announce the session only when this request is the one that recorded it."""
     order = Order.objects.select_for_update().select_related("customer").get(pk=order_id)
@@ -367,14 +368,13 @@ def _order_record_late_session(*, order_id: uuid.UUID, session_id: str, url: str
     if order.status == Order.Status.PENDING:
         values["status"] = Order.Status.OPEN
     if "stripe_session_id" in update_fields(order, values):
-        for row in rows:
-            insert_many(type(row), [row])
+        insert_each(rows)
         dispatch_on_commit()
     return order
 
 
-def _order_created_rows(*, order: Order, price: Price, request: HttpRequest | None) -> list[models.Model]:
-    """The audit rows and the outbox message of an order that got its session."""
+def _order_created_rows(*, order: Order, price: Price, request: HttpRequest | None) -> list[NewRow]:
+    """The audit rows and the outbox message of an order that got its session, as column values."""
     plan, user_id = price.plan.code, str(order.customer.user_id)
     event, personal = audit.entry(
         action=audit.AuditAction.ORDER_CREATED,
@@ -385,7 +385,7 @@ def _order_created_rows(*, order: Order, price: Price, request: HttpRequest | No
         metadata={"plan": plan, "amount": order.amount, "currency": order.currency},
         request=request,
     )
-    message = new_message(
+    message = message_columns(
         "order.created",
         f"order:{order.id}",
         {
@@ -397,7 +397,7 @@ def _order_created_rows(*, order: Order, price: Price, request: HttpRequest | No
             "currency": order.currency,
         },
     )
-    return [event, *([personal] if personal else []), message]
+    return [(AuditEvent, event), *([(AuditEventPersonal, personal)] if personal else []), (OutboxMessage, message)]
 
 
 @functools.lru_cache(maxsize=8)
