@@ -6,10 +6,16 @@ view (bench/baseline_app.py) under the same gunicorn settings, in the same run. 
 checkout (a fresh Idempotency-Key) by one of USERS users, so a user's first checkout also creates their
 Stripe customer, as in production; the rest is the full path: JWT, rate limit (lifted: no 429s), order
 intent + commit, Stripe call through the gateway and breaker, outcome + audit + outbox.
+
+Beside it, the least a checkout can cost on this machine (the bare app's POST /checkout-floor: one Redis round
+trip, the order's INSERT, one Stripe POST, the outcome's UPDATE, nothing else), with the Stripe POST on
+http.client and through requests (stripe-python's transport), each against the one-INSERT view in pairs of
+its own: what share of target 3's ratio the physics alone leaves.
 """
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from bench.common import ROOT, baseline_server, cpu_seconds, project_server
@@ -40,6 +46,15 @@ def run(ctx: Context) -> list[Row]:
         headers = {"Authorization": tokens[n % USERS], "Idempotency-Key": uuid.uuid4().hex}
         return Request("POST", "/api/v1/checkout/sessions", {**headers, "Content-Type": "application/json"}, body)
 
+    def floor(via: str) -> Callable[[int], Request]:
+        def make(n: int) -> Request:
+            floor_body = {"user": n % USERS, "price": "price_demo_family_month", **json.loads(body)}
+            return Request(
+                "POST", f"/checkout-floor{via}", {"Content-Type": "application/json"}, json.dumps(floor_body).encode()
+            )
+
+        return make
+
     def insert(n: int) -> Request:
         return Request("POST", "/insert", {"Content-Type": "application/json"}, b'{"n": %d}' % n)
 
@@ -50,7 +65,11 @@ def run(ctx: Context) -> list[Row]:
             "STRIPE_API_BASE": stripe_base,
             "RATE_LIMIT_CHECKOUT": "1000000/s",  # measure checkout, not the limiter
         }
-        with baseline_server(c.gunicorn) as baseline, project_server(c.gunicorn, env=settings) as project:
+        floor_env = {"STRIPE_API_BASE": stripe_base}  # the bare app's checkout floor calls the same fake
+        with (
+            baseline_server(c.gunicorn, env=floor_env) as baseline,
+            project_server(c.gunicorn, env=settings) as project,
+        ):
             measure("warm-up", baseline, insert, count=1000, seconds=c.warmup_seconds, **runs)
             warm = MAX_RATE * c.warmup_seconds
             measure("warm-up", project, checkout, count=warm, seconds=c.warmup_seconds, unique=True, **runs)
@@ -65,6 +84,15 @@ def run(ctx: Context) -> list[Row]:
             )
             # Over the checkout runs' time: the fake is called by no other run.
             stripe_cpu = (cpu_seconds([stripe_pid]) - stripe_cpu) / checkouts.seconds
+            floors = []
+            for name, via in _FLOORS:
+                measure("warm-up", baseline, floor(via), count=1000, seconds=c.warmup_seconds, **runs)
+                floor_side = Side(name, baseline, floor(via), count=1000)
+                insert_side = Side("bare one-INSERT view", baseline, insert, count=1000)
+                measured = measure_pairs(
+                    floor_side, insert_side, pairs=c.pairs, seconds=c.pair_seconds, report=ctx.report, **runs
+                )
+                floors.append((name, *measured))
     # Near a full core, the fake (not the project) would be what limits the figure.
     note = f"fake Stripe CPU {stripe_cpu:.0%} of a core"
     name = "bare one-INSERT view"
@@ -80,4 +108,12 @@ def run(ctx: Context) -> list[Row]:
             note=note,
         ),
         row("checkout", "checkout p99", checkouts, "p99_ms", "ms", baseline=(name, base), note=note),
+        *(
+            row("checkout", figure, measured, "rps", "req/s", baseline=(name, against))
+            for figure, measured, against in floors
+        ),
     ]
+
+
+# The bare app's checkout floor, by how it sends the Stripe POST (bench/baseline_app.py).
+_FLOORS = [("checkout floor, Stripe on http.client", ""), ("checkout floor, Stripe via requests", "?via=requests")]

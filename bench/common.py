@@ -291,9 +291,9 @@ def project_server(config: GunicornConfig, *, env: Mapping[str, str] | None = No
     return gunicorn("payments_project.wsgi:application", name="project", config=config, ready_path="/healthz", env=env)
 
 
-def baseline_server(config: GunicornConfig) -> AbstractContextManager[Server]:
+def baseline_server(config: GunicornConfig, *, env: Mapping[str, str] | None = None) -> AbstractContextManager[Server]:
     """The bare one-file app of bench/baseline_app.py, under the same gunicorn configuration."""
-    return gunicorn("bench.baseline_app:application", name="baseline", config=config, ready_path="/constant")
+    return gunicorn("bench.baseline_app:application", name="baseline", config=config, ready_path="/constant", env=env)
 
 
 @dataclass
