@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from django.apps import apps
 from django.db import IntegrityError, connection, models
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
@@ -152,3 +153,21 @@ def test_insert_each_puts_each_row_in_with_a_statement_of_its_own() -> None:
         0,
         {"order_id": str(order.id)},
     )
+
+
+def test_a_row_of_a_model_with_a_field_set_on_save_is_refused() -> None:
+    # given: a model with an auto_now field (none of ours has one), registered for this test only: a NewRow's
+    # values pass through no pre_save, so its column would go in as its default instead of the time of the save
+    class Stamped(models.Model):  # noqa: DJ008 - never shown
+        changed_at = models.DateTimeField(auto_now=True)
+
+        class Meta:
+            app_label = "tasks"
+
+    try:
+        # when / then
+        with pytest.raises(TypeError, match="set on save"):
+            row_params(connection, Stamped, {})
+    finally:
+        del apps.all_models["tasks"]["stamped"]
+        apps.clear_cache()
