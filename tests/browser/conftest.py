@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -59,6 +60,27 @@ def wait_for(driver: WebDriver, css: str) -> Any:
     return WebDriverWait(driver, WAIT_SECONDS).until(
         expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
     )
+
+
+def wait_until_gone(driver: WebDriver, element: Any) -> None:
+    """Wait until the page holding the element has been replaced (a form's answer has arrived).
+
+    Chromedriver sometimes reports an element of a replaced page as "Node with given id does not belong to
+    the document" instead of as stale (SeleniumHQ/selenium#15401), which selenium's staleness_of raises.
+    """
+
+    def gone(_: WebDriver) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" in str(error.msg):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, WAIT_SECONDS).until(gone)
 
 
 def plant_session(driver: WebDriver, base_url: str, client: Any) -> None:

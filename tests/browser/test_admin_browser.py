@@ -13,13 +13,12 @@ from django_otp.oath import TOTP
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.virtual_authenticator import Protocol, Transport, VirtualAuthenticatorOptions
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from billing.models import Payment, Refund
 from gdpr.models import AuditEvent
 from tests.billing.factories import PaymentFactory, PriceFactory, RefundFactory, SubscriptionFactory
-from tests.browser.conftest import WAIT_SECONDS, plant_session, screenshot, wait_for
+from tests.browser.conftest import WAIT_SECONDS, plant_session, screenshot, wait_for, wait_until_gone
 from tests.support.auth import signed_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -40,7 +39,7 @@ def type_password(driver: WebDriver, base_url: str, username: str, password: str
     form = driver.find_element(By.ID, "login-form")
     form.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
     # The answer must arrive before the next page is asked for: a navigation started earlier cancels the POST.
-    WebDriverWait(driver, WAIT_SECONDS).until(expected_conditions.staleness_of(form))
+    wait_until_gone(driver, form)
 
 
 def current_code(secret_b32: str, *, steps_ahead: int = 0) -> str:
@@ -65,7 +64,7 @@ def test_first_sign_in_enrols_totp_and_the_next_sign_in_asks_for_a_code(browser:
     sign_out.click()
     # As in type_password: the sign-out POST must be answered before the login page is asked for, or that
     # navigation cancels it and the still signed-in user is sent past the login form (seen once in CI).
-    WebDriverWait(browser, WAIT_SECONDS).until(expected_conditions.staleness_of(sign_out))
+    wait_until_gone(browser, sign_out)
 
     type_password(browser, live_server.url, "fiona")
     wait_for(browser, "#mfa-verify-form")
