@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -62,20 +62,21 @@ def wait_for(driver: WebDriver, css: str) -> Any:
     )
 
 
-def wait_until_gone(driver: WebDriver, element: Any) -> None:
-    """Wait until the page holding the element has been replaced (a form's answer has arrived).
+# How chromedriver sometimes reports an element of a replaced page instead of as stale (SeleniumHQ/selenium#15401),
+# which selenium's staleness_of raises rather than reading as "gone".
+_GONE_NODE_MESSAGES = ("does not belong to the document", "No node with given id found")
 
-    Chromedriver sometimes reports an element of a replaced page as "Node with given id does not belong to
-    the document" instead of as stale (SeleniumHQ/selenium#15401), which selenium's staleness_of raises.
-    """
+
+def wait_until_gone(driver: WebDriver, element: Any) -> None:
+    """Wait until the page holding the element has been replaced (a form's answer has arrived)."""
 
     def gone(_: WebDriver) -> bool:
         try:
             element.is_enabled()
-        except StaleElementReferenceException:
+        except (StaleElementReferenceException, NoSuchElementException):
             return True
         except WebDriverException as error:
-            if "does not belong to the document" in str(error.msg):
+            if any(message in str(error.msg) for message in _GONE_NODE_MESSAGES):
                 return True
             raise
         return False
